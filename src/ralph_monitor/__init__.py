@@ -1,0 +1,3 @@
+"""ralph-monitor: every event of an overnight agent run, committed to PostgreSQL."""
+
+__version__ = "0.1.0"

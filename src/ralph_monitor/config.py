@@ -1,0 +1,265 @@
+"""Settings: one frozen dataclass, read from a TOML file, every key with a safe default.
+
+Each field carries its TOML section, key and help text in its metadata, so the loader,
+the validator and `ralph-monitor init-config` all work from the same table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import socket
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ralph_monitor.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/ralph-monitor/config.toml")
+CONFIG_ENV_VAR = "RALPH_MONITOR_CONFIG"
+
+
+def _setting(section: str, default: Any, help: str, *, minimum: float | None = None) -> Any:
+    return field(default=default, metadata={"section": section, "help": help, "minimum": minimum})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting of the daemon and the CLI. Field name = `<section>_<key>` in TOML."""
+
+    socket_path: str = _setting(
+        "socket", "/run/ralph-monitor/events.sock",
+        "Unix socket agents write events to (ignored under systemd socket activation).")
+    socket_mode: str = _setting(
+        "socket", "0660", "Permissions of the socket file, octal. Group-writable only.")
+    socket_group: str = _setting(
+        "socket", "ralph", "Group allowed to write events (the socket's group); empty keeps the daemon's group.")
+
+    database_dsn: str = _setting(
+        "database", "",
+        "libpq connection string for the writer role. Empty: run a private PostgreSQL "
+        "cluster under paths.state_dir.")
+    database_password_file: str = _setting(
+        "database", "", "File (mode 0600) holding the database password, so none sits in this file.")
+    database_connect_timeout_s: float = _setting(
+        "database", 3.0, "Seconds to wait for PostgreSQL before spooling events locally.", minimum=0.1)
+    database_retry_interval_s: float = _setting(
+        "database", 2.0, "Seconds between reconnection attempts while events are spooled.", minimum=0.1)
+
+    paths_state_dir: str = _setting(
+        "paths", "/var/lib/ralph-monitor", "Daemon state: spool, embedded cluster, site and backups.")
+    paths_site_dir: str = _setting(
+        "paths", "", "Where the static dashboard is written. Empty: <state_dir>/site.")
+    paths_backup_dir: str = _setting(
+        "paths", "", "Where pg_dump backups are kept. Empty: <state_dir>/backups.")
+
+    limits_max_line_bytes: int = _setting(
+        "limits", 1_048_576, "Longest accepted event line in bytes; longer lines are rejected.", minimum=1024)
+    limits_max_connections: int = _setting(
+        "limits", 1024, "Simultaneous client connections; more are refused with an error line.", minimum=1)
+    limits_idle_timeout_s: float = _setting(
+        "limits", 300.0, "Seconds a client may stay connected without sending anything.", minimum=0.1)
+    limits_max_pending_events: int = _setting(
+        "limits", 20_000, "Events waiting for commit before the daemon stops reading (backpressure).",
+        minimum=1)
+    limits_max_batch_events: int = _setting(
+        "limits", 5_000, "Most events committed in one transaction (group commit).", minimum=1)
+    limits_reject_excerpt_bytes: int = _setting(
+        "limits", 4096, "How much of a rejected line is kept in the rejects table.", minimum=64)
+    limits_max_rejects_per_connection: int = _setting(
+        "limits", 100, "Rejected lines recorded per connection; later ones are answered but not stored.",
+        minimum=1)
+
+    monitor_host: str = _setting(
+        "monitor", "", "Host name stored with each event. Empty: this machine's host name.")
+    monitor_log_level: str = _setting(
+        "monitor", "info", "One of debug, info, warning, error.")
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.paths_state_dir)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.state_dir / "postgresql"
+
+    @property
+    def site_dir(self) -> Path:
+        return Path(self.paths_site_dir) if self.paths_site_dir else self.state_dir / "site"
+
+    @property
+    def backup_dir(self) -> Path:
+        return Path(self.paths_backup_dir) if self.paths_backup_dir else self.state_dir / "backups"
+
+    @property
+    def host(self) -> str:
+        return self.monitor_host or socket.gethostname()
+
+    @property
+    def socket_mode_bits(self) -> int:
+        return int(self.socket_mode, 8)
+
+    @property
+    def embedded_database(self) -> bool:
+        """True when no DSN is configured and the daemon runs its own cluster."""
+        return not self.database_dsn
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _fields() -> dict[tuple[str, str], dataclasses.Field[Any]]:
+    table = {}
+    for f in dataclasses.fields(Settings):
+        section = f.metadata["section"]
+        table[(section, f.name.removeprefix(section + "_"))] = f
+    return table
+
+
+def _type_name(kind: Any) -> str:
+    return {"str": "a string", "int": "an integer", "float": "a number"}[kind]
+
+
+def _coerce(origin: str, section: str, key: str, f: dataclasses.Field[Any], value: Any) -> Any:
+    kind = f.type
+    where = f"{origin}: [{section}] {key}"
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    expected = {"str": str, "int": int, "float": float}[kind]
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise ConfigError(
+            f"{where} must be {_type_name(kind)}, got {value!r}; default is {f.default!r}")
+    minimum = f.metadata["minimum"]
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where} = {value!r} is below the minimum {minimum!r}")
+    return value
+
+
+def _validate(settings: Settings, origin: str) -> None:
+    try:
+        mode = settings.socket_mode_bits
+    except ValueError:
+        raise ConfigError(
+            f"{origin}: [socket] mode = {settings.socket_mode!r} is not an octal mode; use e.g. \"0660\"") from None
+    if mode & 0o007:
+        raise ConfigError(
+            f"{origin}: [socket] mode = {settings.socket_mode!r} lets every local user write events; "
+            "use \"0660\" and add writers to [socket] group")
+    if settings.monitor_log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"{origin}: [monitor] log_level = {settings.monitor_log_level!r}; use one of {', '.join(LOG_LEVELS)}")
+    for name in ("paths_state_dir", "paths_site_dir", "paths_backup_dir", "socket_path"):
+        value = getattr(settings, name)
+        if value and not os.path.isabs(value):
+            section, key = name.split("_", 1)
+            raise ConfigError(f"{origin}: [{section}] {key} = {value!r} must be an absolute path")
+
+
+def _check_secret_exposure(path: Path, data: dict[str, Any]) -> None:
+    """Refuse a world-readable config that holds a password (guarantee 7)."""
+    dsn = str(data.get("database", {}).get("dsn", ""))
+    if "password" not in dsn.lower() and not _dsn_url_has_password(dsn):
+        return
+    if path.stat().st_mode & stat.S_IROTH:
+        raise ConfigError(
+            f"{path}: [database] dsn contains a password but the file is world-readable; "
+            f"move the password to [database] password_file (mode 0600) or run: chmod 640 {path}")
+
+
+def _dsn_url_has_password(dsn: str) -> bool:
+    if "://" not in dsn:
+        return False
+    netloc = dsn.split("://", 1)[1].split("/", 1)[0]
+    return "@" in netloc and ":" in netloc.split("@", 1)[0]
+
+
+def settings_from_mapping(data: dict[str, Any], origin: str) -> Settings:
+    """Build Settings from parsed TOML, naming the offending key on any error."""
+    table = _fields()
+    sections = {s for s, _ in table}
+    values: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in sections:
+            hint = difflib.get_close_matches(section, sections, n=1)
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]"
+                + (f"; did you mean [{hint[0]}]?" if hint else f"; known: {', '.join(sorted(sections))}"))
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: {section} must be a [{section}] table")
+        for key, value in body.items():
+            f = table.get((section, key))
+            if f is None:
+                keys = [k for s, k in table if s == section]
+                hint = difflib.get_close_matches(key, keys, n=1)
+                raise ConfigError(
+                    f"{origin}: unknown setting [{section}] {key}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(keys)}"))
+            values[f.name] = _coerce(origin, section, key, f, value)
+    settings = Settings(**values)
+    _validate(settings, origin)
+    return settings
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read settings from `path`, $RALPH_MONITOR_CONFIG, or the default file if it exists.
+
+    An explicitly named file must exist; the default file may be absent (zero-config).
+    """
+    explicit = path is not None or CONFIG_ENV_VAR in os.environ
+    config_path = Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+    try:
+        raw = config_path.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(
+                f"config file {config_path} does not exist; create one with: "
+                f"ralph-monitor init-config {config_path}") from None
+        return Settings()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{config_path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path}: invalid TOML: {exc}") from None
+    _check_secret_exposure(config_path, data)
+    return settings_from_mapping(data, str(config_path))
+
+
+def read_password(settings: Settings) -> str | None:
+    """The database password from [database] password_file, or None when not set."""
+    if not settings.database_password_file:
+        return None
+    path = Path(settings.database_password_file)
+    try:
+        if path.stat().st_mode & (stat.S_IRWXO):
+            raise ConfigError(
+                f"[database] password_file {path} is accessible to other users; run: chmod 600 {path}")
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"[database] password_file {path}: {exc.strerror}") from None
+
+
+def render_default_config() -> str:
+    """A commented TOML file with every setting at its default."""
+    lines = ["# ralph-monitor configuration. Every setting is shown at its default.", ""]
+    current = None
+    for (section, key), f in _fields().items():
+        if section != current:
+            if current is not None:
+                lines.append("")
+            lines.append(f"[{section}]")
+            current = section
+        lines.append(f"# {f.metadata['help']}")
+        lines.append(tomli_w.dumps({key: f.default}).rstrip("\n"))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,147 @@
+"""The daemon: wires config, store, spool, ingestor and server; handles signals and systemd.
+
+Start-up order matters for guarantee 1: the spool is opened (and replayed once the
+database answers) before the socket accepts anything, and READY=1 is sent only once the
+socket listens and the schema is migrated (or the database is known to be down, in which
+case events are spooled). SIGTERM stops reading, commits and acknowledges everything
+already received, then exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from contextlib import suppress
+
+import sdnotify
+
+from ralph_monitor import __version__
+from ralph_monitor.cluster import EMBEDDED_DBNAME, embedded_cluster
+from ralph_monitor.config import Settings
+from ralph_monitor.errors import StoreUnavailable
+from ralph_monitor.ingest import Ingestor
+from ralph_monitor.server import EventServer, activated_socket, bind_socket
+from ralph_monitor.spool import Spool
+from ralph_monitor.store import EventStore, ensure_database
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 5.0
+CLOSE_GRACE_S = 2.0
+STATE_DIR_MODE = 0o751
+"""Traversable by nginx (site/) and by the embedded cluster's user, not listable."""
+
+
+class Notifier:
+    """sd_notify messages; silent when not started by systemd (no NOTIFY_SOCKET)."""
+
+    def __init__(self) -> None:
+        self._notifier = sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
+        usec = os.environ.get("WATCHDOG_USEC")
+        self.watchdog_interval_s = int(usec) / 2_000_000 if usec and usec.isdigit() else None
+
+    def send(self, message: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify(message)
+
+
+def run_daemon(settings: Settings) -> int:
+    """`ralph-monitor run`: serve until SIGTERM/SIGINT. Returns the exit code."""
+    settings.state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    cluster = None
+    dsn = None
+    if settings.embedded_database:
+        cluster = embedded_cluster(settings.state_dir)
+        cluster.start()
+        ensure_database(cluster.dsn("postgres"), EMBEDDED_DBNAME)
+        dsn = cluster.dsn(EMBEDDED_DBNAME)
+        log.info("no [database] dsn configured: using the private cluster in %s", cluster.root)
+    try:
+        return asyncio.run(_serve(settings, dsn=dsn))
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+async def _serve(settings: Settings, *, dsn: str | None) -> int:
+    host = settings.host
+    notifier = Notifier()
+    store = EventStore(settings, dsn=dsn)
+    spool = Spool(settings.spool_dir)
+    spool.open()
+    if spool.backlog:
+        log.info("spool %s holds %d records from before; replaying when PostgreSQL answers",
+                 spool.path, spool.backlog)
+    try:
+        await store.connect()
+    except StoreUnavailable as exc:
+        log.warning("%s; starting anyway, events will be spooled to %s", exc, spool.path)
+
+    ingestor = Ingestor(settings, store, spool, host=host)
+    server = EventServer(settings, ingestor, host=host)
+    ingestor.on_queue_change = server.on_queue_change
+    sock = activated_socket()
+    activated = sock is not None
+    if sock is None:
+        sock = bind_socket(settings)
+    await server.start(sock)
+    writer = asyncio.create_task(ingestor.run(), name="writer")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    helpers = [asyncio.create_task(_report_status(notifier, ingestor, server), name="status")]
+    if notifier.watchdog_interval_s:
+        helpers.append(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval_s), name="watchdog"))
+    where = "socket from systemd" if activated else settings.socket_path
+    log.info("ralph-monitor %s listening on %s (host %s)", __version__, where, host)
+    notifier.send("READY=1")
+
+    stop_wait = asyncio.create_task(stop.wait())
+    await asyncio.wait({stop_wait, writer}, return_when=asyncio.FIRST_COMPLETED)
+    if writer.done():
+        writer.result()
+    log.info("stopping: committing what was received")
+    notifier.send("STOPPING=1")
+    await server.stop_accepting()
+    await ingestor.stop()
+    await writer
+    server.close_connections()
+    await _wait_closed(server)
+    for task in helpers:
+        task.cancel()
+    await store.close()
+    spool.close()
+    if not activated:
+        with suppress(FileNotFoundError):
+            os.unlink(settings.socket_path)
+    sock.close()
+    log.info("stopped; %d events stored in this run, %d spooled",
+             ingestor.stats.events_total, ingestor.stats.spooled_total)
+    return 0
+
+
+async def _wait_closed(server: EventServer) -> None:
+    """Give transports a moment to hand the last replies to the kernel."""
+    deadline = asyncio.get_running_loop().time() + CLOSE_GRACE_S
+    while server.connection_count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+async def _watchdog(notifier: Notifier, interval_s: float) -> None:
+    while True:
+        notifier.send("WATCHDOG=1")
+        await asyncio.sleep(interval_s)
+
+
+async def _report_status(notifier: Notifier, ingestor: Ingestor, server: EventServer) -> None:
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL_S)
+        database = "up" if ingestor.database_up else "DOWN (spooling)"
+        notifier.send(
+            f"STATUS={ingestor.stats.rate():.0f} events/s, {server.connection_count} connections, "
+            f"{ingestor.pending} queued, spool {ingestor.spool_backlog}, database {database}")
+

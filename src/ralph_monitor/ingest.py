@@ -1,0 +1,259 @@
+"""Group commit: one writer task takes everything queued since its last commit, stores it,
+and only then acknowledges each event.
+
+When PostgreSQL is unreachable the batch is fsync'd to the spool and acknowledged as
+spooled; while the spool holds anything, it is replayed (in order) before any newer batch
+is committed, so per-connection order is kept across an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+from ralph_monitor import __version__
+from ralph_monitor.config import Settings
+from ralph_monitor.errors import SpoolError, StoreError
+from ralph_monitor.protocol import Event, Reject, error_reply, ok_reply
+from ralph_monitor.spool import Spool
+from ralph_monitor.store import DUPLICATE, STORED, EventStore, Refused
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 10.0
+HEALTH_INTERVAL_S = 10.0
+"""How often the writer refreshes this host's row in monitor_hosts."""
+
+
+class Slot:
+    """A reply position in a connection's ordered reply queue; filled once the fate is known."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: bytes | None = None) -> None:
+        self.reply = reply
+
+
+class ReplySink(Protocol):
+    """A connection that wants to know when some of its slots were filled."""
+
+    def flush_replies(self) -> None: ...
+
+
+@dataclass
+class Stats:
+    """Counters for STATUS=, logs and the monitor_hosts row."""
+
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    events_total: int = 0
+    rejects_total: int = 0
+    spooled_total: int = 0
+    last_spooled_at: datetime | None = None
+    last_replayed_at: datetime | None = None
+    _window: list[tuple[float, int]] = field(default_factory=list)
+
+    def count(self, n: int) -> None:
+        now = time.monotonic()
+        self.events_total += n
+        self._window.append((now, n))
+        while self._window and self._window[0][0] < now - RATE_WINDOW_S:
+            self._window.pop(0)
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        return sum(n for t, n in self._window if t >= now - RATE_WINDOW_S) / RATE_WINDOW_S
+
+
+Item = tuple[Event | Reject, Slot | None, ReplySink | None]
+
+
+class Ingestor:
+    """Queue + single writer. `submit` is called from the event loop by connections."""
+
+    def __init__(self, settings: Settings, store: EventStore, spool: Spool, *, host: str) -> None:
+        self._settings = settings
+        self._store = store
+        self._spool = spool
+        self._host = host
+        self.on_queue_change: Callable[[int], None] = lambda pending: None
+        """Called with the queue length whenever it changes (the server's backpressure)."""
+        self._health_due = 0.0
+        self._pending: list[Item] = []
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._retry_at = 0.0
+        self._down = False
+        self.stats = Stats()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def spool_backlog(self) -> int:
+        return self._spool.backlog
+
+    @property
+    def database_up(self) -> bool:
+        return self._store.connected
+
+    def submit(self, record: Event | Reject, slot: Slot | None, sink: ReplySink | None) -> None:
+        """Queue a record; its slot gets the reply once it is committed or spooled."""
+        self._pending.append((record, slot, sink))
+        self._idle.clear()
+        self._wakeup.set()
+        self.on_queue_change(len(self._pending))
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is committed or spooled, and acknowledged."""
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Finish what is queued, then make `run` return."""
+        self._stopping = True
+        self._wakeup.set()
+        await self.drain()
+
+    async def run(self) -> None:
+        """The writer loop."""
+        while True:
+            timeout = min(self._settings.database_retry_interval_s, HEALTH_INTERVAL_S)
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+            batch = self._pending[: self._settings.limits_max_batch_events]
+            del self._pending[: len(batch)]
+            if not self._pending:
+                self._wakeup.clear()
+            self.on_queue_change(len(self._pending))
+            if self._spool.backlog:
+                await self._replay()
+            if batch:
+                await self._write(batch)
+            if time.monotonic() >= self._health_due and not self._spool.backlog and not self._down:
+                await self._record_health()
+            if not self._pending:
+                self._idle.set()
+                if self._stopping:
+                    return
+
+    async def _write(self, batch: list[Item]) -> None:
+        events = [record for record, _, _ in batch if isinstance(record, Event)]
+        rejects = [record for record, _, _ in batch if isinstance(record, Reject)]
+        if not self._spool.backlog and time.monotonic() >= self._retry_at:
+            try:
+                outcomes = await self._store.write_batch(
+                    events, rejects, excerpt_bytes=self._settings.limits_reject_excerpt_bytes)
+            except StoreError as exc:
+                self._database_down(exc)
+            else:
+                self._database_up()
+                self._acknowledge(batch, outcomes)
+                return
+        await self._spool_batch(batch, events, rejects)
+
+    def _acknowledge(self, batch: list[Item], outcomes: list[object]) -> None:
+        sinks: set[ReplySink] = set()
+        results = iter(outcomes)
+        stored = 0
+        for record, slot, sink in batch:
+            if not isinstance(record, Event):
+                continue
+            outcome = next(results)
+            if outcome == STORED:
+                stored += 1
+            if slot is None:
+                continue
+            if isinstance(outcome, Refused):
+                slot.reply = error_reply(outcome.reject.code, outcome.reject.detail)
+            else:
+                slot.reply = ok_reply(record, duplicate=outcome == DUPLICATE)
+            if sink is not None:
+                sinks.add(sink)
+        self.stats.count(stored)
+        self.stats.rejects_total += len(batch) - len(outcomes)
+        for sink in sinks:
+            sink.flush_replies()
+
+    async def _spool_batch(self, batch: list[Item], events: list[Event], rejects: list[Reject]) -> None:
+        sinks: set[ReplySink] = set()
+        try:
+            await asyncio.to_thread(self._spool.append, [*events, *rejects])
+        except SpoolError as exc:
+            log.critical("%s; events are NOT acknowledged", exc)
+            for record, slot, sink in batch:
+                if slot is not None:
+                    slot.reply = error_reply(
+                        "not_stored", "database unreachable and the local spool cannot be written; resend later")
+                    if sink is not None:
+                        sinks.add(sink)
+        else:
+            self.stats.spooled_total += len(batch)
+            self.stats.last_spooled_at = datetime.now(timezone.utc)
+            for record, slot, sink in batch:
+                if slot is not None and isinstance(record, Event):
+                    slot.reply = ok_reply(record, spooled=True)
+                    if sink is not None:
+                        sinks.add(sink)
+        for sink in sinks:
+            sink.flush_replies()
+
+    async def _record_health(self) -> None:
+        self._health_due = time.monotonic() + HEALTH_INTERVAL_S
+        stats = self.stats
+        try:
+            await self._store.record_host({
+                "host": self._host, "version": __version__, "started_at": stats.started_at,
+                "events_total": stats.events_total, "rejects_total": stats.rejects_total,
+                "spool_backlog": self._spool.backlog, "spooled_total": stats.spooled_total,
+                "last_spooled_at": stats.last_spooled_at, "last_replayed_at": stats.last_replayed_at,
+                "ingest_rate_per_s": stats.rate()})
+        except StoreError as exc:
+            self._database_down(exc)
+
+    def _database_down(self, exc: StoreError) -> None:
+        if not self._down:
+            log.warning("%s; spooling events to %s until it is back", exc, self._spool.path)
+            self._down = True
+        self._retry_at = time.monotonic() + self._settings.database_retry_interval_s
+
+    def _database_up(self) -> None:
+        if self._down:
+            log.info("PostgreSQL is reachable again")
+            self._down = False
+        self._retry_at = 0.0
+
+    async def _replay(self) -> None:
+        """Commit the spool, oldest first, chunk by chunk; stop at the first failure."""
+        if time.monotonic() < self._retry_at:
+            return
+        total = 0
+        while self._spool.backlog:
+            records, offset = await asyncio.to_thread(
+                self._spool.read_chunk, self._settings.limits_max_batch_events)
+            if not records:
+                await asyncio.to_thread(self._spool.mark_replayed, offset, 0)
+                break
+            events = [r for r in records if isinstance(r, Event)]
+            rejects = [r for r in records if isinstance(r, Reject)]
+            try:
+                outcomes = await self._store.write_batch(
+                    events, rejects, excerpt_bytes=self._settings.limits_reject_excerpt_bytes)
+            except StoreError as exc:
+                self._database_down(exc)
+                return
+            await asyncio.to_thread(self._spool.mark_replayed, offset, len(records))
+            self.stats.count(sum(1 for o in outcomes if o == STORED))
+            total += len(records)
+        self._database_up()
+        if total:
+            self.stats.last_replayed_at = datetime.now(timezone.utc)
+            log.info("replayed %d spooled records into PostgreSQL; spool is empty", total)

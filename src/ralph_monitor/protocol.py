@@ -1,0 +1,208 @@
+"""The event protocol: turn one received line into a validated `Event`, or say why not.
+
+Validation guarantees that PostgreSQL will accept the original text as `jsonb`, so the
+store can hand the text over as is instead of decoding and re-encoding it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from ralph_monitor.errors import InvalidEvent
+
+KNOWN_TYPES = frozenset({
+    "session_started", "session_ended", "session_heartbeat",
+    "spec_started", "spec_completed", "spec_failed",
+    "timeout_triggered", "intervention_request", "user_feedback",
+})
+"""Types the aggregates understand. Others (e.g. `cc.PreToolUse`) are stored as they are."""
+
+TYPE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,99}")
+MAX_SPEC_ID_CHARS = 200
+MAX_JSON_DEPTH = 100
+MAX_INT_DIGITS = 1000
+"""PostgreSQL's numeric takes far more, but nothing an agent sends needs more than this."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sent a line: the daemon's host and the writer's credentials (SO_PEERCRED)."""
+
+    host: str
+    uid: int | None
+    pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A valid event, ready to store. `payload` is the received JSON text itself."""
+
+    event_id: uuid.UUID
+    event_type: str
+    session_id: uuid.UUID | None
+    spec_id: str | None
+    occurred_at: datetime
+    received_at: datetime
+    origin: Origin
+    payload: str
+    client_event_id: bool
+
+    @property
+    def known_type(self) -> bool:
+        return self.event_type in KNOWN_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A line that was refused, kept (bounded) so the morning view shows it."""
+
+    reject_id: uuid.UUID
+    received_at: datetime
+    origin: Origin
+    code: str
+    detail: str
+    line_bytes: int
+    excerpt: str
+
+
+def make_reject(raw: bytes | bytearray, error: InvalidEvent, *, received_at: datetime,
+                origin: Origin, excerpt_bytes: int, line_bytes: int | None = None) -> Reject:
+    """Record of a refused line; keeps at most `excerpt_bytes` of it, NULs made visible."""
+    excerpt = bytes(raw[:excerpt_bytes]).decode("utf-8", "replace").replace("\x00", "\\u0000")
+    return Reject(
+        reject_id=uuid.uuid4(), received_at=received_at, origin=origin, code=error.code,
+        detail=str(error), line_bytes=len(raw) if line_bytes is None else line_bytes,
+        excerpt=excerpt)
+
+
+def _reject_constant(name: str) -> None:
+    raise InvalidEvent("invalid_number", f"{name} is not a JSON number PostgreSQL can store")
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise InvalidEvent("invalid_number", f"integer with {len(text)} digits is too large to store")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise InvalidEvent("invalid_number", f"number {text[:40]} is out of range")
+    return value
+
+
+def _check_strings(value: object, depth: int = 0) -> None:
+    """Refuse what jsonb refuses: NUL in strings, lone surrogates; and absurd nesting."""
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidEvent("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidEvent("nul_character", "string contains \\u0000 (NUL), which PostgreSQL cannot store")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEvent("invalid_unicode", "string contains an unpaired UTF-16 surrogate escape") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, depth + 1)
+            _check_strings(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, depth + 1)
+
+
+def _uuid_field(obj: dict[str, object], name: str) -> uuid.UUID | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent("invalid_uuid", f"{name} must be a UUID string, got {type(value).__name__}")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidEvent("invalid_uuid", f"{name} {value[:80]!r} is not a valid UUID") from None
+
+
+def _timestamp(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidEvent("invalid_ts", f"ts must be an RFC 3339 string, got {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(
+            "invalid_ts", f"ts {value[:80]!r} is not RFC 3339; send e.g. 2026-11-25T03:12:00Z") from None
+    if parsed.tzinfo is None:
+        raise InvalidEvent(
+            "invalid_ts", f"ts {value[:80]!r} has no UTC offset; send e.g. 2026-11-25T03:12:00Z")
+    return parsed
+
+
+def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin) -> Event:
+    """Validate one line (without its newline). Raises InvalidEvent naming the problem."""
+    if b"\x00" in raw:
+        raise InvalidEvent("nul_byte", f"line contains a NUL byte at offset {raw.index(0)}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("invalid_utf8", f"line is not valid UTF-8 (bad byte at offset {exc.start})") from None
+    try:
+        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                         parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent("invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidEvent("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
+    if "\\u" in text or text.count("{") + text.count("[") > MAX_JSON_DEPTH:
+        _check_strings(obj)
+
+    event_type = obj.get("type")
+    if event_type is None:
+        raise InvalidEvent("missing_type", "event has no \"type\" field")
+    if not isinstance(event_type, str) or not TYPE_PATTERN.fullmatch(event_type):
+        raise InvalidEvent(
+            "invalid_type", f"type {str(event_type)[:80]!r} must be a name of letters, digits, _ . : - "
+            "(at most 100 characters)")
+    spec_id = obj.get("spec_id")
+    if spec_id is not None and (not isinstance(spec_id, str) or not 0 < len(spec_id) <= MAX_SPEC_ID_CHARS):
+        raise InvalidEvent("invalid_spec_id", f"spec_id must be a string of 1 to {MAX_SPEC_ID_CHARS} characters")
+    data = obj.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise InvalidEvent("invalid_data", f"data must be a JSON object, got {type(data).__name__}")
+    session_id = _uuid_field(obj, "session_id")
+    event_id = _uuid_field(obj, "event_id")
+    ts = obj.get("ts")
+    return Event(
+        event_id=event_id or uuid.uuid4(),
+        event_type=event_type,
+        session_id=session_id,
+        spec_id=spec_id,
+        occurred_at=received_at if ts is None else _timestamp(ts),
+        received_at=received_at,
+        origin=origin,
+        payload=text,
+        client_event_id=event_id is not None,
+    )
+
+
+def ok_reply(event: Event, *, spooled: bool = False, duplicate: bool = False) -> bytes:
+    """The acknowledgement line for a stored (or spooled) event."""
+    reply: dict[str, object] = {"ok": True, "id": str(event.event_id)}
+    if spooled:
+        reply["spooled"] = True
+    if duplicate:
+        reply["duplicate"] = True
+    if not event.known_type:
+        reply["warning"] = f"unknown type {event.event_type!r} stored as is"
+    return json.dumps(reply).encode() + b"\n"
+
+
+def error_reply(code: str, message: str) -> bytes:
+    """The reply line for a refused line."""
+    return json.dumps({"ok": False, "code": code, "error": message}).encode() + b"\n"

@@ -1,0 +1,344 @@
+"""The Unix-socket server: newline-delimited JSON in, one JSON reply line per event out.
+
+Each connection splits its byte stream into lines with bounded memory (an oversized line
+is discarded up to its newline, keeping only an excerpt), validates each line, queues
+valid events for the group-commit writer and answers in order. Reading pauses while the
+writer's queue is full or the client does not read its replies (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import os
+import socket
+import struct
+import time
+from collections import deque
+from datetime import datetime, timezone
+
+from ralph_monitor.config import Settings
+from ralph_monitor.errors import ConfigError, InvalidEvent
+from ralph_monitor.ingest import Ingestor, Slot
+from ralph_monitor.protocol import Origin, error_reply, make_reject, parse_line
+
+log = logging.getLogger(__name__)
+
+READ_PAUSE_QUEUE = "queue"
+READ_PAUSE_WRITES = "writes"
+WRITE_BUFFER_HIGH_BYTES = 1 << 20
+IDLE_SWEEP_INTERVAL_S = 1.0
+_PEERCRED = struct.Struct("3i")
+
+
+def peer_origin(sock: socket.socket | None, host: str) -> Origin:
+    """The writer's pid and uid from SO_PEERCRED (None when unavailable)."""
+    if sock is None:
+        return Origin(host=host, uid=None, pid=None)
+    try:
+        pid, uid, _gid = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except OSError:
+        return Origin(host=host, uid=None, pid=None)
+    return Origin(host=host, uid=uid, pid=pid)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: EventServer) -> None:
+        self._server = server
+        self._settings = server.settings
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._discarding = 0
+        """Bytes of an oversized line dropped so far (0: not discarding)."""
+        self._discarded_head = b""
+        self._slots: deque[Slot] = deque()
+        self._pauses: set[str] = set()
+        self._eof = False
+        self._closed = False
+        self._rejects_recorded = 0
+        self.origin = Origin(host=server.host, uid=None, pid=None)
+        self.last_activity = time.monotonic()
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
+        self.origin = peer_origin(transport.get_extra_info("socket"), self._server.host)
+        if not self._server.register(self):
+            transport.write(error_reply(
+                "too_many_connections",
+                f"the daemon already serves {self._settings.limits_max_connections} connections "
+                "([limits] max_connections); retry shortly"))
+            transport.close()
+            self._closed = True
+            return
+        if self._server.reading_paused:
+            self.pause(READ_PAUSE_QUEUE)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        if self._discarding:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._discarding += len(data)
+                return
+            self._finish_oversized(self._discarding + newline)
+            data = data[newline + 1:]
+        self._buffer += data
+        self._take_lines()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._discarding:
+            self._finish_oversized(self._discarding)
+        elif self._buffer.strip():
+            line = bytes(self._buffer)
+            self._buffer.clear()
+            self._handle_line(line)
+        self._buffer.clear()
+        self._close_if_done()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server.unregister(self)
+
+    def pause_writing(self) -> None:
+        self.pause(READ_PAUSE_WRITES)
+
+    def resume_writing(self) -> None:
+        self.resume(READ_PAUSE_WRITES)
+
+    # line handling
+
+    def _take_lines(self) -> None:
+        buffer = self._buffer
+        start = 0
+        max_line = self._settings.limits_max_line_bytes
+        while True:
+            newline = buffer.find(b"\n", start)
+            if newline < 0:
+                break
+            if newline - start > max_line:
+                self._discarded_head = bytes(buffer[start:start + self._settings.limits_reject_excerpt_bytes])
+                self._report_oversized(newline - start)
+            else:
+                self._handle_line(buffer[start:newline])
+            start = newline + 1
+        del buffer[:start]
+        if len(buffer) > max_line:
+            self._discarded_head = bytes(buffer[: self._settings.limits_reject_excerpt_bytes])
+            self._discarding = len(buffer)
+            buffer.clear()
+
+    def _finish_oversized(self, size: int) -> None:
+        self._discarding = 0
+        self._report_oversized(size)
+
+    def _report_oversized(self, size: int) -> None:
+        limit = self._settings.limits_max_line_bytes
+        self._refuse(self._discarded_head, InvalidEvent(
+            "line_too_long", f"line of {size} bytes exceeds the limit of {limit} bytes ([limits] max_line_bytes)"),
+            line_bytes=size)
+        self._discarded_head = b""
+
+    def _handle_line(self, raw: bytes | bytearray) -> None:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if not raw.strip():
+            return
+        now = datetime.now(timezone.utc)
+        try:
+            event = parse_line(raw, received_at=now, origin=self.origin)
+        except InvalidEvent as exc:
+            self._refuse(raw, exc)
+            return
+        slot = Slot()
+        self._slots.append(slot)
+        self._server.ingestor.submit(event, slot, self)
+
+    def _refuse(self, raw: bytes | bytearray, error: InvalidEvent, *, line_bytes: int | None = None) -> None:
+        self._slots.append(Slot(error_reply(error.code, str(error))))
+        if self._rejects_recorded < self._settings.limits_max_rejects_per_connection:
+            self._rejects_recorded += 1
+            reject = make_reject(raw, error, received_at=datetime.now(timezone.utc), origin=self.origin,
+                                 excerpt_bytes=self._settings.limits_reject_excerpt_bytes,
+                                 line_bytes=line_bytes)
+            self._server.ingestor.submit(reject, None, None)
+        log.info("rejected a line from pid %s uid %s: %s", self.origin.pid, self.origin.uid, error)
+        self.flush_replies()
+
+    # replies and flow control
+
+    def flush_replies(self) -> None:
+        """Write every reply whose turn has come (replies keep the order of the lines)."""
+        slots = self._slots
+        out = []
+        while slots and slots[0].reply is not None:
+            out.append(slots.popleft().reply)
+        if out and not self._closed and self._transport is not None:
+            self._transport.write(b"".join(out))  # type: ignore[arg-type]
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._eof and not self._slots and self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.close()
+
+    @property
+    def awaiting_replies(self) -> bool:
+        return bool(self._slots)
+
+    def pause(self, reason: str) -> None:
+        if not self._pauses and self._transport is not None and not self._closed:
+            self._transport.pause_reading()
+        self._pauses.add(reason)
+
+    def resume(self, reason: str) -> None:
+        self._pauses.discard(reason)
+        if not self._pauses and self._transport is not None and not self._closed:
+            self._transport.resume_reading()
+
+    def close_idle(self) -> None:
+        """Cut off a client that sent nothing for too long."""
+        if self._transport is not None and not self._closed:
+            self._transport.write(error_reply(
+                "idle_timeout", f"no data for {self._settings.limits_idle_timeout_s:g} s "
+                "([limits] idle_timeout_s); closing"))
+            self._closed = True
+            self._transport.close()
+
+    def close(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.close()
+
+
+class EventServer:
+    """Accepts connections on the listening socket and wires them to the ingestor."""
+
+    def __init__(self, settings: Settings, ingestor: Ingestor, *, host: str) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self.host = host
+        self.reading_paused = False
+        self._connections: set[Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def register(self, conn: Connection) -> bool:
+        if len(self._connections) >= self.settings.limits_max_connections:
+            return False
+        self._connections.add(conn)
+        return True
+
+    def unregister(self, conn: Connection) -> None:
+        self._connections.discard(conn)
+
+    def on_queue_change(self, pending: int) -> None:
+        """Backpressure: stop reading when the writer's queue is full, resume at half."""
+        limit = self.settings.limits_max_pending_events
+        if not self.reading_paused and pending >= limit:
+            self.reading_paused = True
+            for conn in self._connections:
+                conn.pause(READ_PAUSE_QUEUE)
+        elif self.reading_paused and pending <= limit // 2:
+            self.reading_paused = False
+            for conn in list(self._connections):
+                conn.resume(READ_PAUSE_QUEUE)
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-sweeper")
+
+    async def _sweep_idle(self) -> None:
+        timeout = self.settings.limits_idle_timeout_s
+        while True:
+            await asyncio.sleep(min(IDLE_SWEEP_INTERVAL_S, timeout / 2))
+            cutoff = time.monotonic() - timeout
+            for conn in list(self._connections):
+                if conn.last_activity < cutoff and not conn.awaiting_replies:
+                    conn.close_idle()
+
+    async def stop_accepting(self) -> None:
+        """Stop accepting connections (the listening socket itself stays open for systemd)."""
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in self._connections:
+            conn.pause("shutdown")
+
+    def close_connections(self) -> None:
+        for conn in list(self._connections):
+            conn.close()
+
+
+def bind_socket(settings: Settings) -> socket.socket:
+    """Create the listening socket at [socket] path with its mode and group."""
+    path = settings.socket_path
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"[socket] path {path}: cannot create {directory}: {exc.strerror}") from None
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    if settings.socket_group:
+        try:
+            gid = grp.getgrnam(settings.socket_group).gr_gid
+        except KeyError:
+            log.warning("[socket] group %r does not exist; the socket keeps group %d. "
+                        "Create it (groupadd %s) and add agent users to it",
+                        settings.socket_group, os.getgid(), settings.socket_group)
+        else:
+            os.chown(path, -1, gid)
+    os.chmod(path, settings.socket_mode_bits)
+    sock.listen(512)
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a crashed daemon; refuse to steal a live one."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+    else:
+        raise ConfigError(f"another process is already listening on {path} ([socket] path); "
+                          "stop it or choose another path")
+    finally:
+        probe.close()
+
+
+def activated_socket() -> socket.socket | None:
+    """The listening socket passed by systemd socket activation (LISTEN_FDS), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count < 1:
+        return None
+    sock = socket.socket(fileno=3)
+    sock.setblocking(False)
+    return sock

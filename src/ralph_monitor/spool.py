@@ -1,0 +1,187 @@
+"""The durable local spool: where acknowledged events wait while PostgreSQL is unreachable.
+
+One append-only file of records, fsync'd before the events are acknowledged. Replay reads
+it in order from a saved offset; the offset file is written atomically after each replayed
+chunk commits, and the spool is truncated only once everything in it is committed. Replaying
+a chunk twice (crash between commit and offset save) is harmless: event_id is unique.
+
+Record format, one per line: `<meta JSON>\t<event JSON as received>` for events and
+`<meta JSON>` for rejects. The meta JSON never holds a literal tab (json escapes it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from ralph_monitor.errors import SpoolError
+from ralph_monitor.protocol import Event, Origin, Reject
+
+SPOOL_FILE = "events.spool"
+OFFSET_FILE = "events.spool.offset"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+READ_BLOCK_BYTES = 1 << 20
+
+Record = Event | Reject
+
+
+def encode(record: Record) -> bytes:
+    """One spool line for an event or a reject."""
+    origin = record.origin
+    if isinstance(record, Event):
+        meta = {"k": "e", "id": str(record.event_id), "t": record.event_type,
+                "s": None if record.session_id is None else str(record.session_id),
+                "p": record.spec_id, "o": record.occurred_at.isoformat(),
+                "r": record.received_at.isoformat(), "h": origin.host, "u": origin.uid,
+                "pid": origin.pid, "c": record.client_event_id}
+        return (json.dumps(meta, separators=(",", ":")) + "\t" + record.payload + "\n").encode()
+    meta = {"k": "r", "id": str(record.reject_id), "r": record.received_at.isoformat(),
+            "h": origin.host, "u": origin.uid, "pid": origin.pid, "code": record.code,
+            "detail": record.detail, "n": record.line_bytes, "x": record.excerpt}
+    return (json.dumps(meta, separators=(",", ":")) + "\n").encode()
+
+
+def decode(line: bytes) -> Record:
+    """Inverse of `encode` (without the newline)."""
+    text = line.decode("utf-8")
+    head, _, payload = text.partition("\t")
+    meta = json.loads(head)
+    origin = Origin(host=meta["h"], uid=meta["u"], pid=meta["pid"])
+    received_at = datetime.fromisoformat(meta["r"])
+    if meta["k"] == "e":
+        return Event(
+            event_id=uuid.UUID(meta["id"]), event_type=meta["t"],
+            session_id=None if meta["s"] is None else uuid.UUID(meta["s"]), spec_id=meta["p"],
+            occurred_at=datetime.fromisoformat(meta["o"]), received_at=received_at, origin=origin,
+            payload=payload, client_event_id=meta["c"])
+    return Reject(reject_id=uuid.UUID(meta["id"]), received_at=received_at, origin=origin,
+                  code=meta["code"], detail=meta["detail"], line_bytes=meta["n"], excerpt=meta["x"])
+
+
+class Spool:
+    """The spool file of one daemon. Not thread-safe: the ingest writer alone uses it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / SPOOL_FILE
+        self._offset_path = directory / OFFSET_FILE
+        self._fd = -1
+        self.backlog = 0
+        """Records appended and not yet replayed."""
+
+    def open(self) -> None:
+        """Open (creating) the spool, drop a torn last record, and count the backlog."""
+        try:
+            self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+            self._drop_torn_tail()
+            self.backlog = self._count_from(self._read_offset())
+        except OSError as exc:
+            raise SpoolError(f"cannot open spool {self.path}: {exc.strerror}; "
+                             f"check that {self.directory} is writable by the daemon") from exc
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def append(self, records: Sequence[Record]) -> None:
+        """Write records and fsync; only after this returns may they be acknowledged."""
+        data = b"".join(encode(r) for r in records)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise SpoolError(f"cannot write spool {self.path}: {exc.strerror}") from exc
+        self.backlog += len(records)
+
+    def read_chunk(self, max_records: int) -> tuple[list[Record], int]:
+        """Up to `max_records` records from the replay offset, and the offset after them."""
+        start = self._read_offset()
+        records: list[Record] = []
+        position = start
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            for line in f:
+                if not line.endswith(b"\n") or len(records) >= max_records:
+                    break
+                records.append(decode(line[:-1]))
+                position += len(line)
+        return records, position
+
+    def mark_replayed(self, offset: int, count: int) -> None:
+        """Remember that everything before `offset` is committed; empty the spool when done."""
+        self.backlog = max(0, self.backlog - count)
+        if offset >= os.fstat(self._fd).st_size:
+            self._clear()
+            return
+        tmp = self._offset_path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(str(offset))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._offset_path)
+        self._fsync_dir()
+
+    def _clear(self) -> None:
+        # Offset first: a crash between the two steps replays everything (harmless),
+        # never skips records appended after a truncation.
+        self._offset_path.unlink(missing_ok=True)
+        self._fsync_dir()
+        os.ftruncate(self._fd, 0)
+        os.fsync(self._fd)
+        self.backlog = 0
+
+    def _read_offset(self) -> int:
+        try:
+            offset = int(self._offset_path.read_text(encoding="ascii").strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            return 0
+        return min(offset, os.fstat(self._fd).st_size)
+
+    def _count_from(self, offset: int) -> int:
+        count = 0
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            while block := f.read(READ_BLOCK_BYTES):
+                count += block.count(b"\n")
+        return count
+
+    def _drop_torn_tail(self) -> None:
+        """A record cut short by a crash was never acknowledged: remove it."""
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as f:
+            end = size
+            while end > 0:
+                start = max(0, end - READ_BLOCK_BYTES)
+                f.seek(start)
+                block = f.read(end - start)
+                newline = block.rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                end = start
+            else:
+                keep = 0
+        if keep != size:
+            os.ftruncate(self._fd, keep)
+            os.fsync(self._fd)
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
