@@ -1,0 +1,245 @@
+"""Shared fixtures: one throwaway PostgreSQL cluster per test run, a fresh database per test
+cloned from a migrated template, and real daemon processes on real Unix sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from ralph_monitor.cluster import Cluster
+from ralph_monitor.config import Settings
+from ralph_monitor.store import EventStore
+
+TEMPLATE_DB = "ralph_template"
+READY_TIMEOUT_S = 30.0
+_db_counter = itertools.count()
+
+
+def short_tempdir(prefix: str) -> Path:
+    """A directory with a short path (Unix socket paths are limited to 107 bytes),
+    traversable by the `postgres` user that runs clusters when tests run as root."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    root = short_tempdir("rm-pg-")
+    cluster = Cluster(root / "cluster")
+    cluster.start()
+    yield cluster
+    cluster.stop(mode="immediate")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def admin_connect(cluster: Cluster) -> psycopg.Connection[Any]:
+    return psycopg.connect(cluster.dsn("postgres"), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_dsn(pg_cluster: Cluster) -> str:
+    with admin_connect(pg_cluster) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    dsn = pg_cluster.dsn(TEMPLATE_DB)
+    store = EventStore(Settings(), dsn=dsn)
+
+    async def migrate() -> None:
+        await store.connect()
+        await store.close()
+
+    asyncio.run(migrate())
+    return dsn
+
+
+@pytest.fixture
+def db_dsn(pg_cluster: Cluster, template_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"test_{os.getpid()}_{next(_db_counter)}"
+    with admin_connect(pg_cluster) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    yield pg_cluster.dsn(name)
+    with admin_connect(pg_cluster) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def query(dsn: str, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    """Rows of one query, as dicts, on a short-lived connection."""
+    with psycopg.connect(dsn, row_factory=dict_row, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+@dataclass
+class Daemon:
+    """A `ralph-monitor run` process with its own config, socket and state dir."""
+
+    root: Path
+    dsn: str
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def socket_path(self) -> str:
+        return str(self.root / "events.sock")
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "daemon.log"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.root / "state" / "spool" / "events.spool"
+
+    def write_config(self) -> None:
+        sections: dict[str, dict[str, Any]] = {
+            "socket": {"path": self.socket_path, "group": ""},
+            "database": {"dsn": self.dsn, "connect_timeout_s": 2.0, "retry_interval_s": 0.5},
+            "paths": {"state_dir": str(self.root / "state")},
+            "monitor": {"log_level": "debug"},
+        }
+        for section, values in self.settings.items():
+            sections.setdefault(section, {}).update(values)
+        lines = []
+        for section, values in sections.items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, *, wait: bool = True, extra_env: dict[str, str] | None = None,
+              pass_fds: tuple[int, ...] = ()) -> None:
+        self.write_config()
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify_path = str(self.root / "notify.sock")
+        if os.path.exists(notify_path):
+            os.unlink(notify_path)
+        notify.bind(notify_path)
+        env = {**os.environ, "NOTIFY_SOCKET": notify_path, **self.env, **(extra_env or {})}
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ralph_monitor", "run", "--config", str(self.config_path)],
+            stdout=log, stderr=log, env=env, pass_fds=pass_fds)
+        log.close()
+        try:
+            if wait:
+                self._wait_ready(notify)
+        finally:
+            notify.close()
+
+    def _wait_ready(self, notify: socket.socket) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
+            notify.settimeout(0.2)
+            try:
+                if b"READY=1" in notify.recv(4096):
+                    return
+            except TimeoutError:
+                continue
+        raise AssertionError(f"daemon not ready after {READY_TIMEOUT_S} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(self.socket_path)
+        return sock
+
+
+@pytest.fixture
+def daemon_factory(db_dsn: str) -> Iterator[Any]:
+    """Make daemons (not yet started) on the test's database; all are stopped at the end."""
+    made: list[Daemon] = []
+
+    def make(dsn: str | None = None, **settings: dict[str, Any]) -> Daemon:
+        daemon = Daemon(root=short_tempdir("rm-d-"), dsn=dsn or db_dsn, settings=settings)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(10)
+        shutil.rmtree(daemon.root, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(daemon_factory: Any) -> Daemon:
+    """A running daemon on a fresh database."""
+    d = daemon_factory()
+    d.start()
+    return d
+
+
+class LineClient:
+    """A test client that sends lines and reads reply lines on one connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._file = sock.makefile("rb")
+
+    def send(self, line: bytes | str) -> None:
+        self.sock.sendall(line.encode() if isinstance(line, str) else line)
+
+    def reply(self) -> dict[str, Any]:
+        line = self._file.readline()
+        if not line:
+            raise EOFError("connection closed without a reply")
+        return json.loads(line)
+
+    def request(self, event: dict[str, Any] | str | bytes) -> dict[str, Any]:
+        if isinstance(event, dict):
+            event = json.dumps(event)
+        data = event.encode() if isinstance(event, str) else event
+        self.send(data if data.endswith(b"\n") else data + b"\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[LineClient]:
+    c = LineClient(daemon.connect())
+    yield c
+    c.close()

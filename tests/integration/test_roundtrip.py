@@ -1,0 +1,97 @@
+"""An event sent on the socket becomes one row in `events`, and the reply names it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+from tests.conftest import Daemon, LineClient, query
+
+SESSION = "6f1c2b4e-1111-4000-8000-000000000001"
+
+
+def test_event_round_trip_stores_every_field(daemon: Daemon, client: LineClient) -> None:
+    event_id = str(uuid.uuid4())
+    reply = client.request({
+        "type": "spec_completed", "session_id": SESSION, "spec_id": "CR-02",
+        "ts": "2026-11-25T03:12:00.250+01:00", "event_id": event_id,
+        "data": {"tokens_used": 1200, "cost_usd": 0.42, "note": "ünïcode ✓"},
+    })
+    assert reply == {"ok": True, "id": event_id}
+    rows = query(daemon.dsn, "SELECT *, occurred_at AT TIME ZONE 'UTC' AS utc FROM events")
+    assert len(rows) == 1
+    row = rows[0]
+    assert str(row["event_id"]) == event_id
+    assert row["event_type"] == "spec_completed"
+    assert str(row["session_id"]) == SESSION
+    assert row["spec_id"] == "CR-02"
+    assert row["utc"].isoformat() == "2026-11-25T02:12:00.250000"
+    assert row["received_at"] <= row["created_at"]
+    assert row["occurred_at"] < row["received_at"]
+    assert row["payload"]["data"] == {"tokens_used": 1200, "cost_usd": 0.42, "note": "ünïcode ✓"}
+    assert row["writer_uid"] == os.getuid()
+    assert row["writer_pid"] == os.getpid()
+    assert row["host"]
+
+
+def test_event_without_ts_or_id_gets_receipt_time_and_fresh_id(daemon: Daemon, client: LineClient) -> None:
+    reply = client.request({"type": "session_heartbeat"})
+    assert reply["ok"] is True
+    row = query(daemon.dsn, "SELECT * FROM events WHERE event_id = %s", (reply["id"],))[0]
+    assert row["occurred_at"] == row["received_at"]
+    assert row["session_id"] is None
+
+
+def test_same_event_id_twice_is_stored_once(daemon: Daemon, client: LineClient) -> None:
+    event = {"type": "spec_started", "spec_id": "CR-01", "event_id": str(uuid.uuid4())}
+    first = client.request(event)
+    second = client.request(event)
+    assert first == {"ok": True, "id": event["event_id"]}
+    assert second == {"ok": True, "id": event["event_id"], "duplicate": True}
+    assert query(daemon.dsn, "SELECT count(*) AS n FROM events")[0]["n"] == 1
+
+
+def test_duplicates_inside_one_batch_are_stored_once(daemon: Daemon) -> None:
+    event_id = str(uuid.uuid4())
+    line = f'{{"type":"spec_started","event_id":"{event_id}"}}\n'
+    c = LineClient(daemon.connect())
+    c.send((line * 50).encode() + b'{"type":"spec_started","spec_id":"other"}\n')
+    replies = [c.reply() for _ in range(51)]
+    assert all(r["ok"] for r in replies)
+    assert sum(1 for r in replies if r.get("duplicate")) == 49
+    assert query(daemon.dsn, "SELECT count(*) AS n FROM events")[0]["n"] == 2
+
+
+def test_unknown_type_is_stored_with_a_warning(daemon: Daemon, client: LineClient) -> None:
+    reply = client.request({"type": "cc.PreToolUse", "data": {"tool_name": "Bash"}})
+    assert reply["ok"] is True
+    assert reply["warning"] == "unknown type 'cc.PreToolUse' stored as is"
+    assert query(daemon.dsn, "SELECT event_type FROM events")[0]["event_type"] == "cc.PreToolUse"
+
+
+def test_socat_client_that_closes_at_once_is_stored(daemon: Daemon) -> None:
+    lines = "".join(f'{{"type":"session_heartbeat","data":{{"n":{i}}}}}\n' for i in range(20))
+    subprocess.run(["socat", "-u", "-", f"UNIX-CONNECT:{daemon.socket_path}"],
+                   input=lines.encode(), check=True, timeout=10)
+    # The last line without a newline before EOF counts as a line too.
+    subprocess.run(["socat", "-u", "-", f"UNIX-CONNECT:{daemon.socket_path}"],
+                   input=b'{"type":"session_heartbeat","data":{"n":20}}', check=True, timeout=10)
+    daemon.stop()
+    numbers = sorted(r["n"] for r in query(daemon.dsn, "SELECT (payload->'data'->>'n')::int AS n FROM events"))
+    assert numbers == list(range(21))
+
+
+def test_replies_keep_the_order_of_lines(daemon: Daemon) -> None:
+    c = LineClient(daemon.connect())
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    batch = []
+    for i, event_id in enumerate(ids):
+        batch.append(f'{{"type":"spec_started","event_id":"{event_id}"}}\n' if i % 7 else "oops\n")
+    c.send("".join(batch))
+    replies = [c.reply() for _ in ids]
+    for i, (event_id, reply) in enumerate(zip(ids, replies)):
+        if i % 7:
+            assert reply == {"ok": True, "id": event_id}
+        else:
+            assert reply["code"] == "invalid_json"
