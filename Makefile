@@ -1,0 +1,8 @@
+# Thin wrappers around scripts/ (a fresh machine may not have make: the scripts are the truth).
+.PHONY: run test bench
+run:
+	scripts/run
+test:
+	scripts/test
+bench:
+	.venv/bin/python bench/ingest.py

@@ -1,0 +1,78 @@
+CREATE TABLE public.events (
+    id bigint NOT NULL,
+    event_id uuid NOT NULL,
+    event_type text NOT NULL,
+    session_id uuid,
+    spec_id text,
+    occurred_at timestamp with time zone NOT NULL,
+    received_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    host text NOT NULL,
+    writer_uid integer,
+    writer_pid integer,
+    payload jsonb NOT NULL
+);
+CREATE SEQUENCE public.events_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+ALTER SEQUENCE public.events_id_seq OWNED BY public.events.id;
+CREATE TABLE public.monitor_hosts (
+    host text NOT NULL,
+    version text NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    last_seen timestamp with time zone NOT NULL,
+    events_total bigint DEFAULT 0 NOT NULL,
+    rejects_total bigint DEFAULT 0 NOT NULL,
+    spool_backlog bigint DEFAULT 0 NOT NULL,
+    spooled_total bigint DEFAULT 0 NOT NULL,
+    last_spooled_at timestamp with time zone,
+    last_replayed_at timestamp with time zone,
+    ingest_rate_per_s double precision DEFAULT 0 NOT NULL
+);
+CREATE TABLE public.rejects (
+    id bigint NOT NULL,
+    reject_id uuid NOT NULL,
+    received_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    host text NOT NULL,
+    writer_uid integer,
+    writer_pid integer,
+    reason text NOT NULL,
+    detail text NOT NULL,
+    line_bytes bigint NOT NULL,
+    excerpt text NOT NULL
+);
+CREATE SEQUENCE public.rejects_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+ALTER SEQUENCE public.rejects_id_seq OWNED BY public.rejects.id;
+CREATE TABLE public.schema_migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE ONLY public.events ALTER COLUMN id SET DEFAULT nextval('public.events_id_seq'::regclass);
+ALTER TABLE ONLY public.rejects ALTER COLUMN id SET DEFAULT nextval('public.rejects_id_seq'::regclass);
+ALTER TABLE ONLY public.events
+    ADD CONSTRAINT events_event_id_key UNIQUE (event_id);
+ALTER TABLE ONLY public.events
+    ADD CONSTRAINT events_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY public.monitor_hosts
+    ADD CONSTRAINT monitor_hosts_pkey PRIMARY KEY (host);
+ALTER TABLE ONLY public.rejects
+    ADD CONSTRAINT rejects_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY public.rejects
+    ADD CONSTRAINT rejects_reject_id_key UNIQUE (reject_id);
+ALTER TABLE ONLY public.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+CREATE INDEX events_occurred_at_idx ON public.events USING btree (occurred_at DESC);
+CREATE INDEX events_session_idx ON public.events USING btree (session_id, occurred_at) WHERE (session_id IS NOT NULL);
+CREATE INDEX events_spec_idx ON public.events USING btree (spec_id, occurred_at) WHERE (spec_id IS NOT NULL);
+CREATE INDEX events_type_occurred_at_idx ON public.events USING btree (event_type, occurred_at DESC);
+CREATE INDEX rejects_received_at_idx ON public.rejects USING btree (received_at DESC);
