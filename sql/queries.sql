@@ -22,15 +22,26 @@ SET default_transaction_read_only = on;
 -- name: database_exists
 SELECT 1 FROM pg_database WHERE datname = %(name)s;
 
+-- name: ensure_event_partitions
+SELECT ensure_event_partitions(%(first_day)s, %(last_day)s);
+
 -- name: copy_events
 COPY events (event_id, event_type, session_id, spec_id, occurred_at, received_at,
              host, writer_uid, writer_pid, payload) FROM STDIN;
+
+-- name: copy_event_ids
+COPY event_ids (event_id, occurred_at) FROM STDIN;
+
+-- name: claim_event_id
+INSERT INTO event_ids (event_id, occurred_at) VALUES (%s, %s)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id;
 
 -- name: insert_event
 INSERT INTO events (event_id, event_type, session_id, spec_id, occurred_at, received_at,
                     host, writer_uid, writer_pid, payload)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (event_id) DO NOTHING
+ON CONFLICT (event_id, occurred_at) DO NOTHING
 RETURNING id;
 
 -- name: insert_reject

@@ -1,3 +1,31 @@
+CREATE FUNCTION public.ensure_event_partitions(first_day date, last_day date) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    day      date;
+    name     text;
+    low      timestamptz;
+    high     timestamptz;
+    created  integer := 0;
+BEGIN
+    FOR day IN SELECT generate_series(first_day, last_day, interval '1 day')::date LOOP
+        name := 'events_' || to_char(day, 'YYYYMMDD');
+        CONTINUE WHEN to_regclass(name) IS NOT NULL;
+        low := day::timestamp AT TIME ZONE 'UTC';
+        high := (day + 1)::timestamp AT TIME ZONE 'UTC';
+        EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+        EXECUTE format('WITH moved AS (DELETE FROM events_default WHERE occurred_at >= %L AND occurred_at < %L '
+                       'RETURNING *) INSERT INTO %I SELECT * FROM moved', low, high, name);
+        EXECUTE format('ALTER TABLE events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', name, low, high);
+        created := created + 1;
+    END LOOP;
+    RETURN created;
+END
+$$;
+CREATE TABLE public.event_ids (
+    event_id uuid NOT NULL,
+    occurred_at timestamp with time zone NOT NULL
+);
 CREATE TABLE public.events (
     id bigint NOT NULL,
     event_id uuid NOT NULL,
@@ -11,7 +39,8 @@ CREATE TABLE public.events (
     writer_uid integer,
     writer_pid integer,
     payload jsonb NOT NULL
-);
+)
+PARTITION BY RANGE (occurred_at);
 CREATE SEQUENCE public.events_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -19,6 +48,20 @@ CREATE SEQUENCE public.events_id_seq
     NO MAXVALUE
     CACHE 1;
 ALTER SEQUENCE public.events_id_seq OWNED BY public.events.id;
+CREATE TABLE public.events_default (
+    id bigint DEFAULT nextval('public.events_id_seq'::regclass) NOT NULL,
+    event_id uuid NOT NULL,
+    event_type text NOT NULL,
+    session_id uuid,
+    spec_id text,
+    occurred_at timestamp with time zone NOT NULL,
+    received_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    host text NOT NULL,
+    writer_uid integer,
+    writer_pid integer,
+    payload jsonb NOT NULL
+);
 CREATE TABLE public.monitor_hosts (
     host text NOT NULL,
     version text NOT NULL,
@@ -57,12 +100,19 @@ CREATE TABLE public.schema_migrations (
     name text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
+ALTER TABLE ONLY public.events ATTACH PARTITION public.events_default DEFAULT;
 ALTER TABLE ONLY public.events ALTER COLUMN id SET DEFAULT nextval('public.events_id_seq'::regclass);
 ALTER TABLE ONLY public.rejects ALTER COLUMN id SET DEFAULT nextval('public.rejects_id_seq'::regclass);
+ALTER TABLE ONLY public.event_ids
+    ADD CONSTRAINT event_ids_pkey PRIMARY KEY (event_id);
 ALTER TABLE ONLY public.events
-    ADD CONSTRAINT events_event_id_key UNIQUE (event_id);
+    ADD CONSTRAINT events_event_id_key UNIQUE (event_id, occurred_at);
+ALTER TABLE ONLY public.events_default
+    ADD CONSTRAINT events_default_event_id_occurred_at_key UNIQUE (event_id, occurred_at);
 ALTER TABLE ONLY public.events
-    ADD CONSTRAINT events_pkey PRIMARY KEY (id);
+    ADD CONSTRAINT events_pkey PRIMARY KEY (id, occurred_at);
+ALTER TABLE ONLY public.events_default
+    ADD CONSTRAINT events_default_pkey PRIMARY KEY (id, occurred_at);
 ALTER TABLE ONLY public.monitor_hosts
     ADD CONSTRAINT monitor_hosts_pkey PRIMARY KEY (host);
 ALTER TABLE ONLY public.rejects
@@ -71,8 +121,19 @@ ALTER TABLE ONLY public.rejects
     ADD CONSTRAINT rejects_reject_id_key UNIQUE (reject_id);
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
-CREATE INDEX events_occurred_at_idx ON public.events USING btree (occurred_at DESC);
-CREATE INDEX events_session_idx ON public.events USING btree (session_id, occurred_at) WHERE (session_id IS NOT NULL);
-CREATE INDEX events_spec_idx ON public.events USING btree (spec_id, occurred_at) WHERE (spec_id IS NOT NULL);
-CREATE INDEX events_type_occurred_at_idx ON public.events USING btree (event_type, occurred_at DESC);
+CREATE INDEX event_ids_occurred_at_idx ON public.event_ids USING btree (occurred_at);
+CREATE INDEX events_type_occurred_at_idx ON ONLY public.events USING btree (event_type, occurred_at DESC);
+CREATE INDEX events_default_event_type_occurred_at_idx ON public.events_default USING btree (event_type, occurred_at DESC);
+CREATE INDEX events_occurred_at_idx ON ONLY public.events USING btree (occurred_at DESC);
+CREATE INDEX events_default_occurred_at_idx ON public.events_default USING btree (occurred_at DESC);
+CREATE INDEX events_session_idx ON ONLY public.events USING btree (session_id, occurred_at) WHERE (session_id IS NOT NULL);
+CREATE INDEX events_default_session_id_occurred_at_idx ON public.events_default USING btree (session_id, occurred_at) WHERE (session_id IS NOT NULL);
+CREATE INDEX events_spec_idx ON ONLY public.events USING btree (spec_id, occurred_at) WHERE (spec_id IS NOT NULL);
+CREATE INDEX events_default_spec_id_occurred_at_idx ON public.events_default USING btree (spec_id, occurred_at) WHERE (spec_id IS NOT NULL);
 CREATE INDEX rejects_received_at_idx ON public.rejects USING btree (received_at DESC);
+ALTER INDEX public.events_event_id_key ATTACH PARTITION public.events_default_event_id_occurred_at_key;
+ALTER INDEX public.events_type_occurred_at_idx ATTACH PARTITION public.events_default_event_type_occurred_at_idx;
+ALTER INDEX public.events_occurred_at_idx ATTACH PARTITION public.events_default_occurred_at_idx;
+ALTER INDEX public.events_pkey ATTACH PARTITION public.events_default_pkey;
+ALTER INDEX public.events_session_idx ATTACH PARTITION public.events_default_session_id_occurred_at_idx;
+ALTER INDEX public.events_spec_idx ATTACH PARTITION public.events_default_spec_id_occurred_at_idx;

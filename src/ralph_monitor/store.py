@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -25,6 +26,10 @@ from ralph_monitor.protocol import Event, Reject, make_reject
 log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "ralph-monitor"
+
+PARTITION_DAYS_BEHIND = 1
+PARTITION_DAYS_AHEAD = 7
+"""Daily `events` partitions kept ready around today (UTC); checked whenever the date changes."""
 
 STORED = "stored"
 DUPLICATE = "duplicate"
@@ -75,7 +80,8 @@ def _refused(event: Event, exc: psycopg.Error, *, excerpt_bytes: int) -> Refused
                                origin=event.origin, excerpt_bytes=excerpt_bytes))
 
 
-async def _apply_migrations(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+async def apply_migrations(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+    """Apply the migrations this database lacks, under a lock (several daemons may start at once)."""
     applied_now = []
     async with conn.transaction():
         await conn.execute(resources.query("migrations_lock"))
@@ -99,6 +105,7 @@ class EventStore:
         self._settings = settings
         self._dsn = dsn
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._partitions_day: date | None = None
 
     @property
     def connected(self) -> bool:
@@ -113,7 +120,7 @@ class EventStore:
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
         try:
-            applied = await _apply_migrations(conn)
+            applied = await apply_migrations(conn)
         except psycopg.OperationalError as exc:
             await conn.close()
             raise StoreUnavailable(f"lost PostgreSQL while migrating: {_describe(exc)}") from exc
@@ -123,6 +130,25 @@ class EventStore:
         if applied:
             log.info("applied database migrations %s", applied)
         self._conn = conn
+        self._partitions_day = None
+        await self._ensure_partitions()
+
+    async def _ensure_partitions(self) -> None:
+        """Create the daily partitions around today that do not exist yet (once per UTC day)."""
+        today = datetime.now(timezone.utc).date()
+        if self._partitions_day == today:
+            return
+        assert self._conn is not None
+        try:
+            async with self._conn.transaction():
+                await self._conn.execute(resources.query("migrations_lock"))
+                await self._conn.execute(resources.query("ensure_event_partitions"), {
+                    "first_day": today - timedelta(days=PARTITION_DAYS_BEHIND),
+                    "last_day": today + timedelta(days=PARTITION_DAYS_AHEAD)})
+        except psycopg.Error as exc:
+            await self._drop_connection()
+            raise StoreUnavailable(f"cannot create event partitions: {_describe(exc)}") from exc
+        self._partitions_day = today
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -137,6 +163,7 @@ class EventStore:
         unknown; the caller then spools the batch (replay is idempotent by event_id).
         """
         await self.connect()
+        await self._ensure_partitions()
         assert self._conn is not None
         try:
             try:
@@ -157,6 +184,11 @@ class EventStore:
                 async with cur.copy(resources.query("copy_events")) as copy:
                     for event in events:
                         await copy.write_row(_event_row(event))
+                claimed = [(e.event_id, e.occurred_at) for e in events if e.client_event_id]
+                if claimed:
+                    async with cur.copy(resources.query("copy_event_ids")) as copy:
+                        for row in claimed:
+                            await copy.write_row(row)
             if rejects:
                 await cur.executemany(resources.query("insert_reject"), [_reject_row(r) for r in rejects])
         return [STORED] * len(events)
@@ -171,8 +203,7 @@ class EventStore:
             for event in events:
                 try:
                     async with self._conn.transaction():
-                        await cur.execute(resources.query("insert_event"), _event_row(event))
-                        outcomes.append(STORED if await cur.fetchone() else DUPLICATE)
+                        outcomes.append(STORED if await self._insert_one(cur, event) else DUPLICATE)
                 except (psycopg.errors.DataError, psycopg.errors.InternalError_,
                         psycopg.errors.IntegrityError) as exc:
                     outcome = _refused(event, exc, excerpt_bytes=excerpt_bytes)
@@ -182,6 +213,16 @@ class EventStore:
             if all_rejects:
                 await cur.executemany(resources.query("insert_reject"), [_reject_row(r) for r in all_rejects])
         return outcomes
+
+    @staticmethod
+    async def _insert_one(cur: psycopg.AsyncCursor[Any], event: Event) -> bool:
+        """Insert one event unless its client-chosen id (or its own row) is already stored."""
+        if event.client_event_id:
+            await cur.execute(resources.query("claim_event_id"), (event.event_id, event.occurred_at))
+            if await cur.fetchone() is None:
+                return False
+        await cur.execute(resources.query("insert_event"), _event_row(event))
+        return await cur.fetchone() is not None
 
     async def record_host(self, values: dict[str, Any]) -> None:
         """Upsert this daemon's health row (spool backlog, counters)."""
@@ -200,6 +241,15 @@ class EventStore:
                 await self._conn.close()
             finally:
                 self._conn = None
+
+
+async def migrate(dsn: str) -> list[int]:
+    """Bring the schema of the database at `dsn` up to date; the versions applied now."""
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            return await apply_migrations(conn)
+    except psycopg.Error as exc:
+        raise StoreError(f"migration failed: {_describe(exc)}") from exc
 
 
 def ensure_database(admin_dsn: str, name: str) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 from ralph_monitor import resources
 from ralph_monitor.cluster import find_bindir
 from ralph_monitor.config import Settings
-from ralph_monitor.store import EventStore
-from tests.conftest import query
+from ralph_monitor.store import EventStore, migrate
+from tests.conftest import admin_connect, query
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -27,17 +27,17 @@ def dump_schema(dsn: str) -> str:
     return re.sub(r"\n{2,}", "\n", "\n".join(kept)) + "\n"
 
 
-def migrate(dsn: str) -> None:
-    async def run() -> None:
-        store = EventStore(Settings(), dsn=dsn)
-        await store.connect()
-        await store.close()
-
-    asyncio.run(run())
+def fresh_database(cluster, name: str) -> str:
+    with admin_connect(cluster) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return cluster.dsn(name)
 
 
-def test_migrations_from_empty_equal_committed_schema(template_dsn: str) -> None:
-    actual = dump_schema(template_dsn)
+def test_migrations_from_empty_equal_committed_schema(pg_cluster) -> None:
+    dsn = fresh_database(pg_cluster, "migrate_empty")
+    assert asyncio.run(migrate(dsn)) == [m.version for m in resources.migrations()]
+    actual = dump_schema(dsn)
     schema_file = ROOT / "sql" / "schema.sql"
     expected = schema_file.read_text() if schema_file.exists() else ""
     if actual != expected:
@@ -48,19 +48,13 @@ def test_migrations_from_empty_equal_committed_schema(template_dsn: str) -> None
 
 
 def test_migrations_are_recorded_and_idempotent(db_dsn: str) -> None:
-    migrate(db_dsn)
-    migrate(db_dsn)
+    assert asyncio.run(migrate(db_dsn)) == []
     rows = query(db_dsn, "SELECT version, name FROM schema_migrations ORDER BY version")
     assert [(r["version"], r["name"]) for r in rows] == [(m.version, m.name) for m in resources.migrations()]
 
 
 def test_concurrent_daemons_migrate_an_empty_database_once(pg_cluster) -> None:
-    from tests.conftest import admin_connect
-
-    with admin_connect(pg_cluster) as conn:
-        conn.execute("DROP DATABASE IF EXISTS migrate_race")
-        conn.execute("CREATE DATABASE migrate_race")
-    dsn = pg_cluster.dsn("migrate_race")
+    dsn = fresh_database(pg_cluster, "migrate_race")
 
     async def race() -> None:
         stores = [EventStore(Settings(), dsn=dsn) for _ in range(4)]

@@ -1,0 +1,40 @@
+"""Events are stored in daily partitions; an event of any timestamp is accepted."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from tests.conftest import Daemon, LineClient, query
+
+
+def partition_of(dsn: str, event_id: str) -> str:
+    return query(dsn, "SELECT tableoid::regclass::text AS p FROM events WHERE event_id = %s", (event_id,))[0]["p"]
+
+
+def test_days_around_today_have_partitions(daemon: Daemon) -> None:
+    names = {r["name"] for r in query(daemon.dsn, """
+        SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'events'::regclass""")}
+    today = datetime.now(timezone.utc).date()
+    for offset in range(-1, 8):
+        assert f"events_{(today + timedelta(days=offset)):%Y%m%d}" in names
+    assert "events_default" in names
+
+
+def test_skewed_timestamps_are_kept_and_moved_when_their_day_gets_a_partition(
+        daemon: Daemon, client: LineClient) -> None:
+    today = datetime.now(timezone.utc)
+    recent = client.request({"type": "spec_started", "ts": today.isoformat()})["id"]
+    old_id = str(uuid.uuid4())
+    old = client.request({"type": "spec_started", "ts": "2020-02-29T23:59:59Z", "event_id": old_id})
+    future = client.request({"type": "spec_started", "ts": "2099-01-01T00:00:00+14:00"})["id"]
+    assert old == {"ok": True, "id": old_id}
+    assert partition_of(daemon.dsn, recent) == f"events_{today:%Y%m%d}"
+    assert partition_of(daemon.dsn, old_id) == "events_default"
+    assert partition_of(daemon.dsn, future) == "events_default"
+    # Same event again: still deduplicated while in the default partition.
+    assert client.request({"type": "spec_started", "ts": "2020-02-29T23:59:59Z", "event_id": old_id})["duplicate"]
+    query(daemon.dsn, "SELECT ensure_event_partitions('2020-02-29', '2020-02-29')")
+    assert partition_of(daemon.dsn, old_id) == "events_20200229"
+    assert query(daemon.dsn, "SELECT count(*) AS n FROM events")[0]["n"] == 3
