@@ -87,3 +87,111 @@ SELECT host, version, started_at, last_seen, events_total, rejects_total, spool_
        spooled_total, last_spooled_at, last_replayed_at, ingest_rate_per_s
 FROM monitor_hosts
 ORDER BY host;
+
+-- Projections ------------------------------------------------------------------------------
+
+-- name: mark_sessions_dirty
+-- Sorted, so two daemons marking overlapping sessions lock rows in the same order.
+INSERT INTO dirty_sessions (session_id)
+SELECT DISTINCT s FROM unnest(%(session_ids)s::uuid[]) AS s ORDER BY s
+ON CONFLICT (session_id) DO UPDATE SET version = dirty_sessions.version + 1, marked_at = now();
+
+-- name: mark_buckets_dirty
+INSERT INTO dirty_buckets (bucket_time)
+SELECT DISTINCT date_bin('5 minutes', t, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
+FROM unnest(%(times)s::timestamptz[]) AS t ORDER BY b
+ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1;
+
+-- name: mark_all_dirty_sessions
+INSERT INTO dirty_sessions (session_id)
+SELECT session_id FROM events WHERE session_id IS NOT NULL
+UNION SELECT id FROM sessions
+ORDER BY 1
+ON CONFLICT (session_id) DO UPDATE SET version = dirty_sessions.version + 1;
+
+-- name: mark_all_dirty_buckets
+INSERT INTO dirty_buckets (bucket_time)
+SELECT date_bin('5 minutes', occurred_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM events
+UNION SELECT bucket_time FROM metric_buckets
+ORDER BY 1
+ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1;
+
+-- name: claim_dirty_sessions
+SELECT session_id FROM dirty_sessions ORDER BY marked_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
+
+-- name: claim_dirty_buckets
+SELECT bucket_time FROM dirty_buckets ORDER BY bucket_time LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
+
+-- name: session_events
+SELECT event_id, event_type, spec_id, occurred_at, host, payload->'data' AS data
+FROM events
+WHERE session_id = %(session_id)s AND event_type = ANY(%(types)s)
+ORDER BY occurred_at, event_id;
+
+-- name: session_activity
+SELECT count(*) AS event_count,
+       max(occurred_at) FILTER (WHERE event_type <> 'session_stalled') AS last_event_at,
+       max(occurred_at) AS last_any_at
+FROM events WHERE session_id = %(session_id)s;
+
+-- name: upsert_session
+INSERT INTO sessions AS s (id, name, host, start_time, end_time, last_event_at, total_specs,
+    specs_completed, specs_failed, specs_timed_out, execution_state, tokens_used, cost_usd,
+    event_count, interventions_pending, final_result, metadata, updated_at)
+VALUES (%(id)s, %(name)s, %(host)s, %(start_time)s, %(end_time)s, %(last_event_at)s, %(total_specs)s,
+    %(specs_completed)s, %(specs_failed)s, %(specs_timed_out)s, %(execution_state)s, %(tokens_used)s,
+    %(cost_usd)s, %(event_count)s, %(interventions_pending)s, %(final_result)s, %(metadata)s, now())
+ON CONFLICT (id) DO UPDATE SET
+    name = EXCLUDED.name, host = EXCLUDED.host, start_time = EXCLUDED.start_time,
+    end_time = EXCLUDED.end_time, last_event_at = EXCLUDED.last_event_at,
+    total_specs = EXCLUDED.total_specs, specs_completed = EXCLUDED.specs_completed,
+    specs_failed = EXCLUDED.specs_failed, specs_timed_out = EXCLUDED.specs_timed_out,
+    execution_state = EXCLUDED.execution_state, tokens_used = EXCLUDED.tokens_used,
+    cost_usd = EXCLUDED.cost_usd, event_count = EXCLUDED.event_count,
+    interventions_pending = EXCLUDED.interventions_pending, final_result = EXCLUDED.final_result,
+    metadata = EXCLUDED.metadata, updated_at = now();
+
+-- name: delete_session_spec_runs
+DELETE FROM spec_runs WHERE session_id = %(session_id)s;
+
+-- name: insert_spec_run
+INSERT INTO spec_runs (session_id, spec_id, attempt, start_time, end_time, duration_seconds, status,
+                       tokens_used, cost_usd, error_message, output_summary)
+VALUES (%(session_id)s, %(spec_id)s, %(attempt)s, %(start_time)s, %(end_time)s, %(duration_seconds)s,
+        %(status)s, %(tokens_used)s, %(cost_usd)s, %(error_message)s, %(output_summary)s);
+
+-- name: delete_session_interventions
+DELETE FROM interventions WHERE session_id = %(session_id)s;
+
+-- name: insert_intervention
+INSERT INTO interventions (event_id, session_id, spec_id, requested_at, message, answered_at, answer)
+VALUES (%(event_id)s, %(session_id)s, %(spec_id)s, %(requested_at)s, %(message)s, %(answered_at)s,
+        %(answer)s);
+
+-- name: delete_dirty_session
+DELETE FROM dirty_sessions WHERE session_id = %(session_id)s;
+
+-- name: delete_session_aggregate
+DELETE FROM sessions WHERE id = %(session_id)s;
+
+-- name: recompute_buckets_delete
+DELETE FROM metric_buckets WHERE bucket_time = ANY(%(buckets)s::timestamptz[]);
+
+-- name: recompute_buckets_insert
+INSERT INTO metric_buckets (bucket_time, event_type, count, avg_duration_seconds)
+SELECT d.b, e.event_type, count(*),
+       avg((e.payload->'data'->>'duration_s')::double precision)
+           FILTER (WHERE jsonb_typeof(e.payload->'data'->'duration_s') = 'number')
+FROM unnest(%(buckets)s::timestamptz[]) AS d(b)
+JOIN events e ON e.occurred_at >= d.b AND e.occurred_at < d.b + interval '5 minutes'
+GROUP BY d.b, e.event_type;
+
+-- name: delete_dirty_buckets
+DELETE FROM dirty_buckets WHERE bucket_time = ANY(%(buckets)s::timestamptz[]);
+
+-- name: stalled_candidates
+SELECT id, last_event_at FROM sessions
+WHERE execution_state = 'running' AND last_event_at < now() - make_interval(secs => %(stall_after_s)s);
+
+-- name: dirty_backlog
+SELECT (SELECT count(*) FROM dirty_sessions) AS sessions, (SELECT count(*) FROM dirty_buckets) AS buckets;

@@ -22,6 +22,15 @@ BEGIN
     RETURN created;
 END
 $$;
+CREATE TABLE public.dirty_buckets (
+    bucket_time timestamp with time zone NOT NULL,
+    version bigint DEFAULT 1 NOT NULL
+);
+CREATE TABLE public.dirty_sessions (
+    session_id uuid NOT NULL,
+    version bigint DEFAULT 1 NOT NULL,
+    marked_at timestamp with time zone DEFAULT now() NOT NULL
+);
 CREATE TABLE public.event_ids (
     event_id uuid NOT NULL,
     occurred_at timestamp with time zone NOT NULL
@@ -62,6 +71,21 @@ CREATE TABLE public.events_default (
     writer_pid integer,
     payload jsonb NOT NULL
 );
+CREATE TABLE public.interventions (
+    event_id uuid NOT NULL,
+    session_id uuid NOT NULL,
+    spec_id text,
+    requested_at timestamp with time zone NOT NULL,
+    message text,
+    answered_at timestamp with time zone,
+    answer text
+);
+CREATE TABLE public.metric_buckets (
+    bucket_time timestamp with time zone NOT NULL,
+    event_type text NOT NULL,
+    count integer NOT NULL,
+    avg_duration_seconds double precision
+);
 CREATE TABLE public.monitor_hosts (
     host text NOT NULL,
     version text NOT NULL,
@@ -100,9 +124,57 @@ CREATE TABLE public.schema_migrations (
     name text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
+CREATE TABLE public.sessions (
+    id uuid NOT NULL,
+    name text,
+    host text,
+    start_time timestamp with time zone NOT NULL,
+    end_time timestamp with time zone,
+    last_event_at timestamp with time zone NOT NULL,
+    total_specs integer,
+    specs_completed integer DEFAULT 0 NOT NULL,
+    specs_failed integer DEFAULT 0 NOT NULL,
+    specs_timed_out integer DEFAULT 0 NOT NULL,
+    execution_state text NOT NULL,
+    tokens_used bigint DEFAULT 0 NOT NULL,
+    cost_usd numeric(14,6) DEFAULT 0 NOT NULL,
+    event_count integer DEFAULT 0 NOT NULL,
+    interventions_pending integer DEFAULT 0 NOT NULL,
+    final_result jsonb,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text])))
+);
+CREATE TABLE public.spec_runs (
+    id bigint NOT NULL,
+    session_id uuid NOT NULL,
+    spec_id text NOT NULL,
+    attempt integer NOT NULL,
+    start_time timestamp with time zone,
+    end_time timestamp with time zone,
+    duration_seconds double precision,
+    status text NOT NULL,
+    tokens_used bigint,
+    cost_usd numeric(14,6),
+    error_message text,
+    output_summary jsonb,
+    CONSTRAINT spec_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text, 'timeout'::text, 'interrupted'::text])))
+);
+CREATE SEQUENCE public.spec_runs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+ALTER SEQUENCE public.spec_runs_id_seq OWNED BY public.spec_runs.id;
 ALTER TABLE ONLY public.events ATTACH PARTITION public.events_default DEFAULT;
 ALTER TABLE ONLY public.events ALTER COLUMN id SET DEFAULT nextval('public.events_id_seq'::regclass);
 ALTER TABLE ONLY public.rejects ALTER COLUMN id SET DEFAULT nextval('public.rejects_id_seq'::regclass);
+ALTER TABLE ONLY public.spec_runs ALTER COLUMN id SET DEFAULT nextval('public.spec_runs_id_seq'::regclass);
+ALTER TABLE ONLY public.dirty_buckets
+    ADD CONSTRAINT dirty_buckets_pkey PRIMARY KEY (bucket_time);
+ALTER TABLE ONLY public.dirty_sessions
+    ADD CONSTRAINT dirty_sessions_pkey PRIMARY KEY (session_id);
 ALTER TABLE ONLY public.event_ids
     ADD CONSTRAINT event_ids_pkey PRIMARY KEY (event_id);
 ALTER TABLE ONLY public.events
@@ -113,6 +185,10 @@ ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id, occurred_at);
 ALTER TABLE ONLY public.events_default
     ADD CONSTRAINT events_default_pkey PRIMARY KEY (id, occurred_at);
+ALTER TABLE ONLY public.interventions
+    ADD CONSTRAINT interventions_pkey PRIMARY KEY (event_id);
+ALTER TABLE ONLY public.metric_buckets
+    ADD CONSTRAINT metric_buckets_pkey PRIMARY KEY (bucket_time, event_type);
 ALTER TABLE ONLY public.monitor_hosts
     ADD CONSTRAINT monitor_hosts_pkey PRIMARY KEY (host);
 ALTER TABLE ONLY public.rejects
@@ -121,6 +197,12 @@ ALTER TABLE ONLY public.rejects
     ADD CONSTRAINT rejects_reject_id_key UNIQUE (reject_id);
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY public.spec_runs
+    ADD CONSTRAINT spec_runs_attempt_key UNIQUE (session_id, spec_id, attempt);
+ALTER TABLE ONLY public.spec_runs
+    ADD CONSTRAINT spec_runs_pkey PRIMARY KEY (id);
 CREATE INDEX event_ids_occurred_at_idx ON public.event_ids USING btree (occurred_at);
 CREATE INDEX events_type_occurred_at_idx ON ONLY public.events USING btree (event_type, occurred_at DESC);
 CREATE INDEX events_default_event_type_occurred_at_idx ON public.events_default USING btree (event_type, occurred_at DESC);
@@ -130,10 +212,21 @@ CREATE INDEX events_session_idx ON ONLY public.events USING btree (session_id, o
 CREATE INDEX events_default_session_id_occurred_at_idx ON public.events_default USING btree (session_id, occurred_at) WHERE (session_id IS NOT NULL);
 CREATE INDEX events_spec_idx ON ONLY public.events USING btree (spec_id, occurred_at) WHERE (spec_id IS NOT NULL);
 CREATE INDEX events_default_spec_id_occurred_at_idx ON public.events_default USING btree (spec_id, occurred_at) WHERE (spec_id IS NOT NULL);
+CREATE INDEX interventions_open_idx ON public.interventions USING btree (requested_at DESC) WHERE (answered_at IS NULL);
+CREATE INDEX interventions_session_idx ON public.interventions USING btree (session_id);
 CREATE INDEX rejects_received_at_idx ON public.rejects USING btree (received_at DESC);
+CREATE INDEX sessions_active_idx ON public.sessions USING btree (last_event_at) WHERE (execution_state = ANY (ARRAY['running'::text, 'stalled'::text]));
+CREATE INDEX sessions_start_idx ON public.sessions USING btree (start_time DESC);
+CREATE INDEX spec_runs_end_idx ON public.spec_runs USING btree (end_time DESC) WHERE (end_time IS NOT NULL);
+CREATE INDEX spec_runs_failed_idx ON public.spec_runs USING btree (end_time DESC) WHERE (status = ANY (ARRAY['failed'::text, 'timeout'::text]));
+CREATE INDEX spec_runs_spec_idx ON public.spec_runs USING btree (spec_id, start_time DESC);
 ALTER INDEX public.events_event_id_key ATTACH PARTITION public.events_default_event_id_occurred_at_key;
 ALTER INDEX public.events_type_occurred_at_idx ATTACH PARTITION public.events_default_event_type_occurred_at_idx;
 ALTER INDEX public.events_occurred_at_idx ATTACH PARTITION public.events_default_occurred_at_idx;
 ALTER INDEX public.events_pkey ATTACH PARTITION public.events_default_pkey;
 ALTER INDEX public.events_session_idx ATTACH PARTITION public.events_default_session_id_occurred_at_idx;
 ALTER INDEX public.events_spec_idx ATTACH PARTITION public.events_default_spec_id_occurred_at_idx;
+ALTER TABLE ONLY public.interventions
+    ADD CONSTRAINT interventions_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.sessions(id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.spec_runs
+    ADD CONSTRAINT spec_runs_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.sessions(id) ON DELETE CASCADE;

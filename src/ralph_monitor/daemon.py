@@ -22,9 +22,10 @@ from ralph_monitor.cluster import EMBEDDED_DBNAME, embedded_cluster
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreUnavailable
 from ralph_monitor.ingest import Ingestor
+from ralph_monitor.projector import Projector
 from ralph_monitor.server import EventServer, activated_socket, bind_socket
 from ralph_monitor.spool import Spool
-from ralph_monitor.store import EventStore, ensure_database
+from ralph_monitor.store import EventStore, ProjectionStore, ensure_database
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ async def _serve(settings: Settings, *, dsn: str | None) -> int:
     ingestor = Ingestor(settings, store, spool, host=host)
     server = EventServer(settings, ingestor, host=host)
     ingestor.on_queue_change = server.on_queue_change
+    projection_store = ProjectionStore(settings, dsn=dsn)
+    projector = Projector(settings, projection_store, host=host,
+                          emit=lambda event: ingestor.submit(event, None, None))
+    ingestor.on_commit = projector.wake
     sock = activated_socket()
     activated = sock is not None
     if sock is None:
@@ -93,7 +98,8 @@ async def _serve(settings: Settings, *, dsn: str | None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    helpers = [asyncio.create_task(_report_status(notifier, ingestor, server), name="status")]
+    helpers = [asyncio.create_task(_report_status(notifier, ingestor, server), name="status"),
+               asyncio.create_task(projector.run(), name="projector")]
     if notifier.watchdog_interval_s:
         helpers.append(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval_s), name="watchdog"))
     where = "socket from systemd" if activated else settings.socket_path
@@ -113,6 +119,8 @@ async def _serve(settings: Settings, *, dsn: str | None) -> int:
     await _wait_closed(server)
     for task in helpers:
         task.cancel()
+    await asyncio.gather(*helpers, return_exceptions=True)
+    await projection_store.close()
     await store.close()
     spool.close()
     if not activated:

@@ -82,6 +82,8 @@ class Ingestor:
         self._host = host
         self.on_queue_change: Callable[[int], None] = lambda pending: None
         """Called with the queue length whenever it changes (the server's backpressure)."""
+        self.on_commit: Callable[[], None] = lambda: None
+        """Called after events were committed (wakes the projector)."""
         self._health_due = 0.0
         self._pending: list[Item] = []
         self._wakeup = asyncio.Event()
@@ -157,6 +159,7 @@ class Ingestor:
             else:
                 self._database_up()
                 self._acknowledge(batch, outcomes)
+                self.on_commit()
                 return
         await self._spool_batch(batch, events, rejects)
 
@@ -251,6 +254,7 @@ class Ingestor:
                 self._database_down(exc)
                 return
             await asyncio.to_thread(self._spool.mark_replayed, offset, len(records))
+            self.on_commit()
             self.stats.count(sum(1 for o in outcomes if o == STORED))
             total += len(records)
         self._database_up()

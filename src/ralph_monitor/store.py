@@ -8,22 +8,26 @@ refuses) is retried row by row inside savepoints, so one bad row never sinks the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from ralph_monitor import resources
 from ralph_monitor.config import Settings, read_password
 from ralph_monitor.errors import InvalidEvent, StoreError, StoreUnavailable
+from ralph_monitor.projections import SESSION_TYPES, SessionEvent, SessionProjection
 from ralph_monitor.protocol import Event, Reject, make_reject
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 APPLICATION_NAME = "ralph-monitor"
 
@@ -78,6 +82,17 @@ def _refused(event: Event, exc: psycopg.Error, *, excerpt_bytes: int) -> Refused
     error = InvalidEvent("refused_by_database", f"PostgreSQL refused the event: {_describe(exc)}")
     return Refused(make_reject(event.payload.encode(), error, received_at=event.received_at,
                                origin=event.origin, excerpt_bytes=excerpt_bytes))
+
+
+async def _mark_dirty(cur: psycopg.AsyncCursor[Any], events: Sequence[Event]) -> None:
+    """Queue the sessions and 5-minute buckets these events change for the projector,
+    in the same transaction as the events themselves (so a crash cannot lose the work)."""
+    if not events:
+        return
+    sessions = sorted({e.session_id for e in events if e.session_id is not None})
+    if sessions:
+        await cur.execute(resources.query("mark_sessions_dirty"), {"session_ids": sessions})
+    await cur.execute(resources.query("mark_buckets_dirty"), {"times": sorted({e.occurred_at for e in events})})
 
 
 async def apply_migrations(conn: psycopg.AsyncConnection[Any]) -> list[int]:
@@ -191,6 +206,7 @@ class EventStore:
                             await copy.write_row(row)
             if rejects:
                 await cur.executemany(resources.query("insert_reject"), [_reject_row(r) for r in rejects])
+            await _mark_dirty(cur, events)
         return [STORED] * len(events)
 
     async def _write_rows(self, events: Sequence[Event], rejects: Sequence[Reject], *,
@@ -212,6 +228,7 @@ class EventStore:
             all_rejects = [*rejects, *refused]
             if all_rejects:
                 await cur.executemany(resources.query("insert_reject"), [_reject_row(r) for r in all_rejects])
+            await _mark_dirty(cur, [e for e, o in zip(events, outcomes) if o == STORED])
         return outcomes
 
     @staticmethod
@@ -250,6 +267,126 @@ async def migrate(dsn: str) -> list[int]:
             return await apply_migrations(conn)
     except psycopg.Error as exc:
         raise StoreError(f"migration failed: {_describe(exc)}") from exc
+
+
+class ProjectionStore:
+    """The projector's own connection: recomputes dirty sessions and buckets."""
+
+    def __init__(self, settings: Settings, *, dsn: str | None = None) -> None:
+        self._settings = settings
+        self._dsn = dsn
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    conninfo(self._settings, dsn=self._dsn), row_factory=dict_row)
+            except psycopg.Error as exc:
+                raise StoreUnavailable(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                return await work(conn)
+        except psycopg.OperationalError as exc:
+            await conn.close()
+            self._conn = None
+            raise StoreUnavailable(f"projector lost PostgreSQL: {_describe(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"projection failed: {_describe(exc)}") from exc
+
+    async def project_sessions(self, compute: Callable[..., SessionProjection], *, limit: int) -> int:
+        """Recompute up to `limit` dirty sessions in one transaction; how many were done."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> int:
+            claimed = await (await conn.execute(resources.query("claim_dirty_sessions"), {"limit": limit})).fetchall()
+            for row in claimed:
+                await _project_one(conn, row["session_id"], compute)
+            return len(claimed)
+
+        return await self._run(work)
+
+    async def project_buckets(self, *, limit: int) -> int:
+        """Recompute up to `limit` dirty 5-minute buckets in one transaction."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> int:
+            rows = await (await conn.execute(resources.query("claim_dirty_buckets"), {"limit": limit})).fetchall()
+            buckets = [r["bucket_time"] for r in rows]
+            if buckets:
+                for name in ("recompute_buckets_delete", "recompute_buckets_insert", "delete_dirty_buckets"):
+                    await conn.execute(resources.query(name), {"buckets": buckets})
+            return len(buckets)
+
+        return await self._run(work)
+
+    async def mark_all_dirty(self) -> None:
+        """Queue every session and bucket for recomputation (rebuild-aggregates)."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(resources.query("mark_all_dirty_sessions"))
+            await conn.execute(resources.query("mark_all_dirty_buckets"))
+
+        await self._run(work)
+
+    async def stalled_candidates(self, stall_after_s: float) -> list[tuple[uuid.UUID, datetime]]:
+        """Running sessions with no sign of life for longer than `stall_after_s`."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> list[tuple[uuid.UUID, datetime]]:
+            cur = await conn.execute(resources.query("stalled_candidates"), {"stall_after_s": stall_after_s})
+            return [(r["id"], r["last_event_at"]) for r in await cur.fetchall()]
+
+        return await self._run(work)
+
+    async def backlog(self) -> tuple[int, int]:
+        """Dirty sessions and buckets still waiting."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+            row = await (await conn.execute(resources.query("dirty_backlog"))).fetchone()
+            assert row is not None
+            return row["sessions"], row["buckets"]
+
+        return await self._run(work)
+
+
+async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
+                       compute: Callable[..., SessionProjection]) -> None:
+    params = {"session_id": session_id}
+    activity = await (await conn.execute(resources.query("session_activity"), params)).fetchone()
+    if activity is None or activity["event_count"] == 0:
+        # All its events were pruned: the aggregate goes with them.
+        await conn.execute(resources.query("delete_session_aggregate"), params)
+        await conn.execute(resources.query("delete_dirty_session"), params)
+        return
+    rows = await (await conn.execute(resources.query("session_events"),
+                                     {**params, "types": list(SESSION_TYPES)})).fetchall()
+    events = [SessionEvent(r["event_id"], r["event_type"], r["spec_id"], r["occurred_at"], r["host"],
+                           r["data"] if isinstance(r["data"], dict) else {}) for r in rows]
+    projection = compute(session_id, events, event_count=activity["event_count"],
+                         last_event_at=activity["last_event_at"] or activity["last_any_at"])
+    values = {k: v for k, v in vars(projection).items() if k not in ("spec_runs", "interventions")}
+    values["final_result"] = Jsonb(values["final_result"]) if values["final_result"] is not None else None
+    values["metadata"] = Jsonb(values["metadata"] or {})
+    await conn.execute(resources.query("upsert_session"), values)
+    await conn.execute(resources.query("delete_session_spec_runs"), params)
+    async with conn.cursor() as cur:
+        if projection.spec_runs:
+            await cur.executemany(resources.query("insert_spec_run"), [
+                {**vars(run), "session_id": session_id,
+                 "output_summary": Jsonb(run.output_summary) if run.output_summary is not None else None}
+                for run in projection.spec_runs])
+        await cur.execute(resources.query("delete_session_interventions"), params)
+        if projection.interventions:
+            await cur.executemany(resources.query("insert_intervention"), [
+                {**vars(i), "session_id": session_id} for i in projection.interventions])
+    await conn.execute(resources.query("delete_dirty_session"), params)
 
 
 def ensure_database(admin_dsn: str, name: str) -> None:

@@ -1,0 +1,237 @@
+"""Aggregates computed from a session's events: the session row, its spec runs and its
+intervention requests.
+
+`project_session` is a pure function of the events (sorted by the agent's time, ties
+broken by type and id), so the result is the same whatever order the events arrived in,
+whichever daemon computed it, and whether it ran live or in a rebuild.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+SESSION_TYPES = (
+    "session_started", "session_ended", "session_heartbeat", "session_stalled",
+    "spec_started", "spec_completed", "spec_failed", "timeout_triggered",
+    "intervention_request", "user_feedback",
+)
+"""The event types the projection reads; other types only count as signs of life."""
+
+SPEC_TERMINAL = {"spec_completed": "completed", "spec_failed": "failed", "timeout_triggered": "timeout"}
+SESSION_END_STATES = ("completed", "failed", "interrupted")
+_RANK = {"session_started": 0, "spec_started": 1, "session_heartbeat": 2, "intervention_request": 2,
+         "user_feedback": 3, "spec_completed": 4, "spec_failed": 4, "timeout_triggered": 4,
+         "session_stalled": 5, "session_ended": 6}
+MAX_ERROR_CHARS = 10_000
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """The parts of an event the projection needs."""
+
+    event_id: uuid.UUID
+    event_type: str
+    spec_id: str | None
+    occurred_at: datetime
+    host: str
+    data: dict[str, Any]
+
+    @property
+    def sort_key(self) -> tuple[datetime, int, str]:
+        return (self.occurred_at, _RANK.get(self.event_type, 2), str(self.event_id))
+
+
+@dataclass
+class SpecRun:
+    spec_id: str
+    attempt: int
+    start_time: datetime | None
+    end_time: datetime | None = None
+    duration_seconds: float | None = None
+    status: str = "running"
+    tokens_used: int | None = None
+    cost_usd: Decimal | None = None
+    error_message: str | None = None
+    output_summary: Any = None
+
+
+@dataclass
+class Intervention:
+    event_id: uuid.UUID
+    spec_id: str | None
+    requested_at: datetime
+    message: str | None
+    answered_at: datetime | None = None
+    answer: str | None = None
+
+
+@dataclass
+class SessionProjection:
+    id: uuid.UUID
+    name: str | None
+    host: str | None
+    start_time: datetime
+    end_time: datetime | None
+    last_event_at: datetime
+    total_specs: int | None
+    specs_completed: int
+    specs_failed: int
+    specs_timed_out: int
+    execution_state: str
+    tokens_used: int
+    cost_usd: Decimal
+    event_count: int
+    interventions_pending: int
+    final_result: Any
+    metadata: Any
+    spec_runs: list[SpecRun] = field(default_factory=list)
+    interventions: list[Intervention] = field(default_factory=list)
+
+
+def _number(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _int(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:MAX_ERROR_CHARS]
+
+
+def _duration(run: SpecRun, data: dict[str, Any]) -> float | None:
+    if run.start_time is not None and run.end_time is not None:
+        return (run.end_time - run.start_time).total_seconds()
+    reported = _number(data.get("duration_s"))
+    return float(reported) if reported is not None else None
+
+
+def _close(run: SpecRun, event: SessionEvent, status: str) -> None:
+    data = event.data
+    run.end_time = event.occurred_at
+    run.status = status
+    run.tokens_used = _int(data.get("tokens_used"))
+    run.cost_usd = _number(data.get("cost_usd"))
+    run.error_message = _text(data.get("error") or data.get("error_message") or data.get("reason"))
+    run.output_summary = data.get("output_summary")
+    run.duration_seconds = _duration(run, data)
+
+
+def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_count: int,
+                    last_event_at: datetime) -> SessionProjection:
+    """The aggregates of one session. `events` are its events of SESSION_TYPES (any order);
+    `event_count` and `last_event_at` cover all its events (tool events included)."""
+    ordered = sorted(events, key=lambda e: e.sort_key)
+    runs: list[SpecRun] = []
+    open_runs: dict[str, SpecRun] = {}
+    last_run: dict[str, SpecRun] = {}
+    attempts: dict[str, int] = {}
+    interventions: list[Intervention] = []
+    started = ended = stalled_at = None
+    for event in ordered:
+        kind = event.event_type
+        if kind == "session_started" and started is None:
+            started = event
+        elif kind == "session_ended":
+            ended = event
+        elif kind == "session_stalled":
+            stalled_at = event.occurred_at
+        elif kind == "spec_started" and event.spec_id:
+            previous = open_runs.pop(event.spec_id, None)
+            if previous is not None:
+                previous.status, previous.end_time = "interrupted", event.occurred_at
+                previous.duration_seconds = _duration(previous, {})
+            attempts[event.spec_id] = attempts.get(event.spec_id, 0) + 1
+            run = SpecRun(event.spec_id, attempts[event.spec_id], event.occurred_at)
+            runs.append(run)
+            open_runs[event.spec_id] = last_run[event.spec_id] = run
+        elif kind in SPEC_TERMINAL and event.spec_id:
+            run = open_runs.pop(event.spec_id, None)
+            if run is None:
+                earlier = last_run.get(event.spec_id)
+                if earlier is not None and earlier.status == "timeout" and kind != "timeout_triggered":
+                    # The failure report that follows a timeout belongs to the same run.
+                    earlier.error_message = earlier.error_message or _text(event.data.get("error"))
+                    continue
+                attempts[event.spec_id] = attempts.get(event.spec_id, 0) + 1
+                run = SpecRun(event.spec_id, attempts[event.spec_id], None)
+                runs.append(run)
+                last_run[event.spec_id] = run
+            _close(run, event, SPEC_TERMINAL[kind])
+        elif kind == "intervention_request":
+            interventions.append(Intervention(
+                event.event_id, event.spec_id, event.occurred_at,
+                _text(event.data.get("message") or event.data.get("question") or event.data.get("reason"))))
+        elif kind == "user_feedback":
+            _answer(interventions, event)
+
+    if ended is not None:
+        for run in open_runs.values():
+            run.status, run.end_time = "interrupted", ended.occurred_at
+            run.duration_seconds = _duration(run, {})
+    final: dict[str, SpecRun] = {}
+    for run in runs:
+        final[run.spec_id] = run
+    statuses = [run.status for run in final.values()]
+    start_data = started.data if started else {}
+    end_data = ended.data if ended else {}
+    tokens = sum(run.tokens_used or 0 for run in runs)
+    cost = sum((run.cost_usd or Decimal(0) for run in runs), Decimal(0))
+    if not tokens and not cost:
+        tokens = _int(end_data.get("tokens_used")) or 0
+        cost = _number(end_data.get("cost_usd")) or Decimal(0)
+    if ended is not None:
+        state = end_data.get("status") if end_data.get("status") in SESSION_END_STATES else "completed"
+    elif stalled_at is not None and stalled_at >= last_event_at:
+        state = "stalled"
+    else:
+        state = "running"
+    first = ordered[0].occurred_at if ordered else last_event_at
+    return SessionProjection(
+        id=session_id,
+        name=_text(start_data.get("name")),
+        host=started.host if started else (ordered[0].host if ordered else None),
+        start_time=started.occurred_at if started else first,
+        end_time=ended.occurred_at if ended else None,
+        last_event_at=last_event_at,
+        total_specs=_int(start_data.get("total_specs")),
+        specs_completed=statuses.count("completed"),
+        specs_failed=statuses.count("failed") + statuses.count("timeout"),
+        specs_timed_out=statuses.count("timeout"),
+        execution_state=state,
+        tokens_used=tokens,
+        cost_usd=cost,
+        event_count=event_count,
+        interventions_pending=0 if ended else sum(1 for i in interventions if i.answered_at is None),
+        final_result=end_data or None,
+        metadata=start_data.get("metadata") if isinstance(start_data.get("metadata"), dict) else {},
+        spec_runs=runs,
+        interventions=interventions,
+    )
+
+
+def _answer(interventions: list[Intervention], feedback: SessionEvent) -> None:
+    """A user_feedback answers the request it names (data.request_id), else the oldest open one."""
+    wanted = feedback.data.get("request_id")
+    for request in interventions:
+        if request.answered_at is not None:
+            continue
+        if wanted is None or str(request.event_id) == str(wanted):
+            request.answered_at = feedback.occurred_at
+            request.answer = _text(feedback.data.get("message") or feedback.data.get("answer"))
+            return

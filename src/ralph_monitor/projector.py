@@ -1,0 +1,110 @@
+"""The projector: keeps sessions, spec runs, interventions and metric buckets in step with
+events, and marks sessions whose heartbeats stopped as stalled.
+
+It works from the durable dirty queues the writer fills in the same transaction as the
+events, so a crash never loses pending work, and several daemons share the queue safely
+(rows are claimed with SKIP LOCKED; the result of a recomputation does not depend on who
+did it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from ralph_monitor.config import Settings
+from ralph_monitor.errors import InvalidEvent, StoreError
+from ralph_monitor.projections import project_session
+from ralph_monitor.protocol import Event, Origin, parse_line
+from ralph_monitor.store import ProjectionStore
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 1.0
+"""Look at the dirty queues at least this often (other daemons may have written)."""
+DEBOUNCE_S = 0.2
+"""After a wake-up, wait this long so one recomputation covers a burst of events."""
+SESSIONS_PER_TRANSACTION = 50
+BUCKETS_PER_TRANSACTION = 500
+STALL_CHECK_INTERVAL_S = 15.0
+STALL_NAMESPACE = uuid.UUID("5a1f3c2e-7d0b-4c59-9e1a-2b8f6d4c3a10")
+
+
+def stall_event(session_id: uuid.UUID, last_seen: datetime, *, stall_after_s: float, origin: Origin) -> Event:
+    """The `session_stalled` event for a session silent since `last_seen`. Its id is derived
+    from the session and last_seen, so every daemon (and every check) records it once."""
+    now = datetime.now(timezone.utc)
+    line = json.dumps({
+        "type": "session_stalled", "session_id": str(session_id),
+        "event_id": str(uuid.uuid5(STALL_NAMESPACE, f"{session_id}/{last_seen.isoformat()}")),
+        "ts": now.isoformat(),
+        "data": {"last_seen": last_seen.isoformat(), "stalled_after_s": stall_after_s,
+                 "silent_for_s": round((now - last_seen).total_seconds(), 1)},
+    })
+    try:
+        return parse_line(line.encode(), received_at=now, origin=origin)
+    except InvalidEvent as exc:  # our own line: a failure here is a bug
+        raise AssertionError(f"stall event invalid: {exc}") from exc
+
+
+class Projector:
+    """Runs in the daemon's event loop beside the writer."""
+
+    def __init__(self, settings: Settings, store: ProjectionStore, *, host: str,
+                 emit: Callable[[Event], None]) -> None:
+        self._settings = settings
+        self._store = store
+        self._emit = emit
+        self._origin = Origin(host=host, uid=os.getuid(), pid=os.getpid())
+        self._wakeup = asyncio.Event()
+        self._stall_due = 0.0
+        self._failing = False
+
+    def wake(self) -> None:
+        """New events were committed."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_S)
+                await asyncio.sleep(DEBOUNCE_S)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            await self.step()
+
+    async def step(self) -> None:
+        """Drain the dirty queues and check for stalls; log (once) and go on if the DB is away."""
+        try:
+            await self.catch_up()
+            if time.monotonic() >= self._stall_due:
+                self._stall_due = time.monotonic() + STALL_CHECK_INTERVAL_S
+                await self._check_stalls()
+        except StoreError as exc:
+            if not self._failing:
+                log.warning("aggregates not updated: %s; retrying", exc)
+                self._failing = True
+            return
+        if self._failing:
+            log.info("aggregates are being updated again")
+            self._failing = False
+
+    async def catch_up(self) -> None:
+        """Recompute every dirty session and bucket."""
+        while await self._store.project_sessions(project_session, limit=SESSIONS_PER_TRANSACTION):
+            pass
+        while await self._store.project_buckets(limit=BUCKETS_PER_TRANSACTION):
+            pass
+
+    async def _check_stalls(self) -> None:
+        stall_after_s = self._settings.aggregates_stall_after_s
+        for session_id, last_seen in await self._store.stalled_candidates(stall_after_s):
+            log.warning("session %s stalled: no event since %s", session_id, last_seen.isoformat())
+            self._emit(stall_event(session_id, last_seen, stall_after_s=stall_after_s, origin=self._origin))
