@@ -195,3 +195,127 @@ WHERE execution_state = 'running' AND last_event_at < now() - make_interval(secs
 
 -- name: dirty_backlog
 SELECT (SELECT count(*) FROM dirty_sessions) AS sessions, (SELECT count(*) FROM dirty_buckets) AS buckets;
+
+-- Read queries (CLI, dashboard) ---------------------------------------------------------------
+
+-- name: active_sessions
+SELECT s.*, (SELECT r.spec_id FROM spec_runs r
+             WHERE r.session_id = s.id AND r.status = 'running'
+             ORDER BY r.start_time DESC LIMIT 1) AS current_spec
+FROM sessions s
+WHERE s.execution_state IN ('running', 'stalled')
+ORDER BY s.start_time DESC;
+
+-- name: pending_interventions
+SELECT i.event_id, i.session_id, s.name AS session_name, i.spec_id, i.requested_at, i.message
+FROM interventions i JOIN sessions s ON s.id = i.session_id
+WHERE i.answered_at IS NULL AND s.end_time IS NULL
+ORDER BY i.requested_at;
+
+-- name: sessions_since
+SELECT s.*, NULL::text AS current_spec FROM sessions s
+WHERE s.start_time >= %(since)s
+ORDER BY s.start_time DESC
+LIMIT %(limit)s;
+
+-- name: sessions_overlapping
+SELECT s.*, NULL::text AS current_spec FROM sessions s
+WHERE s.start_time < %(until)s AND coalesce(s.end_time, s.last_event_at) >= %(since)s
+ORDER BY s.start_time;
+
+-- name: session_ids_by_prefix
+SELECT id FROM sessions WHERE id::text LIKE %(prefix)s || '%%' ORDER BY id LIMIT 2;
+
+-- name: session
+SELECT s.*, NULL::text AS current_spec FROM sessions s WHERE s.id = %(session_id)s;
+
+-- name: session_spec_runs
+SELECT * FROM spec_runs WHERE session_id = %(session_id)s
+ORDER BY coalesce(start_time, end_time), spec_id, attempt;
+
+-- name: session_timeline
+SELECT id, event_id, event_type, spec_id, occurred_at, host, payload->'data' AS data
+FROM events WHERE session_id = %(session_id)s
+ORDER BY occurred_at, id
+LIMIT %(limit)s;
+
+-- name: session_interventions
+SELECT event_id, spec_id, requested_at, message, answered_at, answer
+FROM interventions WHERE session_id = %(session_id)s ORDER BY requested_at;
+
+-- name: spec_history
+SELECT r.*, s.name AS session_name FROM spec_runs r JOIN sessions s ON s.id = r.session_id
+WHERE r.spec_id = %(spec_id)s
+ORDER BY coalesce(r.start_time, r.end_time) DESC
+LIMIT %(limit)s;
+
+-- name: runs_ended_between
+SELECT r.*, s.name AS session_name FROM spec_runs r JOIN sessions s ON s.id = r.session_id
+WHERE r.end_time >= %(since)s AND r.end_time < %(until)s
+ORDER BY r.end_time;
+
+-- name: top_failing_specs
+SELECT spec_id,
+       count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failures,
+       count(*) AS runs,
+       max(end_time) FILTER (WHERE status IN ('failed', 'timeout')) AS last_failed_at,
+       (array_agg(error_message ORDER BY end_time DESC)
+            FILTER (WHERE status IN ('failed', 'timeout') AND error_message IS NOT NULL))[1] AS last_error
+FROM spec_runs
+WHERE end_time >= %(since)s
+GROUP BY spec_id
+HAVING count(*) FILTER (WHERE status IN ('failed', 'timeout')) > 0
+ORDER BY failures DESC, last_failed_at DESC
+LIMIT %(limit)s;
+
+-- name: run_outcomes_between
+SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'timeout') AS timed_out,
+       coalesce(sum(cost_usd), 0) AS cost_usd,
+       coalesce(sum(tokens_used), 0) AS tokens_used,
+       avg(duration_seconds) AS avg_duration_seconds
+FROM spec_runs
+WHERE end_time >= %(since)s AND end_time < %(until)s;
+
+-- name: daily_runs
+SELECT (date_trunc('day', end_time AT TIME ZONE %(tz)s))::date AS day,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failed,
+       coalesce(sum(cost_usd), 0) AS cost_usd,
+       coalesce(sum(tokens_used), 0) AS tokens_used
+FROM spec_runs
+WHERE end_time >= %(since)s AND end_time < %(until)s
+GROUP BY 1 ORDER BY 1;
+
+-- name: event_counts_per_bucket
+SELECT bucket_time, sum(count)::bigint AS count FROM metric_buckets
+WHERE bucket_time >= %(since)s
+GROUP BY bucket_time ORDER BY bucket_time;
+
+-- name: latest_event_of_type
+SELECT occurred_at, host, payload->'data' AS data FROM events
+WHERE event_type = %(event_type)s
+ORDER BY occurred_at DESC LIMIT 1;
+
+-- name: reject_count_since
+SELECT count(*) AS n FROM rejects WHERE received_at >= %(since)s;
+
+-- name: export_events
+SELECT id, event_id, event_type, session_id, spec_id, occurred_at, received_at, created_at, host,
+       writer_uid, writer_pid, payload
+FROM events WHERE occurred_at >= %(since)s AND occurred_at < %(until)s
+ORDER BY occurred_at, id;
+
+-- name: export_sessions
+SELECT id, name, host, start_time, end_time, last_event_at, total_specs, specs_completed,
+       specs_failed, specs_timed_out, execution_state, tokens_used, cost_usd, event_count,
+       interventions_pending, final_result, metadata
+FROM sessions WHERE start_time >= %(since)s AND start_time < %(until)s
+ORDER BY start_time, id;
+
+-- name: export_spec_runs
+SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds, status,
+       tokens_used, cost_usd, error_message, output_summary
+FROM spec_runs WHERE coalesce(start_time, end_time) >= %(since)s AND coalesce(start_time, end_time) < %(until)s
+ORDER BY coalesce(start_time, end_time), id;

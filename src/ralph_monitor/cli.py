@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -37,15 +36,6 @@ Quick use:
 The config file is /etc/ralph-monitor/config.toml unless --config or $RALPH_MONITOR_CONFIG says otherwise.
 """
 
-QUERY_EPILOG = """\
-Examples:
-  ralph-query events --since 8h --type spec_failed
-  ralph-query events --session 6f1c... --json
-  ralph-query rejects
-Times are shown relative to now; --json prints JSON Lines with ISO timestamps for scripts.
-"""
-
-
 def parse_since(text: str) -> datetime:
     """`2h`, `30m`, `1d`, `1w` ago, or an ISO 8601 timestamp (UTC if it has no offset)."""
     match = _DURATION.fullmatch(text.strip())
@@ -57,43 +47,6 @@ def parse_since(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither a duration like 2h / 30m / 1d nor a timestamp like 2026-11-25T03:00") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def relative_time(moment: datetime, now: datetime | None = None) -> str:
-    """`3 min ago` style, for tables read by people."""
-    seconds = ((now or datetime.now(timezone.utc)) - moment).total_seconds()
-    suffix = "ago" if seconds >= 0 else "from now"
-    seconds = abs(seconds)
-    for limit, unit, size in ((60, "s", 1), (3600, "min", 60), (86400, "h", 3600), (float("inf"), "d", 86400)):
-        if seconds < limit:
-            return f"{int(seconds // size)} {unit} {suffix}"
-    raise AssertionError("unreachable")
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Columns aligned to their widest cell."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
-def _print_json_lines(items: Sequence[Any]) -> None:
-    for item in items:
-        print(json.dumps(vars(item) if hasattr(item, "__dict__") else item, default=_json_default))
-
-
-def _shorten(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +88,14 @@ def _cmd_init_config(args: argparse.Namespace, settings: Settings) -> int:
     path.write_text(text, encoding="utf-8")
     path.chmod(0o640)
     print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.projector import rebuild_aggregates
+
+    sessions, buckets = rebuild_aggregates(settings, dsn=database_dsn(settings.database_dsn, settings.state_dir))
+    print(f"recomputed {sessions} sessions and {buckets} metric buckets from events")
     return EXIT_OK
 
 
@@ -180,6 +141,13 @@ def monitor_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(func=_cmd_init_config, no_settings=True)
 
+    rebuild = sub.add_parser(
+        "rebuild-aggregates", help="recompute sessions, spec runs and metric buckets from events",
+        description="Recompute every aggregate (sessions, spec_runs, interventions, metric_buckets) "
+        "from the events table, e.g. after an upgrade or a repair. Safe while the daemon runs.")
+    _add_config_option(rebuild)
+    rebuild.set_defaults(func=_cmd_rebuild)
+
     emit = sub.add_parser("emit", help="send one event and wait for its acknowledgement",
                           description="Send one event. Exits 0 once the daemon acknowledged it, "
                           "1 with the reason when it was rejected or the daemon is unreachable.")
@@ -197,74 +165,8 @@ def monitor_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ralph-query
-
-
-def _cmd_events(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor import queries
-    from ralph_monitor.store import open_read_store
-
-    with open_read_store(settings, dsn=database_dsn(settings.database_dsn, settings.state_dir)) as store:
-        rows = queries.recent_events(store, since=args.since, event_type=args.type,
-                                     session_id=args.session, spec_id=args.spec, limit=args.limit)
-    if args.json:
-        _print_json_lines(rows)
-        return EXIT_OK
-    if not rows:
-        print("no events match")
-        return EXIT_OK
-    now = datetime.now(timezone.utc)
-    print_table(["when", "type", "session", "spec", "host", "data"], [
-        [relative_time(r.occurred_at, now), r.event_type, str(r.session_id or "-")[:8], r.spec_id or "-",
-         r.host, _shorten(json.dumps(r.data), 60) if r.data else ""] for r in rows])
-    return EXIT_OK
-
-
-def _cmd_rejects(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor import queries
-    from ralph_monitor.store import open_read_store
-
-    with open_read_store(settings, dsn=database_dsn(settings.database_dsn, settings.state_dir)) as store:
-        rows = queries.recent_rejects(store, limit=args.limit)
-    if args.json:
-        _print_json_lines(rows)
-        return EXIT_OK
-    if not rows:
-        print("no rejected lines")
-        return EXIT_OK
-    now = datetime.now(timezone.utc)
-    print_table(["when", "reason", "pid", "bytes", "line"], [
-        [relative_time(r.received_at, now), r.reason, str(r.writer_pid or "-"), str(r.line_bytes),
-         _shorten(r.excerpt, 60)] for r in rows])
-    return EXIT_OK
-
-
-def query_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ralph-query", description="Answer questions about agent runs from the ralph-monitor database.",
-        epilog=QUERY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    events = sub.add_parser("events", help="list events, newest first")
-    _add_config_option(events)
-    events.add_argument("--since", type=parse_since, metavar="WHEN", help="2h, 30m, 1d or an ISO timestamp")
-    events.add_argument("--type", help="only this event type")
-    events.add_argument("--session", type=uuid.UUID, metavar="UUID", help="only this session")
-    events.add_argument("--spec", help="only this spec id")
-    events.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    events.add_argument("--json", action="store_true", help="JSON Lines for scripts")
-    events.set_defaults(func=_cmd_events)
-
-    rejects = sub.add_parser("rejects", help="list lines the daemon refused, newest first")
-    _add_config_option(rejects)
-    rejects.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    rejects.add_argument("--json", action="store_true", help="JSON Lines for scripts")
-    rejects.set_defaults(func=_cmd_rejects)
-    return parser
-
-
-def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse, load settings, run; print operator-readable errors and return the exit code."""
     args, extras = parser.parse_known_args(argv)
     if extras:
         if not hasattr(args, "items") or any("=" not in extra or extra.startswith("-") for extra in extras):
@@ -283,8 +185,4 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
 
 
 def monitor_main(argv: Sequence[str] | None = None) -> int:
-    return _main(monitor_parser(), argv)
-
-
-def query_main(argv: Sequence[str] | None = None) -> int:
-    return _main(query_parser(), argv)
+    return run_command(monitor_parser(), argv)

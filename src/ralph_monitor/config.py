@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import socket
 import stat
@@ -75,6 +76,16 @@ class Settings:
         "limits", 100, "Rejected lines recorded per connection; later ones are answered but not stored.",
         minimum=1)
 
+    aggregates_stall_after_s: float = _setting(
+        "aggregates", 600.0, "A running session with no event for this long is marked stalled.", minimum=1.0)
+
+    reports_timezone: str = _setting(
+        "reports", "", "Time zone for 'last night', days and weeks (e.g. Europe/Berlin). Empty: this machine's.")
+    reports_night_start: str = _setting(
+        "reports", "18:00", "When the overnight window starts (HH:MM, local to reports.timezone).")
+    reports_night_end: str = _setting(
+        "reports", "09:00", "When the overnight window ends, the next morning (HH:MM).")
+
     monitor_host: str = _setting(
         "monitor", "", "Host name stored with each event. Empty: this machine's host name.")
     monitor_log_level: str = _setting(
@@ -138,6 +149,8 @@ def _coerce(origin: str, section: str, key: str, f: dataclasses.Field[Any], valu
     if not isinstance(value, expected) or isinstance(value, bool):
         raise ConfigError(
             f"{where} must be {_type_name(kind)}, got {value!r}; default is {f.default!r}")
+    if kind == "float" and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}; default is {f.default!r}")
     minimum = f.metadata["minimum"]
     if minimum is not None and value < minimum:
         raise ConfigError(f"{where} = {value!r} is below the minimum {minimum!r}")
@@ -147,9 +160,12 @@ def _coerce(origin: str, section: str, key: str, f: dataclasses.Field[Any], valu
 def _validate(settings: Settings, origin: str) -> None:
     try:
         mode = settings.socket_mode_bits
+        if not 0 <= mode <= 0o777:
+            raise ValueError(mode)
     except ValueError:
         raise ConfigError(
-            f"{origin}: [socket] mode = {settings.socket_mode!r} is not an octal mode; use e.g. \"0660\"") from None
+            f"{origin}: [socket] mode = {settings.socket_mode!r} is not an octal permission mode "
+            "(0000 to 0777); use e.g. \"0660\"") from None
     if mode & 0o007:
         raise ConfigError(
             f"{origin}: [socket] mode = {settings.socket_mode!r} lets every local user write events; "
@@ -166,7 +182,8 @@ def _validate(settings: Settings, origin: str) -> None:
 
 def _check_secret_exposure(path: Path, data: dict[str, Any]) -> None:
     """Refuse a world-readable config that holds a password (guarantee 7)."""
-    dsn = str(data.get("database", {}).get("dsn", ""))
+    database = data.get("database")
+    dsn = str(database.get("dsn", "")) if isinstance(database, dict) else ""  # else: reported later
     if "password" not in dsn.lower() and not _dsn_url_has_password(dsn):
         return
     if path.stat().st_mode & stat.S_IROTH:

@@ -41,15 +41,26 @@ class Notifier:
     def __init__(self) -> None:
         self._notifier = sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
         usec = os.environ.get("WATCHDOG_USEC")
-        self.watchdog_interval_s = int(usec) / 2_000_000 if usec and usec.isdigit() else None
+        for_us = os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid())
+        self.watchdog_interval_s = int(usec) / 2_000_000 if usec and usec.isdigit() and for_us else None
+        # Child processes (pg_dump, an embedded postgres) must not talk to systemd as us.
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            os.environ.pop(name, None)
 
     def send(self, message: str) -> None:
         if self._notifier is not None:
             self._notifier.notify(message)
 
 
+def _terminate_during_startup(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run_daemon(settings: Settings) -> int:
     """`ralph-monitor run`: serve until SIGTERM/SIGINT. Returns the exit code."""
+    # Until the event loop installs its handlers, SIGTERM unwinds (stopping the cluster).
+    signal.signal(signal.SIGTERM, _terminate_during_startup)
+    notifier = Notifier()
     settings.state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     cluster = None
     dsn = None
@@ -60,15 +71,14 @@ def run_daemon(settings: Settings) -> int:
         dsn = cluster.dsn(EMBEDDED_DBNAME)
         log.info("no [database] dsn configured: using the private cluster in %s", cluster.root)
     try:
-        return asyncio.run(_serve(settings, dsn=dsn))
+        return asyncio.run(_serve(settings, dsn=dsn, notifier=notifier))
     finally:
         if cluster is not None:
             cluster.stop()
 
 
-async def _serve(settings: Settings, *, dsn: str | None) -> int:
+async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> int:
     host = settings.host
-    notifier = Notifier()
     store = EventStore(settings, dsn=dsn)
     spool = Spool(settings.spool_dir)
     spool.open()

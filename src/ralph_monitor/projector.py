@@ -22,7 +22,7 @@ from ralph_monitor.config import Settings
 from ralph_monitor.errors import InvalidEvent, StoreError
 from ralph_monitor.projections import project_session
 from ralph_monitor.protocol import Event, Origin, parse_line
-from ralph_monitor.store import ProjectionStore
+from ralph_monitor.store import ProjectionStore, conninfo, migrate
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ DEBOUNCE_S = 0.2
 SESSIONS_PER_TRANSACTION = 50
 BUCKETS_PER_TRANSACTION = 500
 STALL_CHECK_INTERVAL_S = 15.0
+"""At most this long between stall checks (shorter when [aggregates] stall_after_s is small)."""
 STALL_NAMESPACE = uuid.UUID("5a1f3c2e-7d0b-4c59-9e1a-2b8f6d4c3a10")
 
 
@@ -85,7 +86,8 @@ class Projector:
         try:
             await self.catch_up()
             if time.monotonic() >= self._stall_due:
-                self._stall_due = time.monotonic() + STALL_CHECK_INTERVAL_S
+                self._stall_due = time.monotonic() + min(
+                    STALL_CHECK_INTERVAL_S, self._settings.aggregates_stall_after_s / 10)
                 await self._check_stalls()
         except StoreError as exc:
             if not self._failing:
@@ -108,3 +110,23 @@ class Projector:
         for session_id, last_seen in await self._store.stalled_candidates(stall_after_s):
             log.warning("session %s stalled: no event since %s", session_id, last_seen.isoformat())
             self._emit(stall_event(session_id, last_seen, stall_after_s=stall_after_s, origin=self._origin))
+
+
+def rebuild_aggregates(settings: Settings, *, dsn: str) -> tuple[int, int]:
+    """Recompute every aggregate from events; (sessions, buckets) recomputed."""
+
+    async def run() -> tuple[int, int]:
+        await migrate(conninfo(settings, dsn=dsn))
+        store = ProjectionStore(settings, dsn=dsn)
+        try:
+            await store.mark_all_dirty()
+            sessions = buckets = 0
+            while done := await store.project_sessions(project_session, limit=SESSIONS_PER_TRANSACTION):
+                sessions += done
+            while done := await store.project_buckets(limit=BUCKETS_PER_TRANSACTION):
+                buckets += done
+            return sessions, buckets
+        finally:
+            await store.close()
+
+    return asyncio.run(run())

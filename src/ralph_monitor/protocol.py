@@ -26,6 +26,10 @@ MAX_SPEC_ID_CHARS = 200
 MAX_JSON_DEPTH = 100
 MAX_INT_DIGITS = 1000
 """PostgreSQL's numeric takes far more, but nothing an agent sends needs more than this."""
+MAX_NUMERIC_SCALE = 16383
+"""Most digits after the decimal point PostgreSQL's numeric (and so jsonb) accepts."""
+MAX_NUMERIC_EXPONENT = 1_073_741_823
+"""PostgreSQL refuses exponents at or beyond INT_MAX / 2, even for zero."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,8 @@ def make_reject(raw: bytes | bytearray, error: InvalidEvent, *, received_at: dat
                 origin: Origin, excerpt_bytes: int, line_bytes: int | None = None) -> Reject:
     """Record of a refused line; keeps at most `excerpt_bytes` of it, NULs made visible."""
     excerpt = bytes(raw[:excerpt_bytes]).decode("utf-8", "replace").replace("\x00", "\\u0000")
+    # Replacement characters and escaped NULs take more room than the bytes they stand for.
+    excerpt = excerpt.encode()[:excerpt_bytes].decode("utf-8", "ignore")
     return Reject(
         reject_id=uuid.uuid4(), received_at=received_at, origin=origin, code=error.code,
         detail=str(error), line_bytes=len(raw) if line_bytes is None else line_bytes,
@@ -84,8 +90,9 @@ def _reject_constant(name: str) -> None:
 
 
 def _parse_int(text: str) -> int:
-    if len(text) > MAX_INT_DIGITS:
-        raise InvalidEvent("invalid_number", f"integer with {len(text)} digits is too large to store")
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise InvalidEvent("invalid_number", f"integer with {digits} digits is too large to store")
     return int(text)
 
 
@@ -93,12 +100,33 @@ def _parse_float(text: str) -> float:
     value = float(text)
     if value in (float("inf"), float("-inf")):
         raise InvalidEvent("invalid_number", f"number {text[:40]} is out of range")
+    # What PostgreSQL's numeric input refuses although float() copes: a huge exponent, or
+    # more than MAX_NUMERIC_SCALE digits after the decimal point (e.g. 1e-16384).
+    mantissa, _, exponent = text.lower().partition("e")
+    magnitude = exponent.lstrip("+-").lstrip("0")
+    power = int(magnitude) if 0 < len(magnitude) <= 10 else (1 << 40 if magnitude else 0)
+    if exponent.startswith("-"):
+        power = -power
+    if abs(power) >= MAX_NUMERIC_EXPONENT or len(mantissa.partition(".")[2]) - power > MAX_NUMERIC_SCALE:
+        raise InvalidEvent("invalid_number", f"number {text[:40]} is out of range (PostgreSQL keeps at most "
+                           f"{MAX_NUMERIC_SCALE} digits after the decimal point)")
     return value
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
 def _check_strings(value: object, depth: int = 0) -> None:
     """Refuse what jsonb refuses: NUL in strings, lone surrogates; and absurd nesting."""
-    if depth > MAX_JSON_DEPTH:
+    if depth >= MAX_JSON_DEPTH:
         raise InvalidEvent("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, str):
         if "\x00" in value:
@@ -121,7 +149,7 @@ def _uuid_field(obj: dict[str, object], name: str) -> uuid.UUID | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise InvalidEvent("invalid_uuid", f"{name} must be a UUID string, got {type(value).__name__}")
+        raise InvalidEvent("invalid_uuid", f"{name} must be a UUID string, got {_json_type(value)}")
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -130,7 +158,7 @@ def _uuid_field(obj: dict[str, object], name: str) -> uuid.UUID | None:
 
 def _timestamp(value: object) -> datetime:
     if not isinstance(value, str):
-        raise InvalidEvent("invalid_ts", f"ts must be an RFC 3339 string, got {type(value).__name__}")
+        raise InvalidEvent("invalid_ts", f"ts must be an RFC 3339 string, got {_json_type(value)}")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -158,7 +186,7 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
     except RecursionError:
         raise InvalidEvent("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(obj, dict):
-        raise InvalidEvent("not_an_object", f"event must be a JSON object, got {type(obj).__name__}")
+        raise InvalidEvent("not_an_object", f"event must be a JSON object, got {_json_type(obj)}")
     if "\\u" in text or text.count("{") + text.count("[") > MAX_JSON_DEPTH:
         _check_strings(obj)
 
@@ -174,7 +202,7 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
         raise InvalidEvent("invalid_spec_id", f"spec_id must be a string of 1 to {MAX_SPEC_ID_CHARS} characters")
     data = obj.get("data")
     if data is not None and not isinstance(data, dict):
-        raise InvalidEvent("invalid_data", f"data must be a JSON object, got {type(data).__name__}")
+        raise InvalidEvent("invalid_data", f"data must be a JSON object, got {_json_type(data)}")
     session_id = _uuid_field(obj, "session_id")
     event_id = _uuid_field(obj, "event_id")
     ts = obj.get("ts")

@@ -6,10 +6,14 @@ plain dataclasses, so callers never see SQL or database rows.
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time, timedelta, tzinfo
+from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ralph_monitor.store import ReadStore
 
@@ -78,3 +82,344 @@ def recent_rejects(store: ReadStore, *, limit: int = 50) -> list[RejectRow]:
 def monitor_hosts(store: ReadStore) -> list[HostHealth]:
     """One health row per daemon host writing to this database."""
     return [HostHealth(**row) for row in store.fetch("monitor_hosts")]
+
+
+# Aggregates ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    id: uuid.UUID
+    name: str | None
+    host: str | None
+    start_time: datetime
+    end_time: datetime | None
+    last_event_at: datetime
+    total_specs: int | None
+    specs_completed: int
+    specs_failed: int
+    specs_timed_out: int
+    execution_state: str
+    tokens_used: int
+    cost_usd: Decimal
+    event_count: int
+    interventions_pending: int
+    final_result: Any
+    metadata: Any
+    updated_at: datetime
+    current_spec: str | None
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.id)[:8]
+
+
+@dataclass(frozen=True)
+class SpecRunRow:
+    id: int
+    session_id: uuid.UUID
+    spec_id: str
+    attempt: int
+    start_time: datetime | None
+    end_time: datetime | None
+    duration_seconds: float | None
+    status: str
+    tokens_used: int | None
+    cost_usd: Decimal | None
+    error_message: str | None
+    output_summary: Any
+    session_name: str | None = None
+
+
+@dataclass(frozen=True)
+class InterventionRow:
+    event_id: uuid.UUID
+    spec_id: str | None
+    requested_at: datetime
+    message: str | None
+    answered_at: datetime | None = None
+    answer: str | None = None
+    session_id: uuid.UUID | None = None
+    session_name: str | None = None
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    id: int
+    event_id: uuid.UUID
+    event_type: str
+    spec_id: str | None
+    occurred_at: datetime
+    host: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class FailingSpec:
+    spec_id: str
+    failures: int
+    runs: int
+    last_failed_at: datetime
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Spec runs that ended in a window."""
+
+    completed: int
+    failed: int
+    timed_out: int
+    cost_usd: Decimal
+    tokens_used: int
+    avg_duration_seconds: float | None
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.timed_out
+
+    @property
+    def success_rate(self) -> float | None:
+        """Completed / finished, or None when nothing finished."""
+        return self.completed / self.finished if self.finished else None
+
+
+@dataclass(frozen=True)
+class DailyRuns:
+    day: date
+    completed: int
+    failed: int
+    cost_usd: Decimal
+    tokens_used: int
+
+
+@dataclass(frozen=True)
+class Window:
+    since: datetime
+    until: datetime
+
+
+@dataclass(frozen=True)
+class SessionDetail:
+    session: SessionSummary
+    spec_runs: list[SpecRunRow]
+    timeline: list[TimelineEvent]
+    interventions: list[InterventionRow]
+
+
+@dataclass(frozen=True)
+class Status:
+    active: list[SessionSummary]
+    pending_interventions: list[InterventionRow]
+    hosts: list[HostHealth]
+    last_backup: TimelineEvent | None
+    last_prune: TimelineEvent | None
+    rejects_last_24h: int
+
+
+@dataclass(frozen=True)
+class NightSummary:
+    window: Window
+    sessions: list[SessionSummary]
+    outcomes: Outcomes
+    failures: list[SpecRunRow]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    this_week: Window
+    last_week: Window
+    current: Outcomes
+    previous: Outcomes
+
+
+@dataclass(frozen=True)
+class Spend:
+    today: Outcomes
+    week: Outcomes
+    month: Outcomes
+    per_day: list[DailyRuns]
+
+
+class UnknownSession(LookupError):
+    """No session (or more than one) matches an id prefix."""
+
+
+def report_zone(name: str) -> ZoneInfo:
+    """The reporting time zone: the named one, else this machine's ($TZ, /etc/localtime), else UTC."""
+    if name:
+        return ZoneInfo(name)
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        candidates.append(os.path.realpath("/etc/localtime").split("/zoneinfo/", 1)[1])
+    except IndexError:
+        pass
+    for candidate in candidates:
+        if candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ValueError, OSError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def _local_midnight(moment: datetime, zone: tzinfo) -> datetime:
+    local = moment.astimezone(zone)
+    return datetime.combine(local.date(), time(0), tzinfo=zone)
+
+
+def day_window(now: datetime, zone: tzinfo) -> Window:
+    start = _local_midnight(now, zone)
+    return Window(start, now)
+
+
+def week_windows(now: datetime, zone: tzinfo) -> tuple[Window, Window]:
+    """This week (since Monday 00:00 local) and the whole previous week."""
+    today = _local_midnight(now, zone)
+    monday = today - timedelta(days=today.weekday())
+    monday = datetime.combine(monday.date(), time(0), tzinfo=zone)
+    previous = datetime.combine((monday - timedelta(days=7)).date(), time(0), tzinfo=zone)
+    return Window(monday, now), Window(previous, monday)
+
+
+def month_window(now: datetime, zone: tzinfo) -> Window:
+    local = now.astimezone(zone)
+    return Window(datetime.combine(local.date().replace(day=1), time(0), tzinfo=zone), now)
+
+
+def night_window(now: datetime, zone: tzinfo, *, start: time, end: time) -> Window:
+    """The last overnight window, from `start` one evening to `end` the next morning.
+
+    At 14:00 or 22:00 that is the night that ended this morning; at 07:00 it is the night
+    still going on, up to now."""
+    local = now.astimezone(zone)
+    night_end = datetime.combine(local.date(), end, tzinfo=zone)
+    start_day = night_end.date() - timedelta(days=1) if start > end else night_end.date()
+    return Window(datetime.combine(start_day, start, tzinfo=zone), min(night_end, now))
+
+
+def _session(row: dict[str, Any]) -> SessionSummary:
+    return SessionSummary(**row)
+
+
+def active_sessions(store: ReadStore) -> list[SessionSummary]:
+    """Running and stalled sessions, newest first, with the spec each is on."""
+    return [_session(r) for r in store.fetch("active_sessions")]
+
+
+def pending_interventions(store: ReadStore) -> list[InterventionRow]:
+    """Requests for a human that nobody answered, in sessions still going."""
+    return [InterventionRow(**r) for r in store.fetch("pending_interventions")]
+
+
+def sessions_since(store: ReadStore, since: datetime, *, limit: int = 100) -> list[SessionSummary]:
+    return [_session(r) for r in store.fetch("sessions_since", {"since": since, "limit": limit})]
+
+
+def resolve_session(store: ReadStore, prefix: str) -> uuid.UUID:
+    """The session whose id starts with `prefix`. Raises UnknownSession if none or several do."""
+    cleaned = prefix.strip().lower()
+    if not cleaned or any(c not in "0123456789abcdef-" for c in cleaned):
+        raise UnknownSession(f"{prefix!r} is not a session id (hex digits and dashes)")
+    rows = store.fetch("session_ids_by_prefix", {"prefix": cleaned})
+    if not rows:
+        raise UnknownSession(f"no session id starts with {prefix!r}")
+    if len(rows) > 1:
+        raise UnknownSession(f"{prefix!r} matches several sessions ({rows[0]['id']}, {rows[1]['id']}, ...); "
+                             "give more characters")
+    return rows[0]["id"]
+
+
+def session_detail(store: ReadStore, session_id: uuid.UUID, *, timeline_limit: int = 10_000) -> SessionDetail:
+    params = {"session_id": session_id}
+    rows = store.fetch("session", params)
+    if not rows:
+        raise UnknownSession(f"no session {session_id}")
+    return SessionDetail(
+        session=_session(rows[0]),
+        spec_runs=[SpecRunRow(**r) for r in store.fetch("session_spec_runs", params)],
+        timeline=[TimelineEvent(**r) for r in store.fetch("session_timeline", {**params, "limit": timeline_limit})],
+        interventions=[InterventionRow(**r) for r in store.fetch("session_interventions", params)],
+    )
+
+
+def spec_history(store: ReadStore, spec_id: str, *, limit: int = 100) -> list[SpecRunRow]:
+    """Runs of one spec across sessions, newest first."""
+    return [SpecRunRow(**r) for r in store.fetch("spec_history", {"spec_id": spec_id, "limit": limit})]
+
+
+def top_failing_specs(store: ReadStore, since: datetime, *, limit: int = 10) -> list[FailingSpec]:
+    return [FailingSpec(**r) for r in store.fetch("top_failing_specs", {"since": since, "limit": limit})]
+
+
+def outcomes(store: ReadStore, window: Window) -> Outcomes:
+    row = store.fetch("run_outcomes_between", {"since": window.since, "until": window.until})[0]
+    return Outcomes(**row)
+
+
+def compare_weeks(store: ReadStore, now: datetime, zone: tzinfo) -> Comparison:
+    """Success rate and spend this week (so far) against the whole previous week."""
+    this_week, last_week = week_windows(now, zone)
+    return Comparison(this_week, last_week, outcomes(store, this_week), outcomes(store, last_week))
+
+
+def daily_runs(store: ReadStore, window: Window, zone: tzinfo) -> list[DailyRuns]:
+    """Per local day: runs completed / failed, spend and tokens."""
+    return [DailyRuns(**r) for r in store.fetch(
+        "daily_runs", {"since": window.since, "until": window.until, "tz": str(zone)})]
+
+
+def spend(store: ReadStore, now: datetime, zone: tzinfo, *, days: int = 30) -> Spend:
+    """Spend today, this week, this month, and per day over the last `days` days."""
+    series = Window(_local_midnight(now - timedelta(days=days - 1), zone), now)
+    return Spend(today=outcomes(store, day_window(now, zone)), week=outcomes(store, week_windows(now, zone)[0]),
+                 month=outcomes(store, month_window(now, zone)), per_day=daily_runs(store, series, zone))
+
+
+def night_summary(store: ReadStore, window: Window) -> NightSummary:
+    """Sessions active in the window, and the spec runs that ended in it."""
+    runs = [SpecRunRow(**r) for r in store.fetch("runs_ended_between",
+                                                 {"since": window.since, "until": window.until})]
+    return NightSummary(
+        window=window,
+        sessions=[_session(r) for r in store.fetch("sessions_overlapping",
+                                                    {"since": window.since, "until": window.until})],
+        outcomes=outcomes(store, window),
+        failures=[r for r in runs if r.status in ("failed", "timeout")],
+    )
+
+
+def _latest(store: ReadStore, event_type: str) -> TimelineEvent | None:
+    rows = store.fetch("latest_event_of_type", {"event_type": event_type})
+    if not rows:
+        return None
+    row = rows[0]
+    return TimelineEvent(id=0, event_id=uuid.UUID(int=0), event_type=event_type, spec_id=None,
+                         occurred_at=row["occurred_at"], host=row["host"], data=row["data"])
+
+
+def status(store: ReadStore, now: datetime) -> Status:
+    """What is going on now: active sessions, open requests, and the monitor's own health."""
+    return Status(
+        active=active_sessions(store),
+        pending_interventions=pending_interventions(store),
+        hosts=monitor_hosts(store),
+        last_backup=_latest(store, "backup_completed"),
+        last_prune=_latest(store, "prune_completed"),
+        rejects_last_24h=store.fetch("reject_count_since", {"since": now - timedelta(days=1)})[0]["n"],
+    )
+
+
+def event_counts(store: ReadStore, since: datetime) -> list[tuple[datetime, int]]:
+    """Events per 5-minute bucket since `since`."""
+    return [(r["bucket_time"], r["count"]) for r in store.fetch("event_counts_per_bucket", {"since": since})]
+
+
+EXPORT_TABLES = ("events", "sessions", "spec_runs")
+
+
+def export_rows(store: ReadStore, table: str, window: Window) -> Iterator[dict[str, Any]]:
+    """Rows of `table` in the window, streamed with constant memory."""
+    if table not in EXPORT_TABLES:
+        raise ValueError(f"cannot export {table!r}; choose one of {', '.join(EXPORT_TABLES)}")
+    return store.stream(f"export_{table}", {"since": window.since, "until": window.until})

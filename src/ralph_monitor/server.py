@@ -12,8 +12,10 @@ import asyncio
 import grp
 import logging
 import os
+import resource
 import socket
 import struct
+import sys
 import time
 from collections import deque
 from datetime import datetime, timezone
@@ -29,6 +31,10 @@ READ_PAUSE_QUEUE = "queue"
 READ_PAUSE_WRITES = "writes"
 WRITE_BUFFER_HIGH_BYTES = 1 << 20
 IDLE_SWEEP_INTERVAL_S = 1.0
+LISTEN_BACKLOG = socket.SOMAXCONN
+"""Pending connections the kernel queues before connect() fails with EAGAIN."""
+FD_RESERVE = 64
+"""File descriptors kept for everything but clients (database, spool, logs, backups)."""
 _PEERCRED = struct.Struct("3i")
 
 
@@ -42,6 +48,24 @@ def peer_origin(sock: socket.socket | None, host: str) -> Origin:
     except OSError:
         return Origin(host=host, uid=None, pid=None)
     return Origin(host=host, uid=uid, pid=pid)
+
+
+def ensure_fd_limit(max_connections: int) -> None:
+    """Raise the soft RLIMIT_NOFILE (systemd's default is 1024) so [limits] max_connections fits;
+    otherwise accept() fails with EMFILE and clients over the limit wait instead of being told."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + FD_RESERVE
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+        target = soft
+    if target < needed:
+        log.warning("[limits] max_connections %d needs %d open files but the limit is %d; raise LimitNOFILE= "
+                    "for the service or lower max_connections", max_connections, needed, target)
 
 
 class Connection(asyncio.Protocol):
@@ -165,13 +189,19 @@ class Connection(asyncio.Protocol):
 
     def _refuse(self, raw: bytes | bytearray, error: InvalidEvent, *, line_bytes: int | None = None) -> None:
         self._slots.append(Slot(error_reply(error.code, str(error))))
-        if self._rejects_recorded < self._settings.limits_max_rejects_per_connection:
+        limit = self._settings.limits_max_rejects_per_connection
+        if self._rejects_recorded < limit:
             self._rejects_recorded += 1
             reject = make_reject(raw, error, received_at=datetime.now(timezone.utc), origin=self.origin,
                                  excerpt_bytes=self._settings.limits_reject_excerpt_bytes,
                                  line_bytes=line_bytes)
             self._server.ingestor.submit(reject, None, None)
-        log.info("rejected a line from pid %s uid %s: %s", self.origin.pid, self.origin.uid, error)
+            # Logged as bounded as recorded, so a client cannot flood the journal either.
+            log.info("rejected a line from pid %s uid %s: %s", self.origin.pid, self.origin.uid, error)
+            if self._rejects_recorded == limit:
+                log.warning("pid %s uid %s reached %d rejected lines on one connection ([limits] "
+                            "max_rejects_per_connection); further ones are answered but not recorded",
+                            self.origin.pid, self.origin.uid, limit)
         self.flush_replies()
 
     # replies and flow control
@@ -258,8 +288,15 @@ class EventServer:
                 conn.resume(READ_PAUSE_QUEUE)
 
     async def start(self, sock: socket.socket) -> None:
+        ensure_fd_limit(self.settings.limits_max_connections)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        # Python 3.13+ would unlink the socket file on close; systemd owns it (socket activation).
+        extra = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, **extra)
+        # asyncio has just called listen(100): its backlog argument is also how many connections
+        # it accepts in one go, and a large burst would count clients that already left against
+        # [limits] max_connections. Keep its batch of 100 but give the kernel queue room again.
+        sock.listen(LISTEN_BACKLOG)
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-sweeper")
 
     async def _sweep_idle(self) -> None:
@@ -310,7 +347,7 @@ def bind_socket(settings: Settings) -> socket.socket:
         else:
             os.chown(path, -1, gid)
     os.chmod(path, settings.socket_mode_bits)
-    sock.listen(512)
+    sock.listen(LISTEN_BACKLOG)
     return sock
 
 

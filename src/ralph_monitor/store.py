@@ -35,6 +35,9 @@ PARTITION_DAYS_BEHIND = 1
 PARTITION_DAYS_AHEAD = 7
 """Daily `events` partitions kept ready around today (UTC); checked whenever the date changes."""
 
+STREAM_BATCH_ROWS = 2000
+"""Rows fetched per round trip when streaming an export."""
+
 STORED = "stored"
 DUPLICATE = "duplicate"
 
@@ -415,7 +418,8 @@ class ReadStore:
     def stream(self, name: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Rows of named query `name`, fetched through a server-side cursor (constant memory)."""
         try:
-            with self._conn.cursor(name=f"stream_{name}") as cur:
+            with self._conn.transaction(), self._conn.cursor(name=f"stream_{name}") as cur:
+                cur.itersize = STREAM_BATCH_ROWS
                 cur.execute(resources.query(name), params)
                 yield from cur
         except psycopg.Error as exc:

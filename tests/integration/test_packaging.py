@@ -23,4 +23,4 @@ def test_wheel_ships_sql_and_templates(tmp_path: Path) -> None:
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "ralph-monitor = ralph_monitor.cli:monitor_main" in text
-    assert "ralph-query = ralph_monitor.cli:query_main" in text
+    assert "ralph-query = ralph_monitor.query_cli:query_main" in text

@@ -1,0 +1,402 @@
+"""`ralph-query`: answer "what happened?" from the database, for people (tables) and
+scripts (`--json`). Reads through the typed functions in `queries`; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, time, timezone
+from typing import IO, Any
+
+from ralph_monitor import __version__, queries
+from ralph_monitor.cli import parse_since, run_command
+from ralph_monitor.cluster import database_dsn
+from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings
+from ralph_monitor.errors import RalphMonitorError
+from ralph_monitor.store import ReadStore, open_read_store
+from ralph_monitor.textfmt import (duration, json_default, local_time, money, percent, relative_time,
+                                   shorten, table, to_json)
+
+EPILOG = """\
+Examples:
+  ralph-query status                       what runs now, what waits for a human, monitor health
+  ralph-query night                        what happened last night
+  ralph-query sessions --since 7d
+  ralph-query session 6f1c                 one session's timeline (a unique id prefix is enough)
+  ralph-query spec CR-02                   every run of one spec
+  ralph-query failures --top 10 --since 7d
+  ralph-query cost --month
+  ralph-query compare                      this week against last week
+  ralph-query events --since 8h --type spec_failed
+  ralph-query export --format csv --table spec_runs --since 30d -o runs.csv
+Add --json to any command for machine-readable output.
+"""
+
+
+class QueryFailed(RalphMonitorError):
+    """A query could not be answered (unknown id, bad window)."""
+
+
+@contextmanager
+def _store(settings: Settings) -> Iterator[ReadStore]:
+    with open_read_store(settings, dsn=database_dsn(settings.database_dsn, settings.state_dir)) as store:
+        yield store
+
+
+def _zone(settings: Settings) -> Any:
+    return queries.report_zone(settings.reports_timezone)
+
+
+def _emit_json(value: Any) -> None:
+    print(to_json(value))
+
+
+def _session_rows(sessions: list[queries.SessionSummary], now: datetime) -> list[list[str]]:
+    rows = []
+    for s in sessions:
+        specs = f"{s.specs_completed}/{s.total_specs}" if s.total_specs else str(s.specs_completed)
+        rows.append([str(s.id)[:8], shorten(s.name, 28) or "-", s.execution_state,
+                     relative_time(s.start_time, now), specs, str(s.specs_failed),
+                     money(s.cost_usd), relative_time(s.last_event_at, now)])
+    return rows
+
+
+SESSION_HEADERS = ["id", "name", "state", "started", "done", "failed", "cost", "last event"]
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    now = datetime.now(timezone.utc)
+    with _store(settings) as store:
+        status = queries.status(store, now)
+    if args.json:
+        _emit_json(status)
+        return 0
+    if status.active:
+        print(f"Running now ({len(status.active)}):")
+        rows = _session_rows(status.active, now)
+        for row, s in zip(rows, status.active):
+            row.insert(3, s.current_spec or "-")
+        print(table([*SESSION_HEADERS[:3], "on spec", *SESSION_HEADERS[3:]], rows))
+    else:
+        print("No session is running.")
+    stalled = [s for s in status.active if s.execution_state == "stalled"]
+    for s in stalled:
+        print(f"! stalled: {s.label} — no event since {relative_time(s.last_event_at, now)}")
+    print()
+    if status.pending_interventions:
+        print(f"Waiting for a human ({len(status.pending_interventions)}):")
+        print(table(["asked", "session", "spec", "message"], [
+            [relative_time(i.requested_at, now), shorten(i.session_name or str(i.session_id)[:8], 24),
+             i.spec_id or "-", shorten(i.message, 70)] for i in status.pending_interventions]))
+    else:
+        print("No request is waiting for a human.")
+    print()
+    print("Monitor:")
+    for h in status.hosts:
+        print(f"  {h.host}: last seen {relative_time(h.last_seen, now)}, {h.ingest_rate_per_s:.1f} events/s, "
+              f"spool backlog {h.spool_backlog}, {h.events_total} events since {local_time(h.started_at, _zone(settings))}")
+    print(f"  last backup: {relative_time(status.last_backup.occurred_at, now) if status.last_backup else 'never'}")
+    print(f"  last prune: {relative_time(status.last_prune.occurred_at, now) if status.last_prune else 'never'}")
+    print(f"  rejected lines in the last 24 h: {status.rejects_last_24h}")
+    return 0
+
+
+def cmd_night(args: argparse.Namespace, settings: Settings) -> int:
+    zone = _zone(settings)
+    now = datetime.now(timezone.utc)
+    window = queries.night_window(now, zone, start=time.fromisoformat(settings.reports_night_start),
+                                  end=time.fromisoformat(settings.reports_night_end))
+    with _store(settings) as store:
+        night = queries.night_summary(store, window)
+    if args.json:
+        _emit_json(night)
+        return 0
+    o = night.outcomes
+    print(f"Night of {local_time(window.since, zone)} to {local_time(window.until, zone)} ({zone}):")
+    print(f"  {len(night.sessions)} sessions; {o.finished} spec runs finished: {o.completed} completed, "
+          f"{o.failed} failed, {o.timed_out} timed out ({percent(o.success_rate)} success); "
+          f"cost {money(o.cost_usd)}, {o.tokens_used:,} tokens")
+    if night.sessions:
+        print()
+        print(table(SESSION_HEADERS, _session_rows(night.sessions, now)))
+    if night.failures:
+        print()
+        print("Failures:")
+        print(table(["when", "spec", "status", "session", "error"], [
+            [local_time(r.end_time, zone), r.spec_id, r.status, shorten(r.session_name, 20) or str(r.session_id)[:8],
+             shorten(r.error_message, 70)] for r in night.failures]))
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace, settings: Settings) -> int:
+    now = datetime.now(timezone.utc)
+    with _store(settings) as store:
+        sessions = queries.sessions_since(store, args.since, limit=args.limit)
+    if args.json:
+        for s in sessions:
+            _emit_json(s)
+        return 0
+    print(table(SESSION_HEADERS, _session_rows(sessions, now)) if sessions else "no sessions in that window")
+    return 0
+
+
+def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
+    zone = _zone(settings)
+    with _store(settings) as store:
+        try:
+            session_id = queries.resolve_session(store, args.id)
+            detail = queries.session_detail(store, session_id)
+        except queries.UnknownSession as exc:
+            raise QueryFailed(str(exc)) from None
+    if args.json:
+        _emit_json(detail)
+        return 0
+    s = detail.session
+    print(f"Session {s.id}  {s.name or ''}".rstrip())
+    print(f"  state {s.execution_state}; host {s.host or '-'}; started {local_time(s.start_time, zone)}; "
+          f"ended {local_time(s.end_time, zone)}; last event {local_time(s.last_event_at, zone)}")
+    print(f"  specs {s.specs_completed} completed, {s.specs_failed} failed ({s.specs_timed_out} timed out)"
+          f"{f' of {s.total_specs}' if s.total_specs else ''}; {s.tokens_used:,} tokens; {money(s.cost_usd)}; "
+          f"{s.event_count} events")
+    if detail.spec_runs:
+        print()
+        print(table(["spec", "try", "status", "started", "took", "tokens", "cost", "error"], [
+            [r.spec_id, str(r.attempt), r.status, local_time(r.start_time, zone), duration(r.duration_seconds),
+             f"{r.tokens_used:,}" if r.tokens_used is not None else "-", money(r.cost_usd),
+             shorten(r.error_message, 60)] for r in detail.spec_runs]))
+    if detail.interventions:
+        print()
+        print(table(["asked", "spec", "message", "answered"], [
+            [local_time(i.requested_at, zone), i.spec_id or "-", shorten(i.message, 60),
+             local_time(i.answered_at, zone) if i.answered_at else "NOT ANSWERED"] for i in detail.interventions]))
+    print()
+    print(table(["time", "type", "spec", "data"], [
+        [e.occurred_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"), e.event_type, e.spec_id or "",
+         shorten(json.dumps(e.data, ensure_ascii=False, default=json_default) if e.data else "", 70)]
+        for e in detail.timeline]))
+    return 0
+
+
+def cmd_spec(args: argparse.Namespace, settings: Settings) -> int:
+    zone = _zone(settings)
+    with _store(settings) as store:
+        runs = queries.spec_history(store, args.spec_id, limit=args.limit)
+    if args.json:
+        for r in runs:
+            _emit_json(r)
+        return 0
+    if not runs:
+        raise QueryFailed(f"no runs of spec {args.spec_id!r}")
+    print(table(["started", "session", "try", "status", "took", "cost", "error"], [
+        [local_time(r.start_time or r.end_time, zone), shorten(r.session_name, 20) or str(r.session_id)[:8],
+         str(r.attempt), r.status, duration(r.duration_seconds), money(r.cost_usd), shorten(r.error_message, 60)]
+        for r in runs]))
+    return 0
+
+
+def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
+    now = datetime.now(timezone.utc)
+    with _store(settings) as store:
+        failing = queries.top_failing_specs(store, args.since, limit=args.top)
+    if args.json:
+        for f in failing:
+            _emit_json(f)
+        return 0
+    if not failing:
+        print("no failed spec runs in that window")
+        return 0
+    print(table(["spec", "failures", "runs", "last failed", "last error"], [
+        [f.spec_id, str(f.failures), str(f.runs), relative_time(f.last_failed_at, now), shorten(f.last_error, 70)]
+        for f in failing]))
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace, settings: Settings) -> int:
+    zone = _zone(settings)
+    now = datetime.now(timezone.utc)
+    with _store(settings) as store:
+        spend = queries.spend(store, now, zone)
+    if args.json:
+        _emit_json(spend)
+        return 0
+    periods = {"day": ("today", spend.today), "week": ("this week", spend.week), "month": ("this month", spend.month)}
+    chosen = [periods[args.period]] if args.period else list(periods.values())
+    print(table(["period", "cost", "tokens", "runs"], [
+        [label, money(o.cost_usd), f"{o.tokens_used:,}", str(o.finished)] for label, o in chosen]))
+    if args.period in (None, "month"):
+        print()
+        print(table(["day", "cost", "tokens", "completed", "failed"], [
+            [d.day.isoformat(), money(d.cost_usd), f"{d.tokens_used:,}", str(d.completed), str(d.failed)]
+            for d in spend.per_day]))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    zone = _zone(settings)
+    with _store(settings) as store:
+        comparison = queries.compare_weeks(store, datetime.now(timezone.utc), zone)
+    if args.json:
+        _emit_json(comparison)
+        return 0
+    cur, prev = comparison.current, comparison.previous
+    print(table(["", "this week", "last week"], [
+        ["from", local_time(comparison.this_week.since, zone), local_time(comparison.last_week.since, zone)],
+        ["runs finished", str(cur.finished), str(prev.finished)],
+        ["completed", str(cur.completed), str(prev.completed)],
+        ["failed", str(cur.failed), str(prev.failed)],
+        ["timed out", str(cur.timed_out), str(prev.timed_out)],
+        ["success rate", percent(cur.success_rate), percent(prev.success_rate)],
+        ["avg duration", duration(cur.avg_duration_seconds), duration(prev.avg_duration_seconds)],
+        ["cost", money(cur.cost_usd), money(prev.cost_usd)],
+        ["tokens", f"{cur.tokens_used:,}", f"{prev.tokens_used:,}"],
+    ]))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    now = datetime.now(timezone.utc)
+    with _store(settings) as store:
+        session_id = None
+        if args.session:
+            try:
+                session_id = queries.resolve_session(store, args.session)
+            except queries.UnknownSession as exc:
+                raise QueryFailed(str(exc)) from None
+        rows = queries.recent_events(store, since=args.since, event_type=args.type,
+                                     session_id=session_id, spec_id=args.spec, limit=args.limit)
+    if args.json:
+        for r in rows:
+            _emit_json(r)
+        return 0
+    if not rows:
+        print("no events match")
+        return 0
+    print(table(["when", "type", "session", "spec", "host", "data"], [
+        [relative_time(r.occurred_at, now), r.event_type, str(r.session_id or "-")[:8], r.spec_id or "-",
+         r.host, shorten(json.dumps(r.data, ensure_ascii=False), 60) if r.data else ""] for r in rows]))
+    return 0
+
+
+def cmd_rejects(args: argparse.Namespace, settings: Settings) -> int:
+    now = datetime.now(timezone.utc)
+    with _store(settings) as store:
+        rows = queries.recent_rejects(store, limit=args.limit)
+    if args.json:
+        for r in rows:
+            _emit_json(r)
+        return 0
+    if not rows:
+        print("no rejected lines")
+        return 0
+    print(table(["when", "reason", "pid", "bytes", "line"], [
+        [relative_time(r.received_at, now), r.reason, str(r.writer_pid or "-"), str(r.line_bytes),
+         shorten(r.excerpt, 60)] for r in rows]))
+    return 0
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, default=json_default)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return "" if value is None else value
+
+
+def write_export(rows: Iterator[dict[str, Any]], out: IO[str], fmt: str) -> int:
+    """Stream rows as CSV (header first) or JSON Lines; the number of rows written."""
+    count = 0
+    writer = None
+    for row in rows:
+        if fmt == "jsonl":
+            out.write(json.dumps(row, default=json_default, ensure_ascii=False) + "\n")
+        else:
+            if writer is None:
+                writer = csv.DictWriter(out, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+        count += 1
+    return count
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    window = queries.Window(args.since or datetime(1970, 1, 1, tzinfo=timezone.utc),
+                            args.until or datetime.now(timezone.utc))
+    if window.since >= window.until:
+        raise QueryFailed("--since must be before --until")
+    with _store(settings) as store:
+        rows = queries.export_rows(store, args.table, window)
+        if args.output in (None, "-"):
+            count = write_export(rows, sys.stdout, args.format)
+        else:
+            opener = gzip.open if args.output.endswith(".gz") else open
+            with opener(args.output, "wt", encoding="utf-8", newline="") as out:  # type: ignore[operator]
+                count = write_export(rows, out, args.format)
+    print(f"exported {count} {args.table} rows", file=sys.stderr)
+    return 0
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"config file (default: $RALPH_MONITOR_CONFIG or {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON (one object per line)")
+
+
+def query_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ralph-query", description="Answer questions about agent runs from the ralph-monitor database.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        _add_common(p)
+        p.set_defaults(func=func)
+        return p
+
+    command("status", cmd_status, "running and stalled sessions, requests waiting for a human, monitor health")
+    command("night", cmd_night, "what happened in the last overnight window ([reports] night_start/night_end)")
+    p = command("sessions", cmd_sessions, "sessions started in a window, newest first")
+    p.add_argument("--since", type=parse_since, default=parse_since("7d"), metavar="WHEN",
+                   help="2h, 7d, 2w or an ISO timestamp (default 7d)")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p = command("session", cmd_session, "one session: spec runs, interventions and its full event timeline")
+    p.add_argument("id", help="session id or a unique prefix of it")
+    p = command("spec", cmd_spec, "every run of one spec across sessions, newest first")
+    p.add_argument("spec_id")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p = command("failures", cmd_failures, "specs that failed most often")
+    p.add_argument("--top", type=int, default=10, help="how many specs (default 10)")
+    p.add_argument("--since", type=parse_since, default=parse_since("7d"), metavar="WHEN", help="default 7d")
+    p = command("cost", cmd_cost, "spend and tokens today, this week, this month, and per day")
+    group = p.add_mutually_exclusive_group()
+    for period in ("day", "week", "month"):
+        group.add_argument(f"--{period}", dest="period", action="store_const", const=period,
+                           help=f"only this {period}")
+    command("compare", cmd_compare, "this week so far against the whole previous week")
+    p = command("events", cmd_events, "events, newest first, filtered")
+    p.add_argument("--since", type=parse_since, metavar="WHEN", help="2h, 30m, 1d or an ISO timestamp")
+    p.add_argument("--type", help="only this event type")
+    p.add_argument("--session", metavar="ID", help="only this session (id or unique prefix)")
+    p.add_argument("--spec", help="only this spec id")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p = command("rejects", cmd_rejects, "lines the daemon refused, newest first")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p = command("export", cmd_export, "stream rows as CSV or JSON Lines (constant memory)")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
+    p.add_argument("--table", choices=queries.EXPORT_TABLES, default="events")
+    p.add_argument("--since", type=parse_since, metavar="WHEN", help="start (default: everything)")
+    p.add_argument("--until", type=parse_since, metavar="WHEN", help="end (default: now)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout (.gz compresses)")
+    return parser
+
+
+def query_main(argv: list[str] | None = None) -> int:
+    return run_command(query_parser(), argv)
+
