@@ -7,12 +7,14 @@ the validator and `ralph-monitor init-config` all work from the same table.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import math
 import os
 import socket
 import stat
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,19 @@ def _validate(settings: Settings, origin: str) -> None:
         if value and not os.path.isabs(value):
             section, key = name.split("_", 1)
             raise ConfigError(f"{origin}: [{section}] {key} = {value!r} must be an absolute path")
+    if settings.reports_timezone:
+        try:
+            zoneinfo.ZoneInfo(settings.reports_timezone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise ConfigError(
+                f"{origin}: [reports] timezone = {settings.reports_timezone!r} is not a known time zone; "
+                "use a name like \"Europe/Berlin\" or \"UTC\" (see timedatectl list-timezones)") from None
+    for key in ("night_start", "night_end"):
+        value = getattr(settings, f"reports_{key}")
+        try:
+            datetime.time.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(f"{origin}: [reports] {key} = {value!r} is not a time of day; use HH:MM, e.g. \"18:00\"") from None
 
 
 def _check_secret_exposure(path: Path, data: dict[str, Any]) -> None:

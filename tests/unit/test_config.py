@@ -353,3 +353,17 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert "[limits] max_conections" in result.stderr
     assert "max_connections" in result.stderr
+
+
+def test_reports_settings_are_validated() -> None:
+    import pytest
+
+    from ralph_monitor.config import settings_from_mapping
+    from ralph_monitor.errors import ConfigError
+
+    ok = settings_from_mapping({"reports": {"timezone": "Europe/Berlin", "night_start": "20:30"}}, "f.toml")
+    assert ok.reports_timezone == "Europe/Berlin"
+    with pytest.raises(ConfigError, match=r"\[reports\] timezone = 'Mars/Olympus' is not a known time zone"):
+        settings_from_mapping({"reports": {"timezone": "Mars/Olympus"}}, "f.toml")
+    with pytest.raises(ConfigError, match=r"\[reports\] night_end = '25:99' is not a time of day"):
+        settings_from_mapping({"reports": {"night_end": "25:99"}}, "f.toml")
