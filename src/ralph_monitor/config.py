@@ -88,6 +88,29 @@ class Settings:
     reports_night_end: str = _setting(
         "reports", "09:00", "When the overnight window ends, the next morning (HH:MM).")
 
+    schedule_render_interval_s: float = _setting(
+        "schedule", 60.0, "Seconds between dashboard regenerations (new events also trigger one).", minimum=5.0)
+    schedule_render_debounce_s: float = _setting(
+        "schedule", 3.0, "After new events, wait this long before refreshing the dashboard.", minimum=0.1)
+    schedule_backup_time: str = _setting(
+        "schedule", "03:30", "Daily pg_dump backup time (HH:MM in [reports] timezone); empty disables it.")
+    schedule_prune_time: str = _setting(
+        "schedule", "04:15", "Daily retention pruning time (HH:MM in [reports] timezone); empty disables it.")
+
+    retention_events_days: int = _setting(
+        "retention", 30, "Keep events this many days (whole daily partitions are dropped).", minimum=1)
+    retention_sessions_days: int = _setting(
+        "retention", 365, "Keep sessions (and their spec runs) this many days after they end.", minimum=1)
+    retention_metric_buckets_days: int = _setting(
+        "retention", 7, "Keep 5-minute metric buckets this many days.", minimum=1)
+    retention_rejects_days: int = _setting(
+        "retention", 30, "Keep rejected lines this many days.", minimum=1)
+
+    backup_keep_daily: int = _setting(
+        "backup", 7, "Daily backups to keep.", minimum=1)
+    backup_keep_weekly: int = _setting(
+        "backup", 4, "Weekly backups (the newest of each ISO week) to keep beyond the daily ones.", minimum=0)
+
     monitor_host: str = _setting(
         "monitor", "", "Host name stored with each event. Empty: this machine's host name.")
     monitor_log_level: str = _setting(
@@ -187,12 +210,16 @@ def _validate(settings: Settings, origin: str) -> None:
             raise ConfigError(
                 f"{origin}: [reports] timezone = {settings.reports_timezone!r} is not a known time zone; "
                 "use a name like \"Europe/Berlin\" or \"UTC\" (see timedatectl list-timezones)") from None
-    for key in ("night_start", "night_end"):
-        value = getattr(settings, f"reports_{key}")
+    for section, key in (("reports", "night_start"), ("reports", "night_end"),
+                         ("schedule", "backup_time"), ("schedule", "prune_time")):
+        value = getattr(settings, f"{section}_{key}")
+        if section == "schedule" and not value:
+            continue
         try:
             datetime.time.fromisoformat(value)
         except ValueError:
-            raise ConfigError(f"{origin}: [reports] {key} = {value!r} is not a time of day; use HH:MM, e.g. \"18:00\"") from None
+            raise ConfigError(
+                f"{origin}: [{section}] {key} = {value!r} is not a time of day; use HH:MM, e.g. \"18:00\"") from None
 
 
 def _check_secret_exposure(path: Path, data: dict[str, Any]) -> None:
@@ -212,6 +239,24 @@ def _dsn_url_has_password(dsn: str) -> bool:
         return False
     netloc = dsn.split("://", 1)[1].split("/", 1)[0]
     return "@" in netloc and ":" in netloc.split("@", 1)[0]
+
+
+def report_zone(name: str) -> zoneinfo.ZoneInfo:
+    """The reporting time zone: the named one, else this machine's ($TZ, /etc/localtime), else UTC."""
+    if name:
+        return zoneinfo.ZoneInfo(name)
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        candidates.append(os.path.realpath("/etc/localtime").split("/zoneinfo/", 1)[1])
+    except IndexError:
+        pass
+    for candidate in candidates:
+        if candidate:
+            try:
+                return zoneinfo.ZoneInfo(candidate)
+            except (ValueError, OSError):
+                continue
+    return zoneinfo.ZoneInfo("UTC")
 
 
 def settings_from_mapping(data: dict[str, Any], origin: str) -> Settings:

@@ -19,10 +19,11 @@ import sdnotify
 
 from ralph_monitor import __version__
 from ralph_monitor.cluster import EMBEDDED_DBNAME, embedded_cluster
-from ralph_monitor.config import Settings
+from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import StoreUnavailable
 from ralph_monitor.ingest import Ingestor
 from ralph_monitor.projector import Projector
+from ralph_monitor.scheduler import Scheduler
 from ralph_monitor.server import EventServer, activated_socket, bind_socket
 from ralph_monitor.spool import Spool
 from ralph_monitor.store import EventStore, ProjectionStore, ensure_database
@@ -112,6 +113,8 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
                asyncio.create_task(projector.run(), name="projector")]
     if notifier.watchdog_interval_s:
         helpers.append(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval_s), name="watchdog"))
+    scheduler = Scheduler(zone=report_zone(settings.reports_timezone))
+    scheduler.start()
     where = "socket from systemd" if activated else settings.socket_path
     log.info("ralph-monitor %s listening on %s (host %s)", __version__, where, host)
     notifier.send("READY=1")
@@ -122,6 +125,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
         writer.result()
     log.info("stopping: committing what was received")
     notifier.send("STOPPING=1")
+    scheduler.shutdown()
     await server.stop_accepting()
     await ingestor.stop()
     await writer

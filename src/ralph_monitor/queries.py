@@ -6,15 +6,14 @@ plain dataclasses, so callers never see SQL or database rows.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from ralph_monitor.config import report_zone
 from ralph_monitor.store import ReadStore
 
 
@@ -243,24 +242,6 @@ class Spend:
 
 class UnknownSession(LookupError):
     """No session (or more than one) matches an id prefix."""
-
-
-def report_zone(name: str) -> ZoneInfo:
-    """The reporting time zone: the named one, else this machine's ($TZ, /etc/localtime), else UTC."""
-    if name:
-        return ZoneInfo(name)
-    candidates = [os.environ.get("TZ", "").lstrip(":")]
-    try:
-        candidates.append(os.path.realpath("/etc/localtime").split("/zoneinfo/", 1)[1])
-    except IndexError:
-        pass
-    for candidate in candidates:
-        if candidate:
-            try:
-                return ZoneInfo(candidate)
-            except (ValueError, OSError):
-                continue
-    return ZoneInfo("UTC")
 
 
 def _local_midnight(moment: datetime, zone: tzinfo) -> datetime:

@@ -81,6 +81,8 @@ class Connection(asyncio.Protocol):
         self._discarded_head = b""
         self._slots: deque[Slot] = deque()
         self._pauses: set[str] = set()
+        self._stalled = False
+        """Complete lines wait in the buffer because reading was paused in the middle of them."""
         self._eof = False
         self._closed = False
         self._rejects_recorded = 0
@@ -145,7 +147,13 @@ class Connection(asyncio.Protocol):
         buffer = self._buffer
         start = 0
         max_line = self._settings.limits_max_line_bytes
+        self._stalled = False
         while True:
+            if self._pauses:
+                # Backpressure holds inside one read too: a read of 256 KiB can hold 100,000 lines,
+                # whose replies would otherwise all be buffered. The rest waits for resume().
+                self._stalled = True
+                break
             newline = buffer.find(b"\n", start)
             if newline < 0:
                 break
@@ -156,7 +164,7 @@ class Connection(asyncio.Protocol):
                 self._handle_line(buffer[start:newline])
             start = newline + 1
         del buffer[:start]
-        if len(buffer) > max_line:
+        if not self._stalled and len(buffer) > max_line:
             self._discarded_head = bytes(buffer[: self._settings.limits_reject_excerpt_bytes])
             self._discarding = len(buffer)
             buffer.clear()
@@ -232,7 +240,20 @@ class Connection(asyncio.Protocol):
 
     def resume(self, reason: str) -> None:
         self._pauses.discard(reason)
-        if not self._pauses and self._transport is not None and not self._closed:
+        if self._pauses or self._transport is None or self._closed:
+            return
+        if self._stalled:
+            # Finish the lines already read first, from a callback of its own (not from inside
+            # the writer or the server that resumed us).
+            asyncio.get_running_loop().call_soon(self._continue_lines)
+        else:
+            self._transport.resume_reading()
+
+    def _continue_lines(self) -> None:
+        if self._pauses or self._transport is None or self._closed:
+            return
+        self._take_lines()
+        if not self._pauses:
             self._transport.resume_reading()
 
     def close_idle(self) -> None:

@@ -46,12 +46,14 @@ def send_all(daemon: Daemon, events: list[dict[str, Any]]) -> None:
     client.close()
 
 
-def random_stream(rnd: random.Random, now: datetime, n: int) -> list[dict[str, Any]]:
+def random_stream(rnd: random.Random, now: datetime, n: int, *, spread_s: int = 400) -> list[dict[str, Any]]:
+    """`n` random events within the last `spread_s` seconds (less than the default stall
+    interval, so no session_stalled event races the comparison)."""
     sessions = [str(uuid.UUID(int=rnd.getrandbits(128), version=4)) for _ in range(4)]
     events = []
     for _ in range(n):
         event: dict[str, Any] = {"type": rnd.choice(KINDS), "session_id": rnd.choice(sessions),
-                                 "ts": (now - timedelta(seconds=rnd.randint(0, 4000))).isoformat(),
+                                 "ts": (now - timedelta(seconds=rnd.randint(0, spread_s))).isoformat(),
                                  "event_id": str(uuid.UUID(int=rnd.getrandbits(128), version=4))}
         if rnd.random() < 0.8:
             event["spec_id"] = rnd.choice(["S1", "S2", "S3"])
@@ -62,8 +64,9 @@ def random_stream(rnd: random.Random, now: datetime, n: int) -> list[dict[str, A
 
 
 def test_two_daemons_writing_concurrently_do_not_double_count(daemon_factory: Any) -> None:
-    first: Daemon = daemon_factory()
-    second: Daemon = daemon_factory()
+    never_stall = {"stall_after_s": 1e9}  # keep the daemons from adding session_stalled events
+    first: Daemon = daemon_factory(aggregates=never_stall)
+    second: Daemon = daemon_factory(aggregates=never_stall)
     first.start()
     second.start()
     now = datetime.now(timezone.utc)
