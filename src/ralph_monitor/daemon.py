@@ -13,16 +13,19 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 
 import sdnotify
 
 from ralph_monitor import __version__
-from ralph_monitor.cluster import EMBEDDED_DBNAME, embedded_cluster
+from ralph_monitor.cluster import EMBEDDED_DBNAME, database_dsn, embedded_cluster
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import StoreUnavailable
 from ralph_monitor.ingest import Ingestor
 from ralph_monitor.projector import Projector
+from ralph_monitor.protocol import Event, Origin
 from ralph_monitor.scheduler import Scheduler
 from ralph_monitor.server import EventServer, activated_socket, bind_socket
 from ralph_monitor.spool import Spool
@@ -34,6 +37,22 @@ STATUS_INTERVAL_S = 5.0
 CLOSE_GRACE_S = 2.0
 STATE_DIR_MODE = 0o751
 """Traversable by nginx (site/) and by the embedded cluster's user, not listable."""
+
+
+@dataclass(frozen=True)
+class DaemonContext:
+    """What scheduled features (dashboard, backups, retention) get from the daemon."""
+
+    settings: Settings
+    dsn: str
+    """The database (the embedded cluster's, or [database] dsn)."""
+    origin: Origin
+    """Host, uid and pid to record on the monitor's own events."""
+    scheduler: Scheduler
+    record: Callable[[Event], None]
+    """Store an event of the monitor's own (backup_completed, ...) through the normal path."""
+    projector: Projector
+    """Its `listeners` are called whenever aggregates changed."""
 
 
 class Notifier:
@@ -114,6 +133,11 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
     if notifier.watchdog_interval_s:
         helpers.append(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval_s), name="watchdog"))
     scheduler = Scheduler(zone=report_zone(settings.reports_timezone))
+    context = DaemonContext(
+        settings=settings, dsn=database_dsn(settings.database_dsn, settings.state_dir) if dsn is None else dsn,
+        origin=Origin(host=host, uid=os.getuid(), pid=os.getpid()), scheduler=scheduler,
+        record=lambda event: ingestor.submit(event, None, None), projector=projector)
+    install_features(context)
     scheduler.start()
     where = "socket from systemd" if activated else settings.socket_path
     log.info("ralph-monitor %s listening on %s (host %s)", __version__, where, host)
@@ -144,6 +168,10 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
     log.info("stopped; %d events stored in this run, %d spooled",
              ingestor.stats.events_total, ingestor.stats.spooled_total)
     return 0
+
+
+def install_features(context: DaemonContext) -> None:
+    """Register the scheduled features' jobs (each feature module adds one line here)."""
 
 
 async def _wait_closed(server: EventServer) -> None:

@@ -10,7 +10,6 @@ did it).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -19,9 +18,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from ralph_monitor.config import Settings
-from ralph_monitor.errors import InvalidEvent, StoreError
+from ralph_monitor.errors import StoreError
 from ralph_monitor.projections import project_session
-from ralph_monitor.protocol import Event, Origin, parse_line
+from ralph_monitor.protocol import Event, Origin, internal_event
 from ralph_monitor.store import ProjectionStore, conninfo, migrate
 
 log = logging.getLogger(__name__)
@@ -40,18 +39,11 @@ STALL_NAMESPACE = uuid.UUID("5a1f3c2e-7d0b-4c59-9e1a-2b8f6d4c3a10")
 def stall_event(session_id: uuid.UUID, last_seen: datetime, *, stall_after_s: float, origin: Origin) -> Event:
     """The `session_stalled` event for a session silent since `last_seen`. Its id is derived
     from the session and last_seen, so every daemon (and every check) records it once."""
-    now = datetime.now(timezone.utc)
-    line = json.dumps({
-        "type": "session_stalled", "session_id": str(session_id),
-        "event_id": str(uuid.uuid5(STALL_NAMESPACE, f"{session_id}/{last_seen.isoformat()}")),
-        "ts": now.isoformat(),
-        "data": {"last_seen": last_seen.isoformat(), "stalled_after_s": stall_after_s,
-                 "silent_for_s": round((now - last_seen).total_seconds(), 1)},
-    })
-    try:
-        return parse_line(line.encode(), received_at=now, origin=origin)
-    except InvalidEvent as exc:  # our own line: a failure here is a bug
-        raise AssertionError(f"stall event invalid: {exc}") from exc
+    return internal_event(
+        "session_stalled", origin=origin, session_id=session_id,
+        event_id=uuid.uuid5(STALL_NAMESPACE, f"{session_id}/{last_seen.isoformat()}"),
+        data={"last_seen": last_seen.isoformat(), "stalled_after_s": stall_after_s,
+              "silent_for_s": round((datetime.now(timezone.utc) - last_seen).total_seconds(), 1)})
 
 
 class Projector:
@@ -66,6 +58,8 @@ class Projector:
         self._wakeup = asyncio.Event()
         self._stall_due = 0.0
         self._failing = False
+        self.listeners: list[Callable[[], None]] = []
+        """Called after aggregates changed (e.g. the dashboard's debounced refresh)."""
 
     def wake(self) -> None:
         """New events were committed."""
@@ -99,11 +93,15 @@ class Projector:
             self._failing = False
 
     async def catch_up(self) -> None:
-        """Recompute every dirty session and bucket."""
-        while await self._store.project_sessions(project_session, limit=SESSIONS_PER_TRANSACTION):
-            pass
-        while await self._store.project_buckets(limit=BUCKETS_PER_TRANSACTION):
-            pass
+        """Recompute every dirty session and bucket; tell the listeners if anything changed."""
+        changed = 0
+        while done := await self._store.project_sessions(project_session, limit=SESSIONS_PER_TRANSACTION):
+            changed += done
+        while done := await self._store.project_buckets(limit=BUCKETS_PER_TRANSACTION):
+            changed += done
+        if changed:
+            for listener in self.listeners:
+                listener()
 
     async def _check_stalls(self) -> None:
         stall_after_s = self._settings.aggregates_stall_after_s

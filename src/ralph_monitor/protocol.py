@@ -10,7 +10,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from ralph_monitor.errors import InvalidEvent
 
@@ -19,7 +19,13 @@ KNOWN_TYPES = frozenset({
     "spec_started", "spec_completed", "spec_failed",
     "timeout_triggered", "intervention_request", "user_feedback",
 })
-"""Types the aggregates understand. Others (e.g. `cc.PreToolUse`) are stored as they are."""
+"""Types agents send that the aggregates understand. Others (e.g. `cc.PreToolUse`) are stored
+as they are, with a warning in the reply."""
+
+MONITOR_TYPES = frozenset({
+    "session_stalled", "backup_completed", "backup_failed", "prune_completed", "prune_failed",
+})
+"""Types the monitor itself records."""
 
 TYPE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,99}")
 MAX_SPEC_ID_CHARS = 200
@@ -57,7 +63,7 @@ class Event:
 
     @property
     def known_type(self) -> bool:
-        return self.event_type in KNOWN_TYPES
+        return self.event_type in KNOWN_TYPES or self.event_type in MONITOR_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +188,9 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
         obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
                          parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise InvalidEvent("invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+        # json's "Unterminated string starting at" already ends in "at".
+        raise InvalidEvent(
+            "invalid_json", f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from None
     except RecursionError:
         raise InvalidEvent("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(obj, dict):
@@ -217,6 +225,19 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
         payload=text,
         client_event_id=event_id is not None,
     )
+
+
+def internal_event(event_type: str, *, origin: Origin, data: dict[str, object],
+                   session_id: uuid.UUID | None = None, event_id: uuid.UUID | None = None) -> Event:
+    """An event the monitor itself records (a stall, a backup, a prune), validated like any
+    other so it is stored and spooled the same way. Give `event_id` to make it idempotent."""
+    now = datetime.now(timezone.utc)
+    fields: dict[str, object] = {"type": event_type, "ts": now.isoformat(), "data": data}
+    if session_id is not None:
+        fields["session_id"] = str(session_id)
+    if event_id is not None:
+        fields["event_id"] = str(event_id)
+    return parse_line(json.dumps(fields, default=str).encode(), received_at=now, origin=origin)
 
 
 def ok_reply(event: Event, *, spooled: bool = False, duplicate: bool = False) -> bytes:
