@@ -60,7 +60,8 @@ BAD_LINES: dict[str, tuple[bytes, str, tuple[str, ...]]] = {
     "single_quotes": (b"{'type': 'spec_started'}", "invalid_json", ("invalid JSON", "double quotes")),
     "trailing_garbage": (b'{"type": "spec_started"} trailing', "invalid_json", ("invalid JSON", "Extra data")),
     "two_objects": (b'{"type":"a"}{"type":"b"}', "invalid_json", ("Extra data",)),
-    "unterminated_string": (b'{"type": "spec_star', "invalid_json", ("invalid JSON",)),
+    "unterminated_string": (b'{"type": "spec_star', "invalid_json",
+                            ("invalid JSON: Unterminated string starting at column 10",)),
     "trailing_comma": (b'{"type": "spec_started",}', "invalid_json", ("invalid JSON",)),
     # Valid JSON, but not an object.
     "array": (b'[{"type": "spec_started"}]', "not_an_object", ("JSON object", "got array")),
@@ -168,6 +169,7 @@ def test_bad_line_gets_its_exact_code_and_a_message_naming_the_problem(
     for fragment in fragments:
         assert fragment in message, (fragment, message)
     assert "\n" not in message
+    assert " at at " not in message
     assert len(message) < 300, "messages quote at most a bounded part of the input"
 
 
