@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 5.0
 CLOSE_GRACE_S = 2.0
+QUIESCE_QUIET_S = 0.3
+QUIESCE_MAX_S = 2.0
+"""On SIGTERM, keep reading until clients are quiet this long (bounded), then drain."""
 STATE_DIR_MODE = 0o751
 """Traversable by nginx (site/) and by the embedded cluster's user, not listable."""
 
@@ -150,6 +153,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
     log.info("stopping: committing what was received")
     notifier.send("STOPPING=1")
     scheduler.shutdown()
+    await server.quiesce(quiet_s=QUIESCE_QUIET_S, max_s=QUIESCE_MAX_S)
     await server.stop_accepting()
     await ingestor.stop()
     await writer

@@ -108,7 +108,7 @@ class Connection(asyncio.Protocol):
             self.pause(READ_PAUSE_QUEUE)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = self._server.last_activity = time.monotonic()
         if self._discarding:
             newline = data.find(b"\n")
             if newline < 0:
@@ -280,6 +280,8 @@ class EventServer:
         self.host = host
         self.reading_paused = False
         self._connections: set[Connection] = set()
+        self.last_activity = time.monotonic()
+        """When a client last connected or sent data (for the quiet period before shutdown)."""
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -288,6 +290,7 @@ class EventServer:
         return len(self._connections)
 
     def register(self, conn: Connection) -> bool:
+        self.last_activity = time.monotonic()
         if len(self._connections) >= self.settings.limits_max_connections:
             return False
         self._connections.add(conn)
@@ -328,6 +331,13 @@ class EventServer:
             for conn in list(self._connections):
                 if conn.last_activity < cutoff and not conn.awaiting_replies:
                     conn.close_idle()
+
+    async def quiesce(self, *, quiet_s: float, max_s: float) -> None:
+        """Keep serving until clients have been quiet for `quiet_s` (at most `max_s`), so a
+        client that wrote and closed just before shutdown (socat) is still read and stored."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline and time.monotonic() - self.last_activity < quiet_s:
+            await asyncio.sleep(quiet_s / 4)
 
     async def stop_accepting(self) -> None:
         """Stop accepting connections (the listening socket itself stays open for systemd)."""
