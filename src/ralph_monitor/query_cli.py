@@ -57,6 +57,18 @@ def _emit_json(value: Any) -> None:
     print(to_json(value))
 
 
+def _answered_plainly(args: argparse.Namespace, rows: list[Any], empty: str) -> bool:
+    """Handle `--json` (one object per line) and the empty case; False when a table is due."""
+    if args.json:
+        for row in rows:
+            _emit_json(row)
+        return True
+    if not rows:
+        print(empty)
+        return True
+    return False
+
+
 def _session_rows(sessions: list[queries.SessionSummary], now: datetime) -> list[list[str]]:
     rows = []
     for s in sessions:
@@ -138,11 +150,9 @@ def cmd_sessions(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(timezone.utc)
     with _store(settings) as store:
         sessions = queries.sessions_since(store, args.since, limit=args.limit)
-    if args.json:
-        for s in sessions:
-            _emit_json(s)
+    if _answered_plainly(args, sessions, "no sessions in that window"):
         return 0
-    print(table(SESSION_HEADERS, _session_rows(sessions, now)) if sessions else "no sessions in that window")
+    print(table(SESSION_HEADERS, _session_rows(sessions, now)))
     return 0
 
 
@@ -187,12 +197,10 @@ def cmd_spec(args: argparse.Namespace, settings: Settings) -> int:
     zone = _zone(settings)
     with _store(settings) as store:
         runs = queries.spec_history(store, args.spec_id, limit=args.limit)
-    if args.json:
-        for r in runs:
-            _emit_json(r)
-        return 0
-    if not runs:
+    if not runs and not args.json:
         raise QueryFailed(f"no runs of spec {args.spec_id!r}")
+    if _answered_plainly(args, runs, ""):
+        return 0
     print(table(["started", "session", "try", "status", "took", "cost", "error"], [
         [local_time(r.start_time or r.end_time, zone), shorten(r.session_name, 20) or str(r.session_id)[:8],
          str(r.attempt), r.status, duration(r.duration_seconds), money(r.cost_usd), shorten(r.error_message, 60)]
@@ -204,12 +212,7 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(timezone.utc)
     with _store(settings) as store:
         failing = queries.top_failing_specs(store, args.since, limit=args.top)
-    if args.json:
-        for f in failing:
-            _emit_json(f)
-        return 0
-    if not failing:
-        print("no failed spec runs in that window")
+    if _answered_plainly(args, failing, "no failed spec runs in that window"):
         return 0
     print(table(["spec", "failures", "runs", "last failed", "last error"], [
         [f.spec_id, str(f.failures), str(f.runs), relative_time(f.last_failed_at, now), shorten(f.last_error, 70)]
@@ -270,12 +273,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
                 raise QueryFailed(str(exc)) from None
         rows = queries.recent_events(store, since=args.since, event_type=args.type,
                                      session_id=session_id, spec_id=args.spec, limit=args.limit)
-    if args.json:
-        for r in rows:
-            _emit_json(r)
-        return 0
-    if not rows:
-        print("no events match")
+    if _answered_plainly(args, rows, "no events match"):
         return 0
     print(table(["when", "type", "session", "spec", "host", "data"], [
         [relative_time(r.occurred_at, now), r.event_type, str(r.session_id or "-")[:8], r.spec_id or "-",
@@ -287,12 +285,7 @@ def cmd_rejects(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(timezone.utc)
     with _store(settings) as store:
         rows = queries.recent_rejects(store, limit=args.limit)
-    if args.json:
-        for r in rows:
-            _emit_json(r)
-        return 0
-    if not rows:
-        print("no rejected lines")
+    if _answered_plainly(args, rows, "no rejected lines"):
         return 0
     print(table(["when", "reason", "pid", "bytes", "line"], [
         [relative_time(r.received_at, now), r.reason, str(r.writer_pid or "-"), str(r.line_bytes),
