@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ralph_monitor import __version__
-from ralph_monitor.client import build_event, send_event
 from ralph_monitor.cluster import database_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, load_settings, render_default_config
 from ralph_monitor.errors import ConfigError, RalphMonitorError
@@ -99,7 +98,15 @@ def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _socket_path(args: argparse.Namespace, settings: Settings) -> str:
+    """--socket, else $RALPH_MONITOR_SOCKET (set by `ralph-monitor loop`), else the config's."""
+    return args.socket or os.environ.get("RALPH_MONITOR_SOCKET") or settings.socket_path
+
+
 def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.agent_spool import ClientSpool
+    from ralph_monitor.client import EventRejected, deliver, encode_event, new_event
+
     data: dict[str, Any] = {}
     if args.data_json:
         try:
@@ -110,14 +117,83 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("--data must be a JSON object")
         data.update(loaded)
     data.update(_key_values(args.items))
-    event = build_event(
+    event = new_event(
         args.type, session_id=args.session or os.environ.get("RALPH_SESSION_ID"),
-        spec_id=args.spec or os.environ.get("RALPH_SPEC_ID"), data=data or None)
-    reply = send_event(args.socket or settings.socket_path, event, timeout_s=args.timeout)
-    if not reply.get("ok"):
-        print(f"ralph-monitor emit: rejected: {reply.get('error')}", file=sys.stderr)
+        spec_id=args.spec or os.environ.get("RALPH_SPEC_ID"), data=data or None,
+        ts=args.ts, event_id=args.event_id)
+    socket_path = _socket_path(args, settings)
+    spool = None if args.no_spool else ClientSpool.for_socket(socket_path)
+    try:
+        reply = deliver(encode_event(event), socket_path, spool, timeout_s=args.timeout)
+    except EventRejected as exc:
+        print(f"ralph-monitor emit: rejected: {exc.reply.get('error')}", file=sys.stderr)
         return EXIT_FAILURE
+    if reply.get("client_spooled"):
+        print(f"ralph-monitor emit: the daemon is unreachable; the event waits in {reply['spool']} "
+              "and goes out with the next send or `ralph-monitor flush`", file=sys.stderr)
     print(json.dumps(reply) if args.json else reply["id"])
+    return EXIT_OK
+
+
+def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.agent_spool import ClientSpool
+    from ralph_monitor.client import flush_spool
+
+    socket_path = _socket_path(args, settings)
+    spool = ClientSpool.for_socket(socket_path)
+    if not spool.has_pending():
+        print(f"nothing waiting in {spool.directory}")
+        return EXIT_OK
+    result = flush_spool(spool, socket_path, timeout_s=args.timeout, wait=True)
+    print(f"delivered {result.delivered} events ({result.duplicates} were already stored)"
+          + (f"; {result.rejected} refused, kept in {spool.directory / 'rejected.jsonl'}" if result.rejected else ""))
+    if result.error is not None:
+        print(f"ralph-monitor flush: stopped: {result.error}; {result.remaining} events still waiting", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.hook import main as hook_main
+
+    return hook_main([])  # monitor_main runs the hook before argparse; this is for --help only
+
+
+def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
+    import uuid
+
+    from ralph_monitor.client import Client
+    from ralph_monitor.loop import LoopRunner, Spec, load_specs
+
+    command = args.agent_command[1:] if args.agent_command[:1] == ["--"] else args.agent_command
+    if args.session is not None:
+        try:
+            args.session = str(uuid.UUID(args.session))
+        except ValueError:
+            raise ConfigError(f"--session {args.session!r} is not a UUID") from None
+    specs = load_specs(args.specs) if args.specs else [Spec(s) for s in args.spec] if args.spec else None
+    with Client(_socket_path(args, settings), timeout_s=2.0, spool=not args.no_spool) as client:
+        return LoopRunner(
+            client, command, specs, iterations=args.iterations, name=args.name, session_id=args.session,
+            timeout_s=args.timeout, heartbeat_s=args.heartbeat, kill_grace_s=args.kill_grace,
+            stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet).run()
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.config import report_zone
+    from ralph_monitor.demo import run_demo
+
+    result = run_demo(_socket_path(args, settings), zone=report_zone(settings.reports_timezone),
+                      night_start=settings.reports_night_start, night_end=settings.reports_night_end,
+                      stall_after_s=settings.aggregates_stall_after_s, seed=args.seed)
+    since, until = result["night"]
+    print(f"sent {result['events']} events of a simulated night "
+          f"({since:%a %H:%M} to {until:%a %H:%M}) in {len(result['sessions'])} sessions:")
+    for name, session_id in result["sessions"].items():
+        print(f"  {session_id}  {name}")
+    print("\nNow look at them:\n  ralph-query status      what is running, stalled or waiting for a human"
+          "\n  ralph-query night       what happened last night"
+          "\n  ralph-query failures    which specs failed, and why")
     return EXIT_OK
 
 
@@ -161,8 +237,75 @@ def monitor_parser() -> argparse.ArgumentParser:
     emit.add_argument("--socket", help="socket path (default: [socket] path from the config)")
     emit.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the ack (default 5)")
     emit.add_argument("--json", action="store_true", help="print the daemon's whole reply as JSON")
+    emit.add_argument("--ts", help="when it happened, RFC 3339 (default: now)")
+    emit.add_argument("--event-id", help="event UUID (default: a new one); the same id is stored once")
+    emit.add_argument("--no-spool", action="store_true",
+                      help="fail (exit 1) instead of spooling the event when the daemon is unreachable")
     emit.set_defaults(func=_cmd_emit)
+    _add_agent_parsers(sub)
     return parser
+
+
+def _add_agent_parsers(sub: Any) -> None:
+    from ralph_monitor.hook import add_arguments as add_hook_arguments
+
+    flush = sub.add_parser("flush", help="deliver the events spooled while the daemon was unreachable",
+                           description="Deliver this user's spooled events to the daemon, oldest first. "
+                           "emit, the Python client and the hook do this on their next send too.")
+    _add_config_option(flush)
+    flush.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    flush.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
+    flush.set_defaults(func=_cmd_flush)
+
+    hook = sub.add_parser("hook", help="Claude Code hook: forward the hook JSON on stdin as an event",
+                          description="For .claude/settings.json (see the README): reads a Claude Code hook "
+                          "input on stdin and records it as event cc.<hook_event_name>. Always exits 0, "
+                          "prints nothing, and gives up after --timeout seconds.")
+    add_hook_arguments(hook)
+    hook.set_defaults(func=_cmd_hook, no_settings=True)
+
+    loop = sub.add_parser(
+        "loop", help="run an agent command per spec and record each run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run COMMAND once per spec (or iteration), recording a session with one spec run each: "
+        "exit code, duration, and the cost/tokens/turns of a `claude -p --output-format json|stream-json` "
+        "result. {spec} and {spec_file} in COMMAND are replaced; the command also gets RALPH_SESSION_ID, "
+        "RALPH_SPEC_ID, RALPH_SPEC_FILE and RALPH_MONITOR_SOCKET.",
+        epilog="Examples:\n"
+        "  ralph-monitor loop --specs specs/ --stdin-spec -- claude -p --output-format json\n"
+        "  ralph-monitor loop --iterations 0 -- sh -c 'cat PROMPT.md | claude -p --output-format json'")
+    _add_config_option(loop)
+    which = loop.add_mutually_exclusive_group()
+    which.add_argument("--specs", metavar="FILE|DIR",
+                       help="a file with one spec id per line, or a directory with one file per spec")
+    which.add_argument("--spec", action="append", metavar="ID", help="run this spec (repeatable)")
+    which.add_argument("--iterations", type=int, default=1, metavar="N",
+                       help="without specs: run N iterations (0: until stopped; default 1)")
+    loop.add_argument("--name", help="session name (default: the command's name)")
+    loop.add_argument("--session", metavar="UUID",
+                      help="add the runs to this existing session (no session_started / session_ended)")
+    loop.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                      help="stop a command after S seconds and record timeout_triggered (0: never; default 3600)")
+    loop.add_argument("--heartbeat", type=float, default=60.0, metavar="S",
+                      help="session_heartbeat every S seconds while a command runs (default 60)")
+    loop.add_argument("--kill-grace", type=float, default=10.0, metavar="S",
+                      help="seconds between the stop signal and SIGKILL (default 10)")
+    loop.add_argument("--stop-on-failure", action="store_true", help="stop at the first failed or timed-out spec")
+    loop.add_argument("--stdin-spec", action="store_true", help="give each spec's file to the command on stdin")
+    loop.add_argument("--quiet", action="store_true", help="do not echo the command's output")
+    loop.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    loop.add_argument("--no-spool", action="store_true", help="do not spool events while the daemon is unreachable")
+    loop.add_argument("agent_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    loop.set_defaults(func=_cmd_loop)
+
+    demo = sub.add_parser("demo", help="record a simulated overnight run, to see the views populated",
+                          description="Send the daemon a realistic night of events (sessions with passes, "
+                          "failures, a timeout, an intervention request, a stalled and a live session), "
+                          "timed inside the configured night window.")
+    _add_config_option(demo)
+    demo.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed for the simulated details")
+    demo.set_defaults(func=_cmd_demo)
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
@@ -185,4 +328,9 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
 
 
 def monitor_main(argv: Sequence[str] | None = None) -> int:
-    return run_command(monitor_parser(), argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["hook"] and not {"-h", "--help"} & set(args):
+        from ralph_monitor.hook import main as hook_main
+
+        return hook_main(args[1:])  # never fails the agent: no config errors, no usage errors
+    return run_command(monitor_parser(), args)

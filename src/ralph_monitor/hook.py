@@ -1,0 +1,365 @@
+"""`ralph-monitor hook`: forward a Claude Code hook call to the daemon.
+
+Claude Code runs the hook command for each hook event with the event's JSON on stdin. This
+forwarder turns it into an event of type `cc.<hook_event_name>` and sends it (or spools it,
+see `agent_spool`) without ever getting in the agent's way:
+
+- it always exits 0 and writes nothing on stdout (for SessionStart and UserPromptSubmit,
+  Claude Code would add stdout to the model's context; other exit codes may block);
+- a hard timer ends it after `--timeout` seconds (default 1) whatever it is doing, and
+  every network wait is bounded well inside that;
+- large fields (tool_input, tool_response, prompts, messages) are cut to `--max-field-bytes`;
+- input it cannot read (garbage, empty, truncated) is still recorded as `cc.hook_error`.
+
+Which session the events belong to: `$RALPH_SESSION_ID` / `$RALPH_SPEC_ID` when the agent
+runs under `ralph-monitor loop` (or a loop that exports them), else Claude Code's own
+session_id, in which case SessionStart / SessionEnd also record `session_started` /
+`session_ended` so the session does not look stalled once Claude exits.
+
+On Stop, SubagentStop and SessionEnd the token usage in the transcript JSONL is summed
+(`message.usage`, each `requestId` once: streamed chunks repeat it) per model.
+
+Imports stay light (no database driver): `python -X importtime -m ralph_monitor hook`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ralph_monitor.agent_spool import ClientSpool
+from ralph_monitor.client import (
+    SESSION_ENV, SOCKET_ENV, SPEC_ENV, Connection, EventRejected, deliver, encode_event, new_event,
+)
+from ralph_monitor.errors import ClientError, RalphMonitorError
+
+HARD_TIMEOUT_S = 1.0
+DEFAULT_MAX_FIELD_BYTES = 4096
+MAX_STDIN_BYTES = 64 << 20
+MAX_KEYS = 200
+MAX_ITEMS = 100
+MAX_DEPTH = 12
+ACK_TIMEOUT_S = 0.3
+SPOOL_RESERVE_S = 0.2
+"""Time kept back at the end of the budget to write the spool if the daemon did not answer."""
+TRANSCRIPT_BUDGET_S = 0.35
+BACKOFF_S = 5.0
+"""After the daemon failed to answer in time, later calls spool at once for this long."""
+DEFAULT_SOCKET = "/run/ralph-monitor/events.sock"
+HOOK_NAMESPACE = uuid.UUID("8d3f6a52-0c5e-4e0b-9a51-6f1d2c7b9e40")
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,60}")
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+USAGE_EVENTS = frozenset({"Stop", "SubagentStop", "SessionEnd", "StopFailure"})
+HELP_EVENTS = frozenset({"permission_prompt", "elicitation_dialog"})
+"""Notification types that mean the agent waits for a human (recorded as intervention_request
+when running unattended under a loop)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", help=f"daemon socket (default: ${SOCKET_ENV}, else [socket] path from the config)")
+    parser.add_argument("--config", metavar="FILE", help="config file to read the socket path from")
+    parser.add_argument("--max-field-bytes", type=int, default=DEFAULT_MAX_FIELD_BYTES, metavar="N",
+                        help=f"cut each string in the hook input to about N bytes (default {DEFAULT_MAX_FIELD_BYTES})")
+    parser.add_argument("--timeout", type=float, default=HARD_TIMEOUT_S, metavar="S",
+                        help=f"hard limit on the hook's run time in seconds (default {HARD_TIMEOUT_S:g})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; always returns 0."""
+    started = time.monotonic()
+    parser = argparse.ArgumentParser(prog="ralph-monitor hook", add_help=False)
+    add_arguments(parser)
+    args, _ = parser.parse_known_args(argv)
+    if args.timeout is None or not args.timeout > 0:
+        args.timeout = HARD_TIMEOUT_S
+    _arm_hard_timeout(args.timeout)
+    _silence_stdout()
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            print("ralph-monitor hook reads a Claude Code hook's JSON on stdin; see the README", file=sys.stderr)
+            return 0
+        forward(sys.stdin.buffer.read(MAX_STDIN_BYTES + 1), args, started=started)
+    except BaseException as exc:  # never fail the agent
+        _debug(f"ralph-monitor hook: {type(exc).__name__}: {exc}")
+    return 0
+
+
+def _arm_hard_timeout(seconds: float) -> None:
+    def expire(signum: int, frame: object) -> None:
+        os._exit(0)
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:
+        pass
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
+def _debug(message: str) -> None:
+    if os.environ.get("RALPH_MONITOR_HOOK_DEBUG"):
+        print(message, file=sys.stderr)
+
+
+def socket_path_for(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    if os.environ.get(SOCKET_ENV) and not args.config:
+        return os.environ[SOCKET_ENV]
+    try:
+        from ralph_monitor.config import load_settings
+
+        return load_settings(args.config).socket_path
+    except Exception as exc:  # a broken config must not break the agent
+        _debug(f"ralph-monitor hook: config: {exc}; using {DEFAULT_SOCKET}")
+        return DEFAULT_SOCKET
+
+
+def forward(raw: bytes, args: argparse.Namespace, *, started: float) -> None:
+    """Turn one hook input into events and deliver them within the time budget."""
+    deadline = started + args.timeout - SPOOL_RESERVE_S
+    events = events_for(raw, max_field_bytes=max(64, args.max_field_bytes),
+                        transcript_deadline=started + min(TRANSCRIPT_BUDGET_S, args.timeout / 3))
+    socket_path = socket_path_for(args)
+    spool = ClientSpool.for_socket(socket_path)
+    conn = Connection(socket_path, timeout_s=ACK_TIMEOUT_S)
+    unreachable = spool.backing_off()
+    try:
+        for event in events:
+            line = encode_event(event)
+            if unreachable:
+                spool.append([line])
+                continue
+            conn.timeout_s = max(0.02, min(ACK_TIMEOUT_S, deadline - time.monotonic()))
+            tried = time.monotonic()
+            try:
+                reply = deliver(line, socket_path, spool, timeout_s=conn.timeout_s, deadline=deadline, connection=conn)
+            except EventRejected as exc:
+                reply = _deliver_reduced(event, exc, socket_path, spool, conn, deadline)
+            unreachable = bool(reply.get("client_spooled"))
+            if unreachable and time.monotonic() - tried >= conn.timeout_s * 0.8:
+                spool.back_off(BACKOFF_S)  # it hangs: do not make the next calls wait too
+    except RalphMonitorError as exc:
+        print(f"ralph-monitor hook: event not recorded: {exc}", file=sys.stderr)
+    finally:
+        conn.close()
+
+
+def _deliver_reduced(event: dict[str, Any], rejected: EventRejected, socket_path: str, spool: ClientSpool,
+                     conn: Connection, deadline: float) -> dict[str, Any]:
+    """The daemon refused the event (e.g. too long): store what identifies it, and why."""
+    data = event.get("data") or {}
+    keep = {k: data[k] for k in ("cc_session_id", "cwd", "tool_name", "tool_use_id", "agent_id") if k in data}
+    keep["rejected"] = {"code": rejected.code, "error": str(rejected.reply.get("error"))[:500]}
+    reduced = new_event(event["type"], session_id=event.get("session_id"), spec_id=event.get("spec_id"),
+                        data=keep, ts=event.get("ts"), event_id=event.get("event_id"))
+    try:
+        return deliver(encode_event(reduced), socket_path, spool, timeout_s=conn.timeout_s,
+                       deadline=deadline, connection=conn)
+    except EventRejected:
+        return {"ok": False}
+
+
+# mapping
+
+
+def events_for(raw: bytes, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES,
+               transcript_deadline: float | None = None, environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The events one hook call records (pure apart from reading the transcript)."""
+    env = os.environ if environ is None else environ
+    payload, problem = _parse(raw)
+    session_id, spec_id, unattended = _ids(payload, env)
+    if problem is not None:
+        excerpt = raw[:max_field_bytes].decode("utf-8", "replace").replace("\x00", "\ufffd")
+        return [new_event("cc.hook_error", session_id=session_id, spec_id=spec_id,
+                          data={"error": problem, "input_bytes": len(raw), "excerpt": excerpt})]
+    assert payload is not None
+    name = payload.get("hook_event_name")
+    valid_name = isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
+    data: dict[str, Any] = {}
+    for key, value in list(payload.items())[:MAX_KEYS]:
+        if key == "hook_event_name" or key == "session_id":
+            continue
+        data[_clean_str(str(key))[:100]] = _shrink(value, max_field_bytes)
+    if "session_id" in payload:
+        data["cc_session_id"] = _shrink(payload["session_id"], 200)
+    if not valid_name:
+        data["hook_event_name"] = _shrink(name, 200)
+    if name in USAGE_EVENTS:
+        transcript = payload.get("agent_transcript_path") if name == "SubagentStop" else payload.get("transcript_path")
+        usage = transcript_usage(transcript, deadline=transcript_deadline)
+        if usage is not None:
+            data["usage"] = usage
+    event_type = f"cc.{name}" if valid_name else "cc.unknown"
+    event = new_event(event_type, session_id=session_id, spec_id=spec_id, data=data)
+    events = [event]
+    if unattended and name == "Notification" and payload.get("notification_type") in HELP_EVENTS:
+        events.append(new_event("intervention_request", session_id=session_id, spec_id=spec_id, data={
+            "message": _shrink(payload.get("message"), 2000), "source": "claude-code",
+            "notification_type": payload.get("notification_type")}))
+    if session_id is not None and not unattended and session_id == payload.get("session_id"):
+        events = _own_session_events(name, payload, data, session_id, event) + events
+        if name == "SessionEnd":
+            events.reverse()  # session_ended after the cc.SessionEnd it sums up
+    return events
+
+
+def _own_session_events(name: Any, payload: dict[str, Any], data: dict[str, Any], session_id: str,
+                        event: dict[str, Any]) -> list[dict[str, Any]]:
+    """session_started / session_ended for a Claude session not run under a loop. Their
+    event_ids derive from the session, so a resumed session does not start twice."""
+    if name == "SessionStart" and payload.get("source") in (None, "startup", "resume"):
+        cwd = payload.get("cwd") if isinstance(payload.get("cwd"), str) else ""
+        return [new_event("session_started", session_id=session_id, ts=event["ts"],
+                          event_id=str(uuid.uuid5(HOOK_NAMESPACE, f"{session_id}/session_started")),
+                          data={"name": f"claude {Path(cwd).name or cwd}".strip()[:200],
+                                "metadata": {"source": "claude-code", "cwd": cwd[:1000],
+                                             "model": _shrink(payload.get("model"), 200),
+                                             "permission_mode": _shrink(payload.get("permission_mode"), 100)}})]
+    if name == "SessionEnd":
+        end: dict[str, Any] = {"status": "completed", "reason": _shrink(payload.get("reason"), 200)}
+        usage = data.get("usage")
+        if isinstance(usage, dict) and usage.get("tokens_used"):
+            end["tokens_used"] = usage["tokens_used"]
+        return [new_event("session_ended", session_id=session_id, ts=event["ts"],
+                          event_id=str(uuid.uuid5(HOOK_NAMESPACE, f"{session_id}/session_ended")), data=end)]
+    return []
+
+
+def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    if len(raw) > MAX_STDIN_BYTES:
+        return None, f"hook input longer than {MAX_STDIN_BYTES} bytes"
+    if not raw.strip():
+        return None, "empty hook input"
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return None, f"hook input is not JSON: {str(exc)[:200]}"
+    if not isinstance(payload, dict):
+        return None, f"hook input is a JSON {type(payload).__name__}, not an object"
+    return payload, None
+
+
+def _ids(payload: dict[str, Any] | None, env: Any) -> tuple[str | None, str | None, bool]:
+    """(session_id, spec_id, unattended): the loop's session if there is one, else Claude's."""
+    loop_session = _uuid(env.get(SESSION_ENV))
+    if loop_session is not None:
+        spec = env.get(SPEC_ENV) or None
+        return loop_session, spec[:200] if spec else None, True
+    own = _uuid(payload.get("session_id")) if payload else None
+    return own, None, False
+
+
+def _uuid(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _clean_str(text: str) -> str:
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _shrink(value: Any, limit: int, depth: int = 0) -> Any:
+    """The value with every string cut to `limit` characters, containers to MAX_KEYS /
+    MAX_ITEMS entries and MAX_DEPTH levels; the cost follows what is kept, not the input."""
+    if isinstance(value, str):
+        if len(value) > limit:
+            return _clean_str(value[:limit]) + f"… [{len(value)} chars, truncated]"
+        return _clean_str(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**300:
+            return str(value)[:50]
+        return value
+    if depth >= MAX_DEPTH:
+        return "[nested too deep, dropped]"
+    if isinstance(value, dict):
+        items = list(value.items())
+        shrunk = {_clean_str(str(k))[:200]: _shrink(v, limit, depth + 1) for k, v in items[:MAX_KEYS]}
+        if len(items) > MAX_KEYS:
+            shrunk["…"] = f"{len(items) - MAX_KEYS} more keys dropped"
+        return shrunk
+    if isinstance(value, list):
+        shrunk_list = [_shrink(v, limit, depth + 1) for v in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            shrunk_list.append(f"… {len(value) - MAX_ITEMS} more items dropped")
+        return shrunk_list
+    return _clean_str(str(value))[:limit]
+
+
+# transcript
+
+
+def transcript_usage(path: Any, *, deadline: float | None = None) -> dict[str, Any] | None:
+    """Token usage summed from a Claude Code transcript (JSONL), per model. Each API
+    request counts once (`requestId`, else `message.id`): a streamed response is written as
+    several lines repeating its usage. None if there is no path; `error` if unreadable."""
+    if not isinstance(path, str) or not path:
+        return None
+    per_request: dict[str, tuple[str, dict[str, int]]] = {}
+    partial = False
+    try:
+        with open(os.path.expanduser(path), "rb") as transcript:
+            for number, line in enumerate(transcript):
+                if deadline is not None and number % 64 == 0 and time.monotonic() > deadline:
+                    partial = True
+                    break
+                if b'"usage"' not in line or b'"assistant"' not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(entry, dict) or entry.get("type") != "assistant":
+                    continue
+                message = entry.get("message")
+                usage = message.get("usage") if isinstance(message, dict) else None
+                if not isinstance(usage, dict):
+                    continue
+                model = message.get("model") if isinstance(message.get("model"), str) else "unknown"
+                if model == "<synthetic>":
+                    continue
+                key = entry.get("requestId") or message.get("id") or f"line {number}"
+                counts = {f: usage[f] for f in USAGE_FIELDS if isinstance(usage.get(f), int)}
+                seen = per_request.get(str(key))
+                if seen is not None:
+                    counts = {f: max(counts.get(f, 0), seen[1].get(f, 0)) for f in USAGE_FIELDS}
+                per_request[str(key)] = (model[:200], counts)
+    except OSError as exc:
+        return {"error": f"transcript {path[:500]}: {exc.strerror or exc}"}
+    by_model: dict[str, dict[str, int]] = {}
+    for model, counts in per_request.values():
+        totals = by_model.setdefault(model, {f: 0 for f in USAGE_FIELDS} | {"requests": 0})
+        for field in USAGE_FIELDS:
+            totals[field] += counts.get(field, 0)
+        totals["requests"] += 1
+    result: dict[str, Any] = {
+        "tokens_used": sum(t[f] for t in by_model.values() for f in USAGE_FIELDS),
+        "requests": len(per_request),
+        "by_model": by_model,
+    }
+    if partial:
+        result["partial"] = True
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,378 @@
+"""`ralph-monitor loop`: run an agent command once per spec (or per iteration) and record
+each run as a spec run: exit code, duration, and — for `claude -p --output-format json` or
+`stream-json` — the result's cost, token usage, turns, is_error and subtype.
+
+    ralph-monitor loop --specs specs/ --timeout 3600 -- claude -p --output-format json "Do {spec_file}"
+
+Around the runs: `session_started` (with the number of specs), `session_heartbeat` while a
+command runs, `timeout_triggered` when one runs past `--timeout` (it is then stopped: the
+signal to its process group, SIGKILL after `--kill-grace`), and `session_ended` with the
+summary. SIGINT / SIGTERM stop the command the same way and end the session as
+`interrupted`. The command sees RALPH_SESSION_ID, RALPH_SPEC_ID, RALPH_SPEC_FILE and
+RALPH_MONITOR_SOCKET, so the Claude Code hook files its events under the same spec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ralph_monitor.client import SESSION_ENV, SOCKET_ENV, SPEC_ENV, Client, utc_now
+from ralph_monitor.errors import ConfigError, RalphMonitorError
+
+SPEC_FILE_ENV = "RALPH_SPEC_FILE"
+CAPTURE_BYTES = 16 << 20
+"""How much of a command's stdout is kept to find the result object (its tail)."""
+STDERR_TAIL_BYTES = 4096
+SUMMARY_CHARS = 2000
+MAX_SPEC_ID_CHARS = 200
+POLL_S = 0.2
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+@dataclass(frozen=True)
+class Spec:
+    id: str
+    file: str | None = None
+
+
+def load_specs(path: str | os.PathLike[str]) -> list[Spec]:
+    """A directory: one spec per (non-hidden) file, id = file name without extension, in
+    name order. A file: one spec id per line; blank lines and `#` comments are skipped."""
+    source = Path(path)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+        specs = [Spec(p.stem[:MAX_SPEC_ID_CHARS] or p.name[:MAX_SPEC_ID_CHARS], str(p.resolve())) for p in files]
+    elif source.is_file():
+        lines = source.read_text(encoding="utf-8").splitlines()
+        specs = [Spec(line.strip()[:MAX_SPEC_ID_CHARS]) for line in lines
+                 if line.strip() and not line.lstrip().startswith("#")]
+    else:
+        raise ConfigError(f"--specs {path}: no such file or directory")
+    if not specs:
+        raise ConfigError(f"--specs {path}: no specs in it")
+    return specs
+
+
+def find_result(output: bytes) -> dict[str, Any] | None:
+    """The `claude -p` result object in a command's stdout: the whole output
+    (`--output-format json`) or its last `{"type": "result", ...}` line (`stream-json`)."""
+    text = output.strip()
+    if not text.startswith(b"{") and not text.startswith(b"["):
+        text = text[text.rfind(b"\n{") + 1:] if b"\n{" in text else text
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if isinstance(whole, dict) and whole.get("type") == "result":
+        return whole
+    if isinstance(whole, list):  # older `--output-format json --verbose` printed every message
+        results = [m for m in whole if isinstance(m, dict) and m.get("type") == "result"]
+        return results[-1] if results else None
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if not line.startswith(b"{") or b'"result"' not in line:
+            continue
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("type") == "result":
+            return message
+    return None
+
+
+def result_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """What a spec run records from a `claude -p` result object."""
+    fields: dict[str, Any] = {}
+    cost = result.get("total_cost_usd", result.get("cost_usd"))
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+        fields["cost_usd"] = cost
+    usage = result.get("usage")
+    if isinstance(usage, dict):
+        counts = {f: usage[f] for f in USAGE_FIELDS if isinstance(usage.get(f), int)}
+        fields["tokens_used"] = sum(counts.values())
+        fields["usage"] = counts
+    model_usage = result.get("modelUsage")
+    if isinstance(model_usage, dict):
+        fields["model_usage"] = model_usage
+    for key in ("num_turns", "is_error", "subtype", "duration_ms", "duration_api_ms", "stop_reason"):
+        if key in result:
+            fields[key] = result[key]
+    if isinstance(result.get("session_id"), str):
+        fields["claude_session_id"] = result["session_id"]
+    text = result.get("result")
+    if isinstance(text, str) and text:
+        fields["output_summary"] = text[:SUMMARY_CHARS]
+    errors = result.get("errors")
+    if isinstance(errors, list) and errors:
+        fields["errors"] = [str(e)[:SUMMARY_CHARS] for e in errors[:10]]
+    return fields
+
+
+@dataclass
+class RunOutcome:
+    status: str  # completed, failed, timeout, interrupted
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class _Pump(threading.Thread):
+    """Copies a child's pipe to our stream (unless quiet) and keeps its tail."""
+
+    def __init__(self, pipe: IO[bytes], sink: IO[bytes] | None, keep: int) -> None:
+        super().__init__(daemon=True)
+        self.pipe, self.sink, self.keep = pipe, sink, keep
+        self.data = bytearray()
+
+    def run(self) -> None:
+        fd = self.pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            if self.sink is not None:
+                try:
+                    self.sink.write(chunk)
+                    self.sink.flush()
+                except (OSError, ValueError):
+                    self.sink = None
+            self.data += chunk
+            if len(self.data) > 2 * self.keep:
+                del self.data[:len(self.data) - self.keep]
+        self.pipe.close()
+
+    def tail(self) -> bytes:
+        return bytes(self.data[-self.keep:])
+
+
+class LoopRunner:
+    """Runs the command per spec and reports the session; `run()` returns the exit code."""
+
+    def __init__(self, client: Client, command: Sequence[str], specs: Sequence[Spec] | None, *,
+                 iterations: int = 1, name: str | None = None, session_id: str | None = None,
+                 timeout_s: float = 0.0, heartbeat_s: float = 60.0, kill_grace_s: float = 10.0,
+                 stop_on_failure: bool = False, stdin_spec: bool = False, quiet: bool = False,
+                 metadata: dict[str, Any] | None = None) -> None:
+        if not command:
+            raise ConfigError("no command to run; put it after --, e.g. ralph-monitor loop --specs specs -- claude -p ...")
+        self.client = client
+        self.command = list(command)
+        self.specs = list(specs) if specs is not None else None
+        self.iterations = iterations
+        self.name = name
+        self.joined = session_id is not None
+        self.session_id = session_id or str(uuid.uuid4())
+        self.timeout_s = timeout_s
+        self.heartbeat_s = heartbeat_s
+        self.kill_grace_s = kill_grace_s
+        self.stop_on_failure = stop_on_failure
+        self.stdin_spec = stdin_spec
+        self.quiet = quiet
+        self.metadata = metadata or {}
+        self.counts = {"completed": 0, "failed": 0, "timeout": 0}
+        self.tokens_used = 0
+        self.cost_usd = 0.0
+        self._signal: int | None = None
+
+    # reporting
+
+    def _emit(self, event_type: str, *, spec_id: str | None = None, data: dict[str, Any] | None = None,
+              ts: str | None = None) -> None:
+        try:
+            self.client.emit(event_type, session_id=self.session_id, spec_id=spec_id, data=data, ts=ts)
+        except RalphMonitorError as exc:
+            self._say(f"warning: {event_type} not recorded: {exc}")
+
+    def _say(self, message: str) -> None:
+        print(f"ralph-monitor loop: {message}", file=sys.stderr, flush=True)
+
+    # the loop
+
+    def _plan(self) -> tuple[int | None, Any]:
+        if self.specs is not None:
+            return len(self.specs), iter(self.specs)
+        if self.iterations <= 0:
+            return None, (Spec(f"iteration-{i}") for i in range(1, 1 << 62))
+        return self.iterations, (Spec(f"iteration-{i}") for i in range(1, self.iterations + 1))
+
+    def run(self) -> int:
+        total, specs = self._plan()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        started = time.monotonic()
+        try:
+            if not self.joined:
+                data: dict[str, Any] = {"name": self.name or Path(self.command[0]).name,
+                                        "metadata": {"command": shlex.join(self.command)[:1000],
+                                                     "cwd": os.getcwd(), "runner": "ralph-monitor loop",
+                                                     **self.metadata}}
+                if total is not None:
+                    data["total_specs"] = total
+                self._emit("session_started", data=data)
+            self._say(f"session {self.session_id}" + (f", {total} specs" if total is not None else ""))
+            for spec in specs:
+                if self._signal is not None:
+                    break
+                outcome = self.run_spec(spec)
+                if outcome.status == "interrupted":
+                    break
+                if outcome.status != "completed" and self.stop_on_failure:
+                    self._say(f"stopping after {spec.id} ({outcome.status}): --stop-on-failure")
+                    break
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self._finish(started)
+
+    def _finish(self, started: float) -> int:
+        interrupted = self._signal is not None
+        failed = self.counts["failed"] + self.counts["timeout"]
+        status = "interrupted" if interrupted else "completed"
+        summary: dict[str, Any] = {
+            "status": status, "specs_completed": self.counts["completed"], "specs_failed": failed,
+            "specs_timed_out": self.counts["timeout"], "duration_s": round(time.monotonic() - started, 3)}
+        if self.tokens_used:
+            summary["tokens_used"] = self.tokens_used
+        if self.cost_usd:
+            summary["cost_usd"] = round(self.cost_usd, 6)
+        if interrupted:
+            assert self._signal is not None
+            summary["signal"] = signal.Signals(self._signal).name
+        if not self.joined:
+            self._emit("session_ended", data=summary)
+        self._say(f"{status}: {self.counts['completed']} completed, {failed} failed "
+                  f"({self.counts['timeout']} timed out)"
+                  + (f", ${self.cost_usd:.4f}" if self.cost_usd else ""))
+        if interrupted:
+            assert self._signal is not None
+            return 128 + self._signal
+        return 0 if failed == 0 else 1
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._signal is None:
+            self._signal = signum
+
+    def run_spec(self, spec: Spec) -> RunOutcome:
+        argv = [a.replace("{spec}", spec.id).replace("{spec_file}", spec.file or "") for a in self.command]
+        env = {**os.environ, SESSION_ENV: self.session_id, SPEC_ENV: spec.id, SOCKET_ENV: self.client.socket_path}
+        if spec.file:
+            env[SPEC_FILE_ENV] = spec.file
+        else:
+            env.pop(SPEC_FILE_ENV, None)
+        start_data: dict[str, Any] = {"command": shlex.join(argv)[:1000]}
+        if spec.file:
+            start_data["spec_file"] = spec.file
+        self._emit("spec_started", spec_id=spec.id, data=start_data)
+        started = time.monotonic()
+        stdin: Any = subprocess.DEVNULL
+        try:
+            if self.stdin_spec and spec.file:
+                stdin = open(spec.file, "rb")  # noqa: SIM115 - closed below
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=env, start_new_session=True)
+        except OSError as exc:
+            error = f"cannot run {argv[0]}: {exc.strerror or exc}"
+            return self._record(spec, RunOutcome("failed", {"error": error, "duration_s": 0.0}))
+        finally:
+            if stdin is not subprocess.DEVNULL:
+                stdin.close()
+        assert proc.stdout is not None and proc.stderr is not None
+        out = _Pump(proc.stdout, None if self.quiet else sys.stdout.buffer, CAPTURE_BYTES)
+        err = _Pump(proc.stderr, None if self.quiet else sys.stderr.buffer, STDERR_TAIL_BYTES)
+        out.start()
+        err.start()
+        timed_out_at: str | None = None
+        next_beat = started + self.heartbeat_s if self.heartbeat_s > 0 else None
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if self._signal is not None:
+                self._stop(proc, self._signal)
+                break
+            if self.timeout_s > 0 and now - started >= self.timeout_s:
+                timed_out_at = utc_now()
+                self._say(f"{spec.id}: no result after {self.timeout_s:g} s; stopping it")
+                self._stop(proc, signal.SIGTERM)
+                break
+            if next_beat is not None and now >= next_beat:
+                self._emit("session_heartbeat", spec_id=spec.id,
+                           data={"spec_id": spec.id, "elapsed_s": round(now - started, 1), "pid": proc.pid})
+                next_beat = now + self.heartbeat_s
+        proc.wait()
+        out.join(timeout=5)
+        err.join(timeout=5)
+        duration = round(time.monotonic() - started, 3)
+        data: dict[str, Any] = {"exit_code": proc.returncode, "duration_s": duration}
+        if proc.returncode < 0:
+            data["signal"] = signal.Signals(-proc.returncode).name
+        result = find_result(out.tail())
+        if result is not None:
+            data.update(result_fields(result))
+        if self._signal is not None and timed_out_at is None:
+            self._say(f"{spec.id}: interrupted ({signal.Signals(self._signal).name})")
+            return RunOutcome("interrupted", data)
+        if timed_out_at is not None:
+            data["timeout_s"] = self.timeout_s
+            data["error"] = f"timed out after {self.timeout_s:g} s (stopped, exit code {proc.returncode})"
+            return self._record(spec, RunOutcome("timeout", data), ts=timed_out_at)
+        if proc.returncode == 0 and not (result or {}).get("is_error"):
+            return self._record(spec, RunOutcome("completed", data))
+        data["error"] = _failure_text(proc.returncode, result, err.tail())
+        return self._record(spec, RunOutcome("failed", data))
+
+    def _stop(self, proc: subprocess.Popen[bytes], signum: int) -> None:
+        """Signal the command's process group; SIGKILL it if it has not exited after the grace."""
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=self.kill_grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # also whatever it left behind in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _record(self, spec: Spec, outcome: RunOutcome, *, ts: str | None = None) -> RunOutcome:
+        data = outcome.data
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        if isinstance(data.get("tokens_used"), int):
+            self.tokens_used += data["tokens_used"]
+        if isinstance(data.get("cost_usd"), (int, float)):
+            self.cost_usd += float(data["cost_usd"])
+        event_type = {"completed": "spec_completed", "failed": "spec_failed", "timeout": "timeout_triggered"}
+        self._emit(event_type[outcome.status], spec_id=spec.id, data=data, ts=ts)
+        cost = f", ${data['cost_usd']:.4f}" if isinstance(data.get("cost_usd"), (int, float)) else ""
+        self._say(f"{spec.id}: {outcome.status} in {data.get('duration_s', 0):g} s "
+                  f"(exit {data.get('exit_code')}{cost})")
+        return outcome
+
+
+def _failure_text(returncode: int, result: dict[str, Any] | None, stderr_tail: bytes) -> str:
+    if result is not None and (result.get("is_error") or result.get("subtype") not in (None, "success")):
+        detail = result.get("result") or "; ".join(str(e) for e in result.get("errors") or []) or ""
+        return f"{result.get('subtype') or 'error'}: {str(detail)[:SUMMARY_CHARS]}".rstrip(": ")
+    text = f"exit code {returncode}"
+    if returncode < 0:
+        text += f" ({signal.Signals(-returncode).name})"
+    tail = stderr_tail.decode("utf-8", "replace").strip().replace("\x00", "\ufffd")
+    return f"{text}: {tail[-STDERR_TAIL_BYTES:]}" if tail else text

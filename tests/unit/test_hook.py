@@ -1,0 +1,142 @@
+"""The hook's mapping from Claude Code hook inputs to events (no daemon needed)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ralph_monitor.hook import events_for, transcript_usage
+from ralph_monitor.protocol import KNOWN_TYPES, Origin, parse_line
+from ralph_monitor.client import encode_event
+from tests.hook_payloads import CC_SESSION, all_payloads, write_transcript
+
+LOOP = {"RALPH_SESSION_ID": "6f1c2b4e-1111-4000-8000-000000000001", "RALPH_SPEC_ID": "CR-02"}
+ORIGIN = Origin(host="test", uid=0, pid=0)
+
+
+def wire_valid(event: dict) -> None:
+    """The daemon would accept it."""
+    from datetime import datetime, timezone
+
+    line = encode_event(event).rstrip(b"\n")
+    parse_line(line, received_at=datetime.now(timezone.utc), origin=ORIGIN)
+    assert len(line) < 1 << 20
+
+
+@pytest.mark.parametrize("name", sorted(all_payloads()))
+def test_every_hook_event_maps_to_a_cc_event_in_the_loop_session(name: str, tmp_path: Path) -> None:
+    transcript = tmp_path / "t.jsonl"
+    write_transcript(transcript)
+    payload = all_payloads(str(transcript))[name]
+    events = events_for(json.dumps(payload).encode(), environ=LOOP)
+    main = [e for e in events if e["type"] == f"cc.{name}"]
+    assert len(main) == 1
+    event = main[0]
+    assert event["session_id"] == LOOP["RALPH_SESSION_ID"] and event["spec_id"] == "CR-02"
+    assert uuid.UUID(event["event_id"]) and event["ts"].endswith("Z")
+    data = event["data"]
+    assert data["cc_session_id"] == CC_SESSION
+    assert data["cwd"] == "/home/dev/shop" and data["permission_mode"] == "bypassPermissions"
+    for key, value in payload.items():
+        if key not in ("session_id", "hook_event_name"):
+            assert data[key] == value, key
+    if name in ("Stop", "SubagentStop", "SessionEnd", "StopFailure"):
+        assert data["usage"]["tokens_used"] > 0
+    else:
+        assert "usage" not in data
+    # Under a loop, the loop owns the session: no session_started / session_ended from the hook.
+    assert not [e for e in events if e["type"] in ("session_started", "session_ended")]
+    for e in events:
+        wire_valid(e)
+
+
+def test_permission_prompt_under_a_loop_is_an_intervention_request() -> None:
+    payload = all_payloads()["Notification"]
+    events = events_for(json.dumps(payload).encode(), environ=LOOP)
+    assert [e["type"] for e in events] == ["cc.Notification", "intervention_request"]
+    assert events[1]["data"]["message"] == "Claude needs your permission to use Bash"
+    # Interactive (no loop): a permission dialog is the user's business, not a request.
+    assert [e["type"] for e in events_for(json.dumps(payload).encode(), environ={})] == ["cc.Notification"]
+
+
+def test_without_a_loop_claudes_session_is_the_session_and_starts_and_ends(tmp_path: Path) -> None:
+    transcript = tmp_path / "t.jsonl"
+    sums = write_transcript(transcript)
+    payloads = all_payloads(str(transcript))
+    start = events_for(json.dumps(payloads["SessionStart"]).encode(), environ={})
+    assert [e["type"] for e in start] == ["session_started", "cc.SessionStart"]
+    assert {e["session_id"] for e in start} == {CC_SESSION}
+    assert start[0]["data"]["name"] == "claude shop"
+    assert start[0]["data"]["metadata"]["model"] == "claude-sonnet-4-6"
+    end = events_for(json.dumps(payloads["SessionEnd"]).encode(), environ={})
+    assert [e["type"] for e in end] == ["cc.SessionEnd", "session_ended"]
+    assert end[1]["data"] == {"status": "completed", "reason": "prompt_input_exit", "tokens_used": sums["tokens_used"]}
+    # A resumed session's start (or a second end) is the same event: stored once.
+    again = events_for(json.dumps(payloads["SessionStart"]).encode(), environ={})
+    assert again[0]["event_id"] == start[0]["event_id"]
+    compact = dict(payloads["SessionStart"], source="compact")
+    assert [e["type"] for e in events_for(json.dumps(compact).encode(), environ={})] == ["cc.SessionStart"]
+    tool = events_for(json.dumps(payloads["PreToolUse"]).encode(), environ={})
+    assert [e["type"] for e in tool] == ["cc.PreToolUse"] and "spec_id" not in tool[0]
+    assert all(e["type"] not in KNOWN_TYPES or e["type"].startswith("session_") for e in start + end)
+
+
+def test_transcript_usage_counts_each_request_once_per_model(tmp_path: Path) -> None:
+    transcript = tmp_path / "t.jsonl"
+    expected = write_transcript(transcript)
+    assert transcript_usage(str(transcript)) == expected
+    assert transcript_usage(str(tmp_path / "missing.jsonl"))["error"].endswith("No such file or directory")
+    assert transcript_usage(None) is None
+    # Out of time: what was summed so far, marked partial.
+    assert transcript_usage(str(transcript), deadline=time.monotonic() - 1)["partial"] is True
+
+
+@pytest.mark.parametrize("raw, problem", [
+    (b"", "empty hook input"),
+    (b"   \n", "empty hook input"),
+    (b"{\"hook_event_name\": \"PreToolUse\", ", "not JSON"),
+    (b"\xff\xfe garbage \x00\x01", "not JSON"),
+    (b"[1, 2, 3]", "not an object"),
+    (b"null", "not an object"),
+])
+def test_unreadable_input_is_recorded_as_a_hook_error(raw: bytes, problem: str) -> None:
+    events = events_for(raw, environ=LOOP)
+    assert [e["type"] for e in events] == ["cc.hook_error"]
+    assert problem in events[0]["data"]["error"]
+    assert events[0]["data"]["input_bytes"] == len(raw)
+    assert events[0]["session_id"] == LOOP["RALPH_SESSION_ID"]
+    wire_valid(events[0])
+
+
+def test_big_and_odd_fields_are_cut_to_size() -> None:
+    payload = all_payloads()["PostToolUse"]
+    payload["tool_response"] = {"stdout": "x" * (10 << 20), "stderr": "", "lines": list(range(100_000)),
+                                "deep": json.loads("[" * 50 + "]" * 50)}
+    payload["tool_input"] = {"command": "cat big\x00file", "weird": "\ud800 lone surrogate"}
+    payload["extra_" + "k" * 500] = 10 ** 400
+    payload["hook_event_name"] = "PostToolUse"
+    raw = json.dumps(payload).encode()
+    assert len(raw) > 10 << 20
+    started = time.monotonic()
+    events = events_for(raw, max_field_bytes=4096, environ=LOOP)
+    assert time.monotonic() - started < 0.5
+    data = events[0]["data"]
+    assert data["tool_response"]["stdout"].startswith("x" * 4096)
+    assert data["tool_response"]["stdout"].endswith("[10485760 chars, truncated]")
+    assert len(data["tool_response"]["lines"]) == 101
+    assert data["tool_input"]["command"] == "cat big\ufffdfile"
+    line = encode_event(events[0])
+    assert len(line) < 64 << 10
+    wire_valid(events[0])
+
+
+def test_unknown_or_odd_event_names_still_map() -> None:
+    assert events_for(b'{"hook_event_name": "FutureEvent", "x": 1}', environ={})[0]["type"] == "cc.FutureEvent"
+    odd = events_for(b'{"hook_event_name": "no spaces allowed!", "session_id": "not-a-uuid"}', environ={})
+    assert odd[0]["type"] == "cc.unknown" and odd[0]["data"]["hook_event_name"] == "no spaces allowed!"
+    assert "session_id" not in odd[0] and odd[0]["data"]["cc_session_id"] == "not-a-uuid"
+    assert events_for(b'{"x": 1}', environ={})[0]["type"] == "cc.unknown"
