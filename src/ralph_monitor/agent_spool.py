@@ -6,7 +6,7 @@ The next successful send, or `ralph-monitor flush`, delivers the spool first, in
 Every spooled event carries its own `event_id` (set when the event was created), so an
 event sent twice (a crash or timeout after the daemon stored it) is stored once.
 
-One directory per user and daemon socket, mode 0700:
+One directory per user and daemon socket (named after the socket's path), mode 0700:
 
     spool.jsonl          appended to under `append.lock` (held only for write + fsync)
     sending.<n>.jsonl    segments a flusher took over from spool.jsonl (oldest first)
@@ -14,7 +14,6 @@ One directory per user and daemon socket, mode 0700:
     rejected.jsonl       lines the daemon refused (they would never be accepted), with why
     backoff              its mtime (in the future) says until when the hook should not wait for
                          a daemon that just failed to answer in time
-    socket               the socket path this directory is for, for humans
 
 A flush renames `spool.jsonl` to a new segment under the append lock, so appenders never
 wait for the network; only the flusher ever rewrites or deletes a segment.
@@ -25,12 +24,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +63,26 @@ def default_base_dir() -> Path:
 
 
 def spool_dir_for(socket_path: str, base: Path | None = None) -> Path:
-    """The spool directory for one daemon socket (events must go back where they were meant to)."""
-    key = hashlib.sha256(os.path.abspath(socket_path).encode()).hexdigest()[:16]
+    """The spool directory for one daemon socket (events must go back where they were
+    meant to): its absolute path with `%` and `/` escaped, e.g. `%2Frun%2Fralph-monitor%2Fevents.sock`."""
+    key = os.path.abspath(socket_path).replace("%", "%25").replace("/", "%2F")
     return (base or default_base_dir()) / key
 
 
-@dataclass
 class FlushResult:
-    delivered: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    remaining: int = 0
-    error: str | None = None
-    """Why delivery stopped early (daemon unreachable, someone else flushing), if it did."""
+    """What a flush did. `error` says why delivery stopped early (daemon unreachable,
+    someone else delivering, out of time), if it did; `remaining` is then what waits."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.remaining = 0
+        self.error: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"FlushResult(delivered={self.delivered}, duplicates={self.duplicates}, "
+                f"rejected={self.rejected}, remaining={self.remaining}, error={self.error!r})")
 
 
 class ClientSpool:
@@ -107,10 +111,6 @@ class ClientSpool:
         if info.st_uid != os.getuid():
             raise SpoolError(f"client spool directory {self.directory} belongs to another user; "
                              f"set ${SPOOL_DIR_ENV} to a directory of your own")
-        marker = self.directory / "socket"
-        if self.socket_path and not marker.exists():
-            with contextlib.suppress(OSError):
-                marker.write_text(self.socket_path + "\n")
 
     @contextlib.contextmanager
     def _lock(self, name: str, *, blocking: bool = True) -> Iterator[bool]:

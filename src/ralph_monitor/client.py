@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import select
 import socket
-import threading
 import time
-import traceback
-import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +32,21 @@ from typing import Any
 from ralph_monitor.agent_spool import TRANSIENT_CODES, ClientSpool, FlushResult
 from ralph_monitor.errors import ClientError, RalphMonitorError
 
-log = logging.getLogger(__name__)
+
+
+def _log() -> Any:
+    import logging  # not at import time: the hook imports this module on every call
+
+    return logging.getLogger(__name__)
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID string, without importing `uuid` (slow to import)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 DEFAULT_TIMEOUT_S = 5.0
 MAX_REPLY_BYTES = 65_536
@@ -79,7 +89,7 @@ def new_event(event_type: str, *, session_id: str | None = None, spec_id: str | 
     a resend (from the spool, after a timeout) is then the same event, stored once, at its
     original time."""
     return build_event(event_type, session_id=session_id, spec_id=spec_id, data=data,
-                       ts=ts or utc_now(), event_id=event_id or str(uuid.uuid4()))
+                       ts=ts or utc_now(), event_id=event_id or new_uuid())
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -223,7 +233,7 @@ def deliver(line: bytes, socket_path: str, spool: ClientSpool | None, *, timeout
         try:
             flush_spool(spool, socket_path, timeout_s=timeout_s, deadline=deadline)
         except (ClientError, OSError) as exc:
-            log.debug("spool not delivered: %s", exc)
+            _log().debug("spool not delivered: %s", exc)
         if spool.has_pending():  # keep the order: behind what is still waiting
             return _spooled(spool, line)
     conn = connection or Connection(socket_path, timeout_s=timeout_s)
@@ -281,6 +291,8 @@ class Client:
         self.spool = ClientSpool.for_socket(self.socket_path, Path(spool_dir) if spool_dir else None) if spool else None
         self.session_id = session_id or os.environ.get(SESSION_ENV) or None
         self._conn = Connection(self.socket_path, timeout_s=timeout_s)
+        import threading
+
         self._lock = threading.RLock()
         self._sessions: dict[str, SessionRun] = {}
 
@@ -328,7 +340,7 @@ class Client:
         try:
             self.emit(event_type, **kwargs)
         except RalphMonitorError as exc:
-            log.warning("ralph-monitor: %s not recorded: %s", event_type, exc)
+            _log().warning("ralph-monitor: %s not recorded: %s", event_type, exc)
 
     # context managers
 
@@ -339,7 +351,7 @@ class Client:
         """Report a session: `session_started`, heartbeats every `heartbeat_s` (None: none),
         then `session_ended` with status completed, failed (an exception) or interrupted
         (KeyboardInterrupt / SystemExit), and the counts of the specs run inside it."""
-        run = SessionRun(self, session_id or str(uuid.uuid4()))
+        run = SessionRun(self, session_id or new_uuid())
         previous = self.session_id
         self.session_id = run.session_id
         self._sessions[run.session_id] = run
@@ -351,6 +363,8 @@ class Client:
         if metadata is not None:
             data["metadata"] = metadata
         self._quiet_emit("session_started", session_id=run.session_id, data=data)
+        import threading
+
         stop = threading.Event()
         beat = None
         if heartbeat_s:
@@ -378,7 +392,7 @@ class Client:
             self._sessions.pop(run.session_id, None)
             self.session_id = previous
 
-    def _beat(self, session_id: str, every_s: float, stop: threading.Event) -> None:
+    def _beat(self, session_id: str, every_s: float, stop: Any) -> None:
         while not stop.wait(every_s):
             self._quiet_emit("session_heartbeat", session_id=session_id)
 
@@ -397,6 +411,8 @@ class Client:
         except Exception as exc:
             outcome = "failed"
             run.error = run.error or _error_text(exc)
+            import traceback
+
             run.data.setdefault("traceback", "".join(traceback.format_exception(exc))[-MAX_ERROR_CHARS:])
             raise
         except BaseException as exc:
@@ -446,6 +462,8 @@ class SessionRun:
         self.counts = {"completed": 0, "failed": 0, "interrupted": 0}
         self.tokens_used = 0
         self.cost_usd = 0.0
+        import threading
+
         self._lock = threading.Lock()
 
     def count(self, outcome: str, data: dict[str, Any]) -> None:

@@ -24,23 +24,23 @@ Imports stay light (no database driver): `python -X importtime -m ralph_monitor 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ralph_monitor.agent_spool import ClientSpool
 from ralph_monitor.client import (
     SESSION_ENV, SOCKET_ENV, SPEC_ENV, Connection, EventRejected, deliver, encode_event, new_event,
 )
-from ralph_monitor.errors import ClientError, RalphMonitorError
+from ralph_monitor.errors import RalphMonitorError
+
+if TYPE_CHECKING:
+    import argparse
 
 HARD_TIMEOUT_S = 1.0
 DEFAULT_MAX_FIELD_BYTES = 4096
@@ -55,7 +55,11 @@ TRANSCRIPT_BUDGET_S = 0.35
 BACKOFF_S = 5.0
 """After the daemon failed to answer in time, later calls spool at once for this long."""
 DEFAULT_SOCKET = "/run/ralph-monitor/events.sock"
-HOOK_NAMESPACE = uuid.UUID("8d3f6a52-0c5e-4e0b-9a51-6f1d2c7b9e40")
+HOOK_NAMESPACE = bytes.fromhex("8d3f6a520c5e4e0b9a516f1d2c7b9e40")
+"""uuid5 namespace of the session_started / session_ended events the hook derives."""
+CONFIG_ENV = "RALPH_MONITOR_CONFIG"
+DEFAULT_CONFIG = "/etc/ralph-monitor/config.toml"
+UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,60}")
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 USAGE_EVENTS = frozenset({"Stop", "SubagentStop", "SessionEnd", "StopFailure"})
@@ -65,6 +69,7 @@ when running unattended under a loop)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """For `ralph-monitor hook --help` (the hook itself parses its options with `Options`)."""
     parser.add_argument("--socket", help=f"daemon socket (default: ${SOCKET_ENV}, else [socket] path from the config)")
     parser.add_argument("--config", metavar="FILE", help="config file to read the socket path from")
     parser.add_argument("--max-field-bytes", type=int, default=DEFAULT_MAX_FIELD_BYTES, metavar="N",
@@ -73,21 +78,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"hard limit on the hook's run time in seconds (default {HARD_TIMEOUT_S:g})")
 
 
+class Options:
+    """The hook's command line (parsed by hand: argparse costs import time on every call)."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.socket: str | None = None
+        self.config: str | None = None
+        self.max_field_bytes = DEFAULT_MAX_FIELD_BYTES
+        self.timeout = HARD_TIMEOUT_S
+        args = list(argv)
+        while args:
+            arg = args.pop(0)
+            name, eq, value = arg.partition("=")
+            if name not in ("--socket", "--config", "--max-field-bytes", "--timeout"):
+                continue  # unknown options are ignored: the agent must not fail on them
+            if not eq:
+                if not args:
+                    break
+                value = args.pop(0)
+            try:
+                if name == "--socket":
+                    self.socket = value
+                elif name == "--config":
+                    self.config = value
+                elif name == "--max-field-bytes":
+                    self.max_field_bytes = max(64, int(value))
+                elif float(value) > 0:
+                    self.timeout = float(value)
+            except ValueError:
+                pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; always returns 0."""
     started = time.monotonic()
-    parser = argparse.ArgumentParser(prog="ralph-monitor hook", add_help=False)
-    add_arguments(parser)
-    args, _ = parser.parse_known_args(argv)
-    if args.timeout is None or not args.timeout > 0:
-        args.timeout = HARD_TIMEOUT_S
-    _arm_hard_timeout(args.timeout)
+    options = Options(sys.argv[1:] if argv is None else argv)
+    _arm_hard_timeout(options.timeout)
     _silence_stdout()
     try:
         if sys.stdin is None or sys.stdin.isatty():
             print("ralph-monitor hook reads a Claude Code hook's JSON on stdin; see the README", file=sys.stderr)
             return 0
-        forward(sys.stdin.buffer.read(MAX_STDIN_BYTES + 1), args, started=started)
+        forward(sys.stdin.buffer.read(MAX_STDIN_BYTES + 1), options, started=started)
     except BaseException as exc:  # never fail the agent
         _debug(f"ralph-monitor hook: {type(exc).__name__}: {exc}")
     return 0
@@ -116,26 +148,35 @@ def _debug(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def socket_path_for(args: argparse.Namespace) -> str:
-    if args.socket:
-        return str(args.socket)
-    if os.environ.get(SOCKET_ENV) and not args.config:
+def socket_path_for(options: Options) -> str:
+    """--socket, $RALPH_MONITOR_SOCKET, else [socket] path of the config file (--config,
+    $RALPH_MONITOR_CONFIG, /etc/ralph-monitor/config.toml), else the default. Reads only that
+    key (the full config module is slow to import, and a broken config must not matter here)."""
+    if options.socket:
+        return options.socket
+    if os.environ.get(SOCKET_ENV) and not options.config:
         return os.environ[SOCKET_ENV]
+    path = options.config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
     try:
-        from ralph_monitor.config import load_settings
+        with open(path, "rb") as config:
+            import tomllib
 
-        return load_settings(args.config).socket_path
-    except Exception as exc:  # a broken config must not break the agent
-        _debug(f"ralph-monitor hook: config: {exc}; using {DEFAULT_SOCKET}")
-        return DEFAULT_SOCKET
+            configured = tomllib.load(config).get("socket", {}).get("path")
+        if isinstance(configured, str) and configured:
+            return configured
+    except FileNotFoundError:
+        pass
+    except Exception as exc:
+        _debug(f"ralph-monitor hook: config {path}: {exc}; using {DEFAULT_SOCKET}")
+    return DEFAULT_SOCKET
 
 
-def forward(raw: bytes, args: argparse.Namespace, *, started: float) -> None:
+def forward(raw: bytes, options: Options, *, started: float) -> None:
     """Turn one hook input into events and deliver them within the time budget."""
-    deadline = started + args.timeout - SPOOL_RESERVE_S
-    events = events_for(raw, max_field_bytes=max(64, args.max_field_bytes),
-                        transcript_deadline=started + min(TRANSCRIPT_BUDGET_S, args.timeout / 3))
-    socket_path = socket_path_for(args)
+    deadline = started + options.timeout - SPOOL_RESERVE_S
+    events = events_for(raw, max_field_bytes=options.max_field_bytes,
+                        transcript_deadline=started + min(TRANSCRIPT_BUDGET_S, options.timeout / 3))
+    socket_path = socket_path_for(options)
     spool = ClientSpool.for_socket(socket_path)
     conn = Connection(socket_path, timeout_s=ACK_TIMEOUT_S)
     unreachable = spool.backing_off()
@@ -226,8 +267,8 @@ def _own_session_events(name: Any, payload: dict[str, Any], data: dict[str, Any]
     if name == "SessionStart" and payload.get("source") in (None, "startup", "resume"):
         cwd = payload.get("cwd") if isinstance(payload.get("cwd"), str) else ""
         return [new_event("session_started", session_id=session_id, ts=event["ts"],
-                          event_id=str(uuid.uuid5(HOOK_NAMESPACE, f"{session_id}/session_started")),
-                          data={"name": f"claude {Path(cwd).name or cwd}".strip()[:200],
+                          event_id=_uuid5(f"{session_id}/session_started"),
+                          data={"name": f"claude {os.path.basename(cwd.rstrip('/')) or cwd}".strip()[:200],
                                 "metadata": {"source": "claude-code", "cwd": cwd[:1000],
                                              "model": _shrink(payload.get("model"), 200),
                                              "permission_mode": _shrink(payload.get("permission_mode"), 100)}})]
@@ -237,7 +278,7 @@ def _own_session_events(name: Any, payload: dict[str, Any], data: dict[str, Any]
         if isinstance(usage, dict) and usage.get("tokens_used"):
             end["tokens_used"] = usage["tokens_used"]
         return [new_event("session_ended", session_id=session_id, ts=event["ts"],
-                          event_id=str(uuid.uuid5(HOOK_NAMESPACE, f"{session_id}/session_ended")), data=end)]
+                          event_id=_uuid5(f"{session_id}/session_ended"), data=end)]
     return []
 
 
@@ -266,12 +307,24 @@ def _ids(payload: dict[str, Any] | None, env: Any) -> tuple[str | None, str | No
 
 
 def _uuid(value: Any) -> str | None:
+    """The UUID in canonical form, or None (no `uuid` import: it is slow)."""
     if not isinstance(value, str):
         return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
+    text = value.strip().removeprefix("urn:uuid:").strip("{}")
+    if not UUID_PATTERN.fullmatch(text):
         return None
+    h = text.replace("-", "").lower()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _uuid5(name: str) -> str:
+    """uuid.uuid5(HOOK_NAMESPACE, name), as a string."""
+    import hashlib
+
+    raw = bytearray(hashlib.sha1(HOOK_NAMESPACE + name.encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return _uuid(raw.hex()) or ""
 
 
 def _clean_str(text: str) -> str:

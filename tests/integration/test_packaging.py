@@ -22,5 +22,5 @@ def test_wheel_ships_sql_and_templates(tmp_path: Path) -> None:
         assert f"ralph_monitor/site_templates/{template.name}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "ralph-monitor = ralph_monitor.cli:monitor_main" in text
+    assert "ralph-monitor = ralph_monitor.launcher:main" in text
     assert "ralph-query = ralph_monitor.query_cli:query_main" in text

@@ -140,3 +140,57 @@ def test_unknown_or_odd_event_names_still_map() -> None:
     assert odd[0]["type"] == "cc.unknown" and odd[0]["data"]["hook_event_name"] == "no spaces allowed!"
     assert "session_id" not in odd[0] and odd[0]["data"]["cc_session_id"] == "not-a-uuid"
     assert events_for(b'{"x": 1}', environ={})[0]["type"] == "cc.unknown"
+
+
+def test_the_hook_path_imports_nothing_heavy() -> None:
+    """Claude Code starts the hook for every tool call: no database driver, no argparse, no
+    full config module, no rest of the command line."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['ralph-monitor', 'hook']; import ralph_monitor.launcher, ralph_monitor.hook; "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "ralph_monitor.hook" in loaded
+    heavy = {"psycopg", "psycopg_pool", "argparse", "ralph_monitor.config", "ralph_monitor.cli", "ralph_monitor.store",
+             "uuid", "dataclasses", "logging", "threading", "tomli_w", "zoneinfo", "subprocess"}
+    assert not heavy & loaded
+
+
+def test_socket_path_lookup_and_uuid_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ralph_monitor import hook
+    from ralph_monitor.client import new_uuid
+    from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings
+
+    assert hook.DEFAULT_CONFIG == str(DEFAULT_CONFIG_PATH)
+    assert hook.DEFAULT_SOCKET == Settings().socket_path
+    monkeypatch.delenv("RALPH_MONITOR_SOCKET", raising=False)
+    config = tmp_path / "config.toml"
+    config.write_text('[socket]\npath = "/srv/rm.sock"\n[database]\nnonsense = 1\n')
+    assert hook.socket_path_for(hook.Options(["--config", str(config)])) == "/srv/rm.sock"
+    monkeypatch.setenv("RALPH_MONITOR_CONFIG", str(config))
+    assert hook.socket_path_for(hook.Options([])) == "/srv/rm.sock"
+    monkeypatch.setenv("RALPH_MONITOR_SOCKET", "/env.sock")
+    assert hook.socket_path_for(hook.Options([])) == "/env.sock"
+    assert hook.socket_path_for(hook.Options(["--socket=/opt.sock"])) == "/opt.sock"
+    config.write_text("not [ toml")
+    assert hook.socket_path_for(hook.Options(["--config", str(config)])) == hook.DEFAULT_SOCKET
+    options = hook.Options(["--timeout", "0.5", "--max-field-bytes=100", "--bogus", "--timeout", "x"])
+    assert (options.timeout, options.max_field_bytes) == (0.5, 100)
+
+    namespace = uuid.UUID(bytes=hook.HOOK_NAMESPACE)
+    assert hook._uuid5("abc/session_started") == str(uuid.uuid5(namespace, "abc/session_started"))
+    assert hook._uuid("{6F1C2B4E-1111-4000-8000-000000000001}") == "6f1c2b4e-1111-4000-8000-000000000001"
+    assert hook._uuid("6f1c2b4e111140008000000000000001") == "6f1c2b4e-1111-4000-8000-000000000001"
+    assert hook._uuid("abc123") is None and hook._uuid(42) is None
+    made = uuid.UUID(new_uuid())
+    assert made.version == 4 and made.variant == uuid.RFC_4122
+
+
+def test_the_readme_installs_the_hook_for_every_event_tested_here() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index('```json\n{\n  "hooks"') + len("```json\n")
+    settings = json.loads(readme[start:readme.index("```", start)])
+    assert set(settings["hooks"]) == set(all_payloads())
+    for groups in settings["hooks"].values():
+        assert groups == [{"hooks": [{"type": "command", "command": "ralph-monitor hook", "timeout": 5}]}]

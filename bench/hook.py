@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Hook benchmark: wall time of one `ralph-monitor hook` call as Claude Code makes it (a new
+process, the hook JSON on stdin), with the daemon up, down (the hook spools) and hung.
+
+    python bench/hook.py [--calls N] [--transcript-mb M]
+
+Phases (each a sequence of `--calls` calls, one at a time, like Claude Code's tool hooks):
+  python        `python -c pass`: the interpreter's own start-up, for reference
+  up            daemon running: PostToolUse with a few kB of tool input/output
+  up-stop       daemon running: Stop, summing the tokens of a transcript of --transcript-mb MB
+  up-10mb       daemon running: PostToolUse whose tool_response is 10 MB (cut to 4 kB)
+  down          no daemon (socket missing): every event is fsync'd to the client spool
+  catch-up      daemon back: the first call delivers the whole backlog first (one call)
+  hung          a socket that accepts but never answers: the first call waits for the ack
+                timeout, the next ones back off and spool at once
+
+Reports median, p90, p99 and max per phase, and checks that after the catch-up every event
+sent in the run is stored exactly once. Standalone: creates a private PostgreSQL cluster
+under /tmp (as root it runs as `postgres`) and removes everything at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+READY_TIMEOUT_S = 60.0
+BIN = Path(sys.executable).parent
+LOOP_SESSION = "6f1c2b4e-5555-4000-8000-000000000005"
+
+
+def payload(event: str, transcript: str, **extra: Any) -> bytes:
+    body = {"session_id": "00893aaf-19fa-41d2-8238-13269b9b3ca0", "transcript_path": transcript,
+            "cwd": "/home/dev/shop", "permission_mode": "bypassPermissions", "hook_event_name": event, **extra}
+    return json.dumps(body).encode()
+
+
+def tool_payload(transcript: str, response_bytes: int = 3000) -> bytes:
+    return payload("PostToolUse", transcript, tool_name="Bash", tool_use_id="toolu_01ABC",
+                   tool_input={"command": "pytest -q tests/checkout", "description": "Run the checkout tests"},
+                   tool_response={"stdout": "." * response_bytes + "\n 120 passed in 3.1s", "stderr": "",
+                                  "interrupted": False})
+
+
+def write_transcript(path: Path, megabytes: float) -> int:
+    """A transcript like Claude Code's: each request streamed as 3 lines repeating its usage."""
+    usage = {"input_tokens": 4, "cache_creation_input_tokens": 2400, "cache_read_input_tokens": 38000,
+             "output_tokens": 310}
+    lines, size, n = [], 0, 0
+    while size < megabytes * 1e6:
+        n += 1
+        for part in range(3):
+            line = json.dumps({"type": "assistant", "requestId": f"req_{n}", "sessionId": "s", "uuid": f"{n}-{part}",
+                               "message": {"id": f"msg_{n}", "model": "claude-sonnet-4-6", "role": "assistant",
+                                           "content": [{"type": "text", "text": "x" * 400}], "usage": usage}})
+            lines.append(line)
+            size += len(line) + 1
+        tool = json.dumps({"type": "user", "message": {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": f"t{n}", "content": "y" * 600}]}})
+        lines.append(tool)
+        size += len(tool) + 1
+    path.write_text("\n".join(lines) + "\n")
+    return n
+
+
+class Daemon:
+    def __init__(self, root: Path, dsn: str) -> None:
+        self.root, self.dsn = root, dsn
+        self.socket_path = str(root / "events.sock")
+        self.config_path = root / "config.toml"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.config_path.write_text(
+            f'[socket]\npath = "{self.socket_path}"\ngroup = ""\n[database]\ndsn = "{self.dsn}"\n'
+            f'[paths]\nstate_dir = "{self.root / "state"}"\n[monitor]\nlog_level = "warning"\n')
+        notify_path = str(self.root / "notify.sock")
+        if os.path.exists(notify_path):
+            os.unlink(notify_path)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        with open(self.root / "daemon.log", "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "ralph_monitor", "run", "--config", str(self.config_path)],
+                                            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, "NOTIFY_SOCKET": notify_path})
+        try:
+            notify.settimeout(0.2)
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"daemon exited: {(self.root / 'daemon.log').read_text()[-2000:]}")
+                try:
+                    if b"READY=1" in notify.recv(4096):
+                        return
+                except TimeoutError:
+                    continue
+            raise SystemExit("daemon not ready")
+        finally:
+            notify.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+
+
+def call(argv: list[str], data: bytes, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(argv, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0 or result.stdout:
+        raise SystemExit(f"hook misbehaved: exit {result.returncode}, stdout {result.stdout[:200]!r}")
+    return elapsed
+
+
+def phase(name: str, calls: int, argv: list[str], data: bytes, env: dict[str, str]) -> dict[str, Any]:
+    times = sorted(call(argv, data, env) for _ in range(calls))
+
+    def pct(p: float) -> float:
+        return times[min(len(times) - 1, int(round(p * (len(times) - 1))))]
+
+    row = {"phase": name, "calls": calls, "median_ms": statistics.median(times) * 1e3, "p90_ms": pct(0.9) * 1e3,
+           "p99_ms": pct(0.99) * 1e3, "max_ms": times[-1] * 1e3}
+    print(f"{name:<10} {calls:>6} {row['median_ms']:>9.1f} {row['p90_ms']:>8.1f} {row['p99_ms']:>8.1f} "
+          f"{row['max_ms']:>8.1f}", flush=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=200, help="calls per phase (default 200)")
+    parser.add_argument("--transcript-mb", type=float, default=5.0, help="transcript size for up-stop (default 5)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    import psycopg
+
+    from ralph_monitor.cluster import Cluster
+    from ralph_monitor.config import Settings
+    from ralph_monitor.store import EventStore
+
+    root = Path(tempfile.mkdtemp(prefix="rm-bench-hook-", dir="/tmp"))
+    root.chmod(0o755)
+    cluster = Cluster(root / "pg")
+    daemon: Daemon | None = None
+    hung: socket.socket | None = None
+    try:
+        cluster.start()
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        dsn = cluster.dsn("bench")
+
+        async def migrate() -> None:
+            store = EventStore(Settings(), dsn=dsn)
+            await store.connect()
+            await store.close()
+        asyncio.run(migrate())
+        daemon_root = root / "daemon"
+        daemon_root.mkdir()
+        daemon = Daemon(daemon_root, dsn)
+        daemon.start()
+
+        transcript = root / "transcript.jsonl"
+        requests = write_transcript(transcript, args.transcript_mb)
+        env = {**os.environ, "RALPH_SESSION_ID": LOOP_SESSION, "RALPH_SPEC_ID": "CR-01",
+               "RALPH_MONITOR_SOCKET": daemon.socket_path, "RALPH_MONITOR_CLIENT_SPOOL": str(root / "spool")}
+        hook = [str(BIN / "ralph-monitor"), "hook"]
+        print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; transcript "
+              f"{transcript.stat().st_size / 1e6:.1f} MB ({requests} requests); times are wall ms per call\n")
+        print(f"{'phase':<10} {'calls':>6} {'median':>9} {'p90':>8} {'p99':>8} {'max':>8}")
+        rows = [phase("python", args.calls, [sys.executable, "-c", "pass"], b"", env)]
+        sent = 0
+        rows.append(phase("up", args.calls, hook, tool_payload(str(transcript)), env))
+        sent += args.calls
+        stop_calls = max(10, args.calls // 10)
+        rows.append(phase("up-stop", stop_calls, hook, payload("Stop", str(transcript), stop_hook_active=False,
+                                                                last_assistant_message="Done."), env))
+        sent += stop_calls
+        big_calls = max(10, args.calls // 10)
+        rows.append(phase("up-10mb", big_calls, hook, tool_payload(str(transcript), 10 << 20), env))
+        sent += big_calls
+
+        daemon.stop()  # the socket file goes away with the daemon
+        rows.append(phase("down", args.calls, hook, tool_payload(str(transcript)), env))
+        sent += args.calls
+        daemon.start()
+        rows.append(phase("catch-up", 1, hook, tool_payload(str(transcript)), env))
+        sent += 1
+        stored = psycopg.connect(dsn).execute("SELECT count(*), count(DISTINCT event_id) FROM events").fetchone()
+        ok = stored == (sent, sent)
+        print(f"\nstored {stored[0]} events ({stored[1]} distinct) of {sent} sent: "
+              f"{'exactly once' if ok else 'MISMATCH'}")
+
+        hung_path = str(root / "hung.sock")
+        hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        hung.bind(hung_path)
+        hung.listen(4096)
+        hung_env = {**env, "RALPH_MONITOR_SOCKET": hung_path}
+        print()
+        rows.append(phase("hung", max(10, args.calls // 10), hook, tool_payload(str(transcript)), hung_env))
+
+        base = rows[0]["median_ms"]
+        up, down = rows[1], rows[4]
+        print(f"\nhook with the daemon up: median {up['median_ms']:.0f} ms, p99 {up['p99_ms']:.0f} ms "
+              f"({up['median_ms'] - base:.0f} ms over a bare interpreter start)")
+        print(f"hook with the daemon down (spooling): median {down['median_ms']:.0f} ms, p99 {down['p99_ms']:.0f} ms")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"phases": rows, "exactly_once": ok}, indent=2))
+        return 0 if ok else 1
+    finally:
+        if hung is not None:
+            hung.close()
+        if daemon is not None:
+            daemon.stop()
+        cluster.stop(mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
