@@ -319,3 +319,125 @@ SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds,
        tokens_used, cost_usd, error_message, output_summary
 FROM spec_runs WHERE coalesce(start_time, end_time) >= %(since)s AND coalesce(start_time, end_time) < %(until)s
 ORDER BY coalesce(start_time, end_time), id;
+
+-- Maintenance: backups, restores, retention, doctor (maintenance.py, doctor.py) -------------
+
+-- name: maintenance_user_tables
+-- Every table a backup holds (a partitioned table stands for all its partitions).
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+ORDER BY 1, 2;
+
+-- name: database_objects
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+ORDER BY 1, 2
+LIMIT %(limit)s;
+
+-- name: export_snapshot
+SELECT pg_export_snapshot();
+
+-- name: server_identity
+SELECT current_setting('server_version_num')::int, current_database();
+
+-- name: maintenance_try_lock
+SELECT pg_try_advisory_lock(7262687);
+
+-- name: maintenance_unlock
+SELECT pg_advisory_unlock(7262687);
+
+-- name: event_partition_tables
+-- Daily event tables, attached or left detached by an interrupted prune.
+SELECT c.relname,
+       EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid AND i.inhparent = 'events'::regclass)
+FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+  AND c.relname ~ '^events_[0-9]{8}$'
+ORDER BY c.relname;
+
+-- name: set_local_lock_timeout
+SELECT set_config('lock_timeout', %(timeout)s, true);
+
+-- name: detach_event_partition
+ALTER TABLE events DETACH PARTITION {partition};
+
+-- name: drop_detached_partition
+DROP TABLE IF EXISTS {partition};
+
+-- name: table_rows_json
+SELECT row_to_json(t)::text FROM {table} t;
+
+-- name: count_events_default_before
+SELECT count(*) FROM events_default WHERE occurred_at < %(cutoff)s;
+
+-- name: prune_events_default
+DELETE FROM events_default WHERE (id, occurred_at) IN (
+    SELECT id, occurred_at FROM events_default WHERE occurred_at < %(cutoff)s LIMIT %(batch)s)
+RETURNING row_to_json(events_default)::text;
+
+-- name: count_event_ids_before
+SELECT count(*) FROM event_ids WHERE occurred_at < %(cutoff)s;
+
+-- name: prune_event_ids
+DELETE FROM event_ids WHERE event_id IN (
+    SELECT event_id FROM event_ids WHERE occurred_at < %(cutoff)s LIMIT %(batch)s);
+
+-- name: count_prunable_sessions
+WITH p AS (SELECT id FROM sessions
+           WHERE execution_state <> 'running' AND coalesce(end_time, last_event_at) < %(cutoff)s)
+SELECT (SELECT count(*) FROM p),
+       (SELECT count(*) FROM spec_runs WHERE session_id IN (SELECT id FROM p)),
+       (SELECT count(*) FROM interventions WHERE session_id IN (SELECT id FROM p));
+
+-- name: prunable_session_ids
+-- Never a running session, however old.
+SELECT id FROM sessions
+WHERE execution_state <> 'running' AND coalesce(end_time, last_event_at) < %(cutoff)s
+ORDER BY id LIMIT %(batch)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: prune_interventions_of
+DELETE FROM interventions WHERE session_id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(interventions)::text;
+
+-- name: prune_spec_runs_of
+DELETE FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(spec_runs)::text;
+
+-- name: prune_sessions_of
+DELETE FROM sessions WHERE id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(sessions)::text;
+
+-- name: count_metric_buckets_before
+SELECT count(*) FROM metric_buckets WHERE bucket_time < %(cutoff)s;
+
+-- name: prune_metric_buckets
+DELETE FROM metric_buckets WHERE (bucket_time, event_type) IN (
+    SELECT bucket_time, event_type FROM metric_buckets WHERE bucket_time < %(cutoff)s LIMIT %(batch)s)
+RETURNING row_to_json(metric_buckets)::text;
+
+-- name: count_rejects_before
+SELECT count(*) FROM rejects WHERE received_at < %(cutoff)s;
+
+-- name: prune_rejects
+DELETE FROM rejects WHERE id IN (
+    SELECT id FROM rejects WHERE received_at < %(cutoff)s LIMIT %(batch)s)
+RETURNING row_to_json(rejects)::text;
+
+-- name: doctor_identity
+SELECT current_user AS user, r.rolsuper AS superuser, current_database() AS database,
+       current_setting('server_version') AS server_version,
+       current_setting('server_version_num')::int AS server_version_num,
+       to_regclass('schema_migrations') IS NOT NULL AS migrations_table,
+       to_regclass('events') IS NOT NULL AS events_table,
+       CASE WHEN to_regclass('events') IS NOT NULL THEN has_table_privilege('events', 'INSERT') END
+           AS can_insert_events
+FROM pg_roles r WHERE r.rolname = current_user;
+
+-- name: doctor_reader_roles
+-- Roles that may read events but not write them (the read-only role for ralph-query).
+SELECT r.rolname FROM pg_roles r
+WHERE r.rolname !~ '^pg_' AND NOT r.rolsuper
+  AND has_table_privilege(r.oid, 'events', 'SELECT')
+  AND NOT has_table_privilege(r.oid, 'events', 'INSERT')
+  AND has_database_privilege(r.oid, current_database(), 'CONNECT')
+ORDER BY 1;

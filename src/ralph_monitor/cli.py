@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from ralph_monitor import __version__
+from ralph_monitor import __version__, ops_cli
 from ralph_monitor.cluster import database_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, load_settings, render_default_config
 from ralph_monitor.errors import ConfigError, RalphMonitorError
@@ -243,6 +243,7 @@ def monitor_parser() -> argparse.ArgumentParser:
                       help="fail (exit 1) instead of spooling the event when the daemon is unreachable")
     emit.set_defaults(func=_cmd_emit)
     _add_agent_parsers(sub)
+    ops_cli.add_commands(sub)
     return parser
 
 

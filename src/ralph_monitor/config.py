@@ -110,6 +110,10 @@ class Settings:
         "backup", 7, "Daily backups to keep.", minimum=1)
     backup_keep_weekly: int = _setting(
         "backup", 4, "Weekly backups (the newest of each ISO week) to keep beyond the daily ones.", minimum=0)
+    backup_pg_dump: str = _setting(
+        "backup", "",
+        "pg_dump to run (pg_restore is taken from the same directory); it must be at least the "
+        "server's version. Empty: the newest /usr/lib/postgresql/*/bin/pg_dump, else pg_dump on PATH.")
 
     monitor_host: str = _setting(
         "monitor", "", "Host name stored with each event. Empty: this machine's host name.")
@@ -198,7 +202,7 @@ def _validate(settings: Settings, origin: str) -> None:
     if settings.monitor_log_level not in LOG_LEVELS:
         raise ConfigError(
             f"{origin}: [monitor] log_level = {settings.monitor_log_level!r}; use one of {', '.join(LOG_LEVELS)}")
-    for name in ("paths_state_dir", "paths_site_dir", "paths_backup_dir", "socket_path"):
+    for name in ("paths_state_dir", "paths_site_dir", "paths_backup_dir", "socket_path", "backup_pg_dump"):
         value = getattr(settings, name)
         if value and not os.path.isabs(value):
             section, key = name.split("_", 1)

@@ -21,6 +21,7 @@ import sdnotify
 
 from ralph_monitor import __version__
 from ralph_monitor.cluster import EMBEDDED_DBNAME, database_dsn, embedded_cluster
+from ralph_monitor import maintenance
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import StoreUnavailable
 from ralph_monitor.ingest import Ingestor
@@ -176,6 +177,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
 
 def install_features(context: DaemonContext) -> None:
     """Register the scheduled features' jobs (each feature module adds one line here)."""
+    maintenance.install(context)
 
 
 async def _wait_closed(server: EventServer) -> None:

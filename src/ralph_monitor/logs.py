@@ -1,19 +1,42 @@
 """Logging to stderr in a form journald understands (syslog priority prefixes).
 
 Under systemd (JOURNAL_STREAM is set) each line starts with `<N>` so journald records
-its priority; on a terminal lines read `LEVEL logger: message`.
+its priority; on a terminal lines read `LEVEL logger: message`. Passwords that slip into a
+message (a DSN in a driver error, a PGPASSWORD= in a command) are masked either way.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
+_SECRETS = (
+    # libpq key=value: password=secret, password = 'se cret'
+    (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE), r"\1***"),
+    # PGPASSWORD=secret in an environment dump
+    (re.compile(r"(PGPASSWORD=)(\S+)"), r"\1***"),
+    # URLs: scheme://user:secret@host
+    (re.compile(r"(://[^:/@\s]*:)([^@\s]+)(@)"), r"\1***\3"),
+)
 
-class _JournalFormatter(logging.Formatter):
+
+def redact(text: str) -> str:
+    """`text` with anything that looks like a password replaced by ***."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class _JournalFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
         priority = _PRIORITIES.get(record.levelno, 6)
         return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
@@ -25,7 +48,7 @@ def setup_logging(level: str = "info") -> None:
     if os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

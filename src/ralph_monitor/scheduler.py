@@ -8,6 +8,7 @@ run; it never stops the daemon. One instance of a job runs at a time; missed run
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, time, tzinfo
@@ -35,6 +36,9 @@ class Scheduler:
         async def run() -> None:
             try:
                 await job()
+            except asyncio.CancelledError:
+                # shutdown() cancels jobs still running: the daemon is stopping, not failing.
+                log.info("scheduled job %s stopped: the daemon is shutting down", name)
             except Exception:
                 log.exception("scheduled job %s failed; it will run again at its next time", name)
 
@@ -48,8 +52,9 @@ class Scheduler:
                                 replace_existing=True, **first)
 
     def daily(self, name: str, at: time, job: Job) -> None:
-        """Run `job` every day at `at` in the scheduler's time zone."""
-        self._scheduler.add_job(self._wrap(name, job), CronTrigger(hour=at.hour, minute=at.minute, timezone=self._zone),
+        """Run `job` every day at `at` (to the second) in the scheduler's time zone."""
+        trigger = CronTrigger(hour=at.hour, minute=at.minute, second=at.second, timezone=self._zone)
+        self._scheduler.add_job(self._wrap(name, job), trigger,
                                 id=name, name=name, coalesce=True, max_instances=1,
                                 misfire_grace_time=MISFIRE_GRACE_S, replace_existing=True)
 

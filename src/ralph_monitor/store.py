@@ -438,3 +438,304 @@ def open_read_store(settings: Settings, *, dsn: str | None = None) -> Iterator[R
     with conn:
         conn.execute(resources.query("read_only_session"))
         yield ReadStore(conn)
+
+
+# --------------------------------------------------------------------------- maintenance
+# Backups, restores, retention and `doctor` run these synchronously in a worker thread
+# (or in the CLI), each on a connection of its own, never on the ingest writer's.
+
+
+class LockBusy(StoreError):
+    """A lock could not be taken within lock_timeout (another session holds the table)."""
+
+
+MAINTENANCE_APPLICATION_NAME = "ralph-monitor maintenance"
+
+
+def _maintenance_conninfo(settings: Settings, dsn: str) -> str:
+    return psycopg.conninfo.make_conninfo(conninfo(settings, dsn=dsn), application_name=MAINTENANCE_APPLICATION_NAME)
+
+
+def _plain_conninfo(dsn: str, timeout_s: float) -> str:
+    return psycopg.conninfo.make_conninfo(
+        dsn, connect_timeout=max(1, round(timeout_s)), application_name=MAINTENANCE_APPLICATION_NAME)
+
+
+def tool_conninfo(settings: Settings, dsn: str, *, configured: bool = True) -> tuple[str, dict[str, str]]:
+    """A connection string for pg_dump/pg_restore without any password in it (command lines
+    are visible to every local user), and the environment that carries the password instead.
+
+    `configured`: `dsn` is the configured database, so [database] password_file applies."""
+    text = conninfo(settings, dsn=dsn) if configured else _plain_conninfo(dsn, settings.database_connect_timeout_s)
+    params = psycopg.conninfo.conninfo_to_dict(text)
+    password = params.pop("password", None)
+    env = {"PGPASSWORD": str(password)} if password else {}
+    return psycopg.conninfo.make_conninfo("", **params), env
+
+
+def describe_dsn(dsn: str) -> str:
+    """`dbname on host` for messages and events: never the password."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "(unparsable DSN)"
+    where = params.get("host") or "the default socket"
+    user = f" as {params['user']}" if params.get("user") else ""
+    return f"database {params.get('dbname', '(default)')} on {where}{user}"
+
+
+def dsn_uses_tcp(dsn: str) -> bool:
+    """Whether libpq would reach this DSN over TCP (a host name or address, not a socket directory)."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return False
+    if params.get("hostaddr"):
+        return True
+    hosts = str(params.get("host") or "").split(",")
+    return any(h and not h.startswith(("/", "@")) for h in hosts)
+
+
+@dataclass(frozen=True)
+class DumpSnapshot:
+    """An exported snapshot for `pg_dump --snapshot`, and the row counts it sees."""
+
+    snapshot: str
+    counts: dict[str, int]
+    server_version: int
+    database: str
+
+
+def _count_user_tables(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    counts = {}
+    for row in conn.execute(resources.query("maintenance_user_tables")).fetchall():
+        table = sql.Identifier(row[0], row[1])
+        counts[row[1] if row[0] == "public" else f"{row[0]}.{row[1]}"] = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
+    return counts
+
+
+@contextmanager
+def dump_snapshot(settings: Settings, dsn: str) -> Iterator[DumpSnapshot]:
+    """Hold a repeatable-read snapshot open (exported for pg_dump) with the row count of
+    every table in it, so a restore can be checked against exactly what was dumped. The
+    counts also lock every table against DROP/DETACH until the dump has its own locks."""
+    try:
+        conn = psycopg.connect(_maintenance_conninfo(settings, dsn))
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        try:
+            snapshot = conn.execute(resources.query("export_snapshot")).fetchone()[0]  # type: ignore[index]
+            version, database = conn.execute(resources.query("server_identity")).fetchone()  # type: ignore[misc]
+            counts = _count_user_tables(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot take a snapshot for the backup: {_describe(exc)}") from exc
+        yield DumpSnapshot(snapshot, counts, int(version), database)
+    finally:
+        conn.close()
+
+
+def _connect_plain(dsn: str, settings: Settings, *, configured: bool) -> psycopg.Connection[Any]:
+    text = (_maintenance_conninfo(settings, dsn) if configured
+            else _plain_conninfo(dsn, settings.database_connect_timeout_s))
+    try:
+        return psycopg.connect(text, autocommit=True)
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"cannot connect to {describe_dsn(dsn)}: {_describe(exc)}") from exc
+
+
+def database_objects(settings: Settings, dsn: str, *, configured: bool = False, limit: int = 10) -> list[str]:
+    """Up to `limit` tables, views and sequences in the database (empty list: an empty database)."""
+    with _connect_plain(dsn, settings, configured=configured) as conn:
+        try:
+            rows = conn.execute(resources.query("database_objects"), {"limit": limit}).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot list objects in {describe_dsn(dsn)}: {_describe(exc)}") from exc
+    return [f"{schema}.{name}" for schema, name in rows]
+
+
+def table_counts(settings: Settings, dsn: str, *, configured: bool = False) -> dict[str, int]:
+    """Row count of every table (a partitioned table counts all its partitions)."""
+    with _connect_plain(dsn, settings, configured=configured) as conn:
+        try:
+            return _count_user_tables(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot count rows in {describe_dsn(dsn)}: {_describe(exc)}") from exc
+
+
+class MaintenanceSession:
+    """Retention on its own autocommit connection. Each batch is one short transaction;
+    locks on `events` are taken with a short lock_timeout so ingestion never queues
+    behind a long reader (a backup, an export) for longer than that."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def _execute(self, query: str | sql.Composable, params: Any = None) -> psycopg.Cursor[Any]:
+        try:
+            return self._conn.execute(query, params)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise LockBusy(_describe(exc)) from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"retention query failed: {_describe(exc)}") from exc
+
+    def try_lock(self) -> bool:
+        """One pruner per database (several daemons may share it)."""
+        return bool(self._execute(resources.query("maintenance_try_lock")).fetchone()[0])
+
+    def unlock(self) -> None:
+        self._execute(resources.query("maintenance_unlock"))
+
+    def event_partitions(self) -> list[tuple[str, bool]]:
+        """(name, attached) of every events_YYYYMMDD table, attached or left detached."""
+        return [(r[0], r[1]) for r in self._execute(resources.query("event_partition_tables")).fetchall()]
+
+    def count(self, name: str, params: dict[str, Any]) -> int:
+        return int(self._execute(resources.query(name), params).fetchone()[0])
+
+    def counts(self, name: str, params: dict[str, Any]) -> tuple[int, ...]:
+        return tuple(int(v) for v in self._execute(resources.query(name), params).fetchone())
+
+    def count_table(self, table: str) -> int:
+        return int(self._execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0])
+
+    def _with_lock_timeout(self, statement: sql.Composable, lock_timeout_s: float) -> None:
+        try:
+            with self._conn.transaction():
+                self._conn.execute(resources.query("set_local_lock_timeout"),
+                                   {"timeout": f"{max(1, round(lock_timeout_s * 1000))}ms"})
+                self._conn.execute(statement)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise LockBusy(_describe(exc)) from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"retention failed: {_describe(exc)}") from exc
+
+    def detach_partition(self, name: str, *, lock_timeout_s: float) -> None:
+        """Detach one daily partition (a catalog change: no rows are read or written)."""
+        self._with_lock_timeout(sql.SQL(resources.query("detach_event_partition")).format(
+            partition=sql.Identifier(name)), lock_timeout_s)
+
+    def drop_table(self, name: str, *, lock_timeout_s: float) -> None:
+        """Drop a detached partition (locks only that table)."""
+        self._with_lock_timeout(sql.SQL(resources.query("drop_detached_partition")).format(
+            partition=sql.Identifier(name)), lock_timeout_s)
+
+    def table_json(self, table: str) -> Iterator[str]:
+        """Every row of `table` as one JSON object per line, through a server-side cursor."""
+        try:
+            with self._conn.transaction(), self._conn.cursor(name=f"archive_{table}") as cur:
+                cur.itersize = STREAM_BATCH_ROWS
+                cur.execute(sql.SQL(resources.query("table_rows_json")).format(table=sql.Identifier(table)))
+                for row in cur:
+                    yield row[0]
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot read {table} for the archive: {_describe(exc)}") from exc
+
+    def delete_batches(self, name: str, params: dict[str, Any], *, batch: int,
+                       on_rows: Callable[[list[str]], None] | None = None) -> int:
+        """Run DELETE query `name` (… LIMIT %(batch)s … RETURNING line) until it deletes less
+        than a batch; each batch is its own transaction, committed only after `on_rows`
+        (the archive writer) returned. How many rows were deleted."""
+        total = 0
+        while True:
+            try:
+                with self._conn.transaction():
+                    cur = self._conn.execute(resources.query(name), {**params, "batch": batch})
+                    deleted = cur.rowcount
+                    if on_rows is not None and cur.description is not None:
+                        lines = [r[0] for r in cur.fetchall()]
+                        if lines:
+                            on_rows(lines)
+            except psycopg.errors.LockNotAvailable as exc:
+                raise LockBusy(_describe(exc)) from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"retention query {name} failed: {_describe(exc)}") from exc
+            total += deleted
+            if deleted < batch:
+                return total
+
+    def delete_sessions(self, cutoff: datetime, *, batch: int,
+                        on_rows: Callable[[dict[str, list[str]]], None] | None = None) -> dict[str, int]:
+        """Delete sessions that ended (or, if never ended, went silent) before `cutoff` and
+        are not running, with their spec runs and interventions, a batch per transaction."""
+        totals = {"sessions": 0, "spec_runs": 0, "interventions": 0}
+        while True:
+            try:
+                with self._conn.transaction():
+                    ids = [r[0] for r in self._conn.execute(resources.query("prunable_session_ids"),
+                                                            {"cutoff": cutoff, "batch": batch}).fetchall()]
+                    rows: dict[str, list[str]] = {}
+                    if ids:
+                        for kind in ("interventions", "spec_runs", "sessions"):
+                            rows[kind] = [r[0] for r in self._conn.execute(
+                                resources.query(f"prune_{kind}_of"), {"ids": ids}).fetchall()]
+                        if on_rows is not None:
+                            on_rows(rows)
+            except psycopg.Error as exc:
+                raise StoreError(f"pruning sessions failed: {_describe(exc)}") from exc
+            for kind, lines in rows.items():
+                totals[kind] += len(lines)
+            if len(ids) < batch:
+                return totals
+
+
+@contextmanager
+def open_maintenance(settings: Settings, dsn: str) -> Iterator[MaintenanceSession]:
+    """A MaintenanceSession on the configured database."""
+    conn = _connect_plain(dsn, settings, configured=True)
+    with conn:
+        yield MaintenanceSession(conn)
+
+
+@dataclass(frozen=True)
+class DatabaseFacts:
+    """What `ralph-monitor doctor` learns from the database."""
+
+    user: str
+    superuser: bool
+    database: str
+    server_version: str
+    server_version_num: int
+    applied_migrations: list[int]
+    events_table: bool
+    can_insert_events: bool
+    reader_roles: list[str]
+    latest: dict[str, tuple[datetime, dict[str, Any]] | None]
+    """Newest backup_completed / backup_failed / prune_completed / prune_failed event."""
+    spool_backlog: dict[str, int]
+    """Per daemon host, as last reported."""
+
+
+def database_facts(settings: Settings, dsn: str) -> DatabaseFacts:
+    """Identity, privileges, migrations and the monitor's own health rows. Raises
+    StoreUnavailable when the database cannot be reached."""
+    with _connect_plain(dsn, settings, configured=True) as conn:
+        conn.row_factory = dict_row  # type: ignore[assignment]
+        try:
+            ident = conn.execute(resources.query("doctor_identity")).fetchone()
+            assert ident is not None
+            applied: list[int] = []
+            if ident["migrations_table"]:
+                applied = [r["version"] for r in conn.execute(resources.query("applied_migrations")).fetchall()]
+            readers: list[str] = []
+            latest: dict[str, tuple[datetime, dict[str, Any]] | None] = {}
+            backlog: dict[str, int] = {}
+            if ident["events_table"]:
+                readers = [r["rolname"] for r in conn.execute(resources.query("doctor_reader_roles")).fetchall()]
+                for kind in ("backup_completed", "backup_failed", "prune_completed", "prune_failed"):
+                    row = conn.execute(resources.query("latest_event_of_type"), {"event_type": kind}).fetchone()
+                    latest[kind] = (row["occurred_at"], row["data"] if isinstance(row["data"], dict) else {}) \
+                        if row else None
+                backlog = {r["host"]: r["spool_backlog"] for r in
+                           conn.execute(resources.query("monitor_hosts")).fetchall()}
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot inspect {describe_dsn(dsn)}: {_describe(exc)}") from exc
+    return DatabaseFacts(
+        user=ident["user"], superuser=ident["superuser"], database=ident["database"],
+        server_version=ident["server_version"], server_version_num=ident["server_version_num"],
+        applied_migrations=applied, events_table=ident["events_table"],
+        can_insert_events=bool(ident["can_insert_events"]), reader_roles=readers, latest=latest,
+        spool_backlog=backlog)
