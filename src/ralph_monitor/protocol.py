@@ -22,6 +22,9 @@ KNOWN_TYPES = frozenset({
 """Types agents send that the aggregates understand. Others (e.g. `cc.PreToolUse`) are stored
 as they are, with a warning in the reply."""
 
+TOOL_EVENT_PREFIX = "cc."
+"""Claude Code hook events forwarded by `ralph-monitor hook` (cc.PreToolUse, cc.Stop, ...)."""
+
 MONITOR_TYPES = frozenset({
     "session_stalled", "backup_completed", "backup_failed", "prune_completed", "prune_failed",
 })
@@ -63,7 +66,8 @@ class Event:
 
     @property
     def known_type(self) -> bool:
-        return self.event_type in KNOWN_TYPES or self.event_type in MONITOR_TYPES
+        return (self.event_type in KNOWN_TYPES or self.event_type in MONITOR_TYPES
+                or self.event_type.startswith(TOOL_EVENT_PREFIX))
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,10 +64,12 @@ def test_duplicates_inside_one_batch_are_stored_once(daemon: Daemon) -> None:
 
 
 def test_unknown_type_is_stored_with_a_warning(daemon: Daemon, client: LineClient) -> None:
-    reply = client.request({"type": "cc.PreToolUse", "data": {"tool_name": "Bash"}})
+    reply = client.request({"type": "deploy.finished", "data": {"tool_name": "Bash"}})
     assert reply["ok"] is True
-    assert reply["warning"] == "unknown type 'cc.PreToolUse' stored as is"
-    assert query(daemon.dsn, "SELECT event_type FROM events")[0]["event_type"] == "cc.PreToolUse"
+    assert reply["warning"] == "unknown type 'deploy.finished' stored as is"
+    assert query(daemon.dsn, "SELECT event_type FROM events")[0]["event_type"] == "deploy.finished"
+    hook_event = client.request({"type": "cc.PreToolUse", "data": {"tool_name": "Bash"}})
+    assert hook_event["ok"] is True and "warning" not in hook_event
 
 
 def test_socat_client_that_closes_at_once_is_stored(daemon: Daemon) -> None:

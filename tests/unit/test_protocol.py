@@ -297,11 +297,12 @@ def test_ok_reply_is_one_json_line() -> None:
 
 
 def test_ok_reply_for_an_unknown_type_carries_a_warning() -> None:
-    event = parse(b'{"type":"cc.PreToolUse"}')
+    event = parse(b'{"type":"deploy.finished"}')
     reply = ok_reply(event)
     assert reply.endswith(b"\n") and reply.count(b"\n") == 1
     assert json.loads(reply) == {"ok": True, "id": str(event.event_id),
-                                 "warning": "unknown type 'cc.PreToolUse' stored as is"}
+                                 "warning": "unknown type 'deploy.finished' stored as is"}
+    assert "warning" not in json.loads(ok_reply(parse(b'{"type":"cc.PreToolUse"}')))
 
 
 def test_error_reply_is_one_json_line_with_code_and_message() -> None:
