@@ -441,3 +441,67 @@ WHERE r.rolname !~ '^pg_' AND NOT r.rolsuper
   AND NOT has_table_privilege(r.oid, 'events', 'INSERT')
   AND has_database_privilege(r.oid, current_database(), 'CONNECT')
 ORDER BY 1;
+
+-- Dashboard (site.py) ---------------------------------------------------------------------------
+
+-- name: database_now
+SELECT now() AS now;
+
+-- name: sessions_changed_since
+-- Sessions whose aggregate was recomputed at or after `since` (every session when it is NULL).
+SELECT s.*, NULL::text AS current_spec FROM sessions s
+WHERE %(since)s::timestamptz IS NULL OR s.updated_at >= %(since)s
+ORDER BY s.start_time DESC;
+
+-- name: spec_runs_of_sessions
+SELECT * FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[])
+ORDER BY session_id, coalesce(start_time, end_time), spec_id, attempt;
+
+-- name: timelines_of_sessions
+-- The newest `limit` events per session, oldest first: every event for the sessions in `whole`,
+-- otherwise without heartbeats and forwarded tool-level hook events (cc.*).
+SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, data FROM (
+    SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, payload->'data' AS data,
+           row_number() OVER (PARTITION BY session_id ORDER BY occurred_at DESC, id DESC) AS n
+    FROM events
+    WHERE session_id = ANY(%(ids)s::uuid[])
+      AND (session_id = ANY(%(whole)s::uuid[])
+           OR (event_type <> 'session_heartbeat' AND event_type NOT LIKE 'cc.%%'))
+) t
+WHERE n <= %(limit)s
+ORDER BY session_id, occurred_at, id;
+
+-- name: interventions_of_sessions
+SELECT event_id, session_id, spec_id, requested_at, message, answered_at, answer
+FROM interventions WHERE session_id = ANY(%(ids)s::uuid[])
+ORDER BY session_id, requested_at;
+
+-- name: spec_ids_of_sessions
+SELECT DISTINCT spec_id FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) ORDER BY spec_id;
+
+-- name: all_spec_ids
+SELECT DISTINCT spec_id FROM spec_runs ORDER BY spec_id;
+
+-- name: spec_histories
+-- Per spec: its newest `limit` runs, plus how many runs and failures it has in all.
+SELECT * FROM (
+    SELECT r.*, s.name AS session_name,
+           row_number() OVER (PARTITION BY r.spec_id ORDER BY coalesce(r.start_time, r.end_time) DESC, r.id DESC) AS n,
+           count(*) OVER (PARTITION BY r.spec_id) AS total_runs,
+           count(*) FILTER (WHERE r.status IN ('failed', 'timeout')) OVER (PARTITION BY r.spec_id) AS total_failures
+    FROM spec_runs r JOIN sessions s ON s.id = r.session_id
+    WHERE r.spec_id = ANY(%(spec_ids)s::text[])
+) h
+WHERE n <= %(limit)s
+ORDER BY spec_id, n;
+
+-- name: recent_failed_runs
+SELECT r.*, s.name AS session_name FROM spec_runs r JOIN sessions s ON s.id = r.session_id
+WHERE r.status IN ('failed', 'timeout') AND r.end_time IS NOT NULL
+ORDER BY r.end_time DESC
+LIMIT %(limit)s;
+
+-- name: event_types_seen
+SELECT event_type, sum(count)::bigint AS count FROM metric_buckets
+WHERE bucket_time >= %(since)s
+GROUP BY event_type ORDER BY count DESC, event_type;

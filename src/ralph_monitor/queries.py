@@ -404,3 +404,76 @@ def export_rows(store: ReadStore, table: str, window: Window) -> Iterator[dict[s
     if table not in EXPORT_TABLES:
         raise ValueError(f"cannot export {table!r}; choose one of {', '.join(EXPORT_TABLES)}")
     return store.stream(f"export_{table}", {"since": window.since, "until": window.until})
+
+
+# Dashboard: batched reads for rendering many pages at once ----------------------------------
+
+
+@dataclass(frozen=True)
+class SpecHistory:
+    """One spec's newest runs (newest first) and its totals over every stored run."""
+
+    spec_id: str
+    runs: list[SpecRunRow]
+    total_runs: int
+    total_failures: int
+
+
+def database_now(store: ReadStore) -> datetime:
+    """The database's clock (what `sessions.updated_at` is measured with)."""
+    return store.fetch("database_now")[0]["now"]
+
+
+def sessions_changed_since(store: ReadStore, since: datetime | None) -> list[SessionSummary]:
+    """Sessions whose aggregates were recomputed at or after `since` (all when None), newest first."""
+    return [_session(r) for r in store.fetch("sessions_changed_since", {"since": since})]
+
+
+def session_details(store: ReadStore, sessions: list[SessionSummary], *, whole_timeline_max: int,
+                    timeline_limit: int) -> dict[uuid.UUID, SessionDetail]:
+    """`session_detail` for many sessions in four queries. A session with at most
+    `whole_timeline_max` events gets every event in its timeline; a bigger one gets its events
+    without heartbeats and tool-level hook events (`cc.*`). At most the newest `timeline_limit`."""
+    ids = [s.id for s in sessions]
+    whole = [s.id for s in sessions if s.event_count <= whole_timeline_max]
+    runs: dict[uuid.UUID, list[SpecRunRow]] = {i: [] for i in ids}
+    for r in store.fetch("spec_runs_of_sessions", {"ids": ids}):
+        runs[r["session_id"]].append(SpecRunRow(**r))
+    timelines: dict[uuid.UUID, list[TimelineEvent]] = {i: [] for i in ids}
+    for r in store.fetch("timelines_of_sessions", {"ids": ids, "whole": whole, "limit": timeline_limit}):
+        timelines[r.pop("session_id")].append(TimelineEvent(**r))
+    interventions: dict[uuid.UUID, list[InterventionRow]] = {i: [] for i in ids}
+    for r in store.fetch("interventions_of_sessions", {"ids": ids}):
+        interventions[r["session_id"]].append(InterventionRow(**r))
+    return {s.id: SessionDetail(session=s, spec_runs=runs[s.id], timeline=timelines[s.id],
+                                interventions=interventions[s.id]) for s in sessions}
+
+
+def spec_ids(store: ReadStore, session_ids: list[uuid.UUID] | None = None) -> list[str]:
+    """Specs that ran in these sessions (in any session when None)."""
+    if session_ids is None:
+        return [r["spec_id"] for r in store.fetch("all_spec_ids")]
+    return [r["spec_id"] for r in store.fetch("spec_ids_of_sessions", {"ids": session_ids})]
+
+
+def spec_histories(store: ReadStore, spec_ids: list[str], *, limit: int = 100) -> list[SpecHistory]:
+    """`spec_history` for many specs at once, with each spec's totals."""
+    histories: dict[str, SpecHistory] = {}
+    for r in store.fetch("spec_histories", {"spec_ids": spec_ids, "limit": limit}):
+        del r["n"]
+        total_runs, total_failures = r.pop("total_runs"), r.pop("total_failures")
+        history = histories.get(r["spec_id"])
+        if history is None:
+            history = histories[r["spec_id"]] = SpecHistory(r["spec_id"], [], total_runs, total_failures)
+        history.runs.append(SpecRunRow(**r))
+    return list(histories.values())
+
+
+def recent_failed_runs(store: ReadStore, *, limit: int = 20) -> list[SpecRunRow]:
+    """Spec runs that failed or timed out, newest first."""
+    return [SpecRunRow(**r) for r in store.fetch("recent_failed_runs", {"limit": limit})]
+
+
+def event_types_seen(store: ReadStore, since: datetime) -> list[tuple[str, int]]:
+    """Event types stored since `since` (by 5-minute bucket) and how many of each, most frequent first."""
+    return [(r["event_type"], r["count"]) for r in store.fetch("event_types_seen", {"since": since})]
