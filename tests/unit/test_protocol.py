@@ -282,9 +282,10 @@ def test_payload_is_the_received_text_unchanged(text: str) -> None:
 
 
 def test_unknown_type_is_accepted_and_flagged() -> None:
-    event = parse(b'{"type":"cc.PreToolUse","data":{"tool_name":"Bash"}}')
-    assert event.event_type == "cc.PreToolUse"
+    event = parse(b'{"type":"deploy.finished","data":{"tool_name":"Bash"}}')
+    assert event.event_type == "deploy.finished"
     assert event.known_type is False
+    assert parse(b'{"type":"cc.PreToolUse"}').known_type is True
     for name in ("x", "A", "cc:hook-event.v2", "a" * 100, "Stop"):
         assert parse(event_with(type=name)).event_type == name
 
