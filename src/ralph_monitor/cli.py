@@ -98,6 +98,15 @@ def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_render(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.site import render_once
+
+    result = render_once(settings, dsn=database_dsn(settings.database_dsn, settings.state_dir), full=args.full)
+    print(f"{'rebuilt' if result.full else 'updated'} the dashboard in {settings.site_dir / 'current'}: "
+          f"{result.pages} pages rendered, {result.written} files changed, {result.seconds:.2f} s")
+    return EXIT_OK
+
+
 def _socket_path(args: argparse.Namespace, settings: Settings) -> str:
     """--socket, else $RALPH_MONITOR_SOCKET (set by `ralph-monitor loop`), else the config's."""
     return args.socket or os.environ.get("RALPH_MONITOR_SOCKET") or settings.socket_path
@@ -223,6 +232,15 @@ def monitor_parser() -> argparse.ArgumentParser:
         "from the events table, e.g. after an upgrade or a repair. Safe while the daemon runs.")
     _add_config_option(rebuild)
     rebuild.set_defaults(func=_cmd_rebuild)
+
+    render = sub.add_parser(
+        "render", help="regenerate the static dashboard now",
+        description="Render the dashboard (HTML pages and api/*.json) into [paths] site_dir and publish it "
+        "atomically. Without --full only what changed since the last render is redone. The daemon does "
+        "this by itself every [schedule] render_interval_s; run this as the daemon's user.")
+    _add_config_option(render)
+    render.add_argument("--full", action="store_true", help="rebuild every page, not only what changed")
+    render.set_defaults(func=_cmd_render)
 
     emit = sub.add_parser("emit", help="send one event and wait for its acknowledgement",
                           description="Send one event. Exits 0 once the daemon acknowledged it, "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sdnotify
 
-from ralph_monitor import __version__
+from ralph_monitor import __version__, site
 from ralph_monitor.cluster import EMBEDDED_DBNAME, database_dsn, embedded_cluster
 from ralph_monitor import maintenance
 from ralph_monitor.config import Settings, report_zone
@@ -178,6 +178,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
 def install_features(context: DaemonContext) -> None:
     """Register the scheduled features' jobs (each feature module adds one line here)."""
     maintenance.install(context)
+    site.install(context)
 
 
 async def _wait_closed(server: EventServer) -> None:

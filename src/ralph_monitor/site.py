@@ -1,0 +1,740 @@
+"""The static dashboard: HTML pages and JSON snapshots rendered from the query layer into
+`[paths] site_dir`, which nginx serves read-only.
+
+Layout of the site dir (nginx's root is `<site_dir>/current`)::
+
+    current -> releases/<name>     the published site (a symlink, flipped atomically)
+    releases/<name>/               index.html, sessions/<id>.html, specs/<spec>.html,
+                                   events/..., api/*.json, static/<asset>.<hash>.<ext>
+    render-state.json              when the last render ran, how long it took, the last error
+    .lock                          one renderer at a time (daemon or `ralph-monitor render`)
+
+Publishing never exposes a half-written file. A full rebuild renders a new release
+directory and flips `current` to it (the previous release stays for a while, for readers
+that resolved the old link). An incremental render renders the changed pages in memory
+first, then replaces each changed file by rename, pages before the pages linking to them
+(sessions and specs, then the events pages, then the overview and api/status.json). Files
+whose bytes did not change are left alone, so their ETag stays and nginx can answer 304.
+Files are 0644 and directories 0755 whatever the umask (the service runs with UMask=0027).
+
+Incremental: only the sessions whose aggregate changed since the previous render (by the
+database's clock, with an overlap for transactions in flight), the specs whose runs changed
+in them, the events pages and the overview are rendered. A full rebuild runs at start-up,
+every FULL_EVERY_S, and on `ralph-monitor render --full`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, time as dtime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from markupsafe import Markup
+
+from ralph_monitor import __version__, charts, queries
+from ralph_monitor.config import Settings, report_zone
+from ralph_monitor.errors import RalphMonitorError
+from ralph_monitor.resources import resource_dir
+from ralph_monitor.store import ReadStore, open_read_store
+from ralph_monitor.textfmt import duration, json_default, money, percent, shorten
+
+if TYPE_CHECKING:
+    from ralph_monitor.daemon import DaemonContext
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""Version of the JSON snapshots' shape (README, "Dashboard"); bumped on incompatible changes."""
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+KEEP_RELEASES = 2
+"""The published release and the one before it (a reader may still be opening its files)."""
+OVERLAP = timedelta(seconds=30)
+"""A session recomputed in a transaction that began before the previous render but committed
+after it carries an `updated_at` before that render; look back this far to catch it."""
+FULL_EVERY_S = 6 * 3600
+"""Also rebuild everything this often (drops pages of sessions pruned by retention)."""
+CHUNK = 200
+"""Sessions or specs read from the database per round of queries."""
+INCREMENTAL_MAX_SESSIONS = 300
+"""An incremental render holds its pages in memory; with more changed sessions than this
+(e.g. after rebuild-aggregates) a full rebuild, which streams to disk, is cheaper anyway."""
+WHOLE_TIMELINE_MAX = 500
+"""A session with at most this many events lists every one; bigger ones list all but
+heartbeats and tool-level hook events (which the CLI still lists)."""
+TIMELINE_LIMIT = 2000
+SESSION_RUNS_LIMIT = 1000
+SPEC_RUNS_LIMIT = 100
+EVENTS_PER_PAGE = 100
+EVENT_TYPES_WINDOW = timedelta(days=7)
+RECENT_SESSIONS_DAYS = 7
+DAYS_CHARTED = 30
+STALE_AFTER_S = 180
+POLL_INTERVAL_S = 15
+JSON_DATA_MAX = 4096
+"""Event data larger than this (as JSON) is replaced by an excerpt in the JSON snapshots."""
+ASSETS = ("style.css", "app.js", "favicon.svg")
+TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html")
+JOB_NAME = "render-site"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+
+# Names and formatting -------------------------------------------------------------------------
+
+
+def page_name(key: str) -> str:
+    """A file name (without extension) for an agent-chosen key such as a spec id or event type.
+
+    Plain keys keep their name (`CR-01`); anything else (slashes, dots first, spaces,
+    non-ASCII, very long) becomes a cleaned prefix plus `~` and a hash, and `~` never occurs
+    in a plain name, so two keys never share a file."""
+    if _SAFE_NAME.fullmatch(key) and ".." not in key:
+        return key
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", key).strip("-")[:40]
+    return f"{cleaned}~{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else _utc(moment).isoformat().replace("+00:00", "Z")
+
+
+def when(moment: datetime | None) -> Markup:
+    """A <time> element in UTC; the page's script shows it in the viewer's time zone."""
+    if moment is None:
+        return Markup("–")
+    utc = _utc(moment)
+    return Markup('<time datetime="{}">{} UTC</time>').format(_iso(utc), utc.strftime("%Y-%m-%d %H:%M"))
+
+
+def number(value: int | float | None) -> str:
+    return "–" if value is None else f"{value:,}"
+
+
+def data_summary(data: Any, width: int = 160) -> str:
+    """One line about an event's data: the fields people look for first, else compact JSON."""
+    if not isinstance(data, dict) or not data:
+        return "" if data in (None, {}) else shorten(json.dumps(data, ensure_ascii=False, default=str), width)
+    keys = ("error", "message", "reason", "tool_name", "status", "name", "title", "tokens_used", "cost_usd")
+    picked = [f"{k}: {data[k]}" if k not in ("error", "message") else str(data[k]) for k in keys if k in data]
+    text = " · ".join(picked) if picked else json.dumps(data, ensure_ascii=False, default=str)
+    return shorten(text, width)
+
+
+def _bounded_data(data: Any) -> Any:
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    if len(text) <= JSON_DATA_MAX:
+        return data
+    return {"_truncated": True, "json_chars": len(text), "excerpt": text[:1000]}
+
+
+def _outcomes_json(o: queries.Outcomes) -> dict[str, Any]:
+    return {**asdict(o), "finished": o.finished, "success_rate": o.success_rate}
+
+
+def _dump(value: Any) -> bytes:
+    return (json.dumps(value, default=json_default, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _snapshot(kind: str, generated_at: datetime | None, body: dict[str, Any]) -> dict[str, Any]:
+    """The envelope of every JSON file. Pages rendered only when their data changed (sessions,
+    specs) carry no `generated_at`, so an unchanged page keeps its bytes (and its ETag)."""
+    head: dict[str, Any] = {"version": SCHEMA_VERSION, "kind": kind}
+    if generated_at is not None:
+        head["generated_at"] = _iso(generated_at)
+    return {**head, **body}
+
+
+# Publishing ------------------------------------------------------------------------------------
+
+
+def _mkdirs(path: Path, made: set[Path]) -> None:
+    """Create `path` and missing parents with mode 0755 (not the umask's)."""
+    if path in made or path.is_dir():
+        made.add(path)
+        return
+    _mkdirs(path.parent, made)
+    with suppress(FileExistsError):
+        path.mkdir()
+    path.chmod(DIR_MODE)
+    made.add(path)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write a new file with mode 0644 (the caller makes it visible by rename, or it sits in
+    a release nobody serves yet)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    _write_file(tmp, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class FullRelease:
+    """A new release directory, written file by file; published by flipping `current`."""
+
+    def __init__(self, site: SiteDir) -> None:
+        # Names sort by age (microseconds), which prune() relies on.
+        self.name = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%f}-{secrets.token_hex(2)}"
+        self.root = site.releases / self.name
+        self._site = site
+        self._made: set[Path] = set()
+        self.written = 0
+        _mkdirs(self.root, self._made)
+
+    def write(self, relpath: str, data: bytes) -> None:
+        path = self.root / relpath
+        _mkdirs(path.parent, self._made)
+        _write_file(path, data)
+        self.written += 1
+
+    def has(self, relpath: str) -> bool:
+        return (self.root / relpath).exists()
+
+    def commit(self) -> None:
+        self._site.flip(self.name)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class IncrementalRelease:
+    """Changed files of the published release, kept in memory until `commit` renames them
+    into place in the order they were written."""
+
+    def __init__(self, site: SiteDir, root: Path) -> None:
+        self.root = root
+        self._files: dict[str, bytes] = {}
+        self.written = 0
+
+    def write(self, relpath: str, data: bytes) -> None:
+        self._files[relpath] = data
+
+    def has(self, relpath: str) -> bool:
+        return relpath in self._files or (self.root / relpath).exists()
+
+    def commit(self) -> None:
+        made: set[Path] = set()
+        for relpath, data in self._files.items():
+            path = self.root / relpath
+            try:
+                if path.read_bytes() == data:
+                    continue
+            except FileNotFoundError:
+                _mkdirs(path.parent, made)
+            _replace_file(path, data)
+            self.written += 1
+
+    def abort(self) -> None:
+        self._files.clear()
+
+
+class SiteDir:
+    """The site directory: releases, the `current` link, the render state and the lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.releases = path / "releases"
+        self.current = path / "current"
+        self.state_path = path / "render-state.json"
+
+    def prepare(self) -> None:
+        _mkdirs(self.releases, set())
+        self.path.chmod(DIR_MODE)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        self.prepare()
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def published(self) -> Path | None:
+        """The directory `current` points to, if there is one."""
+        try:
+            target = os.readlink(self.current)
+        except OSError:
+            return None
+        path = self.path / target
+        return path if path.is_dir() else None
+
+    def flip(self, name: str) -> None:
+        link = self.path / f".current.{secrets.token_hex(4)}"
+        os.symlink(f"releases/{name}", link)
+        try:
+            os.replace(link, self.current)
+        except BaseException:
+            with suppress(OSError):
+                link.unlink()
+            raise
+        self.prune(keep_newest=KEEP_RELEASES)
+
+    def prune(self, *, keep_newest: int) -> None:
+        """Remove old releases, never the published one."""
+        published = self.published()
+        releases = sorted((p for p in self.releases.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
+        keep = {p for p in releases[:keep_newest]} | ({published} if published else set())
+        for path in releases:
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def read_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        _replace_file(self.state_path, _dump(state))
+
+
+# Rendering ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RenderResult:
+    full: bool
+    pages: int
+    """Files rendered (HTML and JSON)."""
+    written: int
+    """Files that changed on disk (a full rebuild writes all of them)."""
+    sessions: int
+    specs: int
+    seconds: float
+    release: str
+
+
+@dataclass
+class _Counter:
+    pages: int = 0
+    sessions: int = 0
+    specs: int = 0
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resource_dir("site_templates"))),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        auto_reload=False,
+    )
+    env.filters.update(money=money, percent=percent, duration=duration, shorten=shorten, when=when,
+                       number=number, summary=data_summary, page_name=page_name, iso=_iso)
+    env.globals.update(version=__version__, status_class=charts.STATUS_CLASS, status_word=charts.STATUS_WORD,
+                       stale_after_s=STALE_AFTER_S, poll_interval_s=POLL_INTERVAL_S)
+    return env
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -> dict[str, str]:
+    """Per spec: a digest of what its page shows about these runs."""
+    by_spec: dict[str, list[str]] = {}
+    for r in runs:
+        by_spec.setdefault(r.spec_id, []).append(repr((r.attempt, r.start_time, r.end_time, r.status, r.tokens_used,
+                                                        r.cost_usd, r.error_message, session_name)))
+    return {spec: hashlib.sha1("|".join(rows).encode()).hexdigest() for spec, rows in by_spec.items()}
+
+
+class SiteRenderer:
+    """Renders the site from the database. Blocking: the daemon runs it in a thread."""
+
+    def __init__(self, settings: Settings, *, dsn: str | None = None, site_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.site = SiteDir(site_dir or settings.site_dir)
+        self.zone = report_zone(settings.reports_timezone)
+        self.env = _environment()
+        self._stack: ExitStack | None = None
+        self._store: ReadStore | None = None
+        self.overlap = OVERLAP
+        self._since: datetime | None = None
+        self._release: str | None = None
+        self._active_runs: dict[uuid.UUID, dict[str, str]] = {}
+        """Spec-run digests of sessions still going, to re-render only specs whose runs changed."""
+        self._assets = self._load_assets()
+        for name in TEMPLATES:  # compile now (~0.1 s, a few MB), not in the middle of the first render
+            self.env.get_template(name)
+
+    def _load_assets(self) -> dict[str, tuple[str, bytes]]:
+        assets = {}
+        for name in ASSETS:
+            data = (resource_dir("site_templates") / name).read_bytes()
+            stem, ext = name.rsplit(".", 1)
+            assets[name] = (f"static/{stem}.{hashlib.sha256(data).hexdigest()[:10]}.{ext}", data)
+        return assets
+
+    def close(self) -> None:
+        if self._stack is not None:
+            with suppress(Exception):
+                self._stack.close()
+        self._stack = self._store = None
+
+    def _connect(self) -> ReadStore:
+        if self._store is None:
+            stack = ExitStack()
+            self._store = stack.enter_context(open_read_store(self.settings, dsn=self.dsn))
+            self._stack = stack
+        return self._store
+
+    # ------------------------------------------------------------------------------------
+
+    def render(self, *, full: bool = False, now: datetime | None = None) -> RenderResult:
+        """Render and publish; raises on failure (the published site is then untouched)."""
+        started = time.monotonic()
+        try:
+            with self.site.lock():
+                return self._render_locked(full=full, now=now, started=started)
+        except BaseException:
+            self.close()  # reconnect next time
+            raise
+
+    def _render_locked(self, *, full: bool, now: datetime | None, started: float) -> RenderResult:
+        published = self.site.published()
+        if published is None:
+            full = True
+        if not full and self._since is None:  # a new process: continue from the last render's state
+            state = self.site.read_state()
+            if published is not None and state.get("release") == published.name and state.get("since"):
+                self._since = datetime.fromisoformat(state["since"])
+            else:
+                full = True
+        store = self._connect()
+        db_now = queries.database_now(store)
+        now = now or datetime.now(timezone.utc)
+        changed = queries.sessions_changed_since(store, None if full else self._since)
+        if len(changed) > INCREMENTAL_MAX_SESSIONS:
+            full = True  # e.g. after rebuild-aggregates: stream to a new release, not via memory
+            changed = queries.sessions_changed_since(store, None)
+        out: FullRelease | IncrementalRelease = (FullRelease(self.site) if full or published is None
+                                                 else IncrementalRelease(self.site, published))
+        count = _Counter()
+        try:
+            self._render_all(store, out, count, changed, full=full, now=now)
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
+        release = out.name if isinstance(out, FullRelease) else published.name  # type: ignore[union-attr]
+        self._release = release
+        self._since = db_now - self.overlap
+        seconds = time.monotonic() - started
+        state = self.site.read_state()
+        state.update({"version": SCHEMA_VERSION, "release": release, "since": self._since.isoformat(),
+                      "last_render_at": _iso(now), "last_render_seconds": round(seconds, 3),
+                      "last_render_full": full, "last_error": None})
+        if full:
+            state["last_full_at"] = _iso(now)
+        self.site.write_state(state)
+        return RenderResult(full=full, pages=count.pages, written=out.written, sessions=count.sessions,
+                            specs=count.specs, seconds=seconds, release=release)
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Note a failed render in render-state.json (for `doctor` and people), best effort."""
+        with suppress(Exception), self.site.lock():
+            state = self.site.read_state()
+            state["last_error"] = {"at": _iso(datetime.now(timezone.utc)), "message": f"{type(exc).__name__}: {exc}"}
+            self.site.write_state(state)
+
+    def _page(self, template: str, root: str, **context: Any) -> bytes:
+        assets = {name: root + path for name, (path, _) in self._assets.items()}
+        html = self.env.get_template(template).render(root=root, asset=assets, **context)
+        return html.encode()
+
+    def _render_all(self, store: ReadStore, out: FullRelease | IncrementalRelease, count: _Counter,
+                    changed: list[queries.SessionSummary], *, full: bool, now: datetime) -> None:
+        for path, data in self._assets.values():
+            if full or not out.has(path):
+                out.write(path, data)
+        if full:
+            self._active_runs.clear()
+        spec_todo: set[str] = set()
+        for chunk in _chunks(changed, CHUNK):
+            details = queries.session_details(store, chunk, whole_timeline_max=WHOLE_TIMELINE_MAX,
+                                              timeline_limit=TIMELINE_LIMIT)
+            for detail in details.values():
+                self._session_pages(out, detail, now)
+                count.sessions += 1
+                count.pages += 2
+                spec_todo |= self._changed_specs(detail)
+        spec_list = queries.spec_ids(store) if full else sorted(spec_todo)
+        for chunk in _chunks(spec_list, CHUNK):
+            for history in queries.spec_histories(store, chunk, limit=SPEC_RUNS_LIMIT):
+                self._spec_pages(out, history)
+                count.specs += 1
+                count.pages += 2
+        count.pages += self._events_pages(store, out, now)
+        count.pages += self._overview(store, out, now)
+
+    def _changed_specs(self, detail: queries.SessionDetail) -> set[str]:
+        session = detail.session
+        digests = _run_fingerprint(detail.spec_runs, session.name)
+        before = self._active_runs.pop(session.id, None)
+        if session.execution_state in ("running", "stalled"):
+            self._active_runs[session.id] = digests
+        if before is None:
+            return set(digests)
+        return {spec for spec, digest in digests.items() if before.get(spec) != digest} | (set(before) - set(digests))
+
+    # Pages ------------------------------------------------------------------------------------
+
+    def _session_pages(self, out: FullRelease | IncrementalRelease, detail: queries.SessionDetail,
+                       now: datetime) -> None:
+        s = detail.session
+        runs = detail.spec_runs[:SESSION_RUNS_LIMIT]
+        complete = s.event_count <= WHOLE_TIMELINE_MAX and len(detail.timeline) < TIMELINE_LIMIT
+        spec_pages = {r.spec_id for r in detail.spec_runs}
+        out.write(f"sessions/{s.id}.html", self._page(
+            "session.html", "../", title=s.label, session=s, runs=runs, more_runs=len(detail.spec_runs) - len(runs),
+            timeline=detail.timeline, timeline_complete=complete, hidden_events=max(0, s.event_count - len(detail.timeline)),
+            interventions=detail.interventions, gantt=charts.session_gantt(s, detail.spec_runs, detail.interventions),
+            spec_pages=spec_pages))
+        out.write(f"api/sessions/{s.id}.json", _dump(_snapshot("session", None, {
+            "session": s, "spec_runs": detail.spec_runs, "interventions": detail.interventions,
+            "timeline_complete": complete,
+            "timeline": [{**asdict(e), "data": _bounded_data(e.data)} for e in detail.timeline],
+        })))
+
+    def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
+        name = page_name(history.spec_id)
+        finished = [r for r in history.runs if r.status != "running"]
+        completed = sum(1 for r in finished if r.status == "completed")
+        durations = [r.duration_seconds for r in finished if r.duration_seconds is not None]
+        stats = {
+            "recent_rate": completed / len(finished) if finished else None,
+            "recent_finished": len(finished),
+            "avg_duration": sum(durations) / len(durations) if durations else None,
+            "total_rate": 1 - history.total_failures / history.total_runs if history.total_runs else None,
+        }
+        out.write(f"specs/{name}.html", self._page(
+            "spec.html", "../", title=history.spec_id, history=history, stats=stats,
+            strip=charts.outcome_strip(history.runs)))
+        out.write(f"api/specs/{name}.json", _dump(_snapshot("spec", None, {
+            "spec_id": history.spec_id, "total_runs": history.total_runs, "total_failures": history.total_failures,
+            "runs": history.runs})))
+
+    def _events_pages(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
+        types = queries.event_types_seen(store, now - EVENT_TYPES_WINDOW)
+        pages = 0
+        for event_type in [None, *(t for t, _ in types)]:
+            events = queries.recent_events(store, event_type=event_type, limit=EVENTS_PER_PAGE)
+            name = "index" if event_type is None else page_name(event_type)
+            out.write(f"events/{name}.html", self._page(
+                "events.html", "../", title="Events" if event_type is None else f"Events: {event_type}",
+                events=events, types=types, current_type=event_type, generated_at=now))
+            pages += 1
+            if event_type is None:
+                out.write("api/events.json", _dump(_snapshot("events", now, {"events": [
+                    {**{k: v for k, v in asdict(e).items() if k != "payload"}, "data": _bounded_data(e.data)}
+                    for e in events]})))
+                pages += 1
+        return pages
+
+    def _overview(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
+        zone = self.zone
+        status = queries.status(store, now)
+        night_window = queries.night_window(now, zone, start=dtime.fromisoformat(self.settings.reports_night_start),
+                                            end=dtime.fromisoformat(self.settings.reports_night_end))
+        night = queries.night_summary(store, night_window)
+        compare = queries.compare_weeks(store, now, zone)
+        spend = queries.spend(store, now, zone, days=DAYS_CHARTED)
+        top_failing = queries.top_failing_specs(store, now - timedelta(days=7), limit=10)
+        recent_failures = queries.recent_failed_runs(store, limit=10)
+        recent_sessions = queries.sessions_since(store, now - timedelta(days=RECENT_SESSIONS_DAYS), limit=30)
+        rejects = queries.recent_rejects(store, limit=5)
+        events_until = datetime.fromtimestamp((now.timestamp() // 300 + 1) * 300, timezone.utc)
+        events_since = events_until - timedelta(hours=24)
+        event_counts = queries.event_counts(store, events_since)
+        today = now.astimezone(zone).date()
+        days = [today - timedelta(days=n) for n in range(DAYS_CHARTED - 1, -1, -1)]
+        running = [s for s in status.active if s.execution_state == "running"]
+        stalled = [s for s in status.active if s.execution_state == "stalled"]
+        live = live_numbers(status, night, compare, spend)
+        charts_ = {
+            "spend": charts.spend_per_day(spend.per_day, days),
+            "success": charts.success_per_day(spend.per_day, days),
+            "events": charts.events_per_bucket(event_counts, events_since, events_until),
+        }
+        html = self._page(
+            "overview.html", "", title="Overview", now=now, generated_at=now, zone=str(zone), status=status,
+            running=running, stalled=stalled, night=night, compare=compare, spend=spend, top_failing=top_failing,
+            recent_failures=recent_failures, recent_sessions=recent_sessions, rejects=rejects, live=live,
+            charts=charts_, stale_hosts=[h for h in status.hosts if (now - h.last_seen).total_seconds() > 60])
+        snapshot = _snapshot("status", now, {
+            "timezone": str(zone), "live": live,
+            "active": status.active, "pending_interventions": status.pending_interventions,
+            "night": {"since": night.window.since, "until": night.window.until, "sessions": night.sessions,
+                      "outcomes": _outcomes_json(night.outcomes), "failures": night.failures},
+            "week": {"this_week": {"since": compare.this_week.since, "until": compare.this_week.until,
+                                   "outcomes": _outcomes_json(compare.current)},
+                     "last_week": {"since": compare.last_week.since, "until": compare.last_week.until,
+                                   "outcomes": _outcomes_json(compare.previous)}},
+            "spend": {"today": _outcomes_json(spend.today), "week": _outcomes_json(spend.week),
+                      "month": _outcomes_json(spend.month), "per_day": spend.per_day},
+            "top_failing_specs": top_failing, "recent_failures": recent_failures,
+            "recent_sessions": recent_sessions,
+            "monitor": {"hosts": status.hosts, "last_backup": status.last_backup, "last_prune": status.last_prune,
+                        "rejects_last_24h": status.rejects_last_24h, "recent_rejects": rejects},
+            "events_per_5min": [{"bucket": t, "count": n} for t, n in event_counts],
+        })
+        out.write("index.html", html)
+        out.write("api/status.json", _dump(snapshot))
+        return 2
+
+
+def live_numbers(status: queries.Status, night: queries.NightSummary, compare: queries.Comparison,
+                 spend: queries.Spend) -> dict[str, str]:
+    """The overview's headline numbers, formatted as shown; the page's script copies them from
+    api/status.json into the elements marked `data-live="<key>"`."""
+    running = sum(1 for s in status.active if s.execution_state == "running")
+    stalled = sum(1 for s in status.active if s.execution_state == "stalled")
+    digest_source = "|".join(sorted(f"{s.id}:{s.execution_state}:{s.current_spec}" for s in status.active)
+                             + sorted(str(i.event_id) for i in status.pending_interventions))
+    o = night.outcomes
+    return {
+        "running": str(running),
+        "stalled": str(stalled),
+        "waiting": str(len(status.pending_interventions)),
+        "night_success": percent(o.success_rate),
+        "night_completed": str(o.completed),
+        "night_failed": str(o.failed + o.timed_out),
+        "night_cost": money(o.cost_usd),
+        "week_success": percent(compare.current.success_rate),
+        "last_week_success": percent(compare.previous.success_rate),
+        "spend_today": money(spend.today.cost_usd),
+        "spend_week": money(spend.week.cost_usd),
+        "spend_month": money(spend.month.cost_usd),
+        "rejects_24h": str(status.rejects_last_24h),
+        "spool_backlog": str(sum(h.spool_backlog for h in status.hosts)),
+        "ingest_rate": f"{sum(h.ingest_rate_per_s for h in status.hosts):.1f}",
+        "digest": hashlib.sha1(digest_source.encode()).hexdigest()[:16],
+    }
+
+
+# Entry points ----------------------------------------------------------------------------------
+
+
+def render_once(settings: Settings, *, dsn: str | None, full: bool = False,
+                site_dir: Path | None = None, now: datetime | None = None) -> RenderResult:
+    """`ralph-monitor render [--full]`."""
+    site = site_dir or settings.site_dir
+    if os.geteuid() == 0 and site.exists() and site.stat().st_uid != 0:
+        try:
+            owner = pwd.getpwuid(site.stat().st_uid).pw_name
+        except KeyError:
+            owner = str(site.stat().st_uid)
+        raise RalphMonitorError(f"{site} belongs to {owner}, and files written by root would be out of the "
+                                f"daemon's reach: run `sudo -u {owner} ralph-monitor render`")
+    renderer = SiteRenderer(settings, dsn=dsn, site_dir=site)
+    try:
+        return renderer.render(full=full, now=now)
+    finally:
+        renderer.close()
+
+
+class SiteService:
+    """The dashboard inside the daemon: a scheduled render every [schedule] render_interval_s,
+    a debounced one after aggregates changed, a full rebuild at start-up and every FULL_EVERY_S.
+    Renders run in a worker thread; a failure is logged, the last good site stays."""
+
+    def __init__(self, context: DaemonContext) -> None:
+        self._context = context
+        self._renderer = SiteRenderer(context.settings, dsn=context.dsn)
+        self._full_due = 0.0  # monotonic time of the next full rebuild; 0: at once
+        self._running = False
+        self._again = False
+        self._kick: asyncio.TimerHandle | None = None
+        self._failing = False
+
+    def install(self) -> None:
+        settings = self._context.settings
+        self._context.scheduler.every(JOB_NAME, settings.schedule_render_interval_s, self.run, run_now=True)
+        self._context.projector.listeners.append(self.changed)
+
+    def changed(self) -> None:
+        """Aggregates changed: render within [schedule] render_debounce_s (once for a burst)."""
+        if self._kick is None:
+            self._kick = asyncio.get_running_loop().call_later(
+                self._context.settings.schedule_render_debounce_s, self._fire)
+
+    def _fire(self) -> None:
+        self._kick = None
+        if self._running:
+            self._again = True
+        else:
+            self._context.scheduler.run_soon(JOB_NAME)
+
+    async def run(self) -> None:
+        self._running = True
+        try:
+            while True:
+                self._again = False
+                full = time.monotonic() >= self._full_due
+                if await asyncio.to_thread(self._render, full) and full:
+                    self._full_due = time.monotonic() + FULL_EVERY_S
+                if not self._again:
+                    return
+        finally:
+            self._running = False
+
+    def _render(self, full: bool) -> bool:
+        try:
+            result = self._renderer.render(full=full)
+        except Exception as exc:
+            if not self._failing:
+                log.exception("dashboard render failed; the last good site stays published")
+            else:
+                log.warning("dashboard render failed again: %s: %s", type(exc).__name__, exc)
+            self._failing = True
+            self._renderer.record_failure(exc)
+            return False
+        if self._failing:
+            log.info("dashboard renders again")
+            self._failing = False
+        (log.info if result.full else log.debug)(
+            "dashboard %s: %d pages, %d files changed, %.3f s (release %s)",
+            "rebuilt" if result.full else "updated", result.pages, result.written, result.seconds, result.release)
+        return True
+
+
+def install(context: DaemonContext) -> None:
+    SiteService(context).install()

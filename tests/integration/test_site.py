@@ -1,0 +1,412 @@
+"""The static dashboard rendered from a real database: numbers equal the query layer's on the
+scripted overnight run, hostile agent strings are escaped, publishing is atomic, rendering is
+incremental, and a failing render keeps the last good site without disturbing ingestion."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from datetime import datetime, time as dtime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ralph_monitor import queries, site
+from ralph_monitor.config import load_settings, report_zone
+from ralph_monitor.store import open_read_store
+from ralph_monitor.textfmt import money, percent
+from tests.conftest import Daemon, LineClient, query
+from tests.integration.test_overnight import BIN, overnight, wait_until_settled  # noqa: F401 (fixture)
+from tests.scenario import A, B, C, overnight_events
+from tests.site_helpers import SCRIPT_TAG, keep_live_run_alive, read_json, read_page, site_files
+
+
+def render(daemon: Daemon, site_dir: Path, **kwargs: Any) -> site.RenderResult:
+    return site.render_once(load_settings(daemon.config_path), dsn=daemon.dsn, site_dir=site_dir, **kwargs)
+
+
+def send(daemon: Daemon, events: list[dict[str, Any]]) -> None:
+    client = LineClient(daemon.connect())
+    for event in events:
+        reply = client.request(event)
+        assert reply["ok"], reply
+    client.close()
+
+
+def test_numbers_on_the_page_equal_the_query_layer(overnight: Daemon, tmp_path: Path) -> None:
+    keep_live_run_alive(overnight)
+    now = datetime.now(timezone.utc)
+    result = render(overnight, tmp_path, full=True, now=now)
+    assert result.full and result.sessions == 3 and result.specs == 7
+
+    settings = load_settings(overnight.config_path)
+    zone = report_zone(settings.reports_timezone)
+    with open_read_store(settings, dsn=overnight.dsn) as store:
+        status = queries.status(store, now)
+        night = queries.night_summary(store, queries.night_window(
+            now, zone, start=dtime.fromisoformat(settings.reports_night_start),
+            end=dtime.fromisoformat(settings.reports_night_end)))
+        compare = queries.compare_weeks(store, now, zone)
+        spend = queries.spend(store, now, zone, days=30)
+        top = queries.top_failing_specs(store, now - timedelta(days=7))
+        detail_a = queries.session_detail(store, uuid.UUID(A))
+        history = queries.spec_history(store, "CR-02")
+        events = queries.recent_events(store, limit=100)
+
+    html, values, rows = read_page(tmp_path, "index.html")
+    running = [s for s in status.active if s.execution_state == "running"]
+    stalled = [s for s in status.active if s.execution_state == "stalled"]
+    assert values["running"] == str(len(running)) == "1"
+    assert values["stalled"] == str(len(stalled)) == "1"
+    assert values["waiting"] == str(len(status.pending_interventions)) == "1"
+    assert values["spend_today"] == money(spend.today.cost_usd) == "$0.31"
+    assert values["spend_month"] == money(spend.month.cost_usd)
+    assert values["spend_week"] == money(spend.week.cost_usd)
+    assert values["night_success"] == percent(night.outcomes.success_rate)
+    assert values["night_completed"] == str(night.outcomes.completed) == "4"
+    assert values["night_failed"] == str(night.outcomes.failed + night.outcomes.timed_out) == "2"
+    assert values["night_cost"] == money(night.outcomes.cost_usd)
+    assert values["week_success"] == percent(compare.current.success_rate) == "67%"
+    assert compare.previous.success_rate is None and "no runs last week" in values["week_compare"]
+    assert values["rejects_24h"] == str(status.rejects_last_24h)
+    assert values["spool_backlog"] == "0"
+    assert rows["active"] == len(status.active) == 2
+    assert rows["pending"] == 1 and "Which branch should I rebase on?" in values["pending"]
+    assert "Need the staging API key" not in html  # answered
+    assert rows["night-failures"] == len(night.failures) == 2
+    assert "TypeError: cart is undefined" in values["night-failures"]
+    assert rows["top-failing"] == len(top) == 2
+    assert rows["recent-sessions"] == 3
+    assert "Needs you" in values["verdict"] and "1 session stalled" in values["verdict"]
+
+    snap = read_json(tmp_path, "api/status.json")
+    assert snap["version"] == site.SCHEMA_VERSION and snap["kind"] == "status"
+    assert datetime.fromisoformat(snap["generated_at"]) == now.replace(microsecond=now.microsecond)
+    assert sorted(s["name"] for s in snap["active"]) == sorted(s.name for s in status.active)
+    assert [i["message"] for i in snap["pending_interventions"]] == ["Which branch should I rebase on?"]
+    assert Decimal(str(snap["spend"]["today"]["cost_usd"])) == spend.today.cost_usd
+    assert snap["spend"]["today"]["tokens_used"] == spend.today.tokens_used == 3100
+    assert snap["night"]["outcomes"]["completed"] == night.outcomes.completed
+    assert snap["week"]["this_week"]["outcomes"]["success_rate"] == compare.current.success_rate
+    assert {(f["spec_id"], f["failures"], f["runs"]) for f in snap["top_failing_specs"]} == {
+        (f.spec_id, f.failures, f.runs) for f in top}
+    assert snap["live"] == {k: v for k, v in snap["live"].items()} and snap["live"]["running"] == values["running"]
+    assert sum(b["count"] for b in snap["events_per_5min"]) == len(events)  # 25 sent, the stall(s), a heartbeat
+
+    html, values, rows = read_page(tmp_path, f"sessions/{A}.html")
+    s = detail_a.session
+    assert values["specs_completed"] == f"{s.specs_completed} of {s.total_specs}" == "3 of 4"
+    assert values["specs_failed"] == str(s.specs_failed) == "1"
+    assert values["cost_usd"] == money(s.cost_usd) == "$0.27"
+    assert values["tokens_used"] == f"{s.tokens_used:,}" == "2,700"
+    assert values["event_count"] == str(s.event_count)
+    assert rows["spec-runs"] == len(detail_a.spec_runs) == 5
+    assert rows["timeline"] == len(detail_a.timeline) == s.event_count  # a small session lists every event
+    assert rows["interventions"] == 1
+    assert "TypeError: cart is undefined" in html and "no progress for 19 min" in html
+    assert 'aria-labelledby' in html and "Timeline of spec runs" in html
+    data = read_json(tmp_path, f"api/sessions/{A}.json")
+    assert data["kind"] == "session" and data["timeline_complete"] is True
+    assert [(r["spec_id"], r["attempt"], r["status"], r["tokens_used"]) for r in data["spec_runs"]] == [
+        (r.spec_id, r.attempt, r.status, r.tokens_used) for r in detail_a.spec_runs]
+    assert len(data["timeline"]) == s.event_count
+
+    _, values, rows = read_page(tmp_path, f"sessions/{B}.html")
+    assert "Waiting for a human" in html or rows["interventions"] == 1
+    _, values, rows = read_page(tmp_path, "specs/CR-02.html")
+    assert values["total_runs"] == str(len(history)) == "2"
+    assert values["total_failures"] == "1"
+    assert rows["spec-history"] == 2
+    spec_json = read_json(tmp_path, "api/specs/CR-02.json")
+    assert [(r["attempt"], r["status"]) for r in spec_json["runs"]] == [(r.attempt, r.status) for r in history]
+
+    _, values, rows = read_page(tmp_path, "events/index.html")
+    assert rows["events"] == len(events) >= 27
+    _, _, rows = read_page(tmp_path, "events/spec_failed.html")
+    assert rows["events"] == 2
+    assert len(read_json(tmp_path, "api/events.json")["events"]) == len(events)
+
+
+def test_every_link_points_to_a_rendered_file(overnight: Daemon, tmp_path: Path) -> None:
+    render(overnight, tmp_path, full=True)
+    root = (tmp_path / "current").resolve()
+    import re
+
+    missing = set()
+    for path in site_files(tmp_path):
+        if path.suffix != ".html":
+            continue
+        for target in re.findall(r'(?:href|src)="([^"#]+)"', path.read_text()):
+            resolved = (path.parent / target).resolve()
+            if not resolved.is_file() or root not in resolved.parents:
+                missing.add((str(path.relative_to(root)), target))
+    assert not missing
+
+
+HOSTILE = [
+    "<script>alert('x')</script>",
+    '"><img src=x onerror=alert(1)>',
+    "'; DROP TABLE sessions; --",
+    "</textarea></title><svg onload=alert(1)>",
+]
+
+
+def test_hostile_agent_strings_are_escaped_and_truncated(daemon_factory: Any, tmp_path: Path) -> None:
+    d = daemon_factory()
+    d.start()
+    now = datetime.now(timezone.utc)
+    session = str(uuid.uuid4())
+    long_error = "E" * 60_000 + "<script>tail</script>"
+
+    def ev(kind: str, minutes_ago: float, spec: str | None = None, **data: Any) -> dict[str, Any]:
+        event: dict[str, Any] = {"type": kind, "session_id": session, "ts": (now - timedelta(minutes=minutes_ago)).isoformat()}
+        if spec is not None:
+            event["spec_id"] = spec
+        if data:
+            event["data"] = data
+        return event
+
+    specs = [*HOSTILE, "../../etc/passwd", "CR-01/../../x", ".hidden", "ünïcødé spec", "x" * 200]
+    events = [ev("session_started", 30, name=HOSTILE[0], total_specs=len(specs),
+                 metadata={HOSTILE[1]: HOSTILE[3], "repo": HOSTILE[0]})]
+    for i, spec in enumerate(specs):
+        events.append(ev("spec_started", 29 - i, spec, title=HOSTILE[1]))
+        events.append(ev("spec_failed", 28.5 - i, spec, error=HOSTILE[i % len(HOSTILE)] + long_error,
+                         tokens_used=10, cost_usd=0.01))
+    events.append(ev("intervention_request", 5, specs[0], message=HOSTILE[1] + "x" * 5000))
+    events.append(ev("javascript:alert", 4, HOSTILE[2], tool_input={"command": HOSTILE[0] * 1000}))
+    events.append(ev("cc.PreToolUse", 3, HOSTILE[0], tool_name=HOSTILE[1]))
+    send(d, events)
+    client = LineClient(d.connect())
+    assert client.request(HOSTILE[0] + HOSTILE[1])["code"] == "invalid_json"  # shown among rejected lines
+    client.close()
+    wait_until_settled(d.dsn)
+    result = render(d, tmp_path, full=True)
+    assert result.specs == len(specs)
+
+    root = (tmp_path / "current").resolve()
+    html_files = [p for p in site_files(tmp_path) if p.suffix == ".html"]
+    names = {p.relative_to(root).as_posix() for p in site_files(tmp_path)}
+    assert all(root in p.parents for p in site_files(tmp_path))
+    assert "specs/CR-01/../../x.html" not in names and not any(".." in n for n in names)
+    for spec in specs:
+        assert f"specs/{site.page_name(spec)}.html" in names
+    assert f"events/{site.page_name('javascript:alert')}.html" in names
+    assert 'href="javascript:' not in (root / "events" / "index.html").read_text()
+    for path in html_files:
+        text = path.read_text(encoding="utf-8")
+        # Only the page's own script tag; every agent string shows up escaped.
+        assert [t for t in SCRIPT_TAG.findall(text)] == [t for t in SCRIPT_TAG.findall(text) if "static/app." in t], path
+        assert "<img" not in text and "<svg onload" not in text and "onerror=alert" not in text.replace("onerror=alert(1)&gt;", "")
+        assert "</textarea></title>" not in text
+        assert "E" * 4001 not in text, f"{path.name}: a 60 kB error must be truncated"
+        assert len(text) < 400_000, path
+        assert 'style="' not in text and "onload=" not in text.replace("svg onload=alert(1)&gt;", "")
+    session_html = (root / "sessions" / f"{session}.html").read_text()
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in session_html
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in session_html
+    assert "60,021 characters in all" in session_html or "10,000 characters in all" in session_html
+    for path in site_files(tmp_path):
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+    snap = json.loads((root / "api" / "sessions" / f"{session}.json").read_text())
+    assert snap["session"]["name"] == HOSTILE[0]  # JSON keeps the data; served as application/json
+
+
+def test_publishing_is_atomic_under_50_regenerations(overnight: Daemon, tmp_path: Path) -> None:
+    settings = load_settings(overnight.config_path)
+    renderer = site.SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
+    renderer.render(full=True)
+    current = tmp_path / "current"
+    watched = ["index.html", "api/status.json", f"sessions/{A}.html", f"api/sessions/{C}.json",
+               "specs/CR-02.html", "events/index.html"]
+    problems: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            for rel in watched:
+                try:
+                    data = (current / rel).read_bytes()
+                except OSError as exc:
+                    problems.append(f"{rel}: {exc}")
+                    continue
+                reads += 1
+                if rel.endswith(".json"):
+                    try:
+                        json.loads(data)
+                    except ValueError:
+                        problems.append(f"{rel}: partial JSON ({len(data)} bytes)")
+                elif not data.rstrip().endswith(b"</html>"):
+                    problems.append(f"{rel}: partial HTML ({len(data)} bytes)")
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    client = LineClient(overnight.connect())
+    try:
+        for i in range(50):
+            # New events every round, so pages really change between regenerations.
+            assert client.request({"type": "session_heartbeat", "session_id": C, "data": {"i": i}})["ok"]
+            renderer.render(full=i % 5 == 0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        client.close()
+        renderer.close()
+    assert not problems, problems[:10]
+    assert reads > 200
+    releases = sorted(p.name for p in (tmp_path / "releases").iterdir())
+    assert len(releases) == site.KEEP_RELEASES and os.readlink(current) == f"releases/{releases[-1]}"
+
+
+def test_files_are_world_readable_whatever_the_umask(overnight: Daemon, tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        render(overnight, tmp_path, full=True)
+        render(overnight, tmp_path)  # incremental writes too
+    finally:
+        os.umask(old)
+    root = (tmp_path / "current").resolve()
+    for path in [root, *root.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), f"{path}: {oct(mode)}"
+    assert stat.S_IMODE((tmp_path / "releases").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "render-state.json").stat().st_mode) == 0o644
+
+
+@pytest.fixture
+def calm_overnight(daemon_factory: Any) -> Daemon:
+    """The scripted run on a daemon that marks nothing stalled while a test runs."""
+    d = daemon_factory(aggregates={"stall_after_s": 86400.0})
+    d.start()
+    send(d, overnight_events(datetime.now(timezone.utc)))
+    wait_until_settled(d.dsn)
+    return d
+
+
+def test_incremental_render_touches_only_what_changed(calm_overnight: Daemon, tmp_path: Path) -> None:
+    overnight = calm_overnight
+    settings = load_settings(overnight.config_path)
+    renderer = site.SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
+    renderer.overlap = timedelta(0)
+    try:
+        first = renderer.render(full=True)
+        assert first.full and first.sessions == 3
+        root = (tmp_path / "current").resolve()
+        page_a = root / "sessions" / f"{A}.html"
+        spec_a = root / "specs" / "CR-02.html"
+        before = (page_a.stat().st_mtime_ns, spec_a.stat().st_mtime_ns)
+
+        quiet = renderer.render()
+        assert not quiet.full and quiet.sessions == 0 and quiet.specs == 0
+
+        send(overnight, [{"type": "session_heartbeat", "session_id": C}])
+        wait_until_settled(overnight.dsn)
+        beat = renderer.render()
+        assert (beat.sessions, beat.specs) == (1, 0)  # C's page; no spec run changed
+        assert (tmp_path / "current").resolve() == root  # same release, files replaced in place
+
+        send(overnight, [{"type": "spec_completed", "session_id": C, "spec_id": "CR-20",
+                          "data": {"tokens_used": 5, "cost_usd": 0.5}}])
+        wait_until_settled(overnight.dsn)
+        done = renderer.render()
+        assert (done.sessions, done.specs) == (1, 1)
+        assert "completed" in (root / "specs" / "CR-20.html").read_text()
+        assert (page_a.stat().st_mtime_ns, spec_a.stat().st_mtime_ns) == before
+        _, values, _ = read_page(tmp_path, "index.html")
+        assert values["spend_today"] == "$0.81"
+        state = json.loads((tmp_path / "render-state.json").read_text())
+        assert state["release"] == root.name and state["last_error"] is None
+    finally:
+        renderer.close()
+
+    # A new process (ralph-monitor render) continues incrementally from render-state.json.
+    out = subprocess.run([str(BIN / "ralph-monitor"), "render", "--config", str(overnight.config_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "updated the dashboard" in out.stdout
+
+
+def test_render_command_full(overnight: Daemon) -> None:
+    out = subprocess.run([str(BIN / "ralph-monitor"), "render", "--full", "--config", str(overnight.config_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "rebuilt the dashboard" in out.stdout
+    site_dir = overnight.root / "state" / "site"
+    assert (site_dir / "current" / "index.html").is_file()
+    assert (site_dir / "current" / "sessions" / f"{A}.html").is_file()
+
+
+def test_a_failing_render_keeps_the_last_good_site(overnight: Daemon, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(overnight.config_path)
+    renderer = site.SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
+    try:
+        renderer.render(full=True)
+        good = (tmp_path / "current").resolve()
+        index = (good / "index.html").read_bytes()
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("template exploded")
+
+        monkeypatch.setattr(site.charts, "events_per_bucket", broken)
+        for full in (True, False):
+            with pytest.raises(RuntimeError, match="template exploded"):
+                renderer.render(full=full)
+            assert (tmp_path / "current").resolve() == good
+            assert (good / "index.html").read_bytes() == index
+        assert [p.name for p in (tmp_path / "releases").iterdir()] == [good.name]
+        renderer.record_failure(RuntimeError("template exploded"))
+        state = json.loads((tmp_path / "render-state.json").read_text())
+        assert "template exploded" in state["last_error"]["message"]
+        monkeypatch.undo()
+        assert renderer.render().written >= 1
+        assert json.loads((tmp_path / "render-state.json").read_text())["last_error"] is None
+    finally:
+        renderer.close()
+
+
+def test_daemon_renders_on_its_own_and_survives_render_failures(daemon_factory: Any, tmp_path: Path) -> None:
+    good = daemon_factory(schedule={"render_debounce_s": 0.2})
+    good.start()
+    send(good, [{"type": "session_started", "session_id": A, "data": {"name": "daemon-rendered"}},
+                {"type": "intervention_request", "session_id": A, "data": {"message": "help?"}}])
+    site_dir = good.root / "state" / "site"
+    deadline = time.monotonic() + 20
+    snap: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            snap = json.loads((site_dir / "current" / "api" / "status.json").read_text())
+        except (OSError, ValueError):
+            snap = {}
+        if snap.get("live", {}).get("waiting") == "1":
+            break
+        time.sleep(0.1)
+    assert snap.get("live", {}).get("waiting") == "1", good.log()
+    assert (site_dir / "current" / "sessions" / f"{A}.html").is_file()
+    assert "dashboard rebuilt" in good.log()
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    bad = daemon_factory(paths={"site_dir": str(blocker / "site")}, schedule={"render_debounce_s": 0.2})
+    bad.start()
+    for i in range(20):
+        send(bad, [{"type": "session_heartbeat", "session_id": B, "data": {"i": i}}])
+    assert query(bad.dsn, "SELECT count(*) AS n FROM events WHERE session_id = %s", (B,))[0]["n"] == 20
+    deadline = time.monotonic() + 10
+    while "dashboard render failed" not in bad.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "dashboard render failed" in bad.log()
+    assert bad.process is not None and bad.process.poll() is None
+    assert bad.stop() == 0
