@@ -373,16 +373,18 @@ SELECT row_to_json(t)::text FROM {table} t;
 SELECT count(*) FROM events_default WHERE occurred_at < %(cutoff)s;
 
 -- name: prune_events_default
-DELETE FROM events_default WHERE (id, occurred_at) IN (
-    SELECT id, occurred_at FROM events_default WHERE occurred_at < %(cutoff)s LIMIT %(batch)s)
+-- Batched deletes find a batch through an index and delete it by ctid (a TID scan), so each
+-- batch costs the same whatever the table's size (an IN (subquery) may hash-join the whole table).
+DELETE FROM events_default WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM events_default WHERE occurred_at < %(cutoff)s LIMIT %(batch)s))
 RETURNING row_to_json(events_default)::text;
 
 -- name: count_event_ids_before
 SELECT count(*) FROM event_ids WHERE occurred_at < %(cutoff)s;
 
 -- name: prune_event_ids
-DELETE FROM event_ids WHERE event_id IN (
-    SELECT event_id FROM event_ids WHERE occurred_at < %(cutoff)s LIMIT %(batch)s);
+DELETE FROM event_ids WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM event_ids WHERE occurred_at < %(cutoff)s LIMIT %(batch)s));
 
 -- name: count_prunable_sessions
 WITH p AS (SELECT id FROM sessions
@@ -411,16 +413,16 @@ DELETE FROM sessions WHERE id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(sessi
 SELECT count(*) FROM metric_buckets WHERE bucket_time < %(cutoff)s;
 
 -- name: prune_metric_buckets
-DELETE FROM metric_buckets WHERE (bucket_time, event_type) IN (
-    SELECT bucket_time, event_type FROM metric_buckets WHERE bucket_time < %(cutoff)s LIMIT %(batch)s)
+DELETE FROM metric_buckets WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM metric_buckets WHERE bucket_time < %(cutoff)s LIMIT %(batch)s))
 RETURNING row_to_json(metric_buckets)::text;
 
 -- name: count_rejects_before
 SELECT count(*) FROM rejects WHERE received_at < %(cutoff)s;
 
 -- name: prune_rejects
-DELETE FROM rejects WHERE id IN (
-    SELECT id FROM rejects WHERE received_at < %(cutoff)s LIMIT %(batch)s)
+DELETE FROM rejects WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM rejects WHERE received_at < %(cutoff)s LIMIT %(batch)s))
 RETURNING row_to_json(rejects)::text;
 
 -- name: doctor_identity

@@ -33,6 +33,9 @@ DISK_FAIL = (0.03, 256 << 20)
 """FAIL below 3 % or 256 MiB free; WARN below the next pair."""
 DISK_WARN = (0.10, 2 << 30)
 NGINX_CONFIG_DIRS = ("/etc/nginx/sites-enabled", "/etc/nginx/conf.d")
+SERVICE_UNIT = Path("/usr/lib/systemd/system/ralph-monitor.service")
+SERVICE_STATE_DIR = Path("/var/lib/ralph-monitor")
+"""StateDirectory=ralph-monitor: the one writable path under ProtectSystem=strict."""
 UNIX_ONLY_DROPIN = Path("/etc/systemd/system/ralph-monitor.service.d/50-unix-socket-only.conf")
 """Written by the package's postinst when the database is reached over a Unix socket."""
 
@@ -352,20 +355,41 @@ def check_nginx(settings: Settings) -> Check:
                      "apt-get install nginx")
     if nginx:
         return Check("nginx", WARN, f"no enabled nginx site serves {root}",
-                     "ln -s /etc/nginx/sites-available/ralph-monitor /etc/nginx/sites-enabled/ && "
-                     "systemctl reload nginx")
+                     "ln -s ../sites-available/ralph-monitor.conf /etc/nginx/sites-enabled/ && "
+                     "nginx -t && systemctl reload nginx")
     return Check("nginx", WARN, f"nginx is not installed: the dashboard in {root} is not served",
                  "apt-get install nginx")
 
 
-def check_network(settings: Settings) -> Check | None:
-    """The package restricts the service to Unix sockets when the DSN needs no TCP."""
-    if not UNIX_ONLY_DROPIN.exists() or not settings.database_dsn:
+def check_sandbox(settings: Settings) -> Check | None:
+    """Under the packaged unit (ProtectSystem=strict) only /var/lib/ralph-monitor is writable,
+    and with the package's Unix-socket drop-in the service cannot open TCP connections."""
+    if not SERVICE_UNIT.exists():
         return None
-    if dsn_uses_tcp(settings.database_dsn):
+    outside = [f"{label} {path}" for label, path in (("state_dir", settings.state_dir),
+                                                     ("site_dir", settings.site_dir),
+                                                     ("backup_dir", settings.backup_dir))
+               if not _is_within(path, SERVICE_STATE_DIR)]
+    if outside:
+        paths = " ".join(str(p).split(" ", 1)[1] for p in outside)
+        return Check("sandbox", FAIL, f"the service may write only below {SERVICE_STATE_DIR}; outside it: "
+                                      + ", ".join(outside),
+                     f"systemctl edit ralph-monitor, add [Service] ReadWritePaths={paths}, then restart")
+    if UNIX_ONLY_DROPIN.exists() and settings.database_dsn and dsn_uses_tcp(settings.database_dsn):
         return Check("sandbox", FAIL, f"the DSN connects over TCP but {UNIX_ONLY_DROPIN} allows Unix sockets only",
                      f"rm {UNIX_ONLY_DROPIN} && systemctl daemon-reload && systemctl restart ralph-monitor")
-    return Check("sandbox", OK, "service restricted to Unix sockets (the DSN needs no TCP)")
+    if UNIX_ONLY_DROPIN.exists():
+        return Check("sandbox", OK, "service restricted to Unix sockets (the DSN needs no TCP); "
+                                    f"writes only below {SERVICE_STATE_DIR}")
+    return Check("sandbox", OK, f"service writes only below {SERVICE_STATE_DIR}")
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    try:
+        Path(os.path.normpath(path)).relative_to(parent)
+        return True
+    except ValueError:
+        return False
 
 
 def run_checks(config_path: str | None, *, now: datetime | None = None) -> list[Check]:
@@ -386,9 +410,9 @@ def run_checks(config_path: str | None, *, now: datetime | None = None) -> list[
                check_disk("disk backup", settings.backup_dir, need_bytes=2 * last_size),
                backup, check_prune(settings, facts, now), check_render(settings, now),
                check_spool(settings, facts), check_nginx(settings)]
-    network = check_network(settings)
-    if network is not None:
-        checks.append(network)
+    sandbox = check_sandbox(settings)
+    if sandbox is not None:
+        checks.append(sandbox)
     return checks
 
 

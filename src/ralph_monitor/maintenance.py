@@ -559,10 +559,16 @@ class PruneReport:
     archives: list[Path] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per step: detach, count/archive, drop, and each batched DELETE."""
+
+    def time(self, step: str, started: float) -> None:
+        self.timings[step] = self.timings.get(step, 0.0) + time.monotonic() - started
 
     def event_data(self) -> dict[str, Any]:
         return {**self.removed, "partitions": [name for name, _ in self.partitions],
                 "duration_s": round(self.duration_s, 3), "dry_run": self.dry_run,
+                "timings": {k: round(v, 4) for k, v in self.timings.items()},
                 "archives": [str(p) for p in self.archives], "errors": self.errors,
                 "cutoffs": {k: v.isoformat() for k, v in vars(self.cutoffs).items()}}
 
@@ -733,15 +739,22 @@ def _prune_all(db: MaintenanceSession, cut: Cutoffs, report: PruneReport, direct
 
     for name, attached in _old_partitions(db, cut):
         def drop_partition(name: str = name, attached: bool = attached) -> None:
+            started = time.monotonic()
             if attached:
                 _retry_busy(f"detach {name}", lambda: db.detach_partition(name, lock_timeout_s=lock_timeout_s),
                             busy_deadline_s)
+            report.time("detach", started)
+            started = time.monotonic()
             if directory is not None:
                 path, rows = _archive_table(db, name, directory)
                 report.archives.append(path)
+                report.time("archive", started)
             else:
                 rows = db.count_table(name)
+                report.time("count", started)
+            started = time.monotonic()
             _retry_busy(f"drop {name}", lambda: db.drop_table(name, lock_timeout_s=1.0), busy_deadline_s)
+            report.time("drop", started)
             report.partitions.append((name, rows))
             report.removed["events"] += rows
             log.info("prune: dropped partition %s (%d events)", name, rows)
@@ -749,12 +762,14 @@ def _prune_all(db: MaintenanceSession, cut: Cutoffs, report: PruneReport, direct
 
     def batches(kind: str, query: str, cutoff: datetime, archive_as: str | None) -> None:
         archive = _BatchArchive(directory, archive_as, stamp, report) if directory and archive_as else None
+        started = time.monotonic()
         try:
             report.removed[kind] += db.delete_batches(query, {"cutoff": cutoff}, batch=DELETE_BATCH,
                                                       on_rows=archive.write if archive else None)
         finally:
             if archive is not None:
                 archive.close()
+            report.time(archive_as or kind, started)
 
     step("events in the default partition",
          lambda: batches("events", "prune_events_default", cut.events, "events_default"))
@@ -769,6 +784,7 @@ def _prune_all(db: MaintenanceSession, cut: Cutoffs, report: PruneReport, direct
                 if lines:
                     archives[kind].write(lines)
 
+        started = time.monotonic()
         try:
             for kind, n in db.delete_sessions(cut.sessions, batch=SESSION_BATCH,
                                               on_rows=write if archives else None).items():
@@ -776,6 +792,7 @@ def _prune_all(db: MaintenanceSession, cut: Cutoffs, report: PruneReport, direct
         finally:
             for archive in archives.values():
                 archive.close()
+            report.time("sessions", started)
 
     step("sessions", sessions)
     step("metric buckets", lambda: batches("metric_buckets", "prune_metric_buckets", cut.metric_buckets,
