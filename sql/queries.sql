@@ -507,3 +507,9 @@ LIMIT %(limit)s;
 SELECT event_type, sum(count)::bigint AS count FROM metric_buckets
 WHERE bucket_time >= %(since)s
 GROUP BY event_type ORDER BY count DESC, event_type;
+
+-- name: event_types_created_since
+-- Types of the events stored at or after `since` (database clock) that happened after `recent`
+-- (the bound lets partition pruning and the occurred_at index do the work).
+SELECT DISTINCT event_type FROM events
+WHERE occurred_at >= %(recent)s AND created_at >= %(since)s;

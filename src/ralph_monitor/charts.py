@@ -9,7 +9,7 @@ comes from agents (spec ids, errors) is escaped here, because these strings bypa
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +21,6 @@ from markupsafe import Markup, escape
 from ralph_monitor.queries import DailyRuns, InterventionRow, SessionSummary, SpecRunRow
 from ralph_monitor.textfmt import duration, money, percent, shorten
 
-_ids = itertools.count(1)
 STATUS_CLASS = {"completed": "ok", "failed": "fail", "timeout": "timeout", "running": "running",
                 "interrupted": "muted"}
 STATUS_WORD = {"completed": "completed", "failed": "failed", "timeout": "timed out", "running": "running",
@@ -41,7 +40,7 @@ def _el(tag: str, body: str = "", **attrs: object) -> str:
 
 
 def _text(x: float, y: float, text: str, cls: str, anchor: str = "start") -> str:
-    return _el("text", str(escape(text)), x=_num(x), y=_num(y), class_=cls, text_anchor=anchor)
+    return f'<text x="{_num(x)}" y="{_num(y)}" class="{cls}" text-anchor="{anchor}">{escape(text)}</text>'
 
 
 def _tip(text: str) -> str:
@@ -56,7 +55,8 @@ class Chart:
 
 
 def _svg(width: int, height: int, title: str, summary: str, body: list[str]) -> Chart:
-    uid = next(_ids)
+    # Ids from the content, not a counter: an unchanged page renders to the same bytes.
+    uid = hashlib.sha1("".join([title, summary, *body]).encode()).hexdigest()[:10]
     head = (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
             f'role="img" aria-labelledby="ct{uid} cd{uid}" preserveAspectRatio="xMinYMin meet">'
             f'<title id="ct{uid}">{escape(title)}</title><desc id="cd{uid}">{escape(summary)}</desc>')
@@ -165,7 +165,8 @@ def events_per_bucket(counts: Sequence[tuple[datetime, int]], since: datetime, u
     peak_i = max(range(len(values)), key=values.__getitem__) if values else None
     hours = round((until - since).total_seconds() / 3600)
     summary = (f"Events stored per 5 minutes over the last {hours} hours: {total:,} in all"
-               + (f", at most {int(values[peak_i]):,} in one 5-minute bucket." if peak_i is not None and total else "."))
+               + (f", at most {int(values[peak_i]):,} in one 5-minute bucket." if peak_i is not None and total
+                  else "."))
     body = _frame(WIDE, f"{int(top):,}", _num(top / 2), f"{hours} h ago", "now")
     body += _bars(WIDE, values, top, ["bar"] * len(values),
                   [f"{s:%H:%M} UTC: {int(v):,} events" for s, v in zip(slots, values)])
@@ -206,14 +207,14 @@ def session_gantt(session: SessionSummary, runs: Sequence[SpecRunRow],
     for i, (spec, attempts) in enumerate(shown):
         y = 20 + i * GANTT_ROW
         body.append(_text(GANTT_LABEL - 6, y + GANTT_ROW - 4, shorten(spec, 18), "label", "end"))
-        for run in attempts:
+        for run in attempts:  # hot in a full rebuild: plain f-strings, only the tooltip is agent text
             x0 = x_of(run.start_time or run.end_time)
             x1 = x_of(run.end_time if run.status != "running" else session.last_event_at)
             tip = (f"{spec} attempt {run.attempt}: {STATUS_WORD.get(run.status, run.status)}"
                    f" after {duration(run.duration_seconds)}"
                    + (f" — {shorten(run.error_message, 200)}" if run.error_message else ""))
-            body.append(_el("rect", _tip(tip), x=_num(x0), y=y + 3, width=_num(max(2.0, x1 - x0)),
-                            height=GANTT_ROW - 6, rx=2, class_=STATUS_CLASS.get(run.status, "muted")))
+            body.append(f'<rect x="{x0:.1f}" y="{y + 3}" width="{max(2.0, x1 - x0):.1f}" height="{GANTT_ROW - 6}" '
+                        f'rx="2" class="{STATUS_CLASS.get(run.status, "muted")}">{_tip(tip)}</rect>')
     row_of = {spec: i for i, (spec, _) in enumerate(shown)}
     for req in interventions:
         i = row_of.get(req.spec_id or "")
@@ -244,8 +245,8 @@ def outcome_strip(runs: Sequence[SpecRunRow]) -> Chart:
                f"{STATUS_WORD.get(run.status, run.status)}"
                + (f" after {duration(run.duration_seconds)}" if run.duration_seconds is not None else "")
                + (f" — {shorten(run.error_message, 200)}" if run.error_message else ""))
-        body.append(_el("rect", _tip(tip), x=x, y=y, width=size, height=size, rx=2,
-                        class_=STATUS_CLASS.get(run.status, "muted")))
+        body.append(f'<rect x="{x}" y="{y}" width="{size}" height="{size}" rx="2" '
+                    f'class="{STATUS_CLASS.get(run.status, "muted")}">{_tip(tip)}</rect>')
     counts = {status: sum(1 for r in runs if r.status == status) for status in STATUS_CLASS}
     parts = [f"{n} {STATUS_WORD[s]}" for s, n in counts.items() if n]
     last = f" The newest run {STATUS_WORD.get(runs[0].status, runs[0].status)}." if runs else ""

@@ -477,3 +477,9 @@ def recent_failed_runs(store: ReadStore, *, limit: int = 20) -> list[SpecRunRow]
 def event_types_seen(store: ReadStore, since: datetime) -> list[tuple[str, int]]:
     """Event types stored since `since` (by 5-minute bucket) and how many of each, most frequent first."""
     return [(r["event_type"], r["count"]) for r in store.fetch("event_types_seen", {"since": since})]
+
+
+def event_types_created_since(store: ReadStore, since: datetime, *, happened_after: datetime) -> set[str]:
+    """Types of the events stored since `since` (database clock) that happened after `happened_after`."""
+    return {r["event_type"] for r in store.fetch("event_types_created_since",
+                                                  {"since": since, "recent": happened_after})}

@@ -84,7 +84,8 @@ def test_charts_escape_agent_strings_and_carry_text_alternatives() -> None:
     assert "<script>" not in str(strip.svg)
     parse(strip)
     days = [date(2026, 11, d) for d in range(1, 31)]
-    per_day = [DailyRuns(date(2026, 11, 3), 3, 1, Decimal("2.5"), 100), DailyRuns(date(2026, 11, 30), 0, 2, Decimal(0), 0)]
+    per_day = [DailyRuns(date(2026, 11, 3), 3, 1, Decimal("2.5"), 100),
+               DailyRuns(date(2026, 11, 30), 0, 2, Decimal(0), 0)]
     spend = charts.spend_per_day(per_day, days)
     parse(spend)
     assert "$2.50 in all" in spend.summary and "Nov 3" in spend.summary
@@ -155,6 +156,7 @@ def test_incremental_publish_rewrites_only_changed_files(tmp_path: Path) -> None
         again = site.FullRelease(sd)
         again.write("a.html", b"x")
         again.commit()
+    sd.prune(keep_newest=site.KEEP_RELEASES)
     assert len(list(sd.releases.iterdir())) == site.KEEP_RELEASES
     aborted = site.FullRelease(sd)
     aborted.write("a.html", b"half")
