@@ -279,14 +279,36 @@ FROM spec_runs
 WHERE end_time >= %(since)s AND end_time < %(until)s;
 
 -- name: daily_runs
-SELECT (date_trunc('day', end_time AT TIME ZONE %(tz)s))::date AS day,
-       count(*) FILTER (WHERE status = 'completed') AS completed,
-       count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failed,
-       coalesce(sum(cost_usd), 0) AS cost_usd,
-       coalesce(sum(tokens_used), 0) AS tokens_used
-FROM spec_runs
-WHERE end_time >= %(since)s AND end_time < %(until)s
-GROUP BY 1 ORDER BY 1;
+-- One index-only range scan per local day, from the instant that day starts to the next day's,
+-- rather than converting every run's end_time to local time and sorting 15,000 runs by their
+-- local day (bench/queries.py, 30 days: 9 ms -> 3 ms; the same rows in every time zone).
+-- A day starts at local midnight; where the clocks go back across midnight, AT TIME ZONE reads
+-- midnight as the later of the two instants, so the earlier one (midnight at the offset in
+-- force three hours before) is taken when it still falls on that day.
+WITH bounds AS (
+    SELECT d::date AS day,
+           CASE WHEN e.t < c.t AND (e.t AT TIME ZONE %(tz)s)::date = d::date THEN e.t ELSE c.t END AS starts_at
+    FROM generate_series(date_trunc('day', %(since)s::timestamptz AT TIME ZONE %(tz)s),
+                         (%(until)s::timestamptz AT TIME ZONE %(tz)s) + interval '1 day', interval '1 day') AS d
+    CROSS JOIN LATERAL (SELECT d AT TIME ZONE %(tz)s AS t) AS c
+    CROSS JOIN LATERAL (SELECT c.t - interval '3 hours' AS t) AS before
+    CROSS JOIN LATERAL (SELECT (d - ((before.t AT TIME ZONE %(tz)s) - (before.t AT TIME ZONE 'UTC')))
+                                   AT TIME ZONE 'UTC' AS t) AS e
+), days AS (
+    SELECT day, greatest(starts_at, %(since)s) AS low,
+           least(lead(starts_at) OVER (ORDER BY day), %(until)s) AS high
+    FROM bounds
+)
+SELECT days.day, r.completed, r.failed, r.cost_usd, r.tokens_used
+FROM days CROSS JOIN LATERAL (
+    SELECT count(*) AS runs,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failed,
+           coalesce(sum(cost_usd), 0) AS cost_usd,
+           coalesce(sum(tokens_used), 0) AS tokens_used
+    FROM spec_runs WHERE end_time >= days.low AND end_time < days.high) AS r
+WHERE r.runs > 0
+ORDER BY days.day;
 
 -- name: event_counts_per_bucket
 SELECT bucket_time, sum(count)::bigint AS count FROM metric_buckets
@@ -294,9 +316,16 @@ WHERE bucket_time >= %(since)s
 GROUP BY bucket_time ORDER BY bucket_time;
 
 -- name: latest_event_of_type
+-- The type is matched as a range on purpose. With "event_type = <type>" the planner drops the
+-- type from the sort order, and the generic plan a long-lived connection settles on (psycopg
+-- prepares the statement, PostgreSQL caches it) walks events_occurred_at_idx newest first
+-- filtering for the type: every row of every partition for a once-a-day event such as
+-- backup_completed (EXPLAIN: "Rows Removed by Filter" ~50,000 per partition, 700 ms for
+-- `status`). Ordered by (event_type, occurred_at DESC), every plan reads the first entry of
+-- events_type_occurred_at_idx in each partition instead (0.5 ms).
 SELECT occurred_at, host, payload->'data' AS data FROM events
-WHERE event_type = %(event_type)s
-ORDER BY occurred_at DESC LIMIT 1;
+WHERE event_type >= %(event_type)s AND event_type <= %(event_type)s
+ORDER BY event_type, occurred_at DESC LIMIT 1;
 
 -- name: reject_count_since
 SELECT count(*) AS n FROM rejects WHERE received_at >= %(since)s;
@@ -513,3 +542,36 @@ GROUP BY event_type ORDER BY count DESC, event_type;
 -- (the bound lets partition pruning and the occurred_at index do the work).
 SELECT DISTINCT event_type FROM events
 WHERE occurred_at >= %(recent)s AND created_at >= %(since)s;
+
+-- Projector work queues without row locks: a recomputation reads the queue entry's version
+-- and deletes the entry only if no writer bumped it meanwhile, so writers never wait for a
+-- projector; projectors exclude each other per key with advisory locks.
+
+-- name: dirty_sessions_batch
+SELECT session_id, version FROM dirty_sessions ORDER BY marked_at LIMIT %(limit)s;
+
+-- name: try_lock_projection
+SELECT pg_try_advisory_xact_lock(hashtextextended(%(key)s, 7262686)) AS locked;
+
+-- name: delete_dirty_session_version
+DELETE FROM dirty_sessions WHERE session_id = %(session_id)s AND version = %(version)s;
+
+-- name: dirty_buckets_batch
+SELECT bucket_time, version FROM dirty_buckets ORDER BY bucket_time LIMIT %(limit)s;
+
+-- name: delete_dirty_buckets_versions
+DELETE FROM dirty_buckets d
+USING unnest(%(buckets)s::timestamptz[], %(versions)s::bigint[]) AS v(bucket_time, version)
+WHERE d.bucket_time = v.bucket_time AND d.version = v.version;
+
+-- name: mark_dirty
+-- One round trip for both queues; keys sorted so concurrent writers lock rows in one order.
+WITH marked_sessions AS (
+    INSERT INTO dirty_sessions (session_id)
+    SELECT s FROM unnest(%(session_ids)s::uuid[]) AS s ORDER BY s
+    ON CONFLICT (session_id) DO UPDATE SET version = dirty_sessions.version + 1, marked_at = now()
+    RETURNING 1
+)
+INSERT INTO dirty_buckets (bucket_time)
+SELECT b FROM unnest(%(buckets)s::timestamptz[]) AS b ORDER BY b
+ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1;

@@ -27,9 +27,12 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0
 """Look at the dirty queues at least this often (other daemons may have written)."""
-DEBOUNCE_S = 0.2
+DEBOUNCE_S = 0.5
 """After a wake-up, wait this long so one recomputation covers a burst of events."""
-SESSIONS_PER_TRANSACTION = 50
+BUCKET_INTERVAL_S = 5.0
+"""Recompute metric buckets at most this often: under load the current bucket changes
+all the time, and the charts are per 5 minutes anyway."""
+SESSIONS_PER_PASS = 50
 BUCKETS_PER_TRANSACTION = 500
 STALL_CHECK_INTERVAL_S = 15.0
 """At most this long between stall checks (shorter when [aggregates] stall_after_s is small)."""
@@ -57,6 +60,7 @@ class Projector:
         self._origin = Origin(host=host, uid=os.getuid(), pid=os.getpid())
         self._wakeup = asyncio.Event()
         self._stall_due = 0.0
+        self._buckets_due = 0.0
         self._failing = False
         self.listeners: list[Callable[[], None]] = []
         """Called after aggregates changed (e.g. the dashboard's debounced refresh)."""
@@ -93,12 +97,21 @@ class Projector:
             self._failing = False
 
     async def catch_up(self) -> None:
-        """Recompute every dirty session and bucket; tell the listeners if anything changed."""
+        """Recompute dirty sessions (and, if due, buckets); tell the listeners if anything changed.
+
+        Passes continue only while full batches come back (a backlog); sessions that keep
+        changing under load are picked up again at the next step."""
         changed = 0
-        while done := await self._store.project_sessions(project_session, limit=SESSIONS_PER_TRANSACTION):
+        while (done := await self._store.project_sessions(project_session, limit=SESSIONS_PER_PASS)) > 0:
             changed += done
-        while done := await self._store.project_buckets(limit=BUCKETS_PER_TRANSACTION):
-            changed += done
+            if done < SESSIONS_PER_PASS:
+                break
+        if time.monotonic() >= self._buckets_due:
+            self._buckets_due = time.monotonic() + BUCKET_INTERVAL_S
+            while (done := await self._store.project_buckets(limit=BUCKETS_PER_TRANSACTION)) > 0:
+                changed += done
+                if done < BUCKETS_PER_TRANSACTION:
+                    break
         if changed:
             for listener in self.listeners:
                 listener()
@@ -119,7 +132,7 @@ def rebuild_aggregates(settings: Settings, *, dsn: str) -> tuple[int, int]:
         try:
             await store.mark_all_dirty()
             sessions = buckets = 0
-            while done := await store.project_sessions(project_session, limit=SESSIONS_PER_TRANSACTION):
+            while done := await store.project_sessions(project_session, limit=SESSIONS_PER_PASS):
                 sessions += done
             while done := await store.project_buckets(limit=BUCKETS_PER_TRANSACTION):
                 buckets += done

@@ -180,6 +180,10 @@ def _timestamp(value: object) -> datetime:
     return parsed
 
 
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
+"""Built once: json.loads with hooks would build a decoder for every line."""
+
+
 def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin) -> Event:
     """Validate one line (without its newline). Raises InvalidEvent naming the problem."""
     if b"\x00" in raw:
@@ -189,8 +193,7 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
     except UnicodeDecodeError as exc:
         raise InvalidEvent("invalid_utf8", f"line is not valid UTF-8 (bad byte at offset {exc.start})") from None
     try:
-        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
-                         parse_constant=_reject_constant)
+        obj = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         # json's "Unterminated string starting at" already ends in "at".
         raise InvalidEvent(
@@ -246,6 +249,8 @@ def internal_event(event_type: str, *, origin: Origin, data: dict[str, object],
 
 def ok_reply(event: Event, *, spooled: bool = False, duplicate: bool = False) -> bytes:
     """The acknowledgement line for a stored (or spooled) event."""
+    if not (spooled or duplicate) and event.known_type:
+        return b'{"ok": true, "id": "%s"}\n' % str(event.event_id).encode()  # the common case, cheaply
     reply: dict[str, object] = {"ok": True, "id": str(event.event_id)}
     if spooled:
         reply["spooled"] = True

@@ -35,6 +35,8 @@ PARTITION_DAYS_BEHIND = 1
 PARTITION_DAYS_AHEAD = 7
 """Daily `events` partitions kept ready around today (UTC); checked whenever the date changes."""
 
+BUCKET_S = 300
+"""metric_buckets width; date_bin's origin (2000-01-01) is a multiple of it since the epoch."""
 STREAM_BATCH_ROWS = 2000
 """Rows fetched per round trip when streaming an export."""
 
@@ -76,6 +78,25 @@ def _event_row(event: Event) -> tuple[Any, ...]:
             event.received_at, event.origin.host, event.origin.uid, event.origin.pid, event.payload)
 
 
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format (backslash, tab, newline and CR escaped)."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _copy_line(event: Event) -> str:
+    """One events row in COPY text format: faster than per-value adaptation for big batches."""
+    origin = event.origin
+    return "\t".join((
+        str(event.event_id), event.event_type,
+        "\\N" if event.session_id is None else str(event.session_id),
+        "\\N" if event.spec_id is None else _copy_text(event.spec_id),
+        event.occurred_at.isoformat(), event.received_at.isoformat(), _copy_text(origin.host),
+        "\\N" if origin.uid is None else str(origin.uid), "\\N" if origin.pid is None else str(origin.pid),
+        _copy_text(event.payload))) + "\n"
+
+
 def _reject_row(reject: Reject) -> tuple[Any, ...]:
     return (reject.reject_id, reject.received_at, reject.origin.host, reject.origin.uid,
             reject.origin.pid, reject.code, reject.detail, reject.line_bytes, reject.excerpt)
@@ -93,9 +114,10 @@ async def _mark_dirty(cur: psycopg.AsyncCursor[Any], events: Sequence[Event]) ->
     if not events:
         return
     sessions = sorted({e.session_id for e in events if e.session_id is not None})
-    if sessions:
-        await cur.execute(resources.query("mark_sessions_dirty"), {"session_ids": sessions})
-    await cur.execute(resources.query("mark_buckets_dirty"), {"times": sorted({e.occurred_at for e in events})})
+    buckets = sorted({int(e.occurred_at.timestamp()) // BUCKET_S for e in events})
+    await cur.execute(resources.query("mark_dirty"), {
+        "session_ids": sessions,
+        "buckets": [datetime.fromtimestamp(b * BUCKET_S, timezone.utc) for b in buckets]})
 
 
 async def apply_migrations(conn: psycopg.AsyncConnection[Any]) -> list[int]:
@@ -200,8 +222,7 @@ class EventStore:
             cur = self._conn.cursor()
             if events:
                 async with cur.copy(resources.query("copy_events")) as copy:
-                    for event in events:
-                        await copy.write_row(_event_row(event))
+                    await copy.write("".join(map(_copy_line, events)).encode())
                 claimed = [(e.event_id, e.occurred_at) for e in events if e.client_event_id]
                 if claimed:
                     async with cur.copy(resources.query("copy_event_ids")) as copy:
@@ -307,25 +328,37 @@ class ProjectionStore:
             raise StoreError(f"projection failed: {_describe(exc)}") from exc
 
     async def project_sessions(self, compute: Callable[..., SessionProjection], *, limit: int) -> int:
-        """Recompute up to `limit` dirty sessions in one transaction; how many were done."""
+        """Recompute up to `limit` dirty sessions, each in its own short transaction; how many
+        were recomputed (sessions another projector is working on are skipped)."""
+        batch = await self._run(lambda conn: _fetch(conn, "dirty_sessions_batch", {"limit": limit}))
+        done = 0
+        for row in batch:
+            session_id, version = row["session_id"], row["version"]
 
-        async def work(conn: psycopg.AsyncConnection[Any]) -> int:
-            claimed = await (await conn.execute(resources.query("claim_dirty_sessions"), {"limit": limit})).fetchall()
-            for row in claimed:
-                await _project_one(conn, row["session_id"], compute)
-            return len(claimed)
+            async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
+                if not await _try_lock(conn, f"session:{session_id}"):
+                    return False
+                await _project_one(conn, session_id, compute)
+                await conn.execute(resources.query("delete_dirty_session_version"),
+                                   {"session_id": session_id, "version": version})
+                return True
 
-        return await self._run(work)
+            done += await self._run(work)
+        return done
 
     async def project_buckets(self, *, limit: int) -> int:
         """Recompute up to `limit` dirty 5-minute buckets in one transaction."""
 
         async def work(conn: psycopg.AsyncConnection[Any]) -> int:
-            rows = await (await conn.execute(resources.query("claim_dirty_buckets"), {"limit": limit})).fetchall()
+            if not await _try_lock(conn, "buckets"):
+                return 0
+            rows = await _fetch(conn, "dirty_buckets_batch", {"limit": limit})
             buckets = [r["bucket_time"] for r in rows]
             if buckets:
-                for name in ("recompute_buckets_delete", "recompute_buckets_insert", "delete_dirty_buckets"):
+                for name in ("recompute_buckets_delete", "recompute_buckets_insert"):
                     await conn.execute(resources.query(name), {"buckets": buckets})
+                await conn.execute(resources.query("delete_dirty_buckets_versions"),
+                                   {"buckets": buckets, "versions": [r["version"] for r in rows]})
             return len(buckets)
 
         return await self._run(work)
@@ -359,6 +392,16 @@ class ProjectionStore:
         return await self._run(work)
 
 
+async def _fetch(conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return await (await conn.execute(resources.query(name), params)).fetchall()
+
+
+async def _try_lock(conn: psycopg.AsyncConnection[Any], key: str) -> bool:
+    """A transaction-scoped advisory lock on `key`, if no other projector holds it."""
+    row = await (await conn.execute(resources.query("try_lock_projection"), {"key": key})).fetchone()
+    return bool(row and row["locked"])
+
+
 async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
                        compute: Callable[..., SessionProjection]) -> None:
     params = {"session_id": session_id}
@@ -366,7 +409,6 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
     if activity is None or activity["event_count"] == 0:
         # All its events were pruned: the aggregate goes with them.
         await conn.execute(resources.query("delete_session_aggregate"), params)
-        await conn.execute(resources.query("delete_dirty_session"), params)
         return
     rows = await (await conn.execute(resources.query("session_events"),
                                      {**params, "types": list(SESSION_TYPES)})).fetchall()
@@ -389,7 +431,6 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
         if projection.interventions:
             await cur.executemany(resources.query("insert_intervention"), [
                 {**vars(i), "session_id": session_id} for i in projection.interventions])
-    await conn.execute(resources.query("delete_dirty_session"), params)
 
 
 def ensure_database(admin_dsn: str, name: str) -> None:
