@@ -20,7 +20,11 @@ Files are 0644 and directories 0755 whatever the umask (the service runs with UM
 Incremental: only the sessions whose aggregate changed since the previous render (by the
 database's clock, with an overlap for transactions in flight), the specs whose runs changed
 in them, the events pages and the overview are rendered. A full rebuild runs at start-up,
-every FULL_EVERY_S, and on `ralph-monitor render --full`.
+every FULL_EVERY_S, and on `ralph-monitor render --full`; on a big site it spreads the session
+pages over helper processes.
+
+In the daemon (SiteService) renders run in a long-lived child process (RenderProcess): every
+[schedule] render_interval_s, and render_debounce_s after the aggregates changed.
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ import pickle
 import pwd
 import re
 import secrets
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -56,6 +63,7 @@ from markupsafe import Markup, escape
 from ralph_monitor import __version__, charts, queries
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import RalphMonitorError
+from ralph_monitor.logs import setup_logging
 from ralph_monitor.resources import resource_dir
 from ralph_monitor.store import ReadStore, open_read_store
 from ralph_monitor.textfmt import duration, json_default, money, percent, shorten
@@ -85,6 +93,8 @@ PARALLEL_MIN_SESSIONS = 400
 """A full rebuild of at least this many sessions spreads them over several processes."""
 MAX_PROCESSES = 4
 HELPER_TIMEOUT_S = 600
+RENDER_TIMEOUT_S = 900
+"""A render process that has not answered after this long is taken for hung and replaced."""
 WHOLE_TIMELINE_MAX = 500
 """A session with at most this many events lists every one; bigger ones list all but
 heartbeats and tool-level hook events (which the CLI still lists)."""
@@ -416,6 +426,13 @@ class SiteDir:
     def write_state(self, state: dict[str, Any]) -> None:
         _replace_file(self.state_path, _dump(state))
 
+    def record_failure(self, message: str) -> None:
+        """Note a failed render in render-state.json (for `doctor` and people), best effort."""
+        with suppress(Exception), self.lock():
+            state = self.read_state()
+            state["last_error"] = {"at": _iso(datetime.now(timezone.utc)), "message": message}
+            self.write_state(state)
+
 
 # Rendering ---------------------------------------------------------------------------------------
 
@@ -469,7 +486,8 @@ def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -
 
 
 class SiteRenderer:
-    """Renders the site from the database. Blocking: the daemon runs it in a thread."""
+    """Renders the site from the database. Blocking: the daemon runs it in its render process
+    (RenderProcess), `ralph-monitor render` in its own."""
 
     def __init__(self, settings: Settings, *, dsn: str | None = None, site_dir: Path | None = None) -> None:
         self.settings = settings
@@ -565,11 +583,7 @@ class SiteRenderer:
                             specs=count.specs, seconds=seconds, release=release)
 
     def record_failure(self, exc: BaseException) -> None:
-        """Note a failed render in render-state.json (for `doctor` and people), best effort."""
-        with suppress(Exception), self.site.lock():
-            state = self.site.read_state()
-            state["last_error"] = {"at": _iso(datetime.now(timezone.utc)), "message": f"{type(exc).__name__}: {exc}"}
-            self.site.write_state(state)
+        self.site.record_failure(f"{type(exc).__name__}: {exc}")
 
     def _page(self, template: str, root: str, **context: Any) -> bytes:
         assets = {name: root + path for name, (path, _) in self._assets.items()}
@@ -872,14 +886,105 @@ def render_once(settings: Settings, *, dsn: str | None, full: bool = False,
         renderer.close()
 
 
+class RenderFailed(RuntimeError):
+    """A render failed in the render process; the message is its traceback."""
+
+
+class RenderProcess:
+    """A long-lived child process that renders the site for the daemon. Rendering then never
+    holds the daemon's interpreter lock (acknowledgements keep their latency while a page
+    renders) and its memory is its own. The daemon's worker thread waits for the answer; a
+    child that died or hung is replaced at the next render. The child exits when its stdin
+    closes (the daemon stopped, even by kill -9)."""
+
+    def __init__(self, settings: Settings, dsn: str | None) -> None:
+        self._args = (settings, dsn)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def render(self, *, full: bool) -> RenderResult:
+        process = self._child()
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            pickle.dump(("render", full), process.stdin)
+            process.stdin.flush()
+            ready, _, _ = select.select([process.stdout], [], [], RENDER_TIMEOUT_S)
+            if not ready:
+                raise TimeoutError(f"no answer in {RENDER_TIMEOUT_S} s")
+            status, value = pickle.load(process.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError, TimeoutError) as exc:
+            self.close(kill=True)
+            raise RuntimeError(f"the render process died or hung ({type(exc).__name__}: {exc}); "
+                               "a new one starts with the next render") from None
+        if status != "ok":
+            raise RenderFailed(value)
+        return value  # type: ignore[no-any-return]
+
+    def _child(self) -> subprocess.Popen[bytes]:
+        if self._process is not None and self._process.poll() is not None:
+            log.warning("the render process exited with status %s; starting a new one", self._process.returncode)
+            self.close()
+        if self._process is None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", "from ralph_monitor import site; site._render_process_main()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert self._process.stdin is not None
+            pickle.dump(self._args, self._process.stdin)
+            self._process.stdin.flush()
+        return self._process
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def close(self, *, kill: bool = False) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if kill:
+            process.kill()
+        for stream in (process.stdin, process.stdout):
+            with suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=RENDER_TIMEOUT_S)
+
+
+def _render_process_main() -> None:
+    """The render process: settings once, then one (request, answer) pickle pair per render,
+    over its stdin and stdout (between this package's own processes only)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the daemon, which then closes our stdin
+    requests = sys.stdin.buffer
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed goes to the log, not into the answers
+    settings, dsn = pickle.load(requests)
+    setup_logging(settings.monitor_log_level)
+    renderer = SiteRenderer(settings, dsn=dsn)
+    try:
+        while True:
+            try:
+                _, full = pickle.load(requests)
+            except EOFError:
+                return
+            try:
+                answer: tuple[str, Any] = ("ok", renderer.render(full=full))
+            except Exception:
+                answer = ("error", traceback.format_exc().rstrip())
+            pickle.dump(answer, answers)
+            answers.flush()
+    finally:
+        renderer.close()
+
+
 class SiteService:
     """The dashboard inside the daemon: a scheduled render every [schedule] render_interval_s,
     a debounced one after aggregates changed, a full rebuild at start-up and every FULL_EVERY_S.
-    Renders run in a worker thread; a failure is logged, the last good site stays."""
+    Renders run in the render process (a worker thread waits for it); a failure is logged,
+    the last good site stays."""
 
     def __init__(self, context: DaemonContext) -> None:
         self._context = context
-        self._renderer = SiteRenderer(context.settings, dsn=context.dsn)
+        self._process = RenderProcess(context.settings, context.dsn)
+        self._site = SiteDir(context.settings.site_dir)
         self._full_due = 0.0  # monotonic time of the next full rebuild; 0: at once
         self._running = False
         self._again = False
@@ -896,7 +1001,7 @@ class SiteService:
     def changed(self) -> None:
         """Aggregates changed: render within [schedule] render_debounce_s (once for a burst), or
         later when renders are slow, so that rendering takes at most 1/RENDER_DUTY of the time
-        (it shares the interpreter with ingestion)."""
+        (it shares the CPUs, and the database, with ingestion)."""
         if self._kick is None:
             delay = max(self._context.settings.schedule_render_debounce_s, RENDER_DUTY * self._last_seconds)
             self._kick = asyncio.get_running_loop().call_later(delay, self._fire)
@@ -923,14 +1028,16 @@ class SiteService:
 
     def _render(self, full: bool) -> bool:
         try:
-            result = self._renderer.render(full=full)
+            result = self._process.render(full=full)
         except Exception as exc:
+            detail = str(exc) if isinstance(exc, RenderFailed) else f"{type(exc).__name__}: {exc}"
+            summary = detail.strip().splitlines()[-1] if detail.strip() else type(exc).__name__
             if not self._failing:
-                log.exception("dashboard render failed; the last good site stays published")
+                log.error("dashboard render failed; the last good site stays published:\n%s", detail)
             else:
-                log.warning("dashboard render failed again: %s: %s", type(exc).__name__, exc)
+                log.warning("dashboard render failed again: %s", summary)
             self._failing = True
-            self._renderer.record_failure(exc)
+            self._site.record_failure(summary)
             return False
         if self._failing:
             log.info("dashboard renders again")

@@ -432,3 +432,43 @@ def test_a_big_full_rebuild_in_several_processes_gives_the_same_pages(calm_overn
     one, three = pages(tmp_path / "one"), pages(tmp_path / "three")
     assert one.keys() == three.keys()
     assert [k for k in one if one[k] != three[k]] == []
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_the_daemon_renders_in_a_child_process_and_replaces_it_when_it_dies(daemon_factory: Any) -> None:
+    d = daemon_factory(schedule={"render_debounce_s": 0.2})
+    d.start()
+    assert d.process is not None
+    site_dir = d.root / "state" / "site"
+
+    def snapshot_shows(waiting: str) -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if json.loads((site_dir / "current" / "api" / "status.json").read_text())["live"]["waiting"] == waiting:
+                    return True
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        return False
+
+    send(d, [{"type": "session_started", "session_id": A},
+             {"type": "intervention_request", "session_id": A, "data": {"message": "one"}}])
+    assert snapshot_shows("1"), d.log()
+    renderers = children(d.process.pid)
+    assert len(renderers) == 1
+    os.kill(renderers[0], 9)
+    send(d, [{"type": "intervention_request", "session_id": A, "data": {"message": "two"}}])
+    assert snapshot_shows("2"), d.log()
+    assert "the render process exited with status -9; starting a new one" in d.log()
+    replacement = children(d.process.pid)
+    assert len(replacement) == 1 and replacement != renderers
+    assert d.stop() == 0
+    deadline = time.monotonic() + 10  # the render process goes with the daemon (its stdin closes)
+    while os.path.exists(f"/proc/{replacement[0]}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{replacement[0]}")
