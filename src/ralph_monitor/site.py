@@ -220,7 +220,7 @@ def _fields(value: Any) -> dict[str, Any]:
     return dict(value.__dict__)
 
 
-_JSON_TYPES: dict[type, Any] = {datetime: datetime.isoformat, date: date.isoformat, uuid.UUID: str,
+_JSON_TYPES: dict[type, Any] = {datetime: _iso, date: date.isoformat, uuid.UUID: str,
                                 Decimal: float}
 
 
@@ -499,7 +499,6 @@ class SiteRenderer:
         self._store: ReadStore | None = None
         self.overlap = OVERLAP
         self._since: datetime | None = None
-        self._release: str | None = None
         self._event_types: list[str] = []
         self._active_runs: dict[uuid.UUID, dict[str, str]] = {}
         """Spec-run digests of sessions still going, to re-render only specs whose runs changed."""
@@ -567,7 +566,6 @@ class SiteRenderer:
             out.abort()
             raise
         release = out.name if isinstance(out, FullRelease) else published.name  # type: ignore[union-attr]
-        self._release = release
         self._since = db_now - self.overlap
         seconds = time.monotonic() - started
         state = self.site.read_state()
