@@ -8,10 +8,12 @@ For each size N, on a fresh database of a private cluster: N events in daily par
 --day-rows events each (every event also with a client event_id, the worst case for the
 event_ids table, which is pruned by a batched DELETE), all older than the retention window.
 The real daemon (`python -m ralph_monitor run`) runs on it with one writer that sends an
-event and waits for its ack, again and again. The script first measures the writer alone
-(baseline), then calls `maintenance.prune` R times with a `now` that moves one day each
-time, so each call removes exactly one day (detach + drop of its partition, DELETE of its
-event ids), and measures the writer's acks sent while a prune ran.
+event and waits for its ack, again and again. All sizes run side by side (their daemons and
+writers together; prunes alternate between them), so other load on the machine weighs on
+each alike. The script first measures the writers without prunes (baseline), then calls
+`maintenance.prune` R times per size with a `now` that moves one day each time, so each call
+removes exactly one day (detach + drop of its partition, DELETE of its event ids), and
+measures each writer's acks sent while a prune ran on its database.
 
 Prints per size: prune wall time per day (median, max) with its parts (detach, count, drop,
 event_ids), and the writer's ack latency p50/p99/max without and during prunes. Targets
@@ -25,6 +27,7 @@ and removes it at the end (--keep keeps it).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -169,56 +172,75 @@ class SizeResult:
     errors: list[str]
 
 
-def bench_size(cluster: Cluster, root: Path, rows: int, day_rows: int, prunes: int) -> SizeResult:
-    name = f"retention_{rows}"
-    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = cluster.dsn(name)
-    import asyncio
+class Target:
+    """One database of `rows` events, its daemon and its writer."""
 
-    asyncio.run(migrate(dsn))
-    days = rows // day_rows
-    # Every loaded day lies before the retention window; day 0 is the oldest.
-    first_day = datetime.combine(datetime.now(UTC).date() - timedelta(days=days + 60), datetime.min.time(), tzinfo=UTC)
-    print(f"{rows:,} rows: loading {days} days of {day_rows:,}", file=sys.stderr, flush=True)
-    load(dsn, days, day_rows, first_day)
+    def __init__(self, cluster: Cluster, root: Path, rows: int, day_rows: int) -> None:
+        self.rows, self.day_rows = rows, day_rows
+        name = f"retention_{rows}"
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name}")
+        self.dsn = cluster.dsn(name)
+        asyncio.run(migrate(self.dsn))
+        days = rows // day_rows
+        # Every loaded day lies before the retention window; day 0 is the oldest.
+        self.first_day = datetime.combine(datetime.now(UTC).date() - timedelta(days=days + 60),
+                                          datetime.min.time(), tzinfo=UTC)
+        print(f"{rows:,} rows: loading {days} days of {day_rows:,}", file=sys.stderr, flush=True)
+        load(self.dsn, days, day_rows, self.first_day)
+        droot = root / name
+        droot.mkdir()
+        self.settings = Settings(database_dsn=self.dsn, paths_state_dir=str(droot / "state"))
+        self.daemon, sock = start_daemon(droot, self.dsn)
+        self.writer = Writer(sock)
+        self.writer.start()
+        self.result = SizeResult(rows, [], {}, [], [], [])
 
-    droot = root / name
-    droot.mkdir()
-    daemon, sock = start_daemon(droot, dsn)
-    settings = Settings(database_dsn=dsn, paths_state_dir=str(droot / "state"))
-    writer = Writer(sock)
-    writer.start()
+    def prune_one(self, k: int) -> None:
+        # cutoff = 00:00 of (now - events_days): exactly day k-1 is older than it.
+        now = self.first_day + timedelta(days=k + self.settings.retention_events_days, hours=12)
+        started = time.monotonic()
+        report = maintenance.prune(self.settings, self.dsn, now=now)
+        ended = time.monotonic()
+        r = self.result
+        r.errors.extend(report.errors)
+        assert [n for n, _ in report.partitions] == [f"events_{self.first_day + timedelta(days=k - 1):%Y%m%d}"], \
+            report.partitions
+        assert report.removed["events"] == self.day_rows == report.removed["event_ids"], report.removed
+        r.prune_s.append(ended - started)
+        for step, seconds in report.timings.items():
+            r.parts.setdefault(step, []).append(seconds)
+        r.during.extend(self.writer.between(started, ended))
+
+    def stop(self) -> None:
+        self.writer.stop()
+        self.result.errors.extend(self.writer.errors)
+        self.daemon.terminate()
+        self.daemon.wait(60)
+
+
+def run_bench(cluster: Cluster, root: Path, sizes: list[int], day_rows: int, prunes: int) -> list[SizeResult]:
+    """All sizes side by side: their daemons and writers run together, the baseline is taken
+    at the same time for all, and the prunes alternate between them, so whatever else runs
+    on the machine weighs on every size alike."""
+    targets: list[Target] = []
     try:
+        for rows in sizes:
+            targets.append(Target(cluster, root, rows, day_rows))
         time.sleep(1.0)
         base_start = time.monotonic()
         time.sleep(BASELINE_S)
-        baseline = writer.between(base_start, time.monotonic())
-        during: list[float] = []
-        prune_s: list[float] = []
-        parts: dict[str, list[float]] = {}
-        errors: list[str] = []
+        for t in targets:
+            t.result.baseline = t.writer.between(base_start, time.monotonic())
         for k in range(1, prunes + 1):
-            # cutoff = 00:00 of (now - events_days): exactly day k-1 is older than it.
-            now = first_day + timedelta(days=k + settings.retention_events_days, hours=12)
-            started = time.monotonic()
-            report = maintenance.prune(settings, dsn, now=now)
-            ended = time.monotonic()
-            errors += report.errors
-            assert [n for n, _ in report.partitions] == [f"events_{first_day + timedelta(days=k - 1):%Y%m%d}"], \
-                report.partitions
-            assert report.removed["events"] == day_rows and report.removed["event_ids"] == day_rows, report.removed
-            prune_s.append(ended - started)
-            for step, seconds in report.timings.items():
-                parts.setdefault(step, []).append(seconds)
-            during += writer.between(started, ended)
-            time.sleep(1.0)
+            for t in targets if k % 2 else reversed(targets):
+                t.prune_one(k)
+                time.sleep(0.5)
     finally:
-        writer.stop()
-        daemon.terminate()
-        daemon.wait(60)
-    return SizeResult(rows, prune_s, parts, baseline, during, errors + writer.errors)
+        for t in targets:
+            t.stop()
+    return [t.result for t in targets]
 
 
 def main() -> int:
@@ -238,10 +260,8 @@ def main() -> int:
     with open(cluster.data_dir / "postgresql.conf", "a", encoding="utf-8") as f:
         f.write("max_wal_size = 8GB\ncheckpoint_timeout = 30min\n")
     cluster.start()
-    results = []
     try:
-        for rows in sizes:
-            results.append(bench_size(cluster, root, rows, args.day_rows, args.days))
+        results = run_bench(cluster, root, sizes, args.day_rows, args.days)
     finally:
         cluster.stop(mode="fast")
         if not args.keep:

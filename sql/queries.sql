@@ -412,8 +412,16 @@ RETURNING row_to_json(events_default)::text;
 SELECT count(*) FROM event_ids WHERE occurred_at < %(cutoff)s;
 
 -- name: prune_event_ids
-DELETE FROM event_ids WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM event_ids WHERE occurred_at < %(cutoff)s LIMIT %(batch)s));
+-- Newest first below the cutoff, each batch starting where the previous one ended (upto):
+-- the index entries of rows deleted earlier (dead until VACUUM, older than the day being
+-- pruned) are stepped over once per prune, not once per batch.
+WITH gone AS (
+    DELETE FROM event_ids WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM event_ids
+        WHERE occurred_at < %(cutoff)s AND occurred_at <= %(upto)s
+        ORDER BY occurred_at DESC LIMIT %(batch)s))
+    RETURNING occurred_at)
+SELECT count(*), min(occurred_at) FROM gone;
 
 -- name: count_prunable_sessions
 WITH p AS (SELECT id FROM sessions

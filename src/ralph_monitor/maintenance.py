@@ -773,7 +773,14 @@ def _prune_all(db: MaintenanceSession, cut: Cutoffs, report: PruneReport, direct
 
     step("events in the default partition",
          lambda: batches("events", "prune_events_default", cut.events, "events_default"))
-    step("event_ids", lambda: batches("event_ids", "prune_event_ids", cut.events, None))
+    def event_ids() -> None:
+        started = time.monotonic()
+        try:
+            report.removed["event_ids"] += db.delete_event_ids(cut.events, batch=DELETE_BATCH)
+        finally:
+            report.time("event_ids", started)
+
+    step("event_ids", event_ids)
 
     def sessions() -> None:
         archives = ({kind: _BatchArchive(directory, kind, stamp, report)
@@ -851,6 +858,9 @@ def install(context: DaemonContext) -> None:
             except asyncio.CancelledError:
                 stop_running_work()
                 raise
+            except PruneBusy as exc:  # another daemon on the same database is pruning it
+                log.info("prune skipped: %s", exc)
+                return
             except Exception as exc:
                 log.error("prune failed: %s", exc, exc_info=not isinstance(exc, RalphMonitorError))
                 context.record(internal_event("prune_failed", origin=context.origin, data={"error": str(exc)}))

@@ -698,6 +698,21 @@ class MaintenanceSession:
             if deleted < batch:
                 return total
 
+    def delete_event_ids(self, cutoff: datetime, *, batch: int) -> int:
+        """Delete the client event ids older than `cutoff`, a batch per transaction."""
+        total = 0
+        upto = datetime.max.replace(tzinfo=timezone.utc)
+        while True:
+            try:
+                deleted, oldest = self._conn.execute(resources.query("prune_event_ids"), {
+                    "cutoff": cutoff, "upto": upto, "batch": batch}).fetchone()  # type: ignore[misc]
+            except psycopg.Error as exc:
+                raise StoreError(f"pruning event_ids failed: {_describe(exc)}") from exc
+            total += deleted
+            if deleted < batch:
+                return total
+            upto = oldest
+
     def delete_sessions(self, cutoff: datetime, *, batch: int,
                         on_rows: Callable[[dict[str, list[str]]], None] | None = None) -> dict[str, int]:
         """Delete sessions that ended (or, if never ended, went silent) before `cutoff` and
