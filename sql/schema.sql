@@ -217,7 +217,7 @@ CREATE INDEX interventions_session_idx ON public.interventions USING btree (sess
 CREATE INDEX rejects_received_at_idx ON public.rejects USING btree (received_at DESC);
 CREATE INDEX sessions_active_idx ON public.sessions USING btree (last_event_at) WHERE (execution_state = ANY (ARRAY['running'::text, 'stalled'::text]));
 CREATE INDEX sessions_start_idx ON public.sessions USING btree (start_time DESC);
-CREATE INDEX spec_runs_end_idx ON public.spec_runs USING btree (end_time DESC) WHERE (end_time IS NOT NULL);
+CREATE INDEX spec_runs_end_idx ON public.spec_runs USING btree (end_time DESC) INCLUDE (status, tokens_used, cost_usd, duration_seconds) WHERE (end_time IS NOT NULL);
 CREATE INDEX spec_runs_failed_idx ON public.spec_runs USING btree (end_time DESC) WHERE (status = ANY (ARRAY['failed'::text, 'timeout'::text]));
 CREATE INDEX spec_runs_spec_idx ON public.spec_runs USING btree (spec_id, start_time DESC);
 ALTER INDEX public.events_event_id_key ATTACH PARTITION public.events_default_event_id_occurred_at_key;
