@@ -166,6 +166,21 @@ def error_html(text: str | None, width: int = 240, limit: int = 4000) -> Markup:
                   f"<pre>{escape(text[:limit])}{rest}</pre></details>")
 
 
+def spec_link(root: str, spec_id: str) -> Markup:
+    return Markup(f'<a class="spec" href="{root}specs/{escape(page_name(spec_id))}.html">'
+                  f"{escape(shorten(spec_id, 48))}</a>")
+
+
+def session_link(root: str, session_id: uuid.UUID, name: str | None) -> Markup:
+    label = escape(shorten(name or str(session_id)[:8], 48))
+    return Markup(f'<a href="{root}sessions/{session_id}.html">{label}</a>')
+
+
+def status_badge(status: str) -> Markup:
+    return Markup(f'<span class="status {charts.STATUS_CLASS.get(status, "muted")}">'
+                  f"{escape(charts.STATUS_WORD.get(status, status))}</span>")
+
+
 def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str) -> Markup:
     """The <tr> rows of a table of spec runs: of one session (`by="session"`: the spec is the
     link) or of one spec (`by="spec"`: the session is). A full rebuild renders ~200,000 of these,
@@ -173,17 +188,12 @@ def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str) -> Markup:
     out = []
     for r in runs:
         bad = ' class="badrow"' if r.status in ("failed", "timeout") else ""
-        status = (f'<span class="status {charts.STATUS_CLASS.get(r.status, "muted")}">'
-                  f'{escape(charts.STATUS_WORD.get(r.status, r.status))}</span>')
-        started = when(r.start_time or r.end_time)
+        status, started = status_badge(r.status), when(r.start_time or r.end_time)
         if by == "session":
-            lead = (f'<td><a class="spec" href="{root}specs/{escape(page_name(r.spec_id))}.html">'
-                    f'{escape(shorten(r.spec_id, 48))}</a></td><td class="n">{r.attempt}</td><td>{status}</td>'
-                    f"<td>{started}</td>")
+            lead = f'<td>{spec_link(root, r.spec_id)}</td><td class="n">{r.attempt}</td><td>{status}</td><td>{started}</td>'
         else:
-            name = r.session_name or str(r.session_id)[:8]
-            lead = (f'<td>{started}</td><td><a href="{root}sessions/{r.session_id}.html">{escape(shorten(name, 48))}'
-                    f'</a></td><td class="n">{r.attempt}</td><td>{status}</td>')
+            lead = (f'<td>{started}</td><td>{session_link(root, r.session_id, r.session_name)}</td>'
+                    f'<td class="n">{r.attempt}</td><td>{status}</td>')
         out.append(f"<tr{bad}>{lead}<td>{duration(r.duration_seconds)}</td><td class=\"n\">{number(r.tokens_used)}</td>"
                    f'<td class="n">{money(r.cost_usd)}</td><td class="msg">{error_html(r.error_message)}</td></tr>\n')
     return Markup("".join(out))
@@ -465,8 +475,8 @@ def _environment() -> jinja2.Environment:
     )
     env.filters.update(money=money, percent=percent, duration=duration, shorten=shorten, when=when,
                        number=number, summary=data_summary, page_name=page_name, iso=_iso)
-    env.globals.update(version=__version__, error_html=error_html, run_rows=run_rows,
-                       status_class=charts.STATUS_CLASS, status_word=charts.STATUS_WORD,
+    env.globals.update(version=__version__, error_html=error_html, run_rows=run_rows, spec_link=spec_link,
+                       session_link=session_link, status_badge=status_badge, status_word=charts.STATUS_WORD,
                        stale_after_s=STALE_AFTER_S, poll_interval_s=POLL_INTERVAL_S)
     return env
 
