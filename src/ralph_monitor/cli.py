@@ -243,8 +243,9 @@ def monitor_parser() -> argparse.ArgumentParser:
     render.set_defaults(func=_cmd_render)
 
     emit = sub.add_parser("emit", help="send one event and wait for its acknowledgement",
-                          description="Send one event. Exits 0 once the daemon acknowledged it, "
-                          "1 with the reason when it was rejected or the daemon is unreachable.")
+                          description="Send one event. Exits 0 once the daemon acknowledged it (or, when "
+                          "the daemon is unreachable, once it is fsync'd to this user's spool: see flush), "
+                          "1 with the reason when it was rejected.")
     _add_config_option(emit)
     emit.add_argument("type", help="event type, e.g. spec_started, spec_failed, session_heartbeat")
     emit.add_argument("items", nargs="*", metavar="key=value",
