@@ -240,7 +240,7 @@ def test_failing_pg_dump_records_backup_failed_and_ingestion_continues(
     script = _fake_pg_dump(tmp_path, 'sleep 2\necho "pg_dump: error: could not write to output file: '
                                      'No space left on device" >&2\nexit 1\n')
     d = daemon_factory(backup={"pg_dump": str(script)}, reports={"timezone": "UTC"},
-                       schedule={"backup_time": utc_time_in(4), "prune_time": ""})
+                       schedule={"backup_time": utc_time_in(8), "prune_time": ""})
     d.start()
     probe = AckProbe(d.socket_path).start()
     failed = wait_for_event(d.dsn, "backup_failed", timeout=30)
@@ -258,7 +258,7 @@ def test_failing_pg_dump_records_backup_failed_and_ingestion_continues(
 
 
 def test_scheduled_backup_is_recorded_and_shown_by_status(daemon_factory: Any, tmp_path: Path) -> None:
-    d = daemon_factory(reports={"timezone": "UTC"}, schedule={"backup_time": utc_time_in(3), "prune_time": ""})
+    d = daemon_factory(reports={"timezone": "UTC"}, schedule={"backup_time": utc_time_in(8), "prune_time": ""})
     d.start()
     completed = wait_for_event(d.dsn, "backup_completed", timeout=30)
     path = Path(completed["data"]["path"])
@@ -282,7 +282,7 @@ def test_backup_command_records_its_outcome(daemon: Daemon, tmp_path: Path) -> N
 def test_sigterm_during_a_backup_stops_pg_dump_and_exits_cleanly(daemon_factory: Any, tmp_path: Path) -> None:
     script = _fake_pg_dump(tmp_path, "exec sleep 60\n")
     d = daemon_factory(backup={"pg_dump": str(script)}, reports={"timezone": "UTC"},
-                       schedule={"backup_time": utc_time_in(3), "prune_time": ""})
+                       schedule={"backup_time": utc_time_in(8), "prune_time": ""})
     d.start()
     backups = d.root / "state" / "backups"
     deadline = time.monotonic() + 20

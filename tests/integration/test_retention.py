@@ -252,11 +252,11 @@ def test_a_prune_waiting_for_a_lock_never_holds_up_ingestion(daemon: Daemon) -> 
     assert probe.worst < 1.0, f"worst ack {probe.worst:.3f} s: ingestion queued behind the prune"
 
 
-def test_ingestion_keeps_acking_during_the_scheduled_prune(daemon_factory: Any) -> None:
-    d = daemon_factory(reports={"timezone": "UTC"}, schedule={"prune_time": utc_time_in(5), "backup_time": ""})
-    names = _old_days(d.dsn, 8, 5000)
+def test_ingestion_keeps_acking_during_the_scheduled_prune(daemon_factory: Any, db_dsn: str) -> None:
+    names = _old_days(db_dsn, 8, 5000)
     for age in (40, 41):
-        add_reject(d.dsn, datetime.now(UTC) - timedelta(days=age))
+        add_reject(db_dsn, datetime.now(UTC) - timedelta(days=age))
+    d = daemon_factory(reports={"timezone": "UTC"}, schedule={"prune_time": utc_time_in(8), "backup_time": ""})
     d.start()
     probe = AckProbe(d.socket_path).start()
     done = wait_for_event(d.dsn, "prune_completed", timeout=30)
