@@ -86,7 +86,7 @@ SCRIPT_TAG = re.compile(r"<script\b[^>]*>", re.IGNORECASE)
 
 def keep_live_run_alive(daemon: Any) -> None:
     """A fresh heartbeat for the scripted run's live session C, so it is `running` (not stalled
-    by [aggregates] stall_after_s = 30) whatever time the fixture took."""
+    by [aggregates] stall_after_s = 120) whatever time the fixture took."""
     from tests.conftest import LineClient, query
     from tests.integration.test_overnight import session_state, wait_until_settled
     from tests.scenario import C
