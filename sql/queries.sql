@@ -32,6 +32,42 @@ COPY events (event_id, event_type, session_id, spec_id, occurred_at, received_at
 -- name: copy_event_ids
 COPY event_ids (event_id, occurred_at) FROM STDIN;
 
+-- name: insert_events
+-- A small batch in one statement (one round trip, its own transaction in autocommit mode):
+-- claim the client-chosen ids, store the events whose claim succeeded (or that need none),
+-- and queue their sessions and 5-minute buckets for the projector (keys sorted, so concurrent
+-- writers lock queue rows in one order). The batch is one JSON array of rows, each carrying its
+-- payload as is: cheaper to pass than eleven arrays. It holds no client id twice (the caller
+-- sees to it). Returns the ids stored now; the others were duplicates.
+WITH batch AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+        AS b(event_id uuid, event_type text, session_id uuid, spec_id text, occurred_at timestamptz,
+             received_at timestamptz, host text, writer_uid integer, writer_pid integer,
+             payload jsonb, claim boolean)
+), claimed AS (
+    INSERT INTO event_ids (event_id, occurred_at)
+    SELECT event_id, occurred_at FROM batch WHERE claim
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), stored AS (
+    INSERT INTO events (event_id, event_type, session_id, spec_id, occurred_at, received_at,
+                        host, writer_uid, writer_pid, payload)
+    SELECT event_id, event_type, session_id, spec_id, occurred_at, received_at, host, writer_uid,
+           writer_pid, payload
+    FROM batch WHERE NOT claim OR event_id IN (SELECT event_id FROM claimed)
+    ON CONFLICT (event_id, occurred_at) DO NOTHING
+    RETURNING event_id
+), marked_sessions AS (
+    INSERT INTO dirty_sessions (session_id)
+    SELECT DISTINCT session_id FROM batch WHERE session_id IS NOT NULL ORDER BY 1
+    ON CONFLICT (session_id) DO UPDATE SET version = dirty_sessions.version + 1, marked_at = now()
+), marked_buckets AS (
+    INSERT INTO dirty_buckets (bucket_time)
+    SELECT DISTINCT date_bin('5 minutes', occurred_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM batch ORDER BY 1
+    ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1
+)
+SELECT event_id::text FROM stored;
+
 -- name: claim_event_id
 INSERT INTO event_ids (event_id, occurred_at) VALUES (%s, %s)
 ON CONFLICT (event_id) DO NOTHING

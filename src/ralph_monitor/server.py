@@ -126,7 +126,7 @@ class Connection(asyncio.Protocol):
         elif self._buffer.strip():
             line = bytes(self._buffer)
             self._buffer.clear()
-            self._handle_line(line)
+            self._handle_line(line, datetime.now(timezone.utc))
         self._buffer.clear()
         self._close_if_done()
         return True
@@ -148,6 +148,7 @@ class Connection(asyncio.Protocol):
         start = 0
         max_line = self._settings.limits_max_line_bytes
         self._stalled = False
+        received_at = datetime.now(timezone.utc)   # one clock read per read, not per line
         while True:
             if self._pauses:
                 # Backpressure holds inside one read too: a read of 256 KiB can hold 100,000 lines,
@@ -161,7 +162,7 @@ class Connection(asyncio.Protocol):
                 self._discarded_head = bytes(buffer[start:start + self._settings.limits_reject_excerpt_bytes])
                 self._report_oversized(newline - start)
             else:
-                self._handle_line(buffer[start:newline])
+                self._handle_line(buffer[start:newline], received_at)
             start = newline + 1
         del buffer[:start]
         if not self._stalled and len(buffer) > max_line:
@@ -180,14 +181,13 @@ class Connection(asyncio.Protocol):
             line_bytes=size)
         self._discarded_head = b""
 
-    def _handle_line(self, raw: bytes | bytearray) -> None:
+    def _handle_line(self, raw: bytes | bytearray, received_at: datetime) -> None:
         if raw.endswith(b"\r"):
             raw = raw[:-1]
-        if not raw.strip():
+        if not raw or raw.isspace():
             return
-        now = datetime.now(timezone.utc)
         try:
-            event = parse_line(raw, received_at=now, origin=self.origin)
+            event = parse_line(raw, received_at=received_at, origin=self.origin)
         except InvalidEvent as exc:
             self._refuse(raw, exc)
             return

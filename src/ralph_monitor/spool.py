@@ -34,8 +34,7 @@ def encode(record: Record) -> bytes:
     """One spool line for an event or a reject."""
     origin = record.origin
     if isinstance(record, Event):
-        meta = {"k": "e", "id": str(record.event_id), "t": record.event_type,
-                "s": None if record.session_id is None else str(record.session_id),
+        meta = {"k": "e", "id": record.event_id, "t": record.event_type, "s": record.session_id,
                 "p": record.spec_id, "o": record.occurred_at.isoformat(),
                 "r": record.received_at.isoformat(), "h": origin.host, "u": origin.uid,
                 "pid": origin.pid, "c": record.client_event_id}
@@ -55,8 +54,7 @@ def decode(line: bytes) -> Record:
     received_at = datetime.fromisoformat(meta["r"])
     if meta["k"] == "e":
         return Event(
-            event_id=uuid.UUID(meta["id"]), event_type=meta["t"],
-            session_id=None if meta["s"] is None else uuid.UUID(meta["s"]), spec_id=meta["p"],
+            event_id=meta["id"], event_type=meta["t"], session_id=meta["s"], spec_id=meta["p"],
             occurred_at=datetime.fromisoformat(meta["o"]), received_at=received_at, origin=origin,
             payload=payload, client_event_id=meta["c"])
     return Reject(reject_id=uuid.UUID(meta["id"]), received_at=received_at, origin=origin,

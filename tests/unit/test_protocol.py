@@ -4,6 +4,8 @@ naming the problem; good lines become events whose payload is the received text 
 from __future__ import annotations
 
 import json
+import os
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -19,6 +21,7 @@ from ralph_monitor.protocol import (
     Origin,
     error_reply,
     make_reject,
+    new_event_id,
     ok_reply,
     parse_line,
 )
@@ -219,11 +222,11 @@ def test_a_good_event_with_every_field() -> None:
            '"ts": "2026-11-25T03:12:00.250+01:00", "event_id": "%s", '
            '"data": {"tokens_used": 1200, "cost_usd": 0.42, "note": "ünïcode ✓"}}' % (SESSION, EVENT_ID))
     event = parse(raw)
-    assert event.event_id == uuid.UUID(EVENT_ID)
+    assert event.event_id == EVENT_ID
     assert event.client_event_id is True
     assert event.event_type == "spec_completed"
     assert event.known_type is True
-    assert event.session_id == uuid.UUID(SESSION)
+    assert event.session_id == SESSION
     assert event.spec_id == "CR-02"
     assert event.occurred_at == datetime(2026, 11, 25, 2, 12, 0, 250_000, tzinfo=timezone.utc)
     assert event.occurred_at.utcoffset() == timedelta(hours=1)
@@ -248,7 +251,7 @@ def test_missing_ts_and_event_id_get_receipt_time_and_a_fresh_id() -> None:
     assert first.occurred_at == RECEIVED
     assert first.received_at == RECEIVED
     assert first.client_event_id is False
-    assert first.event_id.version == 4
+    assert uuid.UUID(first.event_id).version == 7
     assert first.event_id != second.event_id
     assert first.session_id is None
     assert first.spec_id is None
@@ -264,9 +267,9 @@ def test_null_optional_fields_count_as_absent() -> None:
 
 
 def test_uuid_fields_accept_any_case() -> None:
-    event = parse(event_with(session_id=SESSION.upper(), event_id=EVENT_ID.upper()))
-    assert event.session_id == uuid.UUID(SESSION)
-    assert event.event_id == uuid.UUID(EVENT_ID)
+    event = parse(event_with(session_id=SESSION.upper(), event_id="{%s}" % EVENT_ID.upper()))
+    assert event.session_id == SESSION
+    assert event.event_id == EVENT_ID
 
 
 @pytest.mark.parametrize("text", [
@@ -301,7 +304,7 @@ def test_ok_reply_for_an_unknown_type_carries_a_warning() -> None:
     event = parse(b'{"type":"deploy.finished"}')
     reply = ok_reply(event)
     assert reply.endswith(b"\n") and reply.count(b"\n") == 1
-    assert json.loads(reply) == {"ok": True, "id": str(event.event_id),
+    assert json.loads(reply) == {"ok": True, "id": event.event_id,
                                  "warning": "unknown type 'deploy.finished' stored as is"}
     assert "warning" not in json.loads(ok_reply(parse(b'{"type":"cc.PreToolUse"}')))
 
@@ -410,3 +413,46 @@ def test_arbitrary_json_objects_never_crash_the_parser(obj: dict[str, object], a
 def test_mangled_good_lines_never_crash_the_parser(position: int, junk: bytes) -> None:
     good = b'{"type":"spec_started","session_id":"%s","data":{"n":1.5,"s":"\\u00e9"}}' % SESSION.encode()
     _outcome(good[:position] + junk + good[position:])
+
+
+def test_generated_ids_are_uuid7_in_time_order_and_unique() -> None:
+    ids = [new_event_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids))
+    # The first 48 bits are milliseconds since the epoch: never decreasing, and now.
+    millis = [u.int >> 80 for u in parsed]
+    assert millis == sorted(millis)
+    assert abs(millis[-1] / 1000 - time.time()) < 5
+
+
+def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, "\n".join(new_event_id()[-17:] for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as child:
+        child_tails = set(child.read().split("\n"))
+    assert len(child_tails) == 100
+    assert not child_tails & {new_event_id()[-17:] for _ in range(100)}
+
+
+@pytest.mark.parametrize("number", ["1e-16384", "0e1073741823", "-1E+99999", "1.5e-99999"])
+def test_a_five_digit_exponent_takes_the_strict_path(number: str) -> None:
+    """orjson would read these as 0 or refuse them vaguely; PostgreSQL refuses them all."""
+    with pytest.raises(InvalidEvent) as caught:
+        parse(in_data(number))
+    assert caught.value.code == "invalid_number"
+
+
+def test_orjson_refusals_get_the_strict_decoders_exact_message() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse(b'{"type":"spec_started","data":{"a":1,}}')
+    assert caught.value.code == "invalid_json"
+    assert str(caught.value) == "invalid JSON: Expecting property name enclosed in double quotes at column 38"
+    with pytest.raises(InvalidEvent) as caught:
+        parse(b'{"type":"spec_started","data":{"s":"\\ud800"}}')
+    assert caught.value.code == "invalid_unicode"
