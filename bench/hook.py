@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # for tests.daemon_proc
+from tests.daemon_proc import DaemonNotReady, start_daemon  # noqa: E402
+
 READY_TIMEOUT_S = 60.0
 BIN = Path(sys.executable).parent
 LOOP_SESSION = "6f1c2b4e-5555-4000-8000-000000000005"
@@ -86,29 +89,11 @@ class Daemon:
         self.config_path.write_text(
             f'[socket]\npath = "{self.socket_path}"\ngroup = ""\n[database]\ndsn = "{self.dsn}"\n'
             f'[paths]\nstate_dir = "{self.root / "state"}"\n[monitor]\nlog_level = "warning"\n')
-        notify_path = str(self.root / "notify.sock")
-        if os.path.exists(notify_path):
-            os.unlink(notify_path)
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
-        with open(self.root / "daemon.log", "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "ralph_monitor", "run", "--config", str(self.config_path)],
-                                            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, "NOTIFY_SOCKET": notify_path})
         try:
-            notify.settimeout(0.2)
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"daemon exited: {(self.root / 'daemon.log').read_text()[-2000:]}")
-                try:
-                    if b"READY=1" in notify.recv(4096):
-                        return
-                except TimeoutError:
-                    continue
-            raise SystemExit("daemon not ready")
-        finally:
-            notify.close()
+            self.process = start_daemon(self.config_path, log_path=self.root / "daemon.log",
+                                        notify_path=self.root / "notify.sock", timeout_s=READY_TIMEOUT_S)
+        except DaemonNotReady as exc:
+            raise SystemExit(str(exc)) from None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

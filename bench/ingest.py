@@ -55,6 +55,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # for tests.daemon_proc
+from tests.daemon_proc import DaemonNotReady, start_daemon  # noqa: E402
+
 COPY_BATCH = 1_000
 PHASES = ("insert", "insert-ac", "copy-rows", "copy-text", "daemon-1", "daemon-n")
 READY_TIMEOUT_S = 60.0
@@ -436,30 +439,13 @@ class DaemonProcess:
         for name, values in sections.items():
             text += f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
         self.config_path.write_text(text)
-        notify_path = str(self.root / "notify.sock")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
-        env = {**os.environ, "NOTIFY_SOCKET": notify_path}
-        if self.pythonpath:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.pythonpath, env.get("PYTHONPATH")]))
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ralph_monitor", "run", "--config", str(self.config_path)],
-                stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL)
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [self.pythonpath, os.environ.get("PYTHONPATH")]))
+               } if self.pythonpath else {}
         try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            notify.settimeout(0.2)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"daemon exited with {self.process.returncode}:\n{self.log()}")
-                try:
-                    if b"READY=1" in notify.recv(4096):
-                        return
-                except TimeoutError:
-                    continue
-            raise SystemExit(f"daemon not ready after {READY_TIMEOUT_S:g} s:\n{self.log()}")
-        finally:
-            notify.close()
+            self.process = start_daemon(self.config_path, log_path=self.log_path,
+                                        notify_path=self.root / "notify.sock", env=env, timeout_s=READY_TIMEOUT_S)
+        except DaemonNotReady as exc:
+            raise SystemExit(str(exc)) from None
 
     @property
     def pid(self) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import socket
 import statistics
@@ -42,9 +41,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))   # for tests.daemon_proc
 
 import psycopg  # noqa: E402  (the benchmark drives the database directly to load it)
 
@@ -52,6 +52,7 @@ from ralph_monitor import maintenance  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
 from ralph_monitor.store import migrate  # noqa: E402
+from tests.daemon_proc import DaemonNotReady, start_daemon  # noqa: E402
 
 UTC = timezone.utc
 READY_TIMEOUT_S = 60.0
@@ -120,28 +121,19 @@ class Writer:
         return [lat for sent, lat in self.samples if start <= sent <= end]
 
 
-def start_daemon(root: Path, dsn: str) -> tuple[subprocess.Popen[bytes], str]:
+def launch_daemon(root: Path, dsn: str) -> tuple[subprocess.Popen[bytes], str]:
     sock = str(root / "events.sock")
     config = root / "config.toml"
     config.write_text(
         f'[socket]\npath = "{sock}"\ngroup = ""\n[database]\ndsn = "{dsn}"\n'
         f'[paths]\nstate_dir = "{root / "state"}"\n[schedule]\nbackup_time = ""\nprune_time = ""\n'
         '[monitor]\nlog_level = "warning"\n')
-    log = open(root / "daemon.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "ralph_monitor", "run", "--config", str(config)],
-                            stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(sock)
-                s.sendall(b'{"type": "session_heartbeat"}\n')
-                if s.makefile("rb").readline():
-                    return proc, sock
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"daemon did not start:\n{(root / 'daemon.log').read_text()}")
+    try:
+        proc = start_daemon(config, log_path=root / "daemon.log", notify_path=root / "notify.sock",
+                            env={"PYTHONPATH": str(ROOT / "src")}, timeout_s=READY_TIMEOUT_S)
+    except DaemonNotReady as exc:
+        raise SystemExit(str(exc)) from None
+    return proc, sock
 
 
 def load(dsn: str, days: int, day_rows: int, first_day: datetime) -> None:
@@ -192,7 +184,7 @@ class Target:
         droot = root / name
         droot.mkdir()
         self.settings = Settings(database_dsn=self.dsn, paths_state_dir=str(droot / "state"))
-        self.daemon, sock = start_daemon(droot, self.dsn)
+        self.daemon, sock = launch_daemon(droot, self.dsn)
         self.writer = Writer(sock)
         self.writer.start()
         self.result = SizeResult(rows, [], {}, [], [], [])

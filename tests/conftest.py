@@ -12,9 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from psycopg.rows import dict_row
 from ralph_monitor.cluster import Cluster
 from ralph_monitor.config import Settings
 from ralph_monitor.store import EventStore
+from tests.daemon_proc import start_daemon
 
 TEMPLATE_DB = "ralph_template"
 READY_TIMEOUT_S = 30.0
@@ -132,36 +131,9 @@ class Daemon:
     def start(self, *, wait: bool = True, extra_env: dict[str, str] | None = None,
               pass_fds: tuple[int, ...] = ()) -> None:
         self.write_config()
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify_path = str(self.root / "notify.sock")
-        if os.path.exists(notify_path):
-            os.unlink(notify_path)
-        notify.bind(notify_path)
-        env = {**os.environ, "NOTIFY_SOCKET": notify_path, **self.env, **(extra_env or {})}
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ralph_monitor", "run", "--config", str(self.config_path)],
-            stdout=log, stderr=log, env=env, pass_fds=pass_fds)
-        log.close()
-        try:
-            if wait:
-                self._wait_ready(notify)
-        finally:
-            notify.close()
-
-    def _wait_ready(self, notify: socket.socket) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
-            notify.settimeout(0.2)
-            try:
-                if b"READY=1" in notify.recv(4096):
-                    return
-            except TimeoutError:
-                continue
-        raise AssertionError(f"daemon not ready after {READY_TIMEOUT_S} s:\n{self.log()}")
+        self.process = start_daemon(self.config_path, log_path=self.log_path, notify_path=self.root / "notify.sock",
+                                    env={**self.env, **(extra_env or {})}, wait=wait,
+                                    timeout_s=READY_TIMEOUT_S, pass_fds=pass_fds)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

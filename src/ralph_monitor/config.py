@@ -53,6 +53,11 @@ class Settings:
         "database", 3.0, "Seconds to wait for PostgreSQL before spooling events locally.", minimum=0.1)
     database_retry_interval_s: float = _setting(
         "database", 2.0, "Seconds between reconnection attempts while events are spooled.", minimum=0.1)
+    database_writer_connections: int = _setting(
+        "database", 2,
+        "Connections that commit events in parallel (PostgreSQL works on one batch while the daemon "
+        "prepares the next). Each client connection always uses the same one, so its events keep their order.",
+        minimum=1)
 
     paths_state_dir: str = _setting(
         "paths", "/var/lib/ralph-monitor", "Daemon state: spool, embedded cluster, site and backups.")

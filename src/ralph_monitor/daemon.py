@@ -103,18 +103,19 @@ def run_daemon(settings: Settings) -> int:
 
 async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> int:
     host = settings.host
-    store = EventStore(settings, dsn=dsn)
+    stores = [EventStore(settings, dsn=dsn) for _ in range(settings.database_writer_connections)]
     spool = Spool(settings.spool_dir)
     spool.open()
     if spool.backlog:
         log.info("spool %s holds %d records from before; replaying when PostgreSQL answers",
                  spool.path, spool.backlog)
     try:
-        await store.connect()
+        for store in stores:
+            await store.connect()
     except StoreUnavailable as exc:
         log.warning("%s; starting anyway, events will be spooled to %s", exc, spool.path)
 
-    ingestor = Ingestor(settings, store, spool, host=host)
+    ingestor = Ingestor(settings, stores, spool, host=host)
     server = EventServer(settings, ingestor, host=host)
     ingestor.on_queue_change = server.on_queue_change
     projection_store = ProjectionStore(settings, dsn=dsn)
@@ -164,7 +165,8 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
         task.cancel()
     await asyncio.gather(*helpers, return_exceptions=True)
     await projection_store.close()
-    await store.close()
+    for store in stores:
+        await store.close()
     spool.close()
     if not activated:
         with suppress(FileNotFoundError):

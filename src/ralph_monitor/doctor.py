@@ -100,7 +100,7 @@ def check_socket(settings: Settings) -> Check:
     except PermissionError:
         return Check("socket", WARN, f"cannot see {path} from this user", _as_daemon())
     if not stat.S_ISSOCK(st.st_mode):
-        return Check("socket", FAIL, f"{path} is not a socket", f"remove it and restart ralph-monitor.socket")
+        return Check("socket", FAIL, f"{path} is not a socket", "remove it and restart ralph-monitor.socket")
     problems = []
     mode = stat.S_IMODE(st.st_mode)
     if mode != settings.socket_mode_bits:

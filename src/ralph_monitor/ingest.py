@@ -1,5 +1,5 @@
-"""Group commit: one writer task takes everything queued since its last commit, stores it,
-and only then acknowledges each event.
+"""Group commit: each writer lane takes everything queued on it since its last commit,
+stores it, and only then acknowledges each event.
 
 When PostgreSQL is unreachable the batch is fsync'd to the spool and acknowledged as
 spooled; while the spool holds anything, it is replayed (in order) before any newer batch
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
@@ -72,23 +72,42 @@ class Stats:
 Item = tuple[Event | Reject, Slot | None, ReplySink | None]
 
 
-class Ingestor:
-    """Queue + single writer. `submit` is called from the event loop by connections."""
+class Lane:
+    """One writer: a queue and the database connection that commits it, batch after batch.
+    A client connection always uses the same lane, which keeps its events in order."""
 
-    def __init__(self, settings: Settings, store: EventStore, spool: Spool, *, host: str) -> None:
+    def __init__(self, number: int, store: EventStore) -> None:
+        self.number = number
+        self.store = store
+        self.pending: list[Item] = []
+        self.wakeup = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+class Ingestor:
+    """Queues + writer lanes. `submit` is called from the event loop by connections.
+
+    While one lane waits for PostgreSQL to take a batch, another can send it the next one,
+    so the database is not idle while the daemon parses and acknowledges. The spool is shared:
+    a lane that finds it non-empty replays it (under a lock) before committing anything newer.
+    """
+
+    def __init__(self, settings: Settings, stores: Sequence[EventStore], spool: Spool, *, host: str) -> None:
+        if not stores:
+            raise ValueError("the ingestor needs at least one store")
         self._settings = settings
-        self._store = store
+        self._lanes = [Lane(number, store) for number, store in enumerate(stores)]
+        self._next_lane = 0
         self._spool = spool
+        self._spool_lock = asyncio.Lock()
         self._host = host
         self.on_queue_change: Callable[[int], None] = lambda pending: None
         """Called with the queue length whenever it changes (the server's backpressure)."""
         self.on_commit: Callable[[], None] = lambda: None
         """Called after events were committed (wakes the projector)."""
         self._health_due = 0.0
-        self._pending: list[Item] = []
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._pending_total = 0
         self._stopping = False
         self._retry_at = 0.0
         self._down = False
@@ -96,7 +115,7 @@ class Ingestor:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return self._pending_total
 
     @property
     def spool_backlog(self) -> int:
@@ -104,55 +123,73 @@ class Ingestor:
 
     @property
     def database_up(self) -> bool:
-        return self._store.connected
+        return all(lane.store.connected for lane in self._lanes)
 
-    def submit(self, record: Event | Reject, slot: Slot | None, sink: ReplySink | None) -> None:
-        """Queue a record; its slot gets the reply once it is committed or spooled."""
-        self._pending.append((record, slot, sink))
-        self._idle.clear()
-        self._wakeup.set()
-        self.on_queue_change(len(self._pending))
+    def assign_lane(self) -> int:
+        """The lane for a new client connection (round robin)."""
+        number = self._next_lane
+        self._next_lane = (number + 1) % len(self._lanes)
+        return number
+
+    def submit(self, record: Event | Reject, slot: Slot | None, sink: ReplySink | None, *, lane: int = 0) -> None:
+        """Queue a record on `lane`; its slot gets the reply once it is committed or spooled."""
+        target = self._lanes[lane]
+        target.pending.append((record, slot, sink))
+        target.idle.clear()
+        target.wakeup.set()
+        self._pending_total += 1
+        self.on_queue_change(self._pending_total)
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is committed or spooled, and acknowledged."""
-        await self._idle.wait()
+        while not all(lane.idle.is_set() for lane in self._lanes):
+            for lane in self._lanes:
+                await lane.idle.wait()
 
     async def stop(self) -> None:
         """Finish what is queued, then make `run` return."""
         self._stopping = True
-        self._wakeup.set()
+        for lane in self._lanes:
+            lane.wakeup.set()
         await self.drain()
 
     async def run(self) -> None:
-        """The writer loop."""
+        """The writer lanes, until `stop`; then this host's final counters."""
+        await asyncio.gather(*(self._run_lane(lane) for lane in self._lanes))
+        if not self._spool.backlog and not self._down:
+            await self._record_health(self._lanes[0].store)
+
+    async def _run_lane(self, lane: Lane) -> None:
         while True:
             timeout = min(self._settings.database_retry_interval_s, HEALTH_INTERVAL_S)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                await asyncio.wait_for(lane.wakeup.wait(), timeout)
             except TimeoutError:
                 pass
-            batch = self._pending[: self._settings.limits_max_batch_events]
-            del self._pending[: len(batch)]
-            if not self._pending:
-                self._wakeup.clear()
-            self.on_queue_change(len(self._pending))
+            batch = lane.pending[: self._settings.limits_max_batch_events]
+            del lane.pending[: len(batch)]
+            if not lane.pending:
+                lane.wakeup.clear()
+            self._pending_total -= len(batch)
+            self.on_queue_change(self._pending_total)
             if self._spool.backlog:
-                await self._replay()
+                await self._replay(lane.store)
             if batch:
-                await self._write(batch)
-            if time.monotonic() >= self._health_due and not self._spool.backlog and not self._down:
-                await self._record_health()
-            if not self._pending:
-                self._idle.set()
+                await self._write(lane.store, batch)
+            if (lane.number == 0 and time.monotonic() >= self._health_due and not self._spool.backlog
+                    and not self._down):
+                await self._record_health(lane.store)
+            if not lane.pending:
+                lane.idle.set()
                 if self._stopping:
                     return
 
-    async def _write(self, batch: list[Item]) -> None:
+    async def _write(self, store: EventStore, batch: list[Item]) -> None:
         events = [record for record, _, _ in batch if isinstance(record, Event)]
         rejects = [record for record, _, _ in batch if isinstance(record, Reject)]
         if not self._spool.backlog and time.monotonic() >= self._retry_at:
             try:
-                outcomes = await self._store.write_batch(
+                outcomes = await store.write_batch(
                     events, rejects, excerpt_bytes=self._settings.limits_reject_excerpt_bytes)
             except StoreError as exc:
                 self._database_down(exc)
@@ -166,13 +203,15 @@ class Ingestor:
     def _acknowledge(self, batch: list[Item], outcomes: list[object]) -> None:
         sinks: set[ReplySink] = set()
         results = iter(outcomes)
-        stored = 0
+        stored = refused = 0
         for record, slot, sink in batch:
             if not isinstance(record, Event):
                 continue
             outcome = next(results)
             if outcome == STORED:
                 stored += 1
+            elif isinstance(outcome, Refused):
+                refused += 1
             if slot is None:
                 continue
             if isinstance(outcome, Refused):
@@ -182,14 +221,16 @@ class Ingestor:
             if sink is not None:
                 sinks.add(sink)
         self.stats.count(stored)
-        self.stats.rejects_total += len(batch) - len(outcomes)
+        # Lines refused on arrival, and events PostgreSQL refused: both are rows in `rejects`.
+        self.stats.rejects_total += len(batch) - len(outcomes) + refused
         for sink in sinks:
             sink.flush_replies()
 
     async def _spool_batch(self, batch: list[Item], events: list[Event], rejects: list[Reject]) -> None:
         sinks: set[ReplySink] = set()
         try:
-            await asyncio.to_thread(self._spool.append, [*events, *rejects])
+            async with self._spool_lock:
+                await asyncio.to_thread(self._spool.append, [*events, *rejects])
         except SpoolError as exc:
             log.critical("%s; events are NOT acknowledged", exc)
             for record, slot, sink in batch:
@@ -209,11 +250,11 @@ class Ingestor:
         for sink in sinks:
             sink.flush_replies()
 
-    async def _record_health(self) -> None:
+    async def _record_health(self, store: EventStore) -> None:
         self._health_due = time.monotonic() + HEALTH_INTERVAL_S
         stats = self.stats
         try:
-            await self._store.record_host({
+            await store.record_host({
                 "host": self._host, "version": __version__, "started_at": stats.started_at,
                 "events_total": stats.events_total, "rejects_total": stats.rejects_total,
                 "spool_backlog": self._spool.backlog, "spooled_total": stats.spooled_total,
@@ -234,8 +275,12 @@ class Ingestor:
             self._down = False
         self._retry_at = 0.0
 
-    async def _replay(self) -> None:
+    async def _replay(self, store: EventStore) -> None:
         """Commit the spool, oldest first, chunk by chunk; stop at the first failure."""
+        async with self._spool_lock:
+            await self._replay_locked(store)
+
+    async def _replay_locked(self, store: EventStore) -> None:
         if time.monotonic() < self._retry_at:
             return
         total = 0
@@ -248,7 +293,7 @@ class Ingestor:
             events = [r for r in records if isinstance(r, Event)]
             rejects = [r for r in records if isinstance(r, Reject)]
             try:
-                outcomes = await self._store.write_batch(
+                outcomes = await store.write_batch(
                     events, rejects, excerpt_bytes=self._settings.limits_reject_excerpt_bytes)
             except StoreError as exc:
                 self._database_down(exc)

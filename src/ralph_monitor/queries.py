@@ -13,7 +13,6 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from ralph_monitor.config import report_zone
 from ralph_monitor.store import ReadStore
 
 

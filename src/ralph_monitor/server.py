@@ -86,6 +86,7 @@ class Connection(asyncio.Protocol):
         self._eof = False
         self._closed = False
         self._rejects_recorded = 0
+        self._lane = server.ingestor.assign_lane()
         self.origin = Origin(host=server.host, uid=None, pid=None)
         self.last_activity = time.monotonic()
 
@@ -193,7 +194,7 @@ class Connection(asyncio.Protocol):
             return
         slot = Slot()
         self._slots.append(slot)
-        self._server.ingestor.submit(event, slot, self)
+        self._server.ingestor.submit(event, slot, self, lane=self._lane)
 
     def _refuse(self, raw: bytes | bytearray, error: InvalidEvent, *, line_bytes: int | None = None) -> None:
         self._slots.append(Slot(error_reply(error.code, str(error))))
@@ -203,7 +204,7 @@ class Connection(asyncio.Protocol):
             reject = make_reject(raw, error, received_at=datetime.now(timezone.utc), origin=self.origin,
                                  excerpt_bytes=self._settings.limits_reject_excerpt_bytes,
                                  line_bytes=line_bytes)
-            self._server.ingestor.submit(reject, None, None)
+            self._server.ingestor.submit(reject, None, None, lane=self._lane)
             # Logged as bounded as recorded, so a client cannot flood the journal either.
             log.info("rejected a line from pid %s uid %s: %s", self.origin.pid, self.origin.uid, error)
             if self._rejects_recorded == limit:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from tests.conftest import Daemon, query
+from typing import Any
+
+import pytest
+
+from tests.conftest import query
 from tests.loadgen import Load
 
 WRITERS = 16
 PER_WRITER = 2000
 
 
-def test_16_writers_each_acked_event_stored_exactly_once(daemon: Daemon) -> None:
+@pytest.mark.parametrize("writer_connections", [1, 2, 3])
+def test_16_writers_each_acked_event_stored_exactly_once_and_in_order(
+        daemon_factory: Any, writer_connections: int) -> None:
+    """With any number of writer lanes: each connection's events land once, in its order."""
+    daemon = daemon_factory(database={"writer_connections": writer_connections})
+    daemon.start()
     load = Load(daemon.socket_path, writers=WRITERS, per_writer=PER_WRITER).start()
     load.join()
     assert [r.errors for r in load.results if r.errors] == []

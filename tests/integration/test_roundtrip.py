@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
+from typing import Any
+
+import psycopg
+import pytest
 
 from tests.conftest import Daemon, LineClient, query
 
@@ -97,3 +102,32 @@ def test_replies_keep_the_order_of_lines(daemon: Daemon) -> None:
             assert reply == {"ok": True, "id": event_id}
         else:
             assert reply["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("batch_size", [20, 200], ids=["one-statement batch", "COPY batch"])
+def test_an_event_postgresql_refuses_is_answered_and_recorded_and_its_batch_is_stored(
+        daemon_factory: Any, batch_size: int) -> None:
+    """Defence in depth: validation should leave PostgreSQL nothing to refuse, but if it does
+    (here a CHECK constraint an operator added), only that event is refused."""
+    daemon = daemon_factory()
+    daemon.start()
+    with psycopg.connect(daemon.dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE events ADD CONSTRAINT no_cr_13 CHECK (spec_id IS DISTINCT FROM 'CR-13')")
+    c = LineClient(daemon.connect())
+    specs = [f"CR-{i:02d}" for i in range(batch_size)]
+    c.send("".join(json.dumps({"type": "spec_started", "spec_id": spec}) + "\n" for spec in specs))
+    replies = [c.reply() for _ in specs]
+    refused = replies[13]
+    assert refused["ok"] is False and refused["code"] == "refused_by_database"
+    assert "no_cr_13" in refused["error"]
+    assert all(r["ok"] for i, r in enumerate(replies) if i != 13)
+    stored = query(daemon.dsn, "SELECT spec_id FROM events ORDER BY id")
+    assert [r["spec_id"] for r in stored] == [s for s in specs if s != "CR-13"]
+    rejects = query(daemon.dsn, "SELECT reason, excerpt FROM rejects")
+    assert len(rejects) == 1 and rejects[0]["reason"] == "refused_by_database"
+    assert '"CR-13"' in rejects[0]["excerpt"]
+    c.close()
+    daemon.stop()
+    # The daemon's own count of rejects includes it (monitor_hosts, written at least every 10 s).
+    rejects_total = query(daemon.dsn, "SELECT rejects_total FROM monitor_hosts")
+    assert rejects_total == [{"rejects_total": 1}]
