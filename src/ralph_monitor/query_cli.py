@@ -17,7 +17,7 @@ from typing import IO, Any
 from ralph_monitor import __version__, queries
 from ralph_monitor.cli import parse_since, run_command
 from ralph_monitor.cluster import database_dsn
-from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings
+from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, report_zone
 from ralph_monitor.errors import RalphMonitorError
 from ralph_monitor.store import ReadStore, open_read_store
 from ralph_monitor.textfmt import (duration, json_default, local_time, money, percent, relative_time,
@@ -50,7 +50,7 @@ def _store(settings: Settings) -> Iterator[ReadStore]:
 
 
 def _zone(settings: Settings) -> Any:
-    return queries.report_zone(settings.reports_timezone)
+    return report_zone(settings.reports_timezone)
 
 
 def _emit_json(value: Any) -> None:
