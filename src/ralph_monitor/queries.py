@@ -310,15 +310,24 @@ def resolve_session(store: ReadStore, prefix: str) -> uuid.UUID:
     return rows[0]["id"]
 
 
-def session_detail(store: ReadStore, session_id: uuid.UUID, *, timeline_limit: int = 10_000) -> SessionDetail:
+SESSION_TIMELINE_EVENTS = 200
+"""Events of a session's timeline shown by default: the newest ones. A night's session can
+hold ten thousand tool events; decoding them all costs 100 ms and nobody reads them."""
+
+
+def session_detail(store: ReadStore, session_id: uuid.UUID, *,
+                   timeline_limit: int | None = SESSION_TIMELINE_EVENTS) -> SessionDetail:
+    """The session, its spec runs and interventions, and the newest `timeline_limit` events
+    (None: all) in time order; `session.event_count` says how many there are in all."""
     params = {"session_id": session_id}
     rows = store.fetch("session", params)
     if not rows:
         raise UnknownSession(f"no session {session_id}")
+    newest_first = store.fetch("session_timeline", {**params, "limit": timeline_limit})
     return SessionDetail(
         session=_session(rows[0]),
         spec_runs=[SpecRunRow(**r) for r in store.fetch("session_spec_runs", params)],
-        timeline=[TimelineEvent(**r) for r in store.fetch("session_timeline", {**params, "limit": timeline_limit})],
+        timeline=[TimelineEvent(**r) for r in reversed(newest_first)],
         interventions=[InterventionRow(**r) for r in store.fetch("session_interventions", params)],
     )
 
@@ -343,17 +352,46 @@ def compare_weeks(store: ReadStore, now: datetime, zone: tzinfo) -> Comparison:
     return Comparison(this_week, last_week, outcomes(store, this_week), outcomes(store, last_week))
 
 
+def _daily_rows(store: ReadStore, window: Window, zone: tzinfo) -> list[dict[str, Any]]:
+    return store.fetch("daily_runs", {"since": window.since, "until": window.until, "tz": str(zone)})
+
+
+def _daily(row: dict[str, Any]) -> DailyRuns:
+    return DailyRuns(day=row["day"], completed=row["completed"], failed=row["failed"],
+                     cost_usd=row["cost_usd"], tokens_used=row["tokens_used"])
+
+
 def daily_runs(store: ReadStore, window: Window, zone: tzinfo) -> list[DailyRuns]:
     """Per local day: runs completed / failed, spend and tokens."""
-    return [DailyRuns(**r) for r in store.fetch(
-        "daily_runs", {"since": window.since, "until": window.until, "tz": str(zone)})]
+    return [_daily(r) for r in _daily_rows(store, window, zone)]
+
+
+def _sum_days(rows: list[dict[str, Any]], first_day: date) -> Outcomes:
+    """The outcomes of the runs that ended on `first_day` or later (rows from daily_runs)."""
+    days = [r for r in rows if r["day"] >= first_day]
+    durations = sum(r["duration_count"] for r in days)
+    return Outcomes(
+        completed=sum(r["completed"] for r in days),
+        failed=sum(r["failed"] - r["timed_out"] for r in days),
+        timed_out=sum(r["timed_out"] for r in days),
+        cost_usd=sum((r["cost_usd"] for r in days), Decimal(0)),
+        tokens_used=sum(r["tokens_used"] for r in days),
+        avg_duration_seconds=sum(r["duration_sum"] for r in days if r["duration_count"]) / durations
+        if durations else None)
 
 
 def spend(store: ReadStore, now: datetime, zone: tzinfo, *, days: int = 30) -> Spend:
-    """Spend today, this week, this month, and per day over the last `days` days."""
-    series = Window(_local_midnight(now - timedelta(days=days - 1), zone), now)
-    return Spend(today=outcomes(store, day_window(now, zone)), week=outcomes(store, week_windows(now, zone)[0]),
-                 month=outcomes(store, month_window(now, zone)), per_day=daily_runs(store, series, zone))
+    """Spend today, this week, this month, and per day over the last `days` days: one pass
+    over the days since the earliest of those starts, added up per period (a dashboard metric,
+    so it must stay a few milliseconds with a year of runs)."""
+    periods = {"series": _local_midnight(now - timedelta(days=days - 1), zone),
+               "today": day_window(now, zone).since, "week": week_windows(now, zone)[0].since,
+               "month": month_window(now, zone).since}
+    rows = _daily_rows(store, Window(min(periods.values()), now), zone)
+    first = {name: start.astimezone(zone).date() for name, start in periods.items()}
+    return Spend(today=_sum_days(rows, first["today"]), week=_sum_days(rows, first["week"]),
+                 month=_sum_days(rows, first["month"]),
+                 per_day=[_daily(r) for r in rows if r["day"] >= first["series"]])
 
 
 def night_summary(store: ReadStore, window: Window) -> NightSummary:

@@ -9,7 +9,7 @@ import csv
 import gzip
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, time, timezone
 from typing import IO, Any
@@ -156,12 +156,25 @@ def cmd_sessions(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type for --limit and --top: a whole number, `minimum` or more."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; give {minimum} or more")
+        return value
+    return parse
+
+
 def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
     zone = _zone(settings)
     with _store(settings) as store:
         try:
             session_id = queries.resolve_session(store, args.id)
-            detail = queries.session_detail(store, session_id)
+            detail = queries.session_detail(store, session_id, timeline_limit=args.limit or None)
         except queries.UnknownSession as exc:
             raise QueryFailed(str(exc)) from None
     if args.json:
@@ -186,6 +199,8 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
             [local_time(i.requested_at, zone), i.spec_id or "-", shorten(i.message, 60),
              local_time(i.answered_at, zone) if i.answered_at else "NOT ANSWERED"] for i in detail.interventions]))
     print()
+    if len(detail.timeline) < s.event_count:
+        print(f"Timeline: the newest {len(detail.timeline)} of {s.event_count} events (--limit N, or --limit 0 for all)")
     print(table(["time", "type", "spec", "data"], [
         [e.occurred_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"), e.event_type, e.spec_id or "",
          shorten(json.dumps(e.data, ensure_ascii=False, default=json_default) if e.data else "", 70)]
@@ -358,14 +373,17 @@ def query_parser() -> argparse.ArgumentParser:
     p = command("sessions", cmd_sessions, "sessions started in a window, newest first")
     p.add_argument("--since", type=parse_since, default=parse_since("7d"), metavar="WHEN",
                    help="2h, 7d, 2w or an ISO timestamp (default 7d)")
-    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    p = command("session", cmd_session, "one session: spec runs, interventions and its full event timeline")
+    p.add_argument("--limit", type=_at_least(1), default=100, help="at most this many (default 100)")
+    p = command("session", cmd_session, "one session: spec runs, interventions and its event timeline")
     p.add_argument("id", help="session id or a unique prefix of it")
+    p.add_argument("--limit", type=_at_least(0), default=queries.SESSION_TIMELINE_EVENTS, metavar="N",
+                   help=f"show the newest N events of the timeline (default {queries.SESSION_TIMELINE_EVENTS}; "
+                        "0 shows them all)")
     p = command("spec", cmd_spec, "every run of one spec across sessions, newest first")
     p.add_argument("spec_id")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--limit", type=_at_least(1), default=50, help="at most this many (default 50)")
     p = command("failures", cmd_failures, "specs that failed most often")
-    p.add_argument("--top", type=int, default=10, help="how many specs (default 10)")
+    p.add_argument("--top", type=_at_least(1), default=10, help="how many specs (default 10)")
     p.add_argument("--since", type=parse_since, default=parse_since("7d"), metavar="WHEN", help="default 7d")
     p = command("cost", cmd_cost, "spend and tokens today, this week, this month, and per day")
     group = p.add_mutually_exclusive_group()
@@ -378,9 +396,9 @@ def query_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", help="only this event type")
     p.add_argument("--session", metavar="ID", help="only this session (id or unique prefix)")
     p.add_argument("--spec", help="only this spec id")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--limit", type=_at_least(1), default=50, help="at most this many (default 50)")
     p = command("rejects", cmd_rejects, "lines the daemon refused, newest first")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--limit", type=_at_least(1), default=50, help="at most this many (default 50)")
     p = command("export", cmd_export, "stream rows as CSV or JSON Lines (constant memory)")
     p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
     p.add_argument("--table", choices=queries.EXPORT_TABLES, default="events")

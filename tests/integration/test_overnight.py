@@ -103,6 +103,15 @@ def test_session_command_accepts_a_prefix_and_shows_the_timeline(overnight: Daem
     assert len([e for e in detail["timeline"] if e["event_type"] != "session_stalled"]) == 15
     assert [(r["spec_id"], r["attempt"], r["status"]) for r in detail["spec_runs"]] == [
         (s, n, st) for s, n, st, _, _ in sorted(EXPECTED_RUNS_A, key=lambda r: r[0])]
+    # A big session shows its newest events, in time order, and says so.
+    newest = json.loads(ralph_query(overnight, "session", A, "--json", "--limit", "3").stdout)["timeline"]
+    assert newest == detail["timeline"][-3:]
+    paged = ralph_query(overnight, "session", A, "--limit", "3").stdout
+    assert f"Timeline: the newest 3 of {detail['session']['event_count']} events (--limit N, or --limit 0 for all)" in paged
+    assert len(json.loads(ralph_query(overnight, "session", A, "--json", "--limit", "0").stdout)["timeline"]) == \
+        detail["session"]["event_count"]
+    negative = ralph_query(overnight, "session", A, "--limit", "-1", check=False)
+    assert negative.returncode == 2 and "argument --limit: -1 is too small; give 0 or more" in negative.stderr
     unknown = ralph_query(overnight, "session", "ffff", check=False)
     assert unknown.returncode == 1 and "no session id starts with 'ffff'" in unknown.stderr
     ambiguous_prefix = ""  # A, B, C differ in the first character: no ambiguity among them

@@ -472,3 +472,27 @@ def test_the_daemon_renders_in_a_child_process_and_replaces_it_when_it_dies(daem
     while os.path.exists(f"/proc/{replacement[0]}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{replacement[0]}")
+
+
+def test_a_session_that_never_said_its_total_gets_no_progress_bar(daemon_factory: Any, tmp_path: Path) -> None:
+    """A full bar for "1 of ?" would read as finished."""
+    d = daemon_factory()
+    d.start()
+    now = datetime.now(timezone.utc)
+    known, unknown = str(uuid.uuid4()), str(uuid.uuid4())
+    events = []
+    for session, start in ((known, {"name": "with total", "total_specs": 4}), (unknown, {"name": "no total"})):
+        for kind, minutes_ago, spec, data in (("session_started", 10, None, start), ("spec_started", 9, "CR-01", {}),
+                                              ("spec_completed", 8, "CR-01", {"cost_usd": 0.1})):
+            event = {"type": kind, "session_id": session, "ts": (now - timedelta(minutes=minutes_ago)).isoformat(),
+                     "data": data}
+            if spec:
+                event["spec_id"] = spec
+            events.append(event)
+    send(d, events)
+    wait_until_settled(d.dsn)
+    render(d, tmp_path, full=True)
+    html, _, _ = read_page(tmp_path, "index.html")
+    bars = html.count('<svg class="progress"')
+    assert bars >= 1 and html.count('aria-label="1 of 4 specs done, 0 failed"') == bars
+    assert html.count('title="the session did not say how many specs it has (total_specs)">no total</span>') == bars
