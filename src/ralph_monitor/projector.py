@@ -29,6 +29,10 @@ IDLE_POLL_S = 1.0
 """Look at the dirty queues at least this often (other daemons may have written)."""
 DEBOUNCE_S = 0.5
 """After a wake-up, wait this long so one recomputation covers a burst of events."""
+PACE_FACTOR = 3.0
+"""And wait at least this many times as long as the last step took: under a heavy load the
+same sessions change again at once, and recomputing them back to back would take the CPU
+ingestion needs. The projector then works at most a quarter of the time."""
 BUCKET_INTERVAL_S = 5.0
 """Recompute metric buckets at most this often: under load the current bucket changes
 all the time, and the charts are per 5 minutes anyway."""
@@ -70,14 +74,17 @@ class Projector:
         self._wakeup.set()
 
     async def run(self) -> None:
+        last_step_s = 0.0
         while True:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_S)
-                await asyncio.sleep(DEBOUNCE_S)
+                await asyncio.sleep(max(DEBOUNCE_S, PACE_FACTOR * last_step_s))
             except TimeoutError:
                 pass
             self._wakeup.clear()
+            started = time.monotonic()
             await self.step()
+            last_step_s = time.monotonic() - started
 
     async def step(self) -> None:
         """Drain the dirty queues and check for stalls; log (once) and go on if the DB is away."""
