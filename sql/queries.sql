@@ -112,6 +112,22 @@ WHERE (%(since)s::timestamptz IS NULL OR occurred_at >= %(since)s)
 ORDER BY occurred_at DESC, id DESC
 LIMIT %(limit)s;
 
+-- name: recent_events_of_session
+-- recent_events for one session. The session is matched as a range on purpose, and sorted on:
+-- with "session_id = <id>" the planner drops it from the sort order, and then walks a day's
+-- whole occurred_at index newest first, filtering on the session (bench/queries.py: 48,000
+-- rows read, 15 ms, for a session that ended early in its last day). Ordered by
+-- (session_id, occurred_at) only the session index yields the order: it reads 100 entries.
+SELECT id, event_id, event_type, session_id, spec_id, occurred_at, created_at, host,
+       writer_uid, writer_pid, payload
+FROM events
+WHERE session_id >= %(session_id)s AND session_id <= %(session_id)s
+  AND (%(since)s::timestamptz IS NULL OR occurred_at >= %(since)s)
+  AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
+  AND (%(spec_id)s::text IS NULL OR spec_id = %(spec_id)s)
+ORDER BY session_id DESC, occurred_at DESC, id DESC
+LIMIT %(limit)s;
+
 -- name: recent_rejects
 SELECT received_at, host, writer_uid, writer_pid, reason, detail, line_bytes, excerpt
 FROM rejects
@@ -271,9 +287,10 @@ ORDER BY coalesce(start_time, end_time), spec_id, attempt;
 
 -- name: session_timeline
 -- The newest %(limit)s events of a session (all of them when limit is NULL), newest first.
+-- The session is a range, and in the sort, for the reason given at recent_events_of_session.
 SELECT id, event_id, event_type, spec_id, occurred_at, host, payload->'data' AS data
-FROM events WHERE session_id = %(session_id)s
-ORDER BY occurred_at DESC, id DESC
+FROM events WHERE session_id >= %(session_id)s AND session_id <= %(session_id)s
+ORDER BY session_id DESC, occurred_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: session_interventions

@@ -67,8 +67,8 @@ def recent_events(store: ReadStore, *, since: datetime | None = None, event_type
                   session_id: uuid.UUID | None = None, spec_id: str | None = None,
                   limit: int = 100) -> list[EventRow]:
     """Newest first (by the agent's time), filtered by any of the arguments."""
-    rows = store.fetch("recent_events", {"since": since, "event_type": event_type,
-                                         "session_id": session_id, "spec_id": spec_id, "limit": limit})
+    rows = store.fetch("recent_events" if session_id is None else "recent_events_of_session", {
+        "since": since, "event_type": event_type, "session_id": session_id, "spec_id": spec_id, "limit": limit})
     return [EventRow(**row) for row in rows]
 
 

@@ -142,6 +142,17 @@ def test_night_events_and_sessions(overnight: Daemon) -> None:
     assert len(failed) == 2
     by_session = ralph_query(overnight, "events", "--session", B[:4], "--limit", "100", "--json").stdout.splitlines()
     assert len(by_session) == 8  # 7 sent + the stall
+    expected = query(overnight.dsn, "SELECT event_id::text AS id FROM events WHERE session_id = %s "
+                                    "ORDER BY occurred_at DESC, id DESC", (A,))
+    newest_of_a = [json.loads(line)["event_id"] for line in ralph_query(
+        overnight, "events", "--session", A, "--limit", "4", "--json").stdout.splitlines()]
+    assert newest_of_a == [r["id"] for r in expected[:4]]
+    failed_in_a = [json.loads(line) for line in ralph_query(
+        overnight, "events", "--session", A, "--type", "spec_failed", "--json").stdout.splitlines()]
+    assert [e["event_id"] for e in failed_in_a] == [r["id"] for r in query(
+        overnight.dsn, "SELECT event_id::text AS id FROM events WHERE session_id = %s AND event_type = 'spec_failed' "
+                       "ORDER BY occurred_at DESC, id DESC", (A,))]
+    assert len(failed_in_a) == 2
     assert len(ralph_query(overnight, "sessions", "--since", "1d", "--json").stdout.splitlines()) == 3
 
 
