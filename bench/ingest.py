@@ -197,6 +197,18 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def resident_mb(pid: int) -> float | None:
+    """VmRSS of a process in MB (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def child_pids(parent: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -278,6 +290,8 @@ class Result:
     wal: dict[str, int] = field(default_factory=dict)
     agg_lag: float | None = None
     """Seconds after the phase until the projector's dirty queues were empty."""
+    rss_mb: float | None = None
+    """The daemon's resident memory after the phase (flat across repeats: queues are bounded)."""
 
     @property
     def rate(self) -> float:
@@ -694,7 +708,7 @@ def print_table(runs: list[list[Result]]) -> dict[str, dict[str, float | None]]:
     header = (f"{'phase':<11} {'run':>6} {'events':>8} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'cpu% client':>11} {'daemon':>7} {'postgres':>8} {'other':>6} {'us/ev d':>7} {'pg':>5} "
               f"{'xacts':>6} {'ev/xact':>7} "
-              f"{'WAL B/ev':>8} {'agg lag s':>9}  note")
+              f"{'WAL B/ev':>8} {'agg lag s':>9} {'RSS MB':>6}  note")
     print(header)
     print("-" * len(header))
     medians: dict[str, dict[str, float | None]] = {}
@@ -707,7 +721,7 @@ def print_table(runs: list[list[Result]]) -> dict[str, dict[str, float | None]]:
                   f"{r.cpu.get('daemon', 0) * 1e4 / r.rate:>7.1f} {r.cpu.get('postgres', 0) * 1e4 / r.rate:>5.1f} "
                   f"{r.wal.get('xacts', 0):>6} "
                   f"{r.events / max(1, r.wal.get('xacts', 0)):>7.0f} {r.wal.get('bytes', 0) / r.events:>8.0f} "
-                  f"{fmt(r.agg_lag, 1):>9}  {r.note}")
+                  f"{fmt(r.agg_lag, 1):>9} {fmt(r.rss_mb, 0):>6}  {r.note}")
 
         def med(values: list[float | None]) -> float | None:
             present = [v for v in values if v is not None]
@@ -849,6 +863,7 @@ def main() -> int:
                 result.wal = dict(meter.wal)
                 if result.phase.startswith("daemon"):
                     result.agg_lag = aggregates_lag(dsn, args.agg_timeout)
+                    result.rss_mb = resident_mb(daemon.pid)
                 run.append(result)
             if "insert" in phases:
                 reset_table(dsn)

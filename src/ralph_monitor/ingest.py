@@ -123,7 +123,9 @@ class Ingestor:
 
     @property
     def database_up(self) -> bool:
-        return all(lane.store.connected for lane in self._lanes)
+        """A lane is connected and no write failed since the last success (an idle lane may
+        stay disconnected after a database restart until it has something to write)."""
+        return any(lane.store.connected for lane in self._lanes) and not self._down
 
     def assign_lane(self) -> int:
         """The lane for a new client connection (round robin)."""
