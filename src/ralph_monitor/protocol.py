@@ -42,6 +42,8 @@ MAX_INT_DIGITS = 1000
 """PostgreSQL's numeric takes far more, but nothing an agent sends needs more than this."""
 MAX_NUMERIC_SCALE = 16383
 """Most digits after the decimal point PostgreSQL's numeric (and so jsonb) accepts."""
+MAX_NUMERIC_WEIGHT = 131_072
+"""Most digits before the decimal point PostgreSQL's numeric accepts."""
 MAX_NUMERIC_EXPONENT = 1_073_741_823
 """PostgreSQL refuses exponents at or beyond INT_MAX / 2, even for zero."""
 FAST_PATH_MAX_BYTES = 16_383
@@ -128,20 +130,28 @@ def _parse_int(text: str) -> int:
 
 
 def _parse_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise InvalidEvent("invalid_number", f"number {text[:40]} is out of range")
-    # What PostgreSQL's numeric input refuses although float() copes: a huge exponent, or
-    # more than MAX_NUMERIC_SCALE digits after the decimal point (e.g. 1e-16384).
-    mantissa, _, exponent = text.lower().partition("e")
+    """Refuse the numbers PostgreSQL's numeric (and so jsonb) refuses, whatever float() makes of
+    them: more than MAX_NUMERIC_WEIGHT digits before the decimal point (1e131072), more than
+    MAX_NUMERIC_SCALE after it (1e-16384), or an exponent PostgreSQL cannot read (0e1073741823).
+    Others are fine even where a float overflows (1e400): the received text is what is stored."""
+    mantissa, _, exponent = text.lower().lstrip("-").partition("e")
     magnitude = exponent.lstrip("+-").lstrip("0")
     power = int(magnitude) if 0 < len(magnitude) <= 10 else (1 << 40 if magnitude else 0)
     if exponent.startswith("-"):
         power = -power
-    if abs(power) >= MAX_NUMERIC_EXPONENT or len(mantissa.partition(".")[2]) - power > MAX_NUMERIC_SCALE:
+    integer, _, fraction = mantissa.partition(".")
+    if abs(power) >= MAX_NUMERIC_EXPONENT or len(fraction) - power > MAX_NUMERIC_SCALE:
         raise InvalidEvent("invalid_number", f"number {text[:40]} is out of range (PostgreSQL keeps at most "
                            f"{MAX_NUMERIC_SCALE} digits after the decimal point)")
-    return value
+    significant = integer.lstrip("0")
+    if significant:
+        weight = len(significant) + power
+    else:
+        weight = power - (len(fraction) - len(fraction.lstrip("0"))) if fraction.strip("0") else 0
+    if weight > MAX_NUMERIC_WEIGHT:
+        raise InvalidEvent("invalid_number", f"number {text[:40]} is out of range (PostgreSQL keeps at most "
+                           f"{MAX_NUMERIC_WEIGHT} digits before the decimal point)")
+    return float(text)
 
 
 def _json_type(value: object) -> str:
@@ -261,8 +271,9 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
         _check_strings(obj)
 
     event_type = obj.get("type")
-    if event_type is None:
-        raise InvalidEvent("missing_type", "event has no \"type\" field")
+    if event_type is None:   # null counts as absent, as for every field
+        raise InvalidEvent("missing_type", "event has no \"type\" field" if "type" not in obj
+                           else "\"type\" is null; every event needs a type name")
     if not isinstance(event_type, str) or not TYPE_PATTERN.fullmatch(event_type):
         raise InvalidEvent(
             "invalid_type", f"type {str(event_type)[:80]!r} must be a name of letters, digits, _ . : - "

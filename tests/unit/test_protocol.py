@@ -76,7 +76,7 @@ BAD_LINES: dict[str, tuple[bytes, str, tuple[str, ...]]] = {
     # The type.
     "empty_object": (b"{}", "missing_type", ('"type"',)),
     "no_type": (b'{"session_id": "' + SESSION.encode() + b'", "data": {}}', "missing_type", ('"type"',)),
-    "type_null": (b'{"type": null}', "missing_type", ('"type"',)),
+    "type_null": (b'{"type": null}', "missing_type", ('"type" is null', "type name")),
     "type_number": (b'{"type": 5}', "invalid_type", ("type", "'5'", "letters")),
     "type_boolean": (b'{"type": true}', "invalid_type", ("type", "letters")),
     "type_array": (b'{"type": ["spec_started"]}', "invalid_type", ("type", "letters")),
@@ -149,9 +149,9 @@ BAD_LINES: dict[str, tuple[bytes, str, tuple[str, ...]]] = {
     "infinity": (in_data("Infinity"), "invalid_number", ("Infinity",)),
     "minus_infinity": (in_data("-Infinity"), "invalid_number", ("-Infinity",)),
     "nan_in_array": (in_data("[1, NaN]"), "invalid_number", ("NaN",)),
-    "1e400": (in_data("1e400"), "invalid_number", ("1e400", "out of range")),
-    "minus_1e400": (in_data("-1e400"), "invalid_number", ("-1e400", "out of range")),
-    "float_5000_digits": (in_data("9" * 5000 + ".5"), "invalid_number", ("out of range",)),
+    "1e131072": (in_data("1e131072"), "invalid_number", ("1e131072", "out of range", "131072 digits before")),
+    "minus_12e131071": (in_data("-12e131071"), "invalid_number", ("-12e131071", "131072 digits before")),
+    "exponent_5000_digits_up": (in_data("1e" + "9" * 5000), "invalid_number", ("out of range",)),
     "int_5000_digits": (in_data("9" * 5000), "invalid_number", ("5000 digits", "too large")),
     "negative_int_5000_digits": (in_data("-" + "9" * 5000), "invalid_number", ("5000 digits", "too large")),
     "int_1001_digits": (in_data("1" * (MAX_INT_DIGITS + 1)), "invalid_number", ("1001 digits",)),
@@ -210,7 +210,8 @@ def test_depth_limit_is_exact() -> None:
 @pytest.mark.parametrize("number", [
     "0", "-0", "1.5", "1e308", "-1.7976931348623157e308", "1e-400", "1e-16383", "-1.5e-16382",
     "0." + "0" * 16382 + "1", "123.456e-16380", "0e400", "1E+2", "1e-0000000000001", "1" * MAX_INT_DIGITS,
-    "-" + "9" * MAX_INT_DIGITS,
+    "-" + "9" * MAX_INT_DIGITS, "1e400", "-1e400", "9" * 5000 + ".5", "1e131071", "-9.9e131071", "0.5e131072",
+    "123e131069", "0.00012e131075", "0e1073741822", "-1E+99999",
 ])
 def test_numbers_postgresql_can_store_are_accepted(number: str) -> None:
     raw = in_data(number)
@@ -440,7 +441,7 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
     assert not child_tails & {new_event_id()[-17:] for _ in range(100)}
 
 
-@pytest.mark.parametrize("number", ["1e-16384", "0e1073741823", "-1E+99999", "1.5e-99999"])
+@pytest.mark.parametrize("number", ["1e-16384", "0e1073741823", "-1E+999999", "1.5e-99999"])
 def test_a_five_digit_exponent_takes_the_strict_path(number: str) -> None:
     """orjson would read these as 0 or refuse them vaguely; PostgreSQL refuses them all."""
     with pytest.raises(InvalidEvent) as caught:
