@@ -82,6 +82,10 @@ class Settings:
     limits_max_rejects_per_connection: int = _setting(
         "limits", 100, "Rejected lines recorded per connection; later ones are answered but not stored.",
         minimum=1)
+    limits_max_rejects_per_minute: int = _setting(
+        "limits", 1000,
+        "Rejected lines recorded per minute for each writer uid, over all its connections (reconnecting "
+        "does not reset it); later ones are answered but not stored.", minimum=1)
 
     aggregates_stall_after_s: float = _setting(
         "aggregates", 600.0, "A running session with no event for this long is marked stalled.", minimum=1.0)

@@ -36,6 +36,8 @@ LISTEN_BACKLOG = socket.SOMAXCONN
 FD_RESERVE = 64
 """File descriptors kept for everything but clients (database, spool, logs, backups)."""
 _PEERCRED = struct.Struct("3i")
+REJECT_WINDOW_S = 60.0
+"""The window of [limits] max_rejects_per_minute."""
 
 
 def peer_origin(sock: socket.socket | None, host: str) -> Origin:
@@ -66,6 +68,32 @@ def ensure_fd_limit(max_connections: int) -> None:
     if target < needed:
         log.warning("[limits] max_connections %d needs %d open files but the limit is %d; raise LimitNOFILE= "
                     "for the service or lower max_connections", max_connections, needed, target)
+
+
+class RejectBudget:
+    """How many more rejected lines each writer uid may have recorded this minute, so a client
+    cannot fill the rejects table and the journal by reconnecting for a fresh per-connection
+    budget. Lines over budget are still answered."""
+
+    def __init__(self, per_minute: int) -> None:
+        self._per_minute = per_minute
+        self._used: dict[int | None, tuple[float, int]] = {}
+
+    def take(self, uid: int | None) -> bool:
+        """Count one recorded reject for `uid`; False when its budget for this minute is spent."""
+        now = time.monotonic()
+        started, used = self._used.get(uid, (now, 0))
+        if now - started >= REJECT_WINDOW_S:
+            started, used = now, 0
+            if len(self._used) > 1000:   # forget uids whose window is over
+                self._used = {k: v for k, v in self._used.items() if now - v[0] < REJECT_WINDOW_S}
+        if used >= self._per_minute:
+            return False
+        self._used[uid] = (started, used + 1)
+        if used + 1 == self._per_minute:
+            log.warning("uid %s had %d rejected lines recorded within a minute ([limits] max_rejects_per_minute); "
+                        "further ones are answered but not recorded until the minute is over", uid, used + 1)
+        return True
 
 
 class Connection(asyncio.Protocol):
@@ -199,7 +227,7 @@ class Connection(asyncio.Protocol):
     def _refuse(self, raw: bytes | bytearray, error: InvalidEvent, *, line_bytes: int | None = None) -> None:
         self._slots.append(Slot(error_reply(error.code, str(error))))
         limit = self._settings.limits_max_rejects_per_connection
-        if self._rejects_recorded < limit:
+        if self._rejects_recorded < limit and self._server.reject_budget.take(self.origin.uid):
             self._rejects_recorded += 1
             reject = make_reject(raw, error, received_at=datetime.now(timezone.utc), origin=self.origin,
                                  excerpt_bytes=self._settings.limits_reject_excerpt_bytes,
@@ -280,6 +308,7 @@ class EventServer:
         self.ingestor = ingestor
         self.host = host
         self.reading_paused = False
+        self.reject_budget = RejectBudget(settings.limits_max_rejects_per_minute)
         self._connections: set[Connection] = set()
         self.last_activity = time.monotonic()
         """When a client last connected or sent data (for the quiet period before shutdown)."""

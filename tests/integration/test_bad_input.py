@@ -511,6 +511,24 @@ def test_rejects_recorded_per_connection_are_bounded(daemon: Daemon) -> None:
     assert_healthy(daemon)
 
 
+def test_reconnecting_does_not_reset_the_budget_of_recorded_rejects(daemon_factory: Any) -> None:
+    """A writer that reconnects for a fresh per-connection budget still gets at most
+    [limits] max_rejects_per_minute lines recorded (all are answered), and one warning."""
+    d = daemon_factory(limits={"max_rejects_per_minute": 150})
+    d.start()
+    for n in range(5):
+        c = connect(d)
+        c.send(b"".join(b"bad line %d.%d\n" % (n, i) for i in range(50)))
+        assert all(c.reply()["code"] == "invalid_json" for _ in range(50))
+        c.close()
+    time.sleep(0.3)
+    rows = rejects_after(d.dsn, 0, 150)
+    assert len(rows) == 150
+    assert [r["excerpt"] for r in rows] == [f"bad line {n}.{i}" for n in range(3) for i in range(50)]
+    assert d.log().count("max_rejects_per_minute") == 1
+    assert_healthy(d)
+
+
 def test_client_that_does_not_read_its_replies_is_slowed_down_not_buffered(daemon: Daemon) -> None:
     """Each 2-byte bad line earns a ~90-byte reply: the daemon stops reading from a client that
     does not read, instead of buffering its replies without bound -- also within one read, which
