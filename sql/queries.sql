@@ -270,6 +270,19 @@ WHERE s.start_time >= %(since)s
 ORDER BY s.start_time DESC
 LIMIT %(limit)s;
 
+-- name: sessions_of_month
+-- The month as session_months computes it (a scan of all sessions: a few thousand rows a year).
+SELECT s.*, NULL::text AS current_spec FROM sessions s
+WHERE date_trunc('month', s.start_time AT TIME ZONE %(tz)s)::date = %(month)s
+ORDER BY s.start_time DESC;
+
+-- name: session_months
+-- Sessions per local month, newest first: the dashboard's archive of every session kept.
+SELECT date_trunc('month', start_time AT TIME ZONE %(tz)s)::date AS month, count(*) AS sessions,
+       sum(specs_completed)::bigint AS specs_completed, sum(specs_failed)::bigint AS specs_failed,
+       sum(cost_usd) AS cost_usd
+FROM sessions GROUP BY 1 ORDER BY 1 DESC;
+
 -- name: sessions_overlapping
 SELECT s.*, NULL::text AS current_spec FROM sessions s
 WHERE s.start_time < %(until)s AND coalesce(s.end_time, s.last_event_at) >= %(since)s

@@ -192,6 +192,16 @@ class DailyRuns:
 
 
 @dataclass(frozen=True)
+class SessionMonth:
+    month: date
+    """The first day of the month (local time)."""
+    sessions: int
+    specs_completed: int
+    specs_failed: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True)
 class Window:
     since: datetime
     until: datetime
@@ -294,6 +304,17 @@ def pending_interventions(store: ReadStore) -> list[InterventionRow]:
 
 def sessions_since(store: ReadStore, since: datetime, *, limit: int = 100) -> list[SessionSummary]:
     return [_session(r) for r in store.fetch("sessions_since", {"since": since, "limit": limit})]
+
+
+def sessions_of_month(store: ReadStore, month: date, zone: tzinfo) -> list[SessionSummary]:
+    """Every session that started in the local month of `month`, newest first (grouped as
+    session_months groups them)."""
+    return [_session(r) for r in store.fetch("sessions_of_month", {"month": month.replace(day=1), "tz": str(zone)})]
+
+
+def session_months(store: ReadStore, zone: tzinfo) -> list[SessionMonth]:
+    """How many sessions started in each local month, and their totals; newest month first."""
+    return [SessionMonth(**r) for r in store.fetch("session_months", {"tz": str(zone)})]
 
 
 def resolve_session(store: ReadStore, prefix: str) -> uuid.UUID:

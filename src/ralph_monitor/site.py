@@ -114,7 +114,7 @@ POLL_INTERVAL_S = 15
 JSON_DATA_MAX = 4096
 """Event data larger than this (as JSON) is replaced by an excerpt in the JSON snapshots."""
 ASSETS = ("style.css", "app.js", "favicon.svg")
-TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html")
+TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html")
 JOB_NAME = "render-site"
 RENDER_DUTY = 10
 """After new events, wait at least this many times the last render's duration before the next."""
@@ -628,6 +628,7 @@ class SiteRenderer:
                     count.specs += 1
                     count.pages += 2
             count.pages += self._events_pages(store, out, now, full=full)
+            count.pages += self._archive_pages(store, out, changed, full=full)
             count.pages += self._overview(store, out, now)
             for helper in pending:
                 sessions, active_runs = _finish_share(helper)
@@ -672,7 +673,8 @@ class SiteRenderer:
         complete = s.event_count <= WHOLE_TIMELINE_MAX and len(detail.timeline) < TIMELINE_LIMIT
         spec_pages = {r.spec_id for r in detail.spec_runs}
         out.write(f"sessions/{s.id}.html", self._page(
-            "session.html", "../", title=s.label, session=s, runs=runs, more_runs=len(detail.spec_runs) - len(runs),
+            "session.html", "../", title=s.label, session=s, month=s.start_time.astimezone(self.zone),
+            runs=runs, more_runs=len(detail.spec_runs) - len(runs),
             timeline=detail.timeline, timeline_complete=complete,
             interventions=detail.interventions, gantt=charts.session_gantt(s, detail.spec_runs, detail.interventions),
             spec_pages=spec_pages))
@@ -681,6 +683,27 @@ class SiteRenderer:
             "timeline_complete": complete,
             "timeline": [{**_fields(e), "data": _bounded_data(e.data)} for e in detail.timeline],
         })))
+
+    def _archive_pages(self, store: ReadStore, out: FullRelease | IncrementalRelease,
+                       changed: list[queries.SessionSummary], *, full: bool) -> int:
+        """sessions/index.html (every month, with totals) and a page per local month listing
+        its sessions: every month in a full render, else those the changed sessions started in.
+        (A session whose start moves to another month leaves the old page at the next full one.)"""
+        if not (full or changed):
+            return 0
+        months = queries.session_months(store, self.zone)
+        if full:
+            todo = [m.month for m in months]
+        else:
+            todo = sorted({s.start_time.astimezone(self.zone).date().replace(day=1) for s in changed})
+        zone = str(self.zone)
+        out.write("sessions/index.html", self._page(
+            "archive.html", "../", title="Sessions", month=None, months=months, sessions=[], zone=zone))
+        for month in todo:
+            out.write(f"sessions/{month:%Y-%m}.html", self._page(
+                "archive.html", "../", title=f"Sessions of {month:%B %Y}", month=month, months=months,
+                sessions=queries.sessions_of_month(store, month, self.zone), zone=zone))
+        return 1 + len(todo)
 
     def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
         name = page_name(history.spec_id)

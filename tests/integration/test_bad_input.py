@@ -524,7 +524,8 @@ def test_reconnecting_does_not_reset_the_budget_of_recorded_rejects(daemon_facto
     time.sleep(0.3)
     rows = rejects_after(d.dsn, 0, 150)
     assert len(rows) == 150
-    assert [r["excerpt"] for r in rows] == [f"bad line {n}.{i}" for n in range(3) for i in range(50)]
+    # The first 150 lines answered; connections use different writer lanes, so not in id order.
+    assert sorted(r["excerpt"] for r in rows) == sorted(f"bad line {n}.{i}" for n in range(3) for i in range(50))
     assert d.log().count("max_rejects_per_minute") == 1
     assert_healthy(d)
 

@@ -496,3 +496,50 @@ def test_a_session_that_never_said_its_total_gets_no_progress_bar(daemon_factory
     bars = html.count('<svg class="progress"')
     assert bars >= 1 and html.count('aria-label="1 of 4 specs done, 0 failed"') == bars
     assert html.count('title="the session did not say how many specs it has (total_specs)">no total</span>') == bars
+
+
+def test_every_session_is_listed_month_by_month(daemon_factory: Any, tmp_path: Path) -> None:
+    """The archive: sessions/index.html lists each month with its totals, sessions/YYYY-MM.html
+    its sessions; an incremental render rewrites only the months whose sessions changed."""
+    d = daemon_factory()
+    d.start()
+    now = datetime.now(timezone.utc)
+    old, new, newer = (str(uuid.uuid4()) for _ in range(3))
+
+    def session(sid: str, name: str, started: datetime, cost: float) -> list[dict[str, Any]]:
+        return [{"type": "session_started", "session_id": sid, "ts": started.isoformat(), "data": {"name": name}},
+                {"type": "spec_completed", "session_id": sid, "spec_id": "CR-01",
+                 "ts": (started + timedelta(minutes=5)).isoformat(), "data": {"cost_usd": cost}}]
+
+    long_ago = now - timedelta(days=70)
+    send(d, session(old, "seventy days ago", long_ago, 1.25) + session(new, "this month", now - timedelta(minutes=20), 2))
+    wait_until_settled(d.dsn)
+    settings = load_settings(d.config_path)
+    renderer = site.SiteRenderer(settings, dsn=d.dsn, site_dir=tmp_path)
+    renderer.overlap = timedelta(0)
+    try:
+        renderer.render(full=True)
+        root = (tmp_path / "current").resolve()
+        old_month, this_month = f"{long_ago:%Y-%m}", f"{now:%Y-%m}"
+        index, _, _ = read_page(tmp_path, "sessions/index.html")
+        assert f'<a href="{this_month}.html">{now:%B %Y}</a>' in index
+        assert f'<a href="{old_month}.html">{long_ago:%B %Y}</a>' in index
+        assert index.index(this_month) < index.index(old_month), "newest month first"
+        assert "$1.25" in index and "$2.00" in index
+        old_page = root / "sessions" / f"{old_month}.html"
+        assert "seventy days ago" in old_page.read_text() and "this month" not in old_page.read_text()
+        assert f'href="../sessions/{new}.html"' in (root / "sessions" / f"{this_month}.html").read_text()
+        overview, _, _ = read_page(tmp_path, "index.html")
+        assert 'href="sessions/index.html"' in overview
+        assert f'<a href="{old_month}.html">{long_ago:%B %Y}</a> › Session' in (root / "sessions" / f"{old}.html").read_text()
+        before = old_page.stat().st_mtime_ns
+
+        send(d, session(newer, "just now", now - timedelta(minutes=1), 0.5))
+        wait_until_settled(d.dsn)
+        renderer.render()
+        month_page = (root / "sessions" / f"{this_month}.html").read_text()
+        assert month_page.index("just now") < month_page.index("this month"), "newest session first"
+        assert old_page.stat().st_mtime_ns == before
+        assert "$2.50" in read_page(tmp_path, "sessions/index.html")[0]
+    finally:
+        renderer.close()
