@@ -123,7 +123,8 @@ def test_templates_escape_hostile_values(tmp_path: Path) -> None:
 
     timeline = [TimelineEvent(id=1, event_id=uuid.uuid4(), event_type="spec_failed", spec_id=EVIL,
                               occurred_at=NOW, host=EVIL, data={"error": EVIL * 1000})]
-    html = renderer._page("session.html", "../", title=EVIL, session=s, runs=runs, more_runs=0, timeline=timeline,
+    html = renderer._page("session.html", "../", title=EVIL, session=s, month=s.start_time, runs=runs, more_runs=0,
+                          timeline=timeline,
                           timeline_complete=True, hidden_events=0, interventions=[],
                           gantt=charts.session_gantt(s, runs), spec_pages={EVIL}).decode()
     assert html.count("<script") == 1  # the page's own script file
