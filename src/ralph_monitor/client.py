@@ -41,9 +41,11 @@ def _log() -> Any:
 
 
 def new_uuid() -> str:
-    """A random (version 4) UUID string, without importing `uuid` (slow to import)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
+    """A UUIDv7 string (RFC 9562: milliseconds since the epoch, then 74 random bits), without
+    importing `uuid` (slow to import). Time-ordered ids go to the right edge of the database's
+    unique indexes instead of all over them."""
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -183,8 +183,11 @@ def test_socket_path_lookup_and_uuid_helpers(tmp_path: Path, monkeypatch: pytest
     assert hook._uuid("{6F1C2B4E-1111-4000-8000-000000000001}") == "6f1c2b4e-1111-4000-8000-000000000001"
     assert hook._uuid("6f1c2b4e111140008000000000000001") == "6f1c2b4e-1111-4000-8000-000000000001"
     assert hook._uuid("abc123") is None and hook._uuid(42) is None
-    made = uuid.UUID(new_uuid())
-    assert made.version == 4 and made.variant == uuid.RFC_4122
+    made = [uuid.UUID(new_uuid()) for _ in range(1000)]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in made)
+    assert len(set(made)) == 1000
+    millis = [u.int >> 80 for u in made]
+    assert millis == sorted(millis) and abs(millis[-1] / 1000 - time.time()) < 5
 
 
 def test_the_readme_installs_the_hook_for_every_event_tested_here() -> None:
