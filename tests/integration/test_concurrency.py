@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from datetime import datetime, timezone
 from typing import Any
 
+import psycopg
 import pytest
 
+from ralph_monitor.config import Settings
+from ralph_monitor.protocol import Origin, parse_line
+from ralph_monitor.store import SMALL_BATCH_EVENTS, EventStore
 from tests.conftest import query
 from tests.loadgen import Load
 
@@ -34,3 +42,41 @@ def test_16_writers_each_acked_event_stored_exactly_once_and_in_order(
         FROM events GROUP BY 1""")
     for row in per_writer_order:
         assert row["seqs"] == sorted(row["seqs"]), f"writer {row['writer']} stored out of order"
+
+
+def test_both_write_paths_lock_the_projector_queues_in_one_order(db_dsn: str) -> None:
+    """Two writer lanes may commit a small batch (one statement) and a big one (COPY) at once,
+    touching the same session and 5-minute bucket: both must lock the dirty rows in the same
+    order (bucket first), or they could deadlock. Hold the bucket row, start a write, and see
+    that it waits there without holding the session row yet."""
+    session = "6f1c2b4e-1111-4000-8000-000000000001"
+    received = datetime.now(timezone.utc)
+
+    def write(count: int) -> None:
+        events = [parse_line(('{"type":"spec_started","session_id":"%s","spec_id":"CR-%d"}' % (session, i)).encode(),
+                             received_at=received, origin=Origin(host="h", uid=0, pid=0)) for i in range(count)]
+
+        async def run() -> None:
+            store = EventStore(Settings(), dsn=db_dsn)
+            await store.connect()
+            try:
+                await store.write_batch(events, [], excerpt_bytes=100)
+            finally:
+                await store.close()
+        asyncio.run(run())
+
+    write(1)  # the queue rows exist from now on
+    for count in (1, SMALL_BATCH_EVENTS + 1):
+        with psycopg.connect(db_dsn) as holder:
+            holder.execute("SELECT 1 FROM dirty_buckets FOR UPDATE")
+            writer = threading.Thread(target=write, args=(count,))
+            writer.start()
+            time.sleep(0.5)
+            with psycopg.connect(db_dsn) as probe:
+                probe.execute("SET lock_timeout = '2s'")
+                probe.execute("SELECT 1 FROM dirty_sessions FOR UPDATE")  # free: the writer waits at the bucket
+            assert writer.is_alive(), "the write should be waiting for the bucket row"
+            holder.rollback()
+        writer.join(10)
+        assert not writer.is_alive()
+    assert query(db_dsn, "SELECT count(*) AS n FROM events")[0]["n"] == 2 + SMALL_BATCH_EVENTS + 1
