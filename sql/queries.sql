@@ -46,7 +46,7 @@ WITH batch AS (
              payload jsonb, claim boolean)
 ), claimed AS (
     INSERT INTO event_ids (event_id, occurred_at)
-    SELECT event_id, occurred_at FROM batch WHERE claim
+    SELECT event_id, occurred_at FROM batch WHERE claim ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), stored AS (

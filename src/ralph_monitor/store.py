@@ -273,13 +273,16 @@ class EventStore:
         async with self._conn.transaction():
             cur = self._conn.cursor()
             if events:
-                async with cur.copy(resources.query("copy_events")) as copy:
-                    await copy.write(_copy_data(events))
-                claimed = [(e.event_id, e.occurred_at) for e in events if e.client_event_id]
+                # Claims first and sorted, as insert_events makes them: two lanes claiming the same
+                # ids at once (one event resent on two connections) wait for each other in one
+                # order instead of deadlocking.
+                claimed = sorted((e.event_id, e.occurred_at) for e in events if e.client_event_id)
                 if claimed:
                     async with cur.copy(resources.query("copy_event_ids")) as copy:
                         for row in claimed:
                             await copy.write_row(row)
+                async with cur.copy(resources.query("copy_events")) as copy:
+                    await copy.write(_copy_data(events))
             if rejects:
                 await cur.executemany(resources.query("insert_reject"), [_reject_row(r) for r in rejects])
             await _mark_dirty(cur, events)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from ralph_monitor.config import Settings
 from ralph_monitor.protocol import Origin, parse_line
-from ralph_monitor.store import SMALL_BATCH_EVENTS, EventStore
+from ralph_monitor.store import DUPLICATE, SMALL_BATCH_EVENTS, STORED, EventStore
 from tests.conftest import query
 from tests.loadgen import Load
 
@@ -80,3 +81,34 @@ def test_both_write_paths_lock_the_projector_queues_in_one_order(db_dsn: str) ->
         writer.join(10)
         assert not writer.is_alive()
     assert query(db_dsn, "SELECT count(*) AS n FROM events")[0]["n"] == 2 + SMALL_BATCH_EVENTS + 1
+
+
+@pytest.mark.parametrize("count", [40, SMALL_BATCH_EVENTS + 60], ids=["one-statement batches", "COPY batches"])
+def test_two_lanes_resending_the_same_events_in_opposite_orders_do_not_deadlock(db_dsn: str, count: int) -> None:
+    """The same client-id events committed at once by two writer connections, one batch in the
+    reverse order of the other: each event is stored once, the other lane is told duplicate,
+    and neither fails (which would spool the batch)."""
+    received = datetime.now(timezone.utc)
+    origin = Origin(host="h", uid=0, pid=0)
+
+    async def run() -> None:
+        stores = [EventStore(Settings(), dsn=db_dsn) for _ in range(2)]
+        for store in stores:
+            await store.connect()
+        try:
+            for _ in range(5):
+                ids = [str(uuid.uuid4()) for _ in range(count)]
+                events = [parse_line(('{"type":"spec_started","event_id":"%s"}' % i).encode(),
+                                     received_at=received, origin=origin) for i in ids]
+                first, second = await asyncio.gather(
+                    stores[0].write_batch(events, [], excerpt_bytes=100),
+                    stores[1].write_batch(events[::-1], [], excerpt_bytes=100))
+                outcomes = list(zip(first, second[::-1]))
+                assert all(sorted(pair) == [DUPLICATE, STORED] for pair in outcomes), outcomes
+        finally:
+            for store in stores:
+                await store.close()
+
+    asyncio.run(run())
+    stored = query(db_dsn, "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM events")[0]
+    assert stored == {"n": 5 * count, "ids": 5 * count}
