@@ -134,8 +134,7 @@ def main() -> int:
     import psycopg
 
     from ralph_monitor.cluster import Cluster
-    from ralph_monitor.config import Settings
-    from ralph_monitor.store import EventStore
+    from ralph_monitor.store import ensure_database, prepare_database
 
     root = Path(tempfile.mkdtemp(prefix="rm-bench-hook-", dir="/tmp"))
     root.chmod(0o755)
@@ -144,15 +143,9 @@ def main() -> int:
     hung: socket.socket | None = None
     try:
         cluster.start()
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
+        ensure_database(cluster.dsn("postgres"), "bench")
         dsn = cluster.dsn("bench")
-
-        async def migrate() -> None:
-            store = EventStore(Settings(), dsn=dsn)
-            await store.connect()
-            await store.close()
-        asyncio.run(migrate())
+        asyncio.run(prepare_database(dsn))
         daemon_root = root / "daemon"
         daemon_root.mkdir()
         daemon = Daemon(daemon_root, dsn)

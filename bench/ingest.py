@@ -349,47 +349,30 @@ def count_events(dsn: str) -> int:
         return conn.execute("SELECT count(*) FROM events").fetchone()[0]
 
 
-def bench_insert(dsn: str, rows: list[tuple[Any, ...]], meter: CpuMeter) -> Result:
+def bench_insert(dsn: str, rows: list[tuple[Any, ...]], meter: CpuMeter, *, autocommit: bool = False) -> Result:
+    """One INSERT per event: with BEGIN and COMMIT around it, or in autocommit mode (the statement
+    is its own transaction: one round trip)."""
     import psycopg
     latencies = []
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn, autocommit=autocommit) as conn:
         cur = conn.cursor()
         for row in rows[:20]:          # warm up: connection, prepared statement
             cur.execute(INSERT_SQL, (uuid.uuid4(), *row[1:]))
-            conn.commit()
+            if not autocommit:
+                conn.commit()
         meter.start()
         clock = time.perf_counter
         begin = clock()
         for row in rows:
             t0 = clock()
             cur.execute(INSERT_SQL, row)
-            conn.commit()
+            if not autocommit:
+                conn.commit()
             latencies.append((clock() - t0, 1))
         elapsed = clock() - begin
         cpu = meter.stop()
-    return Result("insert", len(rows), elapsed, 1000 * percentile(latencies, 0.50),
-                  1000 * percentile(latencies, 0.99), cpu)
-
-
-def bench_insert_autocommit(dsn: str, rows: list[tuple[Any, ...]], meter: CpuMeter) -> Result:
-    """INSERT in autocommit mode: the statement is its own transaction (one round trip)."""
-    import psycopg
-    latencies = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.cursor()
-        for row in rows[:20]:
-            cur.execute(INSERT_SQL, (uuid.uuid4(), *row[1:]))
-        meter.start()
-        clock = time.perf_counter
-        begin = clock()
-        for row in rows:
-            t0 = clock()
-            cur.execute(INSERT_SQL, row)
-            latencies.append((clock() - t0, 1))
-        elapsed = clock() - begin
-        cpu = meter.stop()
-    return Result("insert-ac", len(rows), elapsed, 1000 * percentile(latencies, 0.50),
-                  1000 * percentile(latencies, 0.99), cpu, "info: autocommit, 1 round trip")
+    return Result("insert-ac" if autocommit else "insert", len(rows), elapsed, 1000 * percentile(latencies, 0.50),
+                  1000 * percentile(latencies, 0.99), cpu, "info: autocommit, 1 round trip" if autocommit else "")
 
 
 def bench_copy_rows(dsn: str, rows: list[tuple[Any, ...]], meter: CpuMeter) -> Result:
@@ -798,8 +781,7 @@ def main() -> int:
     import psycopg
 
     from ralph_monitor.cluster import Cluster
-    from ralph_monitor.config import Settings
-    from ralph_monitor.store import EventStore
+    from ralph_monitor.store import ensure_database, prepare_database
 
     root = Path(tempfile.mkdtemp(prefix="rm-bench-", dir="/tmp"))
     root.chmod(0o755)
@@ -808,18 +790,13 @@ def main() -> int:
     started = time.monotonic()
     try:
         cluster.start()
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
+        ensure_database(cluster.dsn("postgres"), "bench")
+        dsn = cluster.dsn("bench")
+        asyncio.run(prepare_database(dsn))
+        with psycopg.connect(dsn, autocommit=True) as conn:
             server_version = conn.execute("SHOW server_version").fetchone()[0]
             fsync = conn.execute("SHOW fsync").fetchone()[0]
             sync_commit = conn.execute("SHOW synchronous_commit").fetchone()[0]
-        dsn = cluster.dsn("bench")
-
-        async def migrate() -> None:
-            store = EventStore(Settings(), dsn=dsn)
-            await store.connect()
-            await store.close()
-        asyncio.run(migrate())
         postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
         if args.nice:
             # runuser's PAM session resets the niceness: renice the server; backends forked
@@ -870,7 +847,7 @@ def main() -> int:
                 record(bench_insert(dsn, rows_for(serial_lines, host), meter))
             if "insert-ac" in phases:
                 reset_table(dsn)
-                record(bench_insert_autocommit(dsn, rows_for(serial_lines, host), meter))
+                record(bench_insert(dsn, rows_for(serial_lines, host), meter, autocommit=True))
             if "copy-rows" in phases:
                 reset_table(dsn)
                 record(bench_copy_rows(dsn, bulk_rows, meter))

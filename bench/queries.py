@@ -72,7 +72,7 @@ from ralph_monitor import queries, resources  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
 from ralph_monitor.projections import SESSION_TYPES, SessionEvent, project_session  # noqa: E402
-from ralph_monitor.store import ReadStore, migrate, open_read_store  # noqa: E402
+from ralph_monitor.store import ReadStore, ensure_database, migrate, open_read_store  # noqa: E402
 
 DBNAME = "bench"
 SESSIONS_PER_YEAR = 3_650
@@ -710,12 +710,10 @@ def main() -> int:
     try:
         cluster.start()
         dsn = cluster.dsn(DBNAME)
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DBNAME,)).fetchone()
-            if not exists:
-                conn.execute(f"CREATE DATABASE {DBNAME}")
-            version = conn.execute("SHOW server_version").fetchone()[0]
+        exists = not ensure_database(cluster.dsn("postgres"), DBNAME)
         applied = asyncio.run(migrate(dsn))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
         if exists:
             print(f"reusing {root}; migrations applied now: {applied or 'none'}", flush=True)
             with psycopg.connect(dsn, autocommit=True) as conn:

@@ -58,7 +58,7 @@ from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
 from ralph_monitor.projections import project_session  # noqa: E402
 from ralph_monitor.protocol import Origin, parse_line  # noqa: E402
-from ralph_monitor.store import EventStore, ProjectionStore, migrate  # noqa: E402
+from ralph_monitor.store import EventStore, ProjectionStore, ensure_database, migrate  # noqa: E402
 
 DBNAME = "bench"
 FULL_TARGET_S = 10.0
@@ -176,10 +176,7 @@ def main() -> int:
     try:
         cluster.start()
         dsn = cluster.dsn(DBNAME)
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DBNAME,)).fetchone()
-            if not exists:
-                conn.execute(f"CREATE DATABASE {DBNAME}")
+        exists = not ensure_database(cluster.dsn("postgres"), DBNAME)
         asyncio.run(migrate(dsn))
         if args.nice:  # runuser's PAM session resets the niceness: renice the server and its children
             postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])

@@ -23,8 +23,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from ralph_monitor.cluster import Cluster
-from ralph_monitor.config import Settings
-from ralph_monitor.store import EventStore
+from ralph_monitor.store import prepare_database
 from tests.daemon_proc import start_daemon
 
 TEMPLATE_DB = "ralph_template"
@@ -60,13 +59,7 @@ def template_dsn(pg_cluster: Cluster) -> str:
         conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
         conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
     dsn = pg_cluster.dsn(TEMPLATE_DB)
-    store = EventStore(Settings(), dsn=dsn)
-
-    async def migrate() -> None:
-        await store.connect()
-        await store.close()
-
-    asyncio.run(migrate())
+    asyncio.run(prepare_database(dsn))
     return dsn
 
 

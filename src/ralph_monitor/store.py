@@ -339,6 +339,14 @@ class EventStore:
                 self._conn = None
 
 
+async def prepare_database(dsn: str) -> None:
+    """Migrate and create the event partitions around today, as the daemon's writer does when
+    it connects (for test templates and benchmarks, whose rows must land in today's partition)."""
+    store = EventStore(Settings(), dsn=dsn)
+    await store.connect()
+    await store.close()
+
+
 async def migrate(dsn: str) -> list[int]:
     """Bring the schema of the database at `dsn` up to date; the versions applied now."""
     try:
@@ -488,12 +496,15 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
                 {**vars(i), "session_id": session_id} for i in projection.interventions])
 
 
-def ensure_database(admin_dsn: str, name: str) -> None:
-    """Create database `name` through a superuser connection if it does not exist yet."""
+def ensure_database(admin_dsn: str, name: str) -> bool:
+    """Create database `name` through a superuser connection if it does not exist yet;
+    whether it was created now."""
     try:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            if conn.execute(resources.query("database_exists"), {"name": name}).fetchone() is None:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            if conn.execute(resources.query("database_exists"), {"name": name}).fetchone() is not None:
+                return False
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            return True
     except psycopg.Error as exc:
         raise StoreError(f"cannot create database {name!r}: {_describe(exc)}") from exc
 
