@@ -189,10 +189,11 @@ FROM events WHERE session_id = %(session_id)s;
 -- name: upsert_session
 INSERT INTO sessions AS s (id, name, host, start_time, end_time, last_event_at, total_specs,
     specs_completed, specs_failed, specs_timed_out, execution_state, tokens_used, cost_usd,
-    event_count, interventions_pending, final_result, metadata, updated_at)
+    event_count, interventions_pending, final_result, metadata, value_problems, updated_at)
 VALUES (%(id)s, %(name)s, %(host)s, %(start_time)s, %(end_time)s, %(last_event_at)s, %(total_specs)s,
     %(specs_completed)s, %(specs_failed)s, %(specs_timed_out)s, %(execution_state)s, %(tokens_used)s,
-    %(cost_usd)s, %(event_count)s, %(interventions_pending)s, %(final_result)s, %(metadata)s, now())
+    %(cost_usd)s, %(event_count)s, %(interventions_pending)s, %(final_result)s, %(metadata)s,
+    %(value_problems)s, now())
 ON CONFLICT (id) DO UPDATE SET
     name = EXCLUDED.name, host = EXCLUDED.host, start_time = EXCLUDED.start_time,
     end_time = EXCLUDED.end_time, last_event_at = EXCLUDED.last_event_at,
@@ -201,16 +202,17 @@ ON CONFLICT (id) DO UPDATE SET
     execution_state = EXCLUDED.execution_state, tokens_used = EXCLUDED.tokens_used,
     cost_usd = EXCLUDED.cost_usd, event_count = EXCLUDED.event_count,
     interventions_pending = EXCLUDED.interventions_pending, final_result = EXCLUDED.final_result,
-    metadata = EXCLUDED.metadata, updated_at = now();
+    metadata = EXCLUDED.metadata, value_problems = EXCLUDED.value_problems, updated_at = now();
 
 -- name: delete_session_spec_runs
 DELETE FROM spec_runs WHERE session_id = %(session_id)s;
 
 -- name: insert_spec_run
 INSERT INTO spec_runs (session_id, spec_id, attempt, start_time, end_time, duration_seconds, status,
-                       tokens_used, cost_usd, error_message, output_summary)
+                       tokens_used, cost_usd, error_message, output_summary, value_problems)
 VALUES (%(session_id)s, %(spec_id)s, %(attempt)s, %(start_time)s, %(end_time)s, %(duration_seconds)s,
-        %(status)s, %(tokens_used)s, %(cost_usd)s, %(error_message)s, %(output_summary)s);
+        %(status)s, %(tokens_used)s, %(cost_usd)s, %(error_message)s, %(output_summary)s,
+        %(value_problems)s);
 
 -- name: delete_session_interventions
 DELETE FROM interventions WHERE session_id = %(session_id)s;
@@ -232,8 +234,11 @@ DELETE FROM metric_buckets WHERE bucket_time = ANY(%(buckets)s::timestamptz[]);
 -- name: recompute_buckets_insert
 INSERT INTO metric_buckets (bucket_time, event_type, count, avg_duration_seconds)
 SELECT d.b, e.event_type, count(*),
-       avg((e.payload->'data'->>'duration_s')::double precision)
-           FILTER (WHERE jsonb_typeof(e.payload->'data'->'duration_s') = 'number')
+       -- The value policy's bounds on duration_s (values.py): a reported 1e400 must not stop the charts.
+       -- (Nested CASE: only a JSON number may be cast, and AND does not promise an order.)
+       avg(CASE WHEN jsonb_typeof(e.payload->'data'->'duration_s') = 'number' THEN
+               CASE WHEN (e.payload->'data'->'duration_s')::numeric BETWEEN 0 AND 10000000
+                    THEN (e.payload->'data'->'duration_s')::numeric::double precision END END)
 FROM unnest(%(buckets)s::timestamptz[]) AS d(b)
 JOIN events e ON e.occurred_at >= d.b AND e.occurred_at < d.b + interval '5 minutes'
 GROUP BY d.b, e.event_type;
@@ -632,7 +637,35 @@ WHERE occurred_at >= %(recent)s AND created_at >= %(since)s;
 -- projector; projectors exclude each other per key with advisory locks.
 
 -- name: dirty_sessions_batch
-SELECT session_id, version FROM dirty_sessions ORDER BY marked_at LIMIT %(limit)s;
+-- Sessions whose projection failed wait for their retry_at (projection_failures).
+SELECT d.session_id, d.version FROM dirty_sessions d
+WHERE NOT EXISTS (SELECT 1 FROM projection_failures f
+                  WHERE f.session_id = d.session_id AND f.retry_at > now())
+ORDER BY d.marked_at LIMIT %(limit)s;
+
+-- name: record_projection_failure
+-- Backoff doubles from 10 s per attempt, at most an hour.
+INSERT INTO projection_failures AS f (session_id, error, retry_at)
+VALUES (%(session_id)s, %(error)s, now() + interval '10 seconds')
+ON CONFLICT (session_id) DO UPDATE SET
+    error = EXCLUDED.error, attempts = f.attempts + 1, last_failed_at = now(),
+    retry_at = now() + least(interval '1 hour', interval '10 seconds' * power(2, least(f.attempts, 20)));
+
+-- name: clear_projection_failure
+DELETE FROM projection_failures WHERE session_id = %(session_id)s;
+
+-- name: clear_projection_failures
+DELETE FROM projection_failures;
+
+-- name: projection_failures
+SELECT f.session_id, s.name AS session_name, f.error, f.attempts, f.first_failed_at,
+       f.last_failed_at, f.retry_at
+FROM projection_failures f LEFT JOIN sessions s ON s.id = f.session_id
+ORDER BY f.first_failed_at
+LIMIT %(limit)s;
+
+-- name: projection_failure_count
+SELECT count(*) AS failing, min(first_failed_at) AS since FROM projection_failures;
 
 -- name: try_lock_projection
 SELECT pg_try_advisory_xact_lock(hashtextextended(%(key)s, 7262686)) AS locked;

@@ -99,6 +99,14 @@ CREATE TABLE public.monitor_hosts (
     last_replayed_at timestamp with time zone,
     ingest_rate_per_s double precision DEFAULT 0 NOT NULL
 );
+CREATE TABLE public.projection_failures (
+    session_id uuid NOT NULL,
+    error text NOT NULL,
+    attempts integer DEFAULT 1 NOT NULL,
+    first_failed_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_failed_at timestamp with time zone DEFAULT now() NOT NULL,
+    retry_at timestamp with time zone NOT NULL
+);
 CREATE TABLE public.rejects (
     id bigint NOT NULL,
     reject_id uuid NOT NULL,
@@ -143,6 +151,7 @@ CREATE TABLE public.sessions (
     final_result jsonb,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    value_problems text[] DEFAULT '{}'::text[] NOT NULL,
     CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text])))
 );
 CREATE TABLE public.spec_runs (
@@ -158,6 +167,7 @@ CREATE TABLE public.spec_runs (
     cost_usd numeric(14,6),
     error_message text,
     output_summary jsonb,
+    value_problems text[] DEFAULT '{}'::text[] NOT NULL,
     CONSTRAINT spec_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text, 'timeout'::text, 'interrupted'::text])))
 );
 CREATE SEQUENCE public.spec_runs_id_seq
@@ -191,6 +201,8 @@ ALTER TABLE ONLY public.metric_buckets
     ADD CONSTRAINT metric_buckets_pkey PRIMARY KEY (bucket_time, event_type);
 ALTER TABLE ONLY public.monitor_hosts
     ADD CONSTRAINT monitor_hosts_pkey PRIMARY KEY (host);
+ALTER TABLE ONLY public.projection_failures
+    ADD CONSTRAINT projection_failures_pkey PRIMARY KEY (session_id);
 ALTER TABLE ONLY public.rejects
     ADD CONSTRAINT rejects_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY public.rejects

@@ -133,7 +133,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    helpers = [asyncio.create_task(_report_status(notifier, ingestor, server), name="status"),
+    helpers = [asyncio.create_task(_report_status(notifier, ingestor, server, projector), name="status"),
                asyncio.create_task(projector.run(), name="projector")]
     if notifier.watchdog_interval_s:
         helpers.append(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval_s), name="watchdog"))
@@ -196,11 +196,14 @@ async def _watchdog(notifier: Notifier, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-async def _report_status(notifier: Notifier, ingestor: Ingestor, server: EventServer) -> None:
+async def _report_status(notifier: Notifier, ingestor: Ingestor, server: EventServer,
+                         projector: Projector) -> None:
     while True:
         await asyncio.sleep(STATUS_INTERVAL_S)
         database = "up" if ingestor.database_up else "DOWN (spooling)"
+        failing = (f", aggregates FAILING for {projector.failing_sessions} session(s)"
+                   if projector.failing_sessions else "")
         notifier.send(
             f"STATUS={ingestor.stats.rate():.0f} events/s, {server.connection_count} connections, "
-            f"{ingestor.pending} queued, spool {ingestor.spool_backlog}, database {database}")
+            f"{ingestor.pending} queued, spool {ingestor.spool_backlog}, database {database}{failing}")
 

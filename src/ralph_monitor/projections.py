@@ -11,8 +11,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
+
+from ralph_monitor import values
 
 SESSION_TYPES = (
     "session_started", "session_ended", "session_heartbeat", "session_stalled",
@@ -26,7 +28,8 @@ SESSION_END_STATES = ("completed", "failed", "interrupted")
 _RANK = {"session_started": 0, "spec_started": 1, "session_heartbeat": 2, "intervention_request": 2,
          "user_feedback": 3, "spec_completed": 4, "spec_failed": 4, "timeout_triggered": 4,
          "session_stalled": 5, "session_ended": 6}
-MAX_ERROR_CHARS = 10_000
+MAX_PROBLEMS = 20
+"""Reasons kept per session or spec run for values the aggregates skipped."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class SpecRun:
     cost_usd: Decimal | None = None
     error_message: str | None = None
     output_summary: Any = None
+    value_problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -88,48 +92,62 @@ class SessionProjection:
     interventions_pending: int
     final_result: Any
     metadata: Any
+    value_problems: list[str] = field(default_factory=list)
     spec_runs: list[SpecRun] = field(default_factory=list)
     interventions: list[Intervention] = field(default_factory=list)
 
 
-def _number(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return number if number.is_finite() else None
-
-
-def _int(value: Any) -> int | None:
-    number = _number(value)
-    return int(number) if number is not None else None
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    return text[:MAX_ERROR_CHARS]
-
-
-def _duration(run: SpecRun, data: dict[str, Any]) -> float | None:
+def _duration(run: SpecRun, reported: Decimal | None = None) -> float | None:
     if run.start_time is not None and run.end_time is not None:
         return (run.end_time - run.start_time).total_seconds()
-    reported = _number(data.get("duration_s"))
     return float(reported) if reported is not None else None
+
+
+class _Reader:
+    """Reads data fields through the value policy (values.py), keeping the reasons for what it
+    skipped in `problems`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+
+    def keep(self, value: Any, problem: str | None) -> Any:
+        if problem is not None and len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+        return value
+
+    def number(self, data: dict[str, Any], field: str) -> Decimal | None:
+        return self.keep(*values.number(field, data.get(field)))
+
+    def count(self, data: dict[str, Any], field: str) -> int | None:
+        amount = self.number(data, field)
+        return int(amount) if amount is not None else None
+
+    def text(self, data: dict[str, Any], *fields: str) -> str | None:
+        """The first of `fields` that is set (a truthy value), as bounded text."""
+        for field in fields:
+            if data.get(field):
+                return self.keep(*values.text(field, data[field]))
+        return None
 
 
 def _close(run: SpecRun, event: SessionEvent, status: str) -> None:
     data = event.data
+    read = _Reader(run.value_problems)
     run.end_time = event.occurred_at
     run.status = status
-    run.tokens_used = _int(data.get("tokens_used"))
-    run.cost_usd = _number(data.get("cost_usd"))
-    run.error_message = _text(data.get("error") or data.get("error_message") or data.get("reason"))
+    run.tokens_used = read.count(data, "tokens_used")
+    run.cost_usd = read.number(data, "cost_usd")
+    run.error_message = read.text(data, "error", "error_message", "reason")
     run.output_summary = data.get("output_summary")
-    run.duration_seconds = _duration(run, data)
+    run.duration_seconds = _duration(run, read.number(data, "duration_s"))
+
+
+def _total(field: str, total: Any, problems: list[str]) -> Any:
+    """The session's total, or 0 with a reason if it does not fit the sessions column."""
+    if total > values.MAX_TOTAL[field]:
+        problems.append(f"{field} total {total:.6g} not kept: over what the sessions table holds")
+        return type(total)(0)
+    return total
 
 
 def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_count: int,
@@ -142,6 +160,8 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
     last_run: dict[str, SpecRun] = {}
     attempts: dict[str, int] = {}
     interventions: list[Intervention] = []
+    problems: list[str] = []
+    read = _Reader(problems)
     started = ended = stalled_at = None
     for event in ordered:
         kind = event.event_type
@@ -155,7 +175,7 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
             previous = open_runs.pop(event.spec_id, None)
             if previous is not None:
                 previous.status, previous.end_time = "interrupted", event.occurred_at
-                previous.duration_seconds = _duration(previous, {})
+                previous.duration_seconds = _duration(previous)
             attempts[event.spec_id] = attempts.get(event.spec_id, 0) + 1
             run = SpecRun(event.spec_id, attempts[event.spec_id], event.occurred_at)
             runs.append(run)
@@ -166,7 +186,8 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
                 earlier = last_run.get(event.spec_id)
                 if earlier is not None and earlier.status == "timeout" and kind != "timeout_triggered":
                     # The failure report that follows a timeout belongs to the same run.
-                    earlier.error_message = earlier.error_message or _text(event.data.get("error"))
+                    earlier.error_message = earlier.error_message or _Reader(earlier.value_problems).text(
+                        event.data, "error")
                     continue
                 attempts[event.spec_id] = attempts.get(event.spec_id, 0) + 1
                 run = SpecRun(event.spec_id, attempts[event.spec_id], None)
@@ -176,25 +197,32 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         elif kind == "intervention_request":
             interventions.append(Intervention(
                 event.event_id, event.spec_id, event.occurred_at,
-                _text(event.data.get("message") or event.data.get("question") or event.data.get("reason"))))
+                read.text(event.data, "message", "question", "reason")))
         elif kind == "user_feedback":
-            _answer(interventions, event)
+            _answer(interventions, event, read)
 
     if ended is not None:
         for run in open_runs.values():
             run.status, run.end_time = "interrupted", ended.occurred_at
-            run.duration_seconds = _duration(run, {})
+            run.duration_seconds = _duration(run)
     final: dict[str, SpecRun] = {}
     for run in runs:
         final[run.spec_id] = run
     statuses = [run.status for run in final.values()]
     start_data = started.data if started else {}
     end_data = ended.data if ended else {}
+    name = read.text(start_data, "name")
+    total_specs = read.count(start_data, "total_specs")
+    metadata = read.keep(*values.mapping("metadata", start_data.get("metadata")))
+    for run in runs:
+        problems.extend(f"{run.spec_id} attempt {run.attempt}: {problem}" for problem in run.value_problems)
     tokens = sum(run.tokens_used or 0 for run in runs)
     cost = sum((run.cost_usd or Decimal(0) for run in runs), Decimal(0))
     if not tokens and not cost:
-        tokens = _int(end_data.get("tokens_used")) or 0
-        cost = _number(end_data.get("cost_usd")) or Decimal(0)
+        tokens = read.count(end_data, "tokens_used") or 0
+        cost = read.number(end_data, "cost_usd") or Decimal(0)
+    tokens = _total("tokens_used", tokens, problems)
+    cost = _total("cost_usd", cost, problems)
     if ended is not None:
         state = end_data.get("status") if end_data.get("status") in SESSION_END_STATES else "completed"
     elif stalled_at is not None and stalled_at >= last_event_at:
@@ -204,12 +232,12 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
     first = ordered[0].occurred_at if ordered else last_event_at
     return SessionProjection(
         id=session_id,
-        name=_text(start_data.get("name")),
+        name=name,
         host=started.host if started else (ordered[0].host if ordered else None),
         start_time=started.occurred_at if started else first,
         end_time=ended.occurred_at if ended else None,
         last_event_at=last_event_at,
-        total_specs=_int(start_data.get("total_specs")),
+        total_specs=total_specs,
         specs_completed=statuses.count("completed"),
         specs_failed=statuses.count("failed") + statuses.count("timeout"),
         specs_timed_out=statuses.count("timeout"),
@@ -219,13 +247,14 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         event_count=event_count,
         interventions_pending=0 if ended else sum(1 for i in interventions if i.answered_at is None),
         final_result=end_data or None,
-        metadata=start_data.get("metadata") if isinstance(start_data.get("metadata"), dict) else {},
+        metadata=metadata or {},
+        value_problems=problems[:MAX_PROBLEMS],
         spec_runs=runs,
         interventions=interventions,
     )
 
 
-def _answer(interventions: list[Intervention], feedback: SessionEvent) -> None:
+def _answer(interventions: list[Intervention], feedback: SessionEvent, read: _Reader) -> None:
     """A user_feedback answers the request it names (data.request_id), else the oldest open one."""
     wanted = feedback.data.get("request_id")
     for request in interventions:
@@ -233,5 +262,5 @@ def _answer(interventions: list[Intervention], feedback: SessionEvent) -> None:
             continue
         if wanted is None or str(request.event_id) == str(wanted):
             request.answered_at = feedback.occurred_at
-            request.answer = _text(feedback.data.get("message") or feedback.data.get("answer"))
+            request.answer = read.text(feedback.data, "message", "answer")
             return

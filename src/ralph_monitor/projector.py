@@ -40,6 +40,10 @@ SESSIONS_PER_PASS = 50
 BUCKETS_PER_TRANSACTION = 500
 STALL_CHECK_INTERVAL_S = 15.0
 """At most this long between stall checks (shorter when [aggregates] stall_after_s is small)."""
+FAILURE_CHECK_INTERVAL_S = 10.0
+"""How often the projector counts sessions whose projection fails (for STATUS= and the log)."""
+FAILURE_LOG_INTERVAL_S = 300.0
+"""While any session's projection fails, say so in the log this often (not once, then silence)."""
 STALL_NAMESPACE = uuid.UUID("5a1f3c2e-7d0b-4c59-9e1a-2b8f6d4c3a10")
 
 
@@ -66,6 +70,10 @@ class Projector:
         self._stall_due = 0.0
         self._buckets_due = 0.0
         self._failing = False
+        self._failures_due = 0.0
+        self._failure_logged_at = -FAILURE_LOG_INTERVAL_S
+        self.failing_sessions = 0
+        """Sessions whose projection failed and waits for a retry (projection_failures)."""
         self.listeners: list[Callable[[], None]] = []
         """Called after aggregates changed (e.g. the dashboard's debounced refresh)."""
 
@@ -94,6 +102,9 @@ class Projector:
                 self._stall_due = time.monotonic() + min(
                     STALL_CHECK_INTERVAL_S, self._settings.aggregates_stall_after_s / 10)
                 await self._check_stalls()
+            if time.monotonic() >= self._failures_due:
+                self._failures_due = time.monotonic() + FAILURE_CHECK_INTERVAL_S
+                await self._check_failures()
         except StoreError as exc:
             if not self._failing:
                 log.warning("aggregates not updated: %s; retrying", exc)
@@ -122,6 +133,20 @@ class Projector:
         if changed:
             for listener in self.listeners:
                 listener()
+
+    async def _check_failures(self) -> None:
+        """Count failing sessions; while there are any, log it every FAILURE_LOG_INTERVAL_S."""
+        count, oldest = await self._store.failing_sessions(limit=1)
+        self.failing_sessions = count
+        if count and time.monotonic() - self._failure_logged_at >= FAILURE_LOG_INTERVAL_S:
+            self._failure_logged_at = time.monotonic()
+            first = oldest[0] if oldest else None
+            log.warning("aggregates of %d session(s) not updated (projection failing)%s; see "
+                        "`ralph-query status`, then `ralph-monitor rebuild-aggregates` once fixed", count,
+                        f", oldest {first['session_id']} since {first['first_failed_at']:%Y-%m-%d %H:%M:%S}: "
+                        f"{first['error']}" if first else "")
+        elif not count:
+            self._failure_logged_at = -FAILURE_LOG_INTERVAL_S
 
     async def _check_stalls(self) -> None:
         stall_after_s = self._settings.aggregates_stall_after_s

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 import orjson
 
 from ralph_monitor.errors import InvalidEvent
+from ralph_monitor.values import READS, data_warnings, timestamp_problem
 
 KNOWN_TYPES = frozenset({
     "session_started", "session_ended", "session_heartbeat",
@@ -86,6 +87,8 @@ class Event:
     origin: Origin
     payload: str
     client_event_id: bool
+    warnings: list[str] | None = None
+    """Values the aggregates skip (see values.py), told to the client in the ack."""
 
     @property
     def known_type(self) -> bool:
@@ -302,10 +305,17 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
         raise InvalidEvent("invalid_data", f"data must be a JSON object, got {_json_type(data)}")
     session_id = _uuid_field(obj, "session_id")
     event_id = _uuid_field(obj, "event_id")
+    warnings = data_warnings(event_type, data) or None if data and event_type in READS else None
     ts = obj.get("ts")
+    occurred_at = received_at
+    if ts is not None:
+        occurred_at = _timestamp(ts)
+        if (problem := timestamp_problem(occurred_at, received_at)) is not None:
+            occurred_at = received_at
+            warnings = [*(warnings or ()), problem]
     # Positional: a little cheaper per event than keywords (the order of Event's fields).
     return Event(event_id or new_event_id(), event_type, session_id, spec_id,
-                 received_at if ts is None else _timestamp(ts), received_at, origin, text, event_id is not None)
+                 occurred_at, received_at, origin, text, event_id is not None, warnings)
 
 
 def internal_event(event_type: str, *, origin: Origin, data: dict[str, object],
@@ -323,7 +333,7 @@ def internal_event(event_type: str, *, origin: Origin, data: dict[str, object],
 
 def ok_reply(event: Event, *, spooled: bool = False, duplicate: bool = False) -> bytes:
     """The acknowledgement line for a stored (or spooled) event."""
-    if not (spooled or duplicate) and event.known_type:
+    if not (spooled or duplicate or event.warnings) and event.known_type:
         return b'{"ok": true, "id": "%s"}\n' % event.event_id.encode()  # the common case, cheaply
     reply: dict[str, object] = {"ok": True, "id": event.event_id}
     if spooled:
@@ -332,6 +342,8 @@ def ok_reply(event: Event, *, spooled: bool = False, duplicate: bool = False) ->
         reply["duplicate"] = True
     if not event.known_type:
         reply["warning"] = f"unknown type {event.event_type!r} stored as is"
+    if event.warnings:
+        reply["warnings"] = event.warnings
     return json.dumps(reply).encode() + b"\n"
 
 

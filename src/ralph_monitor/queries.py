@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
@@ -106,6 +106,8 @@ class SessionSummary:
     metadata: Any
     updated_at: datetime
     current_spec: str | None
+    value_problems: list[str] = field(default_factory=list)
+    """Values the aggregates skipped (values.py), e.g. "tokens_used=1e30 ignored: out of range"."""
 
     @property
     def label(self) -> str:
@@ -127,6 +129,7 @@ class SpecRunRow:
     error_message: str | None
     output_summary: Any
     session_name: str | None = None
+    value_problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,19 @@ class SessionDetail:
 
 
 @dataclass(frozen=True)
+class ProjectionFailure:
+    """A session whose projection failed: its aggregates show the state from before."""
+
+    session_id: uuid.UUID
+    session_name: str | None
+    error: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    retry_at: datetime
+
+
+@dataclass(frozen=True)
 class Status:
     active: list[SessionSummary]
     pending_interventions: list[InterventionRow]
@@ -223,6 +239,9 @@ class Status:
     last_backup: TimelineEvent | None
     last_prune: TimelineEvent | None
     rejects_last_24h: int
+    projection_failures: list[ProjectionFailure] = field(default_factory=list)
+    """Sessions whose aggregates are not being updated (the oldest few)."""
+    projection_failures_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -437,6 +456,10 @@ def _latest(store: ReadStore, event_type: str) -> TimelineEvent | None:
                          occurred_at=row["occurred_at"], host=row["host"], data=row["data"])
 
 
+FAILURES_SHOWN = 10
+"""Failing sessions listed by `status` (the count says how many there are in all)."""
+
+
 def status(store: ReadStore, now: datetime) -> Status:
     """What is going on now: active sessions, open requests, and the monitor's own health."""
     return Status(
@@ -446,6 +469,9 @@ def status(store: ReadStore, now: datetime) -> Status:
         last_backup=_latest(store, "backup_completed"),
         last_prune=_latest(store, "prune_completed"),
         rejects_last_24h=store.fetch("reject_count_since", {"since": now - timedelta(days=1)})[0]["n"],
+        projection_failures=[ProjectionFailure(**row) for row in store.fetch(
+            "projection_failures", {"limit": FAILURES_SHOWN})],
+        projection_failures_total=store.fetch("projection_failure_count")[0]["failing"],
     )
 
 

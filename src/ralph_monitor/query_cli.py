@@ -116,6 +116,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  last backup: {relative_time(status.last_backup.occurred_at, now) if status.last_backup else 'never'}")
     print(f"  last prune: {relative_time(status.last_prune.occurred_at, now) if status.last_prune else 'never'}")
     print(f"  rejected lines in the last 24 h: {status.rejects_last_24h}")
+    if status.projection_failures_total:
+        print(f"! aggregates NOT updated for {status.projection_failures_total} session(s): their projection "
+              "fails (other sessions are fine)")
+        for f in status.projection_failures:
+            print(f"  {shorten(f.session_name, 24) or str(f.session_id)[:8]}: {shorten(f.error, 90)} "
+                  f"(since {relative_time(f.first_failed_at, now)}, {f.attempts} tries)")
+        print("  fix the cause, then run `ralph-monitor rebuild-aggregates`")
     return 0
 
 
@@ -187,6 +194,8 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  specs {s.specs_completed} completed, {s.specs_failed} failed ({s.specs_timed_out} timed out)"
           f"{f' of {s.total_specs}' if s.total_specs else ''}; {s.tokens_used:,} tokens; {money(s.cost_usd)}; "
           f"{s.event_count} events")
+    for problem in s.value_problems:
+        print(f"  ! not counted: {problem}")
     if detail.spec_runs:
         print()
         print(table(["spec", "try", "status", "started", "took", "tokens", "cost", "error"], [

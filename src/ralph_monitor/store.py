@@ -45,6 +45,9 @@ SMALL_BATCH_EVENTS = 64
 """Batches up to this size are one autocommit statement (one round trip) instead of BEGIN,
 COPY, marks and COMMIT: what keeps a lone event's ack latency near a bare INSERT's."""
 
+MAX_FAILURE_CHARS = 2000
+"""Characters of a projection error kept in projection_failures."""
+
 STORED = "stored"
 DUPLICATE = "duplicate"
 
@@ -392,22 +395,47 @@ class ProjectionStore:
 
     async def project_sessions(self, compute: Callable[..., SessionProjection], *, limit: int) -> int:
         """Recompute up to `limit` dirty sessions, each in its own short transaction; how many
-        were recomputed (sessions another projector is working on are skipped)."""
+        were recomputed (sessions another projector is working on are skipped, and a session
+        whose projection fails is recorded in projection_failures and skipped until its retry)."""
         batch = await self._run(lambda conn: _fetch(conn, "dirty_sessions_batch", {"limit": limit}))
         done = 0
         for row in batch:
-            session_id, version = row["session_id"], row["version"]
-
-            async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
-                if not await _try_lock(conn, f"session:{session_id}"):
-                    return False
-                await _project_one(conn, session_id, compute)
-                await conn.execute(resources.query("delete_dirty_session_version"),
-                                   {"session_id": session_id, "version": version})
-                return True
-
-            done += await self._run(work)
+            done += await self._project(row["session_id"], row["version"], compute)
         return done
+
+    async def _project(self, session_id: uuid.UUID, version: int,
+                       compute: Callable[..., SessionProjection]) -> bool:
+        """One session in its own transaction. The database being away stops the pass (the
+        caller retries); any other error is this session's alone: recorded, and the pass goes on."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
+            if not await _try_lock(conn, f"session:{session_id}"):
+                return False
+            await _project_one(conn, session_id, compute)
+            params = {"session_id": session_id, "version": version}
+            await conn.execute(resources.query("delete_dirty_session_version"), params)
+            await conn.execute(resources.query("clear_projection_failure"), params)
+            return True
+
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                return await work(conn)
+        except psycopg.OperationalError as exc:
+            await conn.close()
+            self._conn = None
+            raise StoreUnavailable(f"projector lost PostgreSQL: {_describe(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - any failure of one session must not stop the others
+            if conn.closed:
+                self._conn = None
+                raise StoreUnavailable(f"projector lost PostgreSQL: {exc}") from exc
+            error = _describe(exc) if isinstance(exc, psycopg.Error) else f"{type(exc).__name__}: {exc}"
+            error = error[:MAX_FAILURE_CHARS]
+            log.warning("aggregates of session %s not updated: %s; other sessions go on, retrying later",
+                        session_id, error)
+            await self._run(lambda c: c.execute(resources.query("record_projection_failure"),
+                                                {"session_id": session_id, "error": error}))
+            return False
 
     async def project_buckets(self, *, limit: int) -> int:
         """Recompute up to `limit` dirty 5-minute buckets in one transaction."""
@@ -432,6 +460,7 @@ class ProjectionStore:
         async def work(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(resources.query("mark_all_dirty_sessions"))
             await conn.execute(resources.query("mark_all_dirty_buckets"))
+            await conn.execute(resources.query("clear_projection_failures"))
 
         await self._run(work)
 
@@ -451,6 +480,16 @@ class ProjectionStore:
             row = await (await conn.execute(resources.query("dirty_backlog"))).fetchone()
             assert row is not None
             return row["sessions"], row["buckets"]
+
+        return await self._run(work)
+
+    async def failing_sessions(self, *, limit: int = 1) -> tuple[int, list[dict[str, Any]]]:
+        """How many sessions' projections are failing, and the oldest `limit` of them."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> tuple[int, list[dict[str, Any]]]:
+            count = await (await conn.execute(resources.query("projection_failure_count"))).fetchone()
+            assert count is not None
+            return count["failing"], await _fetch(conn, "projection_failures", {"limit": limit})
 
         return await self._run(work)
 
