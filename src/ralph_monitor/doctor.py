@@ -337,6 +337,20 @@ def check_spool(settings: Settings, facts: DatabaseFacts | None) -> Check:
     return Check("spool", OK, f"empty ({path})")
 
 
+def check_projection(facts: DatabaseFacts | None) -> Check:
+    """Sessions whose aggregates are not updated because their projection fails."""
+    if facts is None or not facts.events_table:
+        return Check("aggregates", WARN, "not checked: no database to look at")
+    failing = facts.projection_failures
+    if not failing:
+        return Check("aggregates", OK, "every session's projection is up to date")
+    first = failing[0]
+    return Check("aggregates", FAIL,
+                 f"{facts.projection_failures_total} session(s) not updated; oldest {first['session_id']} "
+                 f"since {first['first_failed_at']:%Y-%m-%d %H:%M}: {first['error'][:200]}",
+                 "fix the cause (see the daemon's log), then run: ralph-monitor rebuild-aggregates")
+
+
 def check_nginx(settings: Settings) -> Check:
     nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.path.exists(p)), None)
     root = str(settings.site_dir)
@@ -409,7 +423,7 @@ def run_checks(config_path: str | None, *, now: datetime | None = None) -> list[
     checks += [check_disk("disk state", settings.state_dir),
                check_disk("disk backup", settings.backup_dir, need_bytes=2 * last_size),
                backup, check_prune(settings, facts, now), check_render(settings, now),
-               check_spool(settings, facts), check_nginx(settings)]
+               check_spool(settings, facts), check_projection(facts), check_nginx(settings)]
     sandbox = check_sandbox(settings)
     if sandbox is not None:
         checks.append(sandbox)

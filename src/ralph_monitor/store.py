@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -45,6 +45,8 @@ SMALL_BATCH_EVENTS = 64
 """Batches up to this size are one autocommit statement (one round trip) instead of BEGIN,
 COPY, marks and COMMIT: what keeps a lone event's ack latency near a bare INSERT's."""
 
+FAILURES_MIGRATION = 4
+"""The migration that made projection_failures (doctor may look at an older database)."""
 MAX_FAILURE_CHARS = 2000
 """Characters of a projection error kept in projection_failures."""
 
@@ -868,6 +870,9 @@ class DatabaseFacts:
     """Newest backup_completed / backup_failed / prune_completed / prune_failed event."""
     spool_backlog: dict[str, int]
     """Per daemon host, as last reported."""
+    projection_failures: list[dict[str, Any]] = field(default_factory=list)
+    """The oldest sessions whose projection fails (projection_failures)."""
+    projection_failures_total: int = 0
 
 
 def database_facts(settings: Settings, dsn: str) -> DatabaseFacts:
@@ -892,6 +897,11 @@ def database_facts(settings: Settings, dsn: str) -> DatabaseFacts:
                         if row else None
                 backlog = {r["host"]: r["spool_backlog"] for r in
                            conn.execute(resources.query("monitor_hosts")).fetchall()}
+            failures: list[dict[str, Any]] = []
+            failing = 0
+            if ident["events_table"] and FAILURES_MIGRATION in applied:
+                failures = conn.execute(resources.query("projection_failures"), {"limit": 1}).fetchall()
+                failing = conn.execute(resources.query("projection_failure_count")).fetchone()["failing"]
         except psycopg.Error as exc:
             raise StoreError(f"cannot inspect {describe_dsn(dsn)}: {_describe(exc)}") from exc
     return DatabaseFacts(
@@ -899,4 +909,4 @@ def database_facts(settings: Settings, dsn: str) -> DatabaseFacts:
         server_version=ident["server_version"], server_version_num=ident["server_version_num"],
         applied_migrations=applied, events_table=ident["events_table"],
         can_insert_events=bool(ident["can_insert_events"]), reader_roles=readers, latest=latest,
-        spool_backlog=backlog)
+        spool_backlog=backlog, projection_failures=failures, projection_failures_total=failing)

@@ -72,9 +72,19 @@ READS: dict[str, tuple[str, ...]] = {
 READS["spec_failed"] = READS["timeout_triggered"] = READS["spec_completed"]
 
 
+LARGE = 10**15
+"""Numbers from this size on are shown in exponent form (1e+30): the same text whether the
+value was decoded as a float (the ack) or read back from jsonb as an integer (the projection)."""
+
+
 def shown(value: Any) -> str:
     """The value as JSON text, cut to SHOWN_CHARS, for a reason line."""
-    text = value if isinstance(value, str) and not value else json.dumps(value, default=str)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= LARGE:
+        try:
+            return format(float(value), ".6g")
+        except OverflowError:  # an integer beyond any float: its order of magnitude
+            return f"{'-' if value < 0 else ''}1e+{len(str(abs(value))) - 1}"
+    text = json.dumps(value, default=str)
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
 
 
