@@ -69,7 +69,13 @@ class Settings:
     limits_max_line_bytes: int = _setting(
         "limits", 1_048_576, "Longest accepted event line in bytes; longer lines are rejected.", minimum=1024)
     limits_max_connections: int = _setting(
-        "limits", 1024, "Simultaneous client connections; more are refused with an error line.", minimum=1)
+        "limits", 2048, "Simultaneous client connections; more are refused with an error line.", minimum=1)
+    limits_max_connections_per_uid: int = _setting(
+        "limits", 1024, "Simultaneous connections of one writer uid, so one user cannot take every slot.",
+        minimum=1)
+    limits_evict_idle_after_s: float = _setting(
+        "limits", 10.0, "At a connection limit, a client silent this long is closed (with an error line "
+        "saying why) to make room for a new one, instead of refusing the new one.", minimum=0.1)
     limits_idle_timeout_s: float = _setting(
         "limits", 300.0, "Seconds a client may stay connected without sending anything.", minimum=0.1)
     limits_max_pending_events: int = _setting(

@@ -55,6 +55,9 @@ class Stats:
     spooled_total: int = 0
     last_spooled_at: datetime | None = None
     last_replayed_at: datetime | None = None
+    connections_refused: int = 0
+    connections_evicted: int = 0
+    """Connections refused at a limit, and idle ones closed to make room (server.py)."""
     _window: list[tuple[float, int]] = field(default_factory=list)
 
     def count(self, n: int) -> None:
@@ -261,7 +264,8 @@ class Ingestor:
                 "events_total": stats.events_total, "rejects_total": stats.rejects_total,
                 "spool_backlog": self._spool.backlog, "spooled_total": stats.spooled_total,
                 "last_spooled_at": stats.last_spooled_at, "last_replayed_at": stats.last_replayed_at,
-                "ingest_rate_per_s": stats.rate()})
+                "ingest_rate_per_s": stats.rate(), "connections_refused": stats.connections_refused,
+                "connections_evicted": stats.connections_evicted})
         except StoreError as exc:
             self._database_down(exc)
 

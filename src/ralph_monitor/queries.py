@@ -61,6 +61,8 @@ class HostHealth:
     last_spooled_at: datetime | None
     last_replayed_at: datetime | None
     ingest_rate_per_s: float
+    connections_refused: int = 0
+    connections_evicted: int = 0
 
 
 def recent_events(store: ReadStore, *, since: datetime | None = None, event_type: str | None = None,

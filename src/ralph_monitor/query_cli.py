@@ -112,7 +112,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     print("Monitor:")
     for h in status.hosts:
         print(f"  {h.host}: last seen {relative_time(h.last_seen, now)}, {h.ingest_rate_per_s:.1f} events/s, "
-              f"spool backlog {h.spool_backlog}, {h.events_total} events since {local_time(h.started_at, _zone(settings))}")
+              f"spool backlog {h.spool_backlog}, {h.events_total} events since {local_time(h.started_at, _zone(settings))}"
+              + (f", {h.connections_refused} connections refused, {h.connections_evicted} idle ones closed to make room"
+                 if h.connections_refused or h.connections_evicted else ""))
     print(f"  last backup: {relative_time(status.last_backup.occurred_at, now) if status.last_backup else 'never'}")
     print(f"  last prune: {relative_time(status.last_prune.occurred_at, now) if status.last_prune else 'never'}")
     print(f"  rejected lines in the last 24 h: {status.rejects_last_24h}")

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import ConfigError, InvalidEvent
-from ralph_monitor.ingest import Ingestor, Slot
+from ralph_monitor.ingest import Ingestor, Slot, Stats
 from ralph_monitor.protocol import Origin, error_reply, make_reject, parse_line
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ FD_RESERVE = 64
 _PEERCRED = struct.Struct("3i")
 REJECT_WINDOW_S = 60.0
 """The window of [limits] max_rejects_per_minute."""
+REFUSAL_LOG_INTERVAL_S = 10.0
+"""Refused and evicted connections are logged at most this often (with how many), so a flood
+of connections cannot flood the journal, and is never silent either."""
 
 
 def peer_origin(sock: socket.socket | None, host: str) -> Origin:
@@ -96,6 +99,28 @@ class RejectBudget:
         return True
 
 
+class RefusalLog:
+    """Counts refused and evicted connections and logs them, at most once per interval."""
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+        self._pending: dict[str, int] = {}
+        self._logged_at = -REFUSAL_LOG_INTERVAL_S
+
+    def count(self, what: str, *, evicted: bool) -> None:
+        if evicted:
+            self._stats.connections_evicted += 1
+        else:
+            self._stats.connections_refused += 1
+        self._pending[what] = self._pending.get(what, 0) + 1
+        now = time.monotonic()
+        if now - self._logged_at >= REFUSAL_LOG_INTERVAL_S:
+            self._logged_at = now
+            log.warning("connections in the last %g s: %s", REFUSAL_LOG_INTERVAL_S,
+                        "; ".join(f"{n} {reason}" for reason, n in self._pending.items()))
+            self._pending.clear()
+
+
 class Connection(asyncio.Protocol):
     """One client connection."""
 
@@ -125,11 +150,9 @@ class Connection(asyncio.Protocol):
         self._transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
         self.origin = peer_origin(transport.get_extra_info("socket"), self._server.host)
-        if not self._server.register(self):
-            transport.write(error_reply(
-                "too_many_connections",
-                f"the daemon already serves {self._settings.limits_max_connections} connections "
-                "([limits] max_connections); retry shortly"))
+        refusal = self._server.register(self)
+        if refusal is not None:
+            transport.write(refusal)
             transport.close()
             self._closed = True
             return
@@ -287,10 +310,14 @@ class Connection(asyncio.Protocol):
 
     def close_idle(self) -> None:
         """Cut off a client that sent nothing for too long."""
+        self.close_with(error_reply(
+            "idle_timeout", f"no data for {self._settings.limits_idle_timeout_s:g} s "
+            "([limits] idle_timeout_s); closing"))
+
+    def close_with(self, reply: bytes) -> None:
+        """Send one last error line and close."""
         if self._transport is not None and not self._closed:
-            self._transport.write(error_reply(
-                "idle_timeout", f"no data for {self._settings.limits_idle_timeout_s:g} s "
-                "([limits] idle_timeout_s); closing"))
+            self._transport.write(reply)
             self._closed = True
             self._transport.close()
 
@@ -310,6 +337,8 @@ class EventServer:
         self.reading_paused = False
         self.reject_budget = RejectBudget(settings.limits_max_rejects_per_minute)
         self._connections: set[Connection] = set()
+        self._per_uid: dict[int | None, int] = {}
+        self.refusals = RefusalLog(ingestor.stats)
         self.last_activity = time.monotonic()
         """When a client last connected or sent data (for the quiet period before shutdown)."""
         self._server: asyncio.AbstractServer | None = None
@@ -319,15 +348,57 @@ class EventServer:
     def connection_count(self) -> int:
         return len(self._connections)
 
-    def register(self, conn: Connection) -> bool:
+    def register(self, conn: Connection) -> bytes | None:
+        """Admit a new connection, closing the longest-idle one to make room if a limit is
+        reached; None when admitted, else the error line that refuses it."""
         self.last_activity = time.monotonic()
-        if len(self._connections) >= self.settings.limits_max_connections:
-            return False
+        uid = conn.origin.uid
+        limits = self.settings
+        if self._per_uid.get(uid, 0) >= limits.limits_max_connections_per_uid and not self._evict(
+                uid, f"uid {uid} already has {limits.limits_max_connections_per_uid} connections "
+                     "([limits] max_connections_per_uid)"):
+            self.refusals.count(f"refused for uid {uid} at [limits] max_connections_per_uid", evicted=False)
+            return error_reply(
+                "too_many_connections_for_uid",
+                f"uid {uid} already has {limits.limits_max_connections_per_uid} connections open "
+                "([limits] max_connections_per_uid), none idle; close some or retry shortly")
+        if len(self._connections) >= limits.limits_max_connections and not self._evict(
+                None, f"the daemon serves {limits.limits_max_connections} connections "
+                      "([limits] max_connections)"):
+            self.refusals.count("refused at [limits] max_connections", evicted=False)
+            return error_reply(
+                "too_many_connections",
+                f"the daemon already serves {limits.limits_max_connections} connections "
+                "([limits] max_connections); retry shortly")
         self._connections.add(conn)
+        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        return None
+
+    def _evict(self, uid: int | None, why: str) -> bool:
+        """Close the longest-idle connection (of `uid`, if given) when it has been silent for
+        [limits] evict_idle_after_s; whether one was closed."""
+        cutoff = time.monotonic() - self.settings.limits_evict_idle_after_s
+        candidates = [c for c in self._connections
+                      if c.last_activity <= cutoff and not c.awaiting_replies and (uid is None or c.origin.uid == uid)]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda c: c.last_activity)
+        idle_s = time.monotonic() - victim.last_activity
+        victim.close_with(error_reply(
+            "evicted_idle", f"{why}; this connection was the longest idle ({idle_s:.0f} s without data) "
+            "and is closed to make room; reconnect when there is something to send"))
+        self.unregister(victim)
+        self.refusals.count("idle connections closed to make room", evicted=True)
         return True
 
     def unregister(self, conn: Connection) -> None:
-        self._connections.discard(conn)
+        if conn in self._connections:
+            self._connections.discard(conn)
+            left = self._per_uid.get(conn.origin.uid, 1) - 1
+            if left > 0:
+                self._per_uid[conn.origin.uid] = left
+            else:
+                self._per_uid.pop(conn.origin.uid, None)
 
     def on_queue_change(self, pending: int) -> None:
         """Backpressure: stop reading when the writer's queue is full, resume at half."""

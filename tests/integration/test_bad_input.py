@@ -470,7 +470,7 @@ def test_thousands_of_connections_opened_and_closed_rapidly(daemon: Daemon) -> N
 
 
 def test_many_simultaneous_connections_within_the_default_limit(daemon: Daemon) -> None:
-    """Default max_connections is 1024: 1,000 clients at once are all served."""
+    """1,000 clients of one uid at once are all served (default [limits] max_connections_per_uid 1024)."""
     clients = [daemon.connect() for _ in range(1000)]
     try:
         for i, sock in enumerate(clients):

@@ -17,3 +17,8 @@ CREATE TABLE projection_failures (
     last_failed_at   timestamptz NOT NULL DEFAULT now(),
     retry_at         timestamptz NOT NULL
 );
+
+-- Connection pressure: connections refused at a limit, and idle ones closed to make room
+-- (server.py), as counted by each daemon since it started.
+ALTER TABLE monitor_hosts ADD COLUMN connections_refused bigint NOT NULL DEFAULT 0;
+ALTER TABLE monitor_hosts ADD COLUMN connections_evicted bigint NOT NULL DEFAULT 0;
