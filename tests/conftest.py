@@ -24,7 +24,22 @@ from psycopg.rows import dict_row
 
 from ralph_monitor.cluster import Cluster
 from ralph_monitor.store import prepare_database
+from tests import leaks
 from tests.daemon_proc import start_daemon
+
+RUN_TMP = leaks.start_run()
+"""Every temporary file of this run, checked to be gone at its end (tests/leaks.py)."""
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    problems = leaks.check_and_clean(RUN_TMP)
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", "the test run left things behind", red=True)
+            for problem in problems:
+                reporter.write_line(problem)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 TEMPLATE_DB = "ralph_template"
 READY_TIMEOUT_S = 30.0
@@ -34,7 +49,7 @@ _db_counter = itertools.count()
 def short_tempdir(prefix: str) -> Path:
     """A directory with a short path (Unix socket paths are limited to 107 bytes),
     traversable by the `postgres` user that runs clusters when tests run as root."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=RUN_TMP))
     path.chmod(0o755)
     return path
 
@@ -162,7 +177,9 @@ def daemon_factory(db_dsn: str) -> Iterator[Any]:
     yield make
     for daemon in made:
         if daemon.process is not None and daemon.process.poll() is None:
-            daemon.process.kill()
+            # Its children too (the render child, pg_dump): one that outlived the daemon would
+            # write into the directory removed below.
+            leaks.kill_all([*leaks.descendants(daemon.process.pid), daemon.process.pid])
             daemon.process.wait(10)
         shutil.rmtree(daemon.root, ignore_errors=True)
 
