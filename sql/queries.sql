@@ -89,10 +89,10 @@ ON CONFLICT (reject_id) DO NOTHING;
 -- name: upsert_monitor_host
 INSERT INTO monitor_hosts AS m (host, version, started_at, last_seen, events_total, rejects_total,
                                 spool_backlog, spooled_total, last_spooled_at, last_replayed_at,
-                                ingest_rate_per_s, connections_refused, connections_evicted)
+                                ingest_rate_per_s, connections_refused, connections_evicted, disks)
 VALUES (%(host)s, %(version)s, %(started_at)s, now(), %(events_total)s, %(rejects_total)s,
         %(spool_backlog)s, %(spooled_total)s, %(last_spooled_at)s, %(last_replayed_at)s,
-        %(ingest_rate_per_s)s, %(connections_refused)s, %(connections_evicted)s)
+        %(ingest_rate_per_s)s, %(connections_refused)s, %(connections_evicted)s, %(disks)s)
 ON CONFLICT (host) DO UPDATE SET
     version = EXCLUDED.version, started_at = EXCLUDED.started_at, last_seen = now(),
     events_total = EXCLUDED.events_total, rejects_total = EXCLUDED.rejects_total,
@@ -100,7 +100,8 @@ ON CONFLICT (host) DO UPDATE SET
     last_spooled_at = COALESCE(EXCLUDED.last_spooled_at, m.last_spooled_at),
     last_replayed_at = COALESCE(EXCLUDED.last_replayed_at, m.last_replayed_at),
     ingest_rate_per_s = EXCLUDED.ingest_rate_per_s,
-    connections_refused = EXCLUDED.connections_refused, connections_evicted = EXCLUDED.connections_evicted;
+    connections_refused = EXCLUDED.connections_refused, connections_evicted = EXCLUDED.connections_evicted,
+    disks = EXCLUDED.disks;
 
 -- name: recent_events
 SELECT id, event_id, event_type, session_id, spec_id, occurred_at, created_at, host,
@@ -138,7 +139,7 @@ LIMIT %(limit)s;
 -- name: monitor_hosts
 SELECT host, version, started_at, last_seen, events_total, rejects_total, spool_backlog,
        spooled_total, last_spooled_at, last_replayed_at, ingest_rate_per_s,
-       connections_refused, connections_evicted
+       connections_refused, connections_evicted, disks
 FROM monitor_hosts
 ORDER BY host;
 

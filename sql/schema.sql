@@ -97,7 +97,10 @@ CREATE TABLE public.monitor_hosts (
     spooled_total bigint DEFAULT 0 NOT NULL,
     last_spooled_at timestamp with time zone,
     last_replayed_at timestamp with time zone,
-    ingest_rate_per_s double precision DEFAULT 0 NOT NULL
+    ingest_rate_per_s double precision DEFAULT 0 NOT NULL,
+    connections_refused bigint DEFAULT 0 NOT NULL,
+    connections_evicted bigint DEFAULT 0 NOT NULL,
+    disks jsonb DEFAULT '{}'::jsonb NOT NULL
 );
 CREATE TABLE public.projection_failures (
     session_id uuid NOT NULL,

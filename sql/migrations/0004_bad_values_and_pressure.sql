@@ -22,3 +22,7 @@ CREATE TABLE projection_failures (
 -- (server.py), as counted by each daemon since it started.
 ALTER TABLE monitor_hosts ADD COLUMN connections_refused bigint NOT NULL DEFAULT 0;
 ALTER TABLE monitor_hosts ADD COLUMN connections_evicted bigint NOT NULL DEFAULT 0;
+
+-- Free space of the disks the daemon writes to (disk.py), sampled by each daemon:
+-- {"state": {"path": ..., "free_bytes": ..., "total_bytes": ...}, "site": ..., ...}.
+ALTER TABLE monitor_hosts ADD COLUMN disks jsonb NOT NULL DEFAULT '{}';

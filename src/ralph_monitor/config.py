@@ -134,6 +134,9 @@ class Settings:
         "monitor", "", "Host name stored with each event. Empty: this machine's host name.")
     monitor_log_level: str = _setting(
         "monitor", "info", "One of debug, info, warning, error.")
+    monitor_disk_warn_free_percent: float = _setting(
+        "monitor", 10.0, "Below this share of free space (%), the state, site, backup or database disk is "
+        "reported low (STATUS=, the health panel, doctor); below 3 % it is critical.", minimum=0)
 
     @property
     def state_dir(self) -> Path:

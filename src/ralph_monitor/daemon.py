@@ -16,10 +16,11 @@ import signal
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import sdnotify
 
-from ralph_monitor import __version__, site
+from ralph_monitor import __version__, disk, site
 from ralph_monitor.cluster import EMBEDDED_DBNAME, database_dsn, embedded_cluster
 from ralph_monitor import maintenance
 from ralph_monitor.config import Settings, report_zone
@@ -95,13 +96,14 @@ def run_daemon(settings: Settings) -> int:
         dsn = cluster.dsn(EMBEDDED_DBNAME)
         log.info("no [database] dsn configured: using the private cluster in %s", cluster.root)
     try:
-        return asyncio.run(_serve(settings, dsn=dsn, notifier=notifier))
+        return asyncio.run(_serve(settings, dsn=dsn, notifier=notifier,
+                                  database_dir=cluster.data_dir if cluster is not None else None))
     finally:
         if cluster is not None:
             cluster.stop()
 
 
-async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> int:
+async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier, database_dir: Path | None) -> int:
     host = settings.host
     stores = [EventStore(settings, dsn=dsn) for _ in range(settings.database_writer_connections)]
     spool = Spool(settings.spool_dir)
@@ -133,7 +135,11 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier) -> 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    helpers = [asyncio.create_task(_report_status(notifier, ingestor, server, projector), name="status"),
+    disks = {"state": settings.state_dir, "site": settings.site_dir, "backups": settings.backup_dir}
+    if database_dir is not None:
+        disks["database"] = database_dir
+    helpers = [asyncio.create_task(_report_status(notifier, ingestor, server, projector, settings, disks),
+                                   name="status"),
                asyncio.create_task(projector.run(), name="projector")]
     if notifier.watchdog_interval_s:
         helpers.append(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval_s), name="watchdog"))
@@ -197,13 +203,26 @@ async def _watchdog(notifier: Notifier, interval_s: float) -> None:
 
 
 async def _report_status(notifier: Notifier, ingestor: Ingestor, server: EventServer,
-                         projector: Projector) -> None:
+                         projector: Projector, settings: Settings, disks: dict[str, Path]) -> None:
+    """STATUS= every few seconds; also samples free disk space for the health row, and says
+    in the log when a disk becomes low (once per change, not every sample)."""
+    warned: dict[str, str] = {}
     while True:
         await asyncio.sleep(STATUS_INTERVAL_S)
+        ingestor.disks = await asyncio.to_thread(disk.sample, disks)
+        low = disk.low_disks(ingestor.disks, settings.monitor_disk_warn_free_percent)
+        if low != warned:
+            if low:
+                log.warning("disk space low: %s; see README \"Full disks\"", "; ".join(
+                    f"{label} {how} ({ingestor.disks[label].path})" for label, how in low.items()))
+            elif warned:
+                log.info("disk space is fine again")
+            warned = low
         database = "up" if ingestor.database_up else "DOWN (spooling)"
         failing = (f", aggregates FAILING for {projector.failing_sessions} session(s)"
                    if projector.failing_sessions else "")
+        space = f", disk LOW: {', '.join(f'{label} {how}' for label, how in low.items())}" if low else ""
         notifier.send(
             f"STATUS={ingestor.stats.rate():.0f} events/s, {server.connection_count} connections, "
-            f"{ingestor.pending} queued, spool {ingestor.spool_backlog}, database {database}{failing}")
+            f"{ingestor.pending} queued, spool {ingestor.spool_backlog}, database {database}{failing}{space}")
 

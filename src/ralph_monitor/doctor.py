@@ -340,7 +340,7 @@ def check_spool(settings: Settings, facts: DatabaseFacts | None) -> Check:
 def check_projection(facts: DatabaseFacts | None) -> Check:
     """Sessions whose aggregates are not updated because their projection fails."""
     if facts is None or not facts.events_table:
-        return Check("aggregates", WARN, "not checked: no database to look at")
+        return Check("aggregates", WARN, "unknown: no database to look at", "see the database check above")
     failing = facts.projection_failures
     if not failing:
         return Check("aggregates", OK, "every session's projection is up to date")
@@ -421,6 +421,7 @@ def run_checks(config_path: str | None, *, now: datetime | None = None) -> list[
     checks.append(check_pg_dump(settings, facts))
     backup, last_size = check_backups(settings, facts, now)
     checks += [check_disk("disk state", settings.state_dir),
+               check_disk("disk site", settings.site_dir),
                check_disk("disk backup", settings.backup_dir, need_bytes=2 * last_size),
                backup, check_prune(settings, facts, now), check_render(settings, now),
                check_spool(settings, facts), check_projection(facts), check_nginx(settings)]

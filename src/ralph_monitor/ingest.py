@@ -12,13 +12,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
 from ralph_monitor import __version__
 from ralph_monitor.config import Settings
+from ralph_monitor.disk import DiskUsage
 from ralph_monitor.errors import SpoolError, StoreError
+from ralph_monitor.logs import Throttle
 from ralph_monitor.protocol import Event, Reject, error_reply, ok_reply
 from ralph_monitor.spool import Spool
 from ralph_monitor.store import DUPLICATE, STORED, EventStore, Refused
@@ -26,6 +28,8 @@ from ralph_monitor.store import DUPLICATE, STORED, EventStore, Refused
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 10.0
+SPOOL_FAILURE_LOG_INTERVAL_S = 30.0
+"""A spool that cannot be written or read is logged at most this often (with a count)."""
 HEALTH_INTERVAL_S = 10.0
 """How often the writer refreshes this host's row in monitor_hosts."""
 
@@ -104,6 +108,9 @@ class Ingestor:
         self._next_lane = 0
         self._spool = spool
         self._spool_lock = asyncio.Lock()
+        self._spool_failures = Throttle(SPOOL_FAILURE_LOG_INTERVAL_S)
+        self.disks: dict[str, DiskUsage] = {}
+        """The latest free-space sample (the daemon's status loop takes it), for monitor_hosts."""
         self._host = host
         self.on_queue_change: Callable[[int], None] = lambda pending: None
         """Called with the queue length whenever it changes (the server's backpressure)."""
@@ -237,11 +244,15 @@ class Ingestor:
             async with self._spool_lock:
                 await asyncio.to_thread(self._spool.append, [*events, *rejects])
         except SpoolError as exc:
-            log.critical("%s; events are NOT acknowledged", exc)
+            if (suppressed := self._spool_failures.ready()) is not None:
+                log.critical("%s; events are NOT acknowledged (clients are told not_stored)%s", exc,
+                             f"; {suppressed} more such batches since the last message" if suppressed else "")
             for record, slot, sink in batch:
                 if slot is not None:
                     slot.reply = error_reply(
-                        "not_stored", "database unreachable and the local spool cannot be written; resend later")
+                        "not_stored", f"PostgreSQL did not take the event and the local spool cannot be written "
+                        f"({exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else exc}); "
+                        "it is NOT stored: resend later")
                     if sink is not None:
                         sinks.add(sink)
         else:
@@ -265,7 +276,8 @@ class Ingestor:
                 "spool_backlog": self._spool.backlog, "spooled_total": stats.spooled_total,
                 "last_spooled_at": stats.last_spooled_at, "last_replayed_at": stats.last_replayed_at,
                 "ingest_rate_per_s": stats.rate(), "connections_refused": stats.connections_refused,
-                "connections_evicted": stats.connections_evicted})
+                "connections_evicted": stats.connections_evicted,
+                "disks": {label: asdict(d) for label, d in self.disks.items()}})
         except StoreError as exc:
             self._database_down(exc)
 
@@ -291,8 +303,14 @@ class Ingestor:
             return
         total = 0
         while self._spool.backlog:
-            records, offset = await asyncio.to_thread(
-                self._spool.read_chunk, self._settings.limits_max_batch_events)
+            try:
+                records, offset = await asyncio.to_thread(
+                    self._spool.read_chunk, self._settings.limits_max_batch_events)
+            except SpoolError as exc:
+                if self._spool_failures.ready() is not None:
+                    log.error("%s; replay retried in %g s", exc, self._settings.database_retry_interval_s)
+                self._retry_at = time.monotonic() + self._settings.database_retry_interval_s
+                return
             if not records:
                 await asyncio.to_thread(self._spool.mark_replayed, offset, 0)
                 break

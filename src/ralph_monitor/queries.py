@@ -63,6 +63,8 @@ class HostHealth:
     ingest_rate_per_s: float
     connections_refused: int = 0
     connections_evicted: int = 0
+    disks: dict[str, Any] = field(default_factory=dict)
+    """Free space per disk the daemon writes to: {"state": {"path", "free_bytes", "total_bytes"}, ...}."""
 
 
 def recent_events(store: ReadStore, *, since: datetime | None = None, event_type: str | None = None,

@@ -115,6 +115,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
               f"spool backlog {h.spool_backlog}, {h.events_total} events since {local_time(h.started_at, _zone(settings))}"
               + (f", {h.connections_refused} connections refused, {h.connections_evicted} idle ones closed to make room"
                  if h.connections_refused or h.connections_evicted else ""))
+        if h.disks:
+            print("    disk free: " + ", ".join(
+                f"{label} {d['free_bytes'] / 2**20:,.0f} MiB ({d['free_bytes'] / (d['total_bytes'] or 1):.0%})"
+                for label, d in sorted(h.disks.items())))
     print(f"  last backup: {relative_time(status.last_backup.occurred_at, now) if status.last_backup else 'never'}")
     print(f"  last prune: {relative_time(status.last_prune.occurred_at, now) if status.last_prune else 'never'}")
     print(f"  rejected lines in the last 24 h: {status.rejects_last_24h}")

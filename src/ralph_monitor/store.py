@@ -331,7 +331,8 @@ class EventStore:
         assert self._conn is not None
         try:
             async with self._conn.transaction():
-                await self._conn.execute(resources.query("upsert_monitor_host"), values)
+                await self._conn.execute(resources.query("upsert_monitor_host"),
+                                         {**values, "disks": Jsonb(values.get("disks") or {})})
         except psycopg.Error as exc:
             await self._drop_connection()
             raise StoreUnavailable(f"PostgreSQL write failed: {_describe(exc)}") from exc
