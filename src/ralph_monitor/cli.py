@@ -113,8 +113,8 @@ def _socket_path(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor.agent_spool import ClientSpool
-    from ralph_monitor.client import EventRejected, deliver, encode_event, new_event
+    from ralph_monitor.agent.client import EventRejected, deliver, encode_event, new_event
+    from ralph_monitor.agent.spool import ClientSpool
 
     data: dict[str, Any] = {}
     if args.data_json:
@@ -145,8 +145,8 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor.agent_spool import ClientSpool
-    from ralph_monitor.client import flush_spool
+    from ralph_monitor.agent.client import flush_spool
+    from ralph_monitor.agent.spool import ClientSpool
 
     socket_path = _socket_path(args, settings)
     spool = ClientSpool.for_socket(socket_path)
@@ -163,7 +163,7 @@ def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor.hook import main as hook_main
+    from ralph_monitor.agent.hook import main as hook_main
 
     return hook_main([])  # monitor_main runs the hook before argparse; this is for --help only
 
@@ -171,8 +171,8 @@ def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
     import uuid
 
-    from ralph_monitor.client import Client
-    from ralph_monitor.loop import LoopRunner, Spec, load_specs
+    from ralph_monitor.agent.client import Client
+    from ralph_monitor.agent.loop import LoopRunner, Spec, load_specs
 
     command = args.agent_command[1:] if args.agent_command[:1] == ["--"] else args.agent_command
     if args.session is not None:
@@ -267,7 +267,7 @@ def monitor_parser() -> argparse.ArgumentParser:
 
 
 def _add_agent_parsers(sub: Any) -> None:
-    from ralph_monitor.hook import add_arguments as add_hook_arguments
+    from ralph_monitor.agent.hook import add_arguments as add_hook_arguments
 
     flush = sub.add_parser("flush", help="deliver the events spooled while the daemon was unreachable",
                            description="Deliver this user's spooled events to the daemon, oldest first. "
@@ -350,7 +350,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
 def monitor_main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["hook"] and not {"-h", "--help"} & set(args):
-        from ralph_monitor.hook import main as hook_main
+        from ralph_monitor.agent.hook import main as hook_main
 
         return hook_main(args[1:])  # never fails the agent: no config errors, no usage errors
     return run_command(monitor_parser(), args)

@@ -13,7 +13,7 @@ import sys
 def main() -> int:
     args = sys.argv[1:]
     if args[:1] == ["hook"] and not {"-h", "--help"} & set(args):
-        from ralph_monitor.hook import main as hook_main
+        from ralph_monitor.agent.hook import main as hook_main
 
         return hook_main(args[1:])
     from ralph_monitor.cli import monitor_main
