@@ -2,6 +2,6 @@
 
 import sys
 
-from ralph_monitor.cli import monitor_main
+from ralph_monitor.launcher import main
 
-sys.exit(monitor_main())
+sys.exit(main())

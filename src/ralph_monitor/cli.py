@@ -1,28 +1,24 @@
-"""Command-line entry points: `ralph-monitor` (daemon and agent side) and `ralph-query`."""
+"""`ralph-monitor`'s command line: the daemon, operations and the agent-side commands.
+
+`launcher` is the entry point (it sends `hook` calls to the hook before any of this is
+imported); `ralph-query` is `query_cli`; what both share is in `cli_common`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ralph_monitor import __version__, ops_cli
+from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option, run_command
 from ralph_monitor.cluster import database_dsn
-from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, load_settings, render_default_config
-from ralph_monitor.errors import ConfigError, RalphMonitorError
-from ralph_monitor.logs import setup_logging
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-_DURATION = re.compile(r"(\d+)\s*([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, render_default_config
+from ralph_monitor.errors import ConfigError
 
 MONITOR_EPILOG = """\
 Quick use:
@@ -35,24 +31,6 @@ Quick use:
 The config file is /etc/ralph-monitor/config.toml unless --config or $RALPH_MONITOR_CONFIG says otherwise.
 """
 
-def parse_since(text: str) -> datetime:
-    """`2h`, `30m`, `1d`, `1w` ago, or an ISO 8601 timestamp (UTC if it has no offset)."""
-    match = _DURATION.fullmatch(text.strip())
-    if match:
-        return datetime.now(timezone.utc) - timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration like 2h / 30m / 1d nor a timestamp like 2026-11-25T03:00") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def _add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE",
-                        help=f"config file (default: $RALPH_MONITOR_CONFIG or {DEFAULT_CONFIG_PATH})")
-
-
 def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for pair in pairs:
@@ -64,9 +42,6 @@ def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             data[key] = value
     return data
-
-
-# ralph-monitor
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -113,8 +88,8 @@ def _socket_path(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor.agent_spool import ClientSpool
-    from ralph_monitor.client import EventRejected, deliver, encode_event, new_event
+    from ralph_monitor.agent.client import EventRejected, deliver, encode_event, new_event
+    from ralph_monitor.agent.spool import ClientSpool
 
     data: dict[str, Any] = {}
     if args.data_json:
@@ -145,8 +120,8 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor.agent_spool import ClientSpool
-    from ralph_monitor.client import flush_spool
+    from ralph_monitor.agent.client import flush_spool
+    from ralph_monitor.agent.spool import ClientSpool
 
     socket_path = _socket_path(args, settings)
     spool = ClientSpool.for_socket(socket_path)
@@ -163,16 +138,19 @@ def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor.hook import main as hook_main
+    """Only for callers of `monitor_main` itself: `launcher` runs the hook before argparse."""
+    from ralph_monitor.agent.hook import main as hook_main
 
-    return hook_main([])  # monitor_main runs the hook before argparse; this is for --help only
+    options = {"--socket": args.socket, "--config": args.config,
+               "--max-field-bytes": args.max_field_bytes, "--timeout": args.timeout}
+    return hook_main([f"{name}={value}" for name, value in options.items() if value is not None])
 
 
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
     import uuid
 
-    from ralph_monitor.client import Client
-    from ralph_monitor.loop import LoopRunner, Spec, load_specs
+    from ralph_monitor.agent.client import Client
+    from ralph_monitor.agent.loop import LoopRunner, Spec, load_specs
 
     command = args.agent_command[1:] if args.agent_command[:1] == ["--"] else args.agent_command
     if args.session is not None:
@@ -216,7 +194,7 @@ def monitor_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)",
                          description="Listen on the event socket and commit every event to PostgreSQL. "
                          "Without [database] dsn, a private PostgreSQL cluster is started under [paths] state_dir.")
-    _add_config_option(run)
+    add_config_option(run)
     run.set_defaults(func=_cmd_run)
 
     init = sub.add_parser("init-config", help="write a commented config file with every default",
@@ -230,7 +208,7 @@ def monitor_parser() -> argparse.ArgumentParser:
         "rebuild-aggregates", help="recompute sessions, spec runs and metric buckets from events",
         description="Recompute every aggregate (sessions, spec_runs, interventions, metric_buckets) "
         "from the events table, e.g. after an upgrade or a repair. Safe while the daemon runs.")
-    _add_config_option(rebuild)
+    add_config_option(rebuild)
     rebuild.set_defaults(func=_cmd_rebuild)
 
     render = sub.add_parser(
@@ -238,7 +216,7 @@ def monitor_parser() -> argparse.ArgumentParser:
         description="Render the dashboard (HTML pages and api/*.json) into [paths] site_dir and publish it "
         "atomically. Without --full only what changed since the last render is redone. The daemon does "
         "this by itself every [schedule] render_interval_s; run this as the daemon's user.")
-    _add_config_option(render)
+    add_config_option(render)
     render.add_argument("--full", action="store_true", help="rebuild every page, not only what changed")
     render.set_defaults(func=_cmd_render)
 
@@ -246,7 +224,7 @@ def monitor_parser() -> argparse.ArgumentParser:
                           description="Send one event. Exits 0 once the daemon acknowledged it (or, when "
                           "the daemon is unreachable, once it is fsync'd to this user's spool: see flush), "
                           "1 with the reason when it was rejected.")
-    _add_config_option(emit)
+    add_config_option(emit)
     emit.add_argument("type", help="event type, e.g. spec_started, spec_failed, session_heartbeat")
     emit.add_argument("items", nargs="*", metavar="key=value",
                       help="data fields; values are parsed as JSON when they can be (tokens_used=1200)")
@@ -267,12 +245,12 @@ def monitor_parser() -> argparse.ArgumentParser:
 
 
 def _add_agent_parsers(sub: Any) -> None:
-    from ralph_monitor.hook import add_arguments as add_hook_arguments
+    from ralph_monitor.agent.hook import add_arguments as add_hook_arguments
 
     flush = sub.add_parser("flush", help="deliver the events spooled while the daemon was unreachable",
                            description="Deliver this user's spooled events to the daemon, oldest first. "
                            "emit, the Python client and the hook do this on their next send too.")
-    _add_config_option(flush)
+    add_config_option(flush)
     flush.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
     flush.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
     flush.set_defaults(func=_cmd_flush)
@@ -294,7 +272,7 @@ def _add_agent_parsers(sub: Any) -> None:
         epilog="Examples:\n"
         "  ralph-monitor loop --specs specs/ --stdin-spec -- claude -p --output-format json\n"
         "  ralph-monitor loop --iterations 0 -- sh -c 'cat PROMPT.md | claude -p --output-format json'")
-    _add_config_option(loop)
+    add_config_option(loop)
     which = loop.add_mutually_exclusive_group()
     which.add_argument("--specs", metavar="FILE|DIR",
                        help="a file with one spec id per line, or a directory with one file per spec")
@@ -322,35 +300,12 @@ def _add_agent_parsers(sub: Any) -> None:
                           description="Send the daemon a realistic night of events (sessions with passes, "
                           "failures, a timeout, an intervention request, a stalled and a live session), "
                           "timed inside the configured night window.")
-    _add_config_option(demo)
+    add_config_option(demo)
     demo.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
     demo.add_argument("--seed", type=int, default=7, help="random seed for the simulated details")
     demo.set_defaults(func=_cmd_demo)
 
 
-def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse, load settings, run; print operator-readable errors and return the exit code."""
-    args, extras = parser.parse_known_args(argv)
-    if extras:
-        if not hasattr(args, "items") or any("=" not in extra or extra.startswith("-") for extra in extras):
-            parser.error(f"unrecognized arguments: {' '.join(extras)}")
-        args.items = [*args.items, *extras]
-    func: Callable[[argparse.Namespace, Settings], int] = args.func
-    try:
-        settings = Settings() if getattr(args, "no_settings", False) else load_settings(getattr(args, "config", None))
-        setup_logging(settings.monitor_log_level)
-        return func(args, settings)
-    except RalphMonitorError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
-
-
 def monitor_main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["hook"] and not {"-h", "--help"} & set(args):
-        from ralph_monitor.hook import main as hook_main
-
-        return hook_main(args[1:])  # never fails the agent: no config errors, no usage errors
-    return run_command(monitor_parser(), args)
+    """`ralph-monitor` once `launcher` has sent `hook` calls to the hook."""
+    return run_command(monitor_parser(), argv)

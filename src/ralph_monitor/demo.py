@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
-from ralph_monitor.client import Connection, encode_event
+from ralph_monitor.agent.client import Connection, encode_event
 from ralph_monitor.errors import ClientError
 
 BATCH = 100

@@ -15,9 +15,9 @@ from datetime import datetime, time, timezone
 from typing import IO, Any
 
 from ralph_monitor import __version__, queries
-from ralph_monitor.cli import parse_since, run_command
+from ralph_monitor.cli_common import add_config_option, parse_since, run_command
 from ralph_monitor.cluster import database_dsn
-from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, report_zone
+from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import RalphMonitorError
 from ralph_monitor.store import ReadStore, open_read_store
 from ralph_monitor.textfmt import (duration, json_default, local_time, money, percent, relative_time,
@@ -365,8 +365,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE",
-                        help=f"config file (default: $RALPH_MONITOR_CONFIG or {DEFAULT_CONFIG_PATH})")
+    add_config_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable JSON (one object per line)")
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from ralph_monitor.agent_spool import ClientSpool
-from ralph_monitor.client import Client, EventRejected, encode_event, new_event
+from ralph_monitor.agent.client import Client, EventRejected, encode_event, new_event
+from ralph_monitor.agent.spool import ClientSpool
 from ralph_monitor.errors import ClientError
 from tests.agent_tools import agent_env, events, monitor, settle
 from tests.conftest import Daemon, query

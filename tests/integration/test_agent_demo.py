@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from ralph_monitor.demo import demo_events, night_window
 from ralph_monitor.protocol import Origin, parse_line
-from ralph_monitor.client import encode_event
+from ralph_monitor.agent.client import encode_event
 from tests.agent_tools import BIN, agent_env, settle
 from tests.conftest import query
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ralph_monitor.agent_spool import ClientSpool
+from ralph_monitor.agent.spool import ClientSpool
 from tests.agent_tools import BIN, agent_env, events, settle
 from tests.conftest import Daemon, query
 from tests.hook_payloads import CC_SESSION, all_payloads, write_transcript

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ralph_monitor.agent_spool import ClientSpool, spool_dir_for
+from ralph_monitor.agent.spool import ClientSpool, spool_dir_for
 from ralph_monitor.errors import ClientError
 
 
@@ -58,7 +58,7 @@ def test_append_then_flush_delivers_in_order_and_empties(tmp_path: Path) -> None
 
 
 def test_partial_delivery_keeps_the_rest_in_order_before_newer_events(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr("ralph_monitor.agent_spool.FLUSH_BATCH", 3)
+    monkeypatch.setattr("ralph_monitor.agent.spool.FLUSH_BATCH", 3)
     spool = ClientSpool(tmp_path / "s")
     spool.append([line(i) for i in range(10)])
     first = FakeDaemon(fail_after=6)

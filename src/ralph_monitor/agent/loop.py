@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ralph_monitor.client import SESSION_ENV, SOCKET_ENV, SPEC_ENV, Client, utc_now
+from ralph_monitor.agent.client import SESSION_ENV, SOCKET_ENV, SPEC_ENV, Client, utc_now
 from ralph_monitor.errors import ConfigError, RalphMonitorError
 
 SPEC_FILE_ENV = "RALPH_SPEC_FILE"

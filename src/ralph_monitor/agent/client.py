@@ -1,10 +1,10 @@
 """Send events to the daemon over its Unix socket and read the acknowledgements.
 
 `Client` is what agents use: thread-safe, keeps one connection and reconnects, spools
-events locally (see `agent_spool`) when the daemon is away, and has context managers that
+events locally (see `agent.spool`) when the daemon is away, and has context managers that
 report a session and each spec run:
 
-    from ralph_monitor.client import Client
+    from ralph_monitor.agent.client import Client
 
     client = Client()                         # socket from $RALPH_MONITOR_SOCKET or the config
     with client.session("nightly", total_specs=len(specs)):
@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ralph_monitor.agent_spool import TRANSIENT_CODES, ClientSpool, FlushResult
+from ralph_monitor.agent.spool import TRANSIENT_CODES, ClientSpool, FlushResult
 from ralph_monitor.errors import ClientError, RalphMonitorError
 
 

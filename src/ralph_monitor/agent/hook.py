@@ -2,7 +2,7 @@
 
 Claude Code runs the hook command for each hook event with the event's JSON on stdin. This
 forwarder turns it into an event of type `cc.<hook_event_name>` and sends it (or spools it,
-see `agent_spool`) without ever getting in the agent's way:
+see `agent.spool`) without ever getting in the agent's way:
 
 - it always exits 0 and writes nothing on stdout (for SessionStart and UserPromptSubmit,
   Claude Code would add stdout to the model's context; other exit codes may block);
@@ -19,7 +19,7 @@ session_id, in which case SessionStart / SessionEnd also record `session_started
 On Stop, SubagentStop and SessionEnd the token usage in the transcript JSONL is summed
 (`message.usage`, each `requestId` once: streamed chunks repeat it) per model.
 
-Imports stay light (no database driver): `python -X importtime -m ralph_monitor hook`.
+Imports stay light (see `ralph_monitor.agent`): `python -X importtime -m ralph_monitor hook`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ralph_monitor.agent_spool import ClientSpool
-from ralph_monitor.client import (
+from ralph_monitor.agent.client import (
     SESSION_ENV, SOCKET_ENV, SPEC_ENV, Connection, EventRejected, deliver, encode_event, new_event,
 )
+from ralph_monitor.agent.spool import ClientSpool
 from ralph_monitor.errors import RalphMonitorError
 
 if TYPE_CHECKING:

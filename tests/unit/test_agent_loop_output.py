@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ralph_monitor.agent.loop import Spec, find_result, load_specs, result_fields
 from ralph_monitor.errors import ConfigError
-from ralph_monitor.loop import Spec, find_result, load_specs, result_fields
 
 RESULT = {
     "type": "result", "subtype": "success", "is_error": False, "duration_ms": 48211, "duration_api_ms": 45002,

@@ -133,7 +133,7 @@ def test_build_install_doctor_purge(open_cluster: Cluster, tmp_path: Path) -> No
     if reason:
         pytest.skip(reason)
     deb = Path(run(str(REPO / "packaging" / "build-deb"), str(tmp_path / "dist"), timeout=300).stdout.strip())
-    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "tests.integration.test_package",
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "tests.integration.test_deb_install",
                            str(deb), str(open_cluster.socket_dir), str(tmp_path)],
                           capture_output=True, text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0 and "package flow: OK" in proc.stdout, proc.stdout + proc.stderr
