@@ -22,6 +22,9 @@ SET default_transaction_read_only = on;
 -- name: database_exists
 SELECT 1 FROM pg_database WHERE datname = %(name)s;
 
+-- name: create_database
+CREATE DATABASE {database};
+
 -- name: ensure_event_partitions
 SELECT ensure_event_partitions(%(first_day)s, %(last_day)s);
 
@@ -425,7 +428,7 @@ SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds,
 FROM spec_runs WHERE coalesce(start_time, end_time) >= %(since)s AND coalesce(start_time, end_time) < %(until)s
 ORDER BY coalesce(start_time, end_time), id;
 
--- Maintenance: backups, restores, retention, doctor (maintenance.py, doctor.py) -------------
+-- Maintenance: backups, restores, retention, doctor (backup.py, retention.py, doctor.py) ----
 
 -- name: maintenance_user_tables
 -- Every table a backup holds (a partitioned table stands for all its partitions).
@@ -433,6 +436,9 @@ SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.rel
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
 ORDER BY 1, 2;
+
+-- name: count_table_rows
+SELECT count(*) FROM {table};
 
 -- name: database_objects
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -13,6 +13,7 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from ralph_monitor.errors import UnknownSession
 from ralph_monitor.store import ReadStore
 
 
@@ -247,10 +248,6 @@ class Spend:
     week: Outcomes
     month: Outcomes
     per_day: list[DailyRuns]
-
-
-class UnknownSession(LookupError):
-    """No session (or more than one) matches an id prefix."""
 
 
 def _local_midnight(moment: datetime, zone: tzinfo) -> datetime:
