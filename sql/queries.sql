@@ -145,18 +145,6 @@ ORDER BY host;
 
 -- Projections ------------------------------------------------------------------------------
 
--- name: mark_sessions_dirty
--- Sorted, so two daemons marking overlapping sessions lock rows in the same order.
-INSERT INTO dirty_sessions (session_id)
-SELECT DISTINCT s FROM unnest(%(session_ids)s::uuid[]) AS s ORDER BY s
-ON CONFLICT (session_id) DO UPDATE SET version = dirty_sessions.version + 1, marked_at = now();
-
--- name: mark_buckets_dirty
-INSERT INTO dirty_buckets (bucket_time)
-SELECT DISTINCT date_bin('5 minutes', t, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
-FROM unnest(%(times)s::timestamptz[]) AS t ORDER BY b
-ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1;
-
 -- name: mark_all_dirty_sessions
 INSERT INTO dirty_sessions (session_id)
 SELECT session_id FROM events WHERE session_id IS NOT NULL
@@ -170,12 +158,6 @@ SELECT date_bin('5 minutes', occurred_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') 
 UNION SELECT bucket_time FROM metric_buckets
 ORDER BY 1
 ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1;
-
--- name: claim_dirty_sessions
-SELECT session_id FROM dirty_sessions ORDER BY marked_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
-
--- name: claim_dirty_buckets
-SELECT bucket_time FROM dirty_buckets ORDER BY bucket_time LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
 
 -- name: session_events
 SELECT event_id, event_type, spec_id, occurred_at, host, payload->'data' AS data
@@ -223,9 +205,6 @@ INSERT INTO interventions (event_id, session_id, spec_id, requested_at, message,
 VALUES (%(event_id)s, %(session_id)s, %(spec_id)s, %(requested_at)s, %(message)s, %(answered_at)s,
         %(answer)s);
 
--- name: delete_dirty_session
-DELETE FROM dirty_sessions WHERE session_id = %(session_id)s;
-
 -- name: delete_session_aggregate
 DELETE FROM sessions WHERE id = %(session_id)s;
 
@@ -240,9 +219,6 @@ SELECT d.b, e.event_type, count(*),
 FROM unnest(%(buckets)s::timestamptz[]) AS d(b)
 JOIN events e ON e.occurred_at >= d.b AND e.occurred_at < d.b + interval '5 minutes'
 GROUP BY d.b, e.event_type;
-
--- name: delete_dirty_buckets
-DELETE FROM dirty_buckets WHERE bucket_time = ANY(%(buckets)s::timestamptz[]);
 
 -- name: stalled_candidates
 SELECT id, last_event_at FROM sessions

@@ -794,9 +794,10 @@ class MaintenanceSession:
                                                             {"cutoff": cutoff, "batch": batch}).fetchall()]
                     rows: dict[str, list[str]] = {}
                     if ids:
-                        for kind in ("interventions", "spec_runs", "sessions"):
+                        for kind, query in (("interventions", "prune_interventions_of"),
+                                            ("spec_runs", "prune_spec_runs_of"), ("sessions", "prune_sessions_of")):
                             rows[kind] = [r[0] for r in self._conn.execute(
-                                resources.query(f"prune_{kind}_of"), {"ids": ids}).fetchall()]
+                                resources.query(query), {"ids": ids}).fetchall()]
                         if on_rows is not None:
                             on_rows(rows)
             except psycopg.Error as exc:
