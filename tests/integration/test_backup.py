@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from ralph_monitor import backup
 from ralph_monitor.config import Settings
 from ralph_monitor.backup import Backup, BackupError, backups_to_keep, list_backups, rotate
-from tests.conftest import Daemon, LineClient, create_database, query
+from tests.conftest import Daemon, LineClient, admin_connect, create_database, drop_database, query
 from tests.integration.test_overnight import wait_until_settled
 from tests.ops import BIN, AckProbe, execute, monitor, utc_time_in, wait_for_event, write_config
 from tests.scenario import overnight_events
@@ -134,6 +135,28 @@ def test_restore_refuses_a_database_that_is_not_empty_unless_forced(
     proc = monitor("restore", str(result.path), "--into", first, "--force", config=config)
     assert proc.returncode == 0, proc.stderr
     assert query(first, "SELECT count(*) AS n FROM rejects")[0]["n"] == 1
+
+
+def test_restore_force_with_a_role_gives_it_the_restored_objects(
+        db_dsn: str, pg_cluster: Any, tmp_path: Path) -> None:
+    """--role with --force: the preamble's SET ROLE quotes a name that needs it."""
+    result = backup.backup(backup_settings(tmp_path), db_dsn)
+    config = write_config(tmp_path / "config.toml", {"paths": {"state_dir": str(tmp_path / "state")}})
+    role, name = f'restorer "{uuid.uuid4().hex[:6]}"', f"owned_{uuid.uuid4().hex[:8]}"
+    target = create_database(pg_cluster, name)
+    with admin_connect(pg_cluster) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(role)))
+    try:
+        assert monitor("restore", str(result.path), "--into", target, config=config).returncode == 0
+        proc = monitor("restore", str(result.path), "--into", target, "--force", "--role", role, config=config)
+        assert proc.returncode == 0, proc.stderr
+        owner = query(target, "SELECT tableowner FROM pg_tables WHERE tablename = 'events'")[0]["tableowner"]
+        assert owner == role
+    finally:
+        drop_database(pg_cluster, name)
+        with admin_connect(pg_cluster) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_restore_rejects_a_damaged_backup(db_dsn: str, pg_cluster: Any, tmp_path: Path) -> None:
