@@ -11,7 +11,7 @@ The real daemon (`python -m ralph_monitor run`) runs on it with one writer that 
 event and waits for its ack, again and again. All sizes run side by side (their daemons and
 writers together; prunes alternate between them), so other load on the machine weighs on
 each alike. The script first measures the writers without prunes (baseline), then calls
-`maintenance.prune` R times per size with a `now` that moves one day each time, so each call
+`retention.prune` R times per size with a `now` that moves one day each time, so each call
 removes exactly one day (detach + drop of its partition, DELETE of its event ids), and
 measures each writer's acks sent while a prune ran on its database.
 
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))   # for tests.daemon_proc
 
 import psycopg  # noqa: E402  (the benchmark drives the database directly to load it)
 
-from ralph_monitor import maintenance  # noqa: E402
+from ralph_monitor import retention  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
 from ralph_monitor.store import migrate  # noqa: E402
@@ -193,7 +193,7 @@ class Target:
         # cutoff = 00:00 of (now - events_days): exactly day k-1 is older than it.
         now = self.first_day + timedelta(days=k + self.settings.retention_events_days, hours=12)
         started = time.monotonic()
-        report = maintenance.prune(self.settings, self.dsn, now=now)
+        report = retention.prune(self.settings, self.dsn, now=now)
         ended = time.monotonic()
         r = self.result
         r.errors.extend(report.errors)

@@ -22,6 +22,9 @@ SET default_transaction_read_only = on;
 -- name: database_exists
 SELECT 1 FROM pg_database WHERE datname = %(name)s;
 
+-- name: create_database
+CREATE DATABASE {database};
+
 -- name: ensure_event_partitions
 SELECT ensure_event_partitions(%(first_day)s, %(last_day)s);
 
@@ -145,18 +148,6 @@ ORDER BY host;
 
 -- Projections ------------------------------------------------------------------------------
 
--- name: mark_sessions_dirty
--- Sorted, so two daemons marking overlapping sessions lock rows in the same order.
-INSERT INTO dirty_sessions (session_id)
-SELECT DISTINCT s FROM unnest(%(session_ids)s::uuid[]) AS s ORDER BY s
-ON CONFLICT (session_id) DO UPDATE SET version = dirty_sessions.version + 1, marked_at = now();
-
--- name: mark_buckets_dirty
-INSERT INTO dirty_buckets (bucket_time)
-SELECT DISTINCT date_bin('5 minutes', t, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
-FROM unnest(%(times)s::timestamptz[]) AS t ORDER BY b
-ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1;
-
 -- name: mark_all_dirty_sessions
 INSERT INTO dirty_sessions (session_id)
 SELECT session_id FROM events WHERE session_id IS NOT NULL
@@ -170,12 +161,6 @@ SELECT date_bin('5 minutes', occurred_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') 
 UNION SELECT bucket_time FROM metric_buckets
 ORDER BY 1
 ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1;
-
--- name: claim_dirty_sessions
-SELECT session_id FROM dirty_sessions ORDER BY marked_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
-
--- name: claim_dirty_buckets
-SELECT bucket_time FROM dirty_buckets ORDER BY bucket_time LIMIT %(limit)s FOR UPDATE SKIP LOCKED;
 
 -- name: session_events
 SELECT event_id, event_type, spec_id, occurred_at, host, payload->'data' AS data
@@ -225,9 +210,6 @@ INSERT INTO interventions (event_id, session_id, spec_id, requested_at, message,
 VALUES (%(event_id)s, %(session_id)s, %(spec_id)s, %(requested_at)s, %(message)s, %(answered_at)s,
         %(answer)s);
 
--- name: delete_dirty_session
-DELETE FROM dirty_sessions WHERE session_id = %(session_id)s;
-
 -- name: delete_session_aggregate
 DELETE FROM sessions WHERE id = %(session_id)s;
 
@@ -245,9 +227,6 @@ SELECT d.b, e.event_type, count(*),
 FROM unnest(%(buckets)s::timestamptz[]) AS d(b)
 JOIN events e ON e.occurred_at >= d.b AND e.occurred_at < d.b + interval '5 minutes'
 GROUP BY d.b, e.event_type;
-
--- name: delete_dirty_buckets
-DELETE FROM dirty_buckets WHERE bucket_time = ANY(%(buckets)s::timestamptz[]);
 
 -- name: stalled_candidates
 SELECT id, last_event_at FROM sessions
@@ -433,7 +412,7 @@ SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds,
 FROM spec_runs WHERE coalesce(start_time, end_time) >= %(since)s AND coalesce(start_time, end_time) < %(until)s
 ORDER BY coalesce(start_time, end_time), id;
 
--- Maintenance: backups, restores, retention, doctor (maintenance.py, doctor.py) -------------
+-- Maintenance: backups, restores, retention, doctor (backup.py, retention.py, doctor.py) ----
 
 -- name: maintenance_user_tables
 -- Every table a backup holds (a partitioned table stands for all its partitions).
@@ -441,6 +420,9 @@ SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.rel
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
 ORDER BY 1, 2;
+
+-- name: count_table_rows
+SELECT count(*) FROM {table};
 
 -- name: database_objects
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

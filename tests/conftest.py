@@ -68,12 +68,24 @@ def admin_connect(cluster: Cluster) -> psycopg.Connection[Any]:
     return psycopg.connect(cluster.dsn("postgres"), autocommit=True)
 
 
+def create_database(cluster: Cluster, name: str, *, template: str | None = None) -> str:
+    """Create database `name` afresh (dropping one an earlier run left behind), as a copy of
+    `template` if given, else empty; its DSN."""
+    with admin_connect(cluster) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    return cluster.dsn(name)
+
+
+def drop_database(cluster: Cluster, name: str) -> None:
+    """Drop database `name`, disconnecting whoever is still on it."""
+    with admin_connect(cluster) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture(scope="session")
 def template_dsn(pg_cluster: Cluster) -> str:
-    with admin_connect(pg_cluster) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
-        conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
-    dsn = pg_cluster.dsn(TEMPLATE_DB)
+    dsn = create_database(pg_cluster, TEMPLATE_DB)
     asyncio.run(prepare_database(dsn))
     return dsn
 
@@ -82,11 +94,8 @@ def template_dsn(pg_cluster: Cluster) -> str:
 def db_dsn(pg_cluster: Cluster, template_dsn: str) -> Iterator[str]:
     """A fresh, migrated database for one test."""
     name = f"test_{os.getpid()}_{next(_db_counter)}"
-    with admin_connect(pg_cluster) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-    yield pg_cluster.dsn(name)
-    with admin_connect(pg_cluster) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield create_database(pg_cluster, name, template=TEMPLATE_DB)
+    drop_database(pg_cluster, name)
 
 
 def query(dsn: str, sql: str, params: Any = None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ralph_monitor import __version__, ops_cli
 from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option, run_command
-from ralph_monitor.cluster import database_dsn
+from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, render_default_config
 from ralph_monitor.errors import ConfigError
 
@@ -68,7 +68,7 @@ def _cmd_init_config(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from ralph_monitor.projector import rebuild_aggregates
 
-    sessions, buckets = rebuild_aggregates(settings, dsn=database_dsn(settings.database_dsn, settings.state_dir))
+    sessions, buckets = rebuild_aggregates(settings, dsn=resolve_dsn(settings))
     print(f"recomputed {sessions} sessions and {buckets} metric buckets from events")
     return EXIT_OK
 
@@ -76,7 +76,7 @@ def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_render(args: argparse.Namespace, settings: Settings) -> int:
     from ralph_monitor.site import render_once
 
-    result = render_once(settings, dsn=database_dsn(settings.database_dsn, settings.state_dir), full=args.full)
+    result = render_once(settings, dsn=resolve_dsn(settings), full=args.full)
     print(f"{'rebuilt' if result.full else 'updated'} the dashboard in {settings.site_dir / 'current'}: "
           f"{result.pages} pages rendered, {result.written} files changed, {result.seconds:.2f} s")
     return EXIT_OK

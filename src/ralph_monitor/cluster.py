@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ralph_monitor.config import Settings
 from ralph_monitor.errors import ClusterError
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,26 @@ SERVER_SETTINGS = {
 }
 
 
+def _version(bindir: Path) -> int:
+    return int(bindir.parent.name) if bindir.parent.name.isdigit() else 0
+
+
+def find_program(name: str, *, companions: tuple[str, ...] = ()) -> str | None:
+    """Path of PostgreSQL program `name`: in the newest Debian install that has it (and its
+    `companions`), else on PATH. pg_dump must be at least the server's version, so newest wins."""
+    for bindir in reversed(sorted(Path("/").glob(PG_BIN_GLOB.lstrip("/")), key=_version)):
+        if all((bindir / program).exists() for program in (name, *companions)):
+            return str(bindir / name)
+    return shutil.which(name)
+
+
 def find_bindir() -> Path:
     """Directory holding initdb/pg_ctl: the newest Debian install, else pg_ctl on PATH."""
-    candidates = sorted(Path("/").glob(PG_BIN_GLOB.lstrip("/")),
-                        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
-    for bindir in reversed(candidates):
-        if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists():
-            return bindir
-    pg_ctl = shutil.which("pg_ctl")
+    pg_ctl = find_program("pg_ctl", companions=("initdb",))
     if pg_ctl:
-        return Path(pg_ctl).resolve().parent
+        bindir = Path(pg_ctl).parent
+        # Found on PATH, pg_ctl may be a link into the install's own directory.
+        return bindir if bindir.match(PG_BIN_GLOB) else Path(pg_ctl).resolve().parent
     raise ClusterError(
         "PostgreSQL server binaries (initdb, pg_ctl) not found; install them with "
         "'apt-get install postgresql' or set [database] dsn to an existing server")
@@ -150,6 +161,6 @@ def embedded_cluster(state_dir: Path) -> Cluster:
     return Cluster(state_dir / "postgresql")
 
 
-def database_dsn(settings_dsn: str, state_dir: Path) -> str:
-    """The DSN to use: the configured one, else the embedded cluster's database."""
-    return settings_dsn or embedded_cluster(state_dir).dsn(EMBEDDED_DBNAME)
+def resolve_dsn(settings: Settings) -> str:
+    """The DSN to use: [database] dsn, else the embedded cluster's database."""
+    return settings.database_dsn or embedded_cluster(settings.state_dir).dsn(EMBEDDED_DBNAME)

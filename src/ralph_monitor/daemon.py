@@ -21,8 +21,8 @@ from pathlib import Path
 import sdnotify
 
 from ralph_monitor import __version__, disk, site
-from ralph_monitor.cluster import EMBEDDED_DBNAME, database_dsn, embedded_cluster
-from ralph_monitor import maintenance
+from ralph_monitor.cluster import EMBEDDED_DBNAME, embedded_cluster, resolve_dsn
+from ralph_monitor import jobs
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import StoreUnavailable
 from ralph_monitor.ingest import Ingestor
@@ -145,7 +145,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier, dat
         helpers.append(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval_s), name="watchdog"))
     scheduler = Scheduler(zone=report_zone(settings.reports_timezone))
     context = DaemonContext(
-        settings=settings, dsn=database_dsn(settings.database_dsn, settings.state_dir) if dsn is None else dsn,
+        settings=settings, dsn=resolve_dsn(settings) if dsn is None else dsn,
         origin=Origin(host=host, uid=os.getuid(), pid=os.getpid()), scheduler=scheduler,
         record=lambda event: ingestor.submit(event, None, None), projector=projector)
     install_features(context)
@@ -185,7 +185,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier, dat
 
 def install_features(context: DaemonContext) -> None:
     """Register the scheduled features' jobs (each feature module adds one line here)."""
-    maintenance.install(context)
+    jobs.install(context)
     site.install(context)
 
 

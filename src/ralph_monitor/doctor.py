@@ -18,10 +18,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ralph_monitor import resources
-from ralph_monitor.cluster import database_dsn
+from ralph_monitor.backup import list_backups, pg_tool
+from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, Settings, load_settings
 from ralph_monitor.errors import RalphMonitorError, StoreUnavailable
-from ralph_monitor.maintenance import list_backups, pg_tool
 from ralph_monitor.store import DatabaseFacts, database_facts, describe_dsn, dsn_uses_tcp
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -413,7 +413,7 @@ def run_checks(config_path: str | None, *, now: datetime | None = None) -> list[
     if settings is None:
         return checks
     checks.append(check_socket(settings))
-    dsn = database_dsn(settings.database_dsn, settings.state_dir)
+    dsn = resolve_dsn(settings)
     database, facts = check_database(settings, dsn)
     checks.append(database)
     if facts is not None:

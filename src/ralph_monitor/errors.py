@@ -39,3 +39,11 @@ class ClusterError(RalphMonitorError):
 
 class ClientError(RalphMonitorError):
     """Sending an event to the daemon failed or was rejected."""
+
+
+class MaintenanceError(RalphMonitorError):
+    """A backup, restore or prune could not be done; the message says why and what to do."""
+
+
+class UnknownSession(RalphMonitorError):
+    """No session (or more than one) matches an id prefix."""

@@ -7,14 +7,18 @@ its config loading, logging and error printing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 from typing import Any
 
-from ralph_monitor.cluster import database_dsn
+from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, report_zone
 from ralph_monitor.errors import RalphMonitorError
-from ralph_monitor.protocol import Origin, internal_event
+from ralph_monitor.protocol import Event, Origin, internal_event
+
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -89,10 +93,6 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
                         help=f"config file (default: $RALPH_MONITOR_CONFIG or {DEFAULT_CONFIG_PATH})")
 
 
-def _dsn(settings: Settings) -> str:
-    return database_dsn(settings.database_dsn, settings.state_dir)
-
-
 def _origin(settings: Settings) -> Origin:
     return Origin(host=settings.host, uid=os.getuid(), pid=os.getpid())
 
@@ -101,19 +101,36 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str, sort_keys=True))
 
 
-def _cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor import maintenance
+def _record_now(settings: Settings, dsn: str, event: Event) -> None:
+    """Store one of the monitor's own events (backup_completed, ...); the daemon uses context.record."""
+    from ralph_monitor.store import EventStore
 
-    dsn = _dsn(settings)
+    async def write() -> None:
+        store = EventStore(settings, dsn=dsn)
+        try:
+            await store.write_batch([event], [], excerpt_bytes=settings.limits_reject_excerpt_bytes)
+        finally:
+            await store.close()
+
     try:
-        result = maintenance.backup(settings, dsn, zone=report_zone(settings.reports_timezone))
+        asyncio.run(write())
     except RalphMonitorError as exc:
-        maintenance.record_now(settings, dsn, internal_event(
+        log.warning("could not record the %s event: %s", event.event_type, exc)
+
+
+def _cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor import backup
+
+    dsn = resolve_dsn(settings)
+    try:
+        result = backup.backup(settings, dsn, zone=report_zone(settings.reports_timezone))
+    except RalphMonitorError as exc:
+        _record_now(settings, dsn, internal_event(
             "backup_failed", origin=_origin(settings),
             data={"error": str(exc), "backup_dir": str(settings.backup_dir)}))
         raise
-    maintenance.record_now(settings, dsn, internal_event("backup_completed", origin=_origin(settings),
-                                                         data=result.event_data()))
+    _record_now(settings, dsn, internal_event("backup_completed", origin=_origin(settings),
+                                              data=result.event_data()))
     if args.json:
         _print_json({**result.event_data(), "counts": result.counts})
         return EXIT_OK
@@ -125,9 +142,9 @@ def _cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor import maintenance
+    from ralph_monitor import backup
 
-    result = maintenance.restore(settings, args.file, args.into, force=args.force, role=args.role)
+    result = backup.restore(settings, args.file, args.into, force=args.force, role=args.role)
     if args.json:
         _print_json({"counts": result.counts, "verified": result.expected is not None,
                      "replaced": result.replaced, "duration_s": round(result.duration_s, 3)})
@@ -144,15 +161,15 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor import maintenance
+    from ralph_monitor import retention
 
-    dsn = _dsn(settings)
-    report = maintenance.prune(settings, dsn, dry_run=args.dry_run, archive_dir=args.archive)
+    dsn = resolve_dsn(settings)
+    report = retention.prune(settings, dsn, dry_run=args.dry_run, archive_dir=args.archive)
     if not args.dry_run:
         data = report.event_data()
         if report.errors:
             data["error"] = "; ".join(report.errors)
-        maintenance.record_now(settings, dsn, internal_event(
+        _record_now(settings, dsn, internal_event(
             "prune_failed" if report.errors else "prune_completed", origin=_origin(settings), data=data))
     if args.json:
         _print_json(report.event_data())

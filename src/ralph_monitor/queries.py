@@ -13,6 +13,7 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from ralph_monitor.errors import UnknownSession
 from ralph_monitor.store import ReadStore
 
 
@@ -272,10 +273,6 @@ class Spend:
     per_day: list[DailyRuns]
 
 
-class UnknownSession(LookupError):
-    """No session (or more than one) matches an id prefix."""
-
-
 def _local_midnight(moment: datetime, zone: tzinfo) -> datetime:
     local = moment.astimezone(zone)
     return datetime.combine(local.date(), time(0), tzinfo=zone)
@@ -484,14 +481,16 @@ def event_counts(store: ReadStore, since: datetime) -> list[tuple[datetime, int]
     return [(r["bucket_time"], r["count"]) for r in store.fetch("event_counts_per_bucket", {"since": since})]
 
 
-EXPORT_TABLES = ("events", "sessions", "spec_runs")
+EXPORT_QUERIES = {"events": "export_events", "sessions": "export_sessions", "spec_runs": "export_spec_runs"}
+"""The tables `export_rows` can read, and the named query that reads each."""
+EXPORT_TABLES = tuple(EXPORT_QUERIES)
 
 
 def export_rows(store: ReadStore, table: str, window: Window) -> Iterator[dict[str, Any]]:
     """Rows of `table` in the window, streamed with constant memory."""
     if table not in EXPORT_TABLES:
         raise ValueError(f"cannot export {table!r}; choose one of {', '.join(EXPORT_TABLES)}")
-    return store.stream(f"export_{table}", {"since": window.since, "until": window.until})
+    return store.stream(EXPORT_QUERIES[table], {"since": window.since, "until": window.until})
 
 
 # Dashboard: batched reads for rendering many pages at once ----------------------------------

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from ralph_monitor import __version__, queries
 from ralph_monitor.cli_common import add_config_option, parse_since, run_command
-from ralph_monitor.cluster import database_dsn
+from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import RalphMonitorError
 from ralph_monitor.store import ReadStore, open_read_store
@@ -45,7 +45,7 @@ class QueryFailed(RalphMonitorError):
 
 @contextmanager
 def _store(settings: Settings) -> Iterator[ReadStore]:
-    with open_read_store(settings, dsn=database_dsn(settings.database_dsn, settings.state_dir)) as store:
+    with open_read_store(settings, dsn=resolve_dsn(settings)) as store:
         yield store
 
 

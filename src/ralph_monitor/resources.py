@@ -66,3 +66,10 @@ def query(name: str) -> str:
         return queries()[name]
     except KeyError:
         raise KeyError(f"no query named {name!r} in sql/queries.sql") from None
+
+
+@functools.cache
+def psql_script(name: str) -> str:
+    """The text of `sql/<name>.sql`, a script for psql (it may use psql variables and
+    meta-commands, so it is not a named query)."""
+    return (resource_dir("sql") / f"{name}.sql").read_text(encoding="utf-8")

@@ -545,7 +545,7 @@ def ensure_database(admin_dsn: str, name: str) -> bool:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             if conn.execute(resources.query("database_exists"), {"name": name}).fetchone() is not None:
                 return False
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL(resources.query("create_database")).format(database=sql.Identifier(name)))
             return True
     except psycopg.Error as exc:
         raise StoreError(f"cannot create database {name!r}: {_describe(exc)}") from exc
@@ -655,12 +655,15 @@ class DumpSnapshot:
     database: str
 
 
+def _count_rows(table: sql.Identifier) -> sql.Composed:
+    return sql.SQL(resources.query("count_table_rows")).format(table=table)
+
+
 def _count_user_tables(conn: psycopg.Connection[Any]) -> dict[str, int]:
     counts = {}
     for row in conn.execute(resources.query("maintenance_user_tables")).fetchall():
-        table = sql.Identifier(row[0], row[1])
         counts[row[1] if row[0] == "public" else f"{row[0]}.{row[1]}"] = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
+            _count_rows(sql.Identifier(row[0], row[1]))).fetchone()[0]  # type: ignore[index]
     return counts
 
 
@@ -749,7 +752,7 @@ class MaintenanceSession:
         return tuple(int(v) for v in self._execute(resources.query(name), params).fetchone())
 
     def count_table(self, table: str) -> int:
-        return int(self._execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0])
+        return int(self._execute(_count_rows(sql.Identifier(table))).fetchone()[0])
 
     def _with_lock_timeout(self, statement: sql.Composable, lock_timeout_s: float) -> None:
         try:
@@ -833,9 +836,10 @@ class MaintenanceSession:
                                                             {"cutoff": cutoff, "batch": batch}).fetchall()]
                     rows: dict[str, list[str]] = {}
                     if ids:
-                        for kind in ("interventions", "spec_runs", "sessions"):
+                        for kind, query in (("interventions", "prune_interventions_of"),
+                                            ("spec_runs", "prune_spec_runs_of"), ("sessions", "prune_sessions_of")):
                             rows[kind] = [r[0] for r in self._conn.execute(
-                                resources.query(f"prune_{kind}_of"), {"ids": ids}).fetchall()]
+                                resources.query(query), {"ids": ids}).fetchall()]
                         if on_rows is not None:
                             on_rows(rows)
             except psycopg.Error as exc:

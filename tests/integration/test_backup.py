@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 
-from ralph_monitor import maintenance
+from ralph_monitor import backup
 from ralph_monitor.config import Settings
-from ralph_monitor.maintenance import Backup, BackupError, backups_to_keep, list_backups, rotate
-from tests.conftest import Daemon, LineClient, admin_connect, query
+from ralph_monitor.backup import Backup, BackupError, backups_to_keep, list_backups, rotate
+from tests.conftest import Daemon, LineClient, admin_connect, create_database, drop_database, query
 from tests.integration.test_overnight import wait_until_settled
 from tests.ops import BIN, AckProbe, execute, monitor, utc_time_in, wait_for_event, write_config
 from tests.scenario import overnight_events
@@ -32,10 +33,7 @@ TABLES_BY_KEY = {
 
 
 def new_database(pg_cluster: Any, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with admin_connect(pg_cluster) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return pg_cluster.dsn(name)
+    return create_database(pg_cluster, f"{prefix}_{uuid.uuid4().hex[:8]}")
 
 
 def backup_settings(tmp_path: Path, **values: Any) -> Settings:
@@ -75,11 +73,11 @@ def test_backup_then_restore_into_a_fresh_database_gives_equal_rows(
     client.close()
     assert daemon.stop() == 0  # nothing may change the source after the snapshot (a stall mark, ...)
     settings = backup_settings(tmp_path)
-    result = maintenance.backup(settings, daemon.dsn)
+    result = backup.backup(settings, daemon.dsn)
 
     # Published under its final name only, private, with a manifest.
     assert result.path.parent == settings.backup_dir
-    assert maintenance.BACKUP_NAME.fullmatch(result.path.name)
+    assert backup.BACKUP_NAME.fullmatch(result.path.name)
     assert sorted(p.name for p in settings.backup_dir.iterdir()) == [result.path.name, result.path.name + ".json"]
     assert stat.S_IMODE(result.path.stat().st_mode) == 0o600
     manifest = json.loads((settings.backup_dir / (result.path.name + ".json")).read_text())
@@ -120,7 +118,7 @@ def test_restore_refuses_a_database_that_is_not_empty_unless_forced(
     execute(db_dsn, "INSERT INTO rejects (reject_id, received_at, host, reason, detail, line_bytes, excerpt) "
                   "VALUES (gen_random_uuid(), now(), 'h', 'invalid_json', 'x', 1, 'x')")
     settings = backup_settings(tmp_path)
-    result = maintenance.backup(settings, db_dsn)
+    result = backup.backup(settings, db_dsn)
     config = write_config(tmp_path / "config.toml", {"paths": {"state_dir": str(tmp_path / "state")}})
 
     target = new_database(pg_cluster, "busy")
@@ -139,14 +137,36 @@ def test_restore_refuses_a_database_that_is_not_empty_unless_forced(
     assert query(first, "SELECT count(*) AS n FROM rejects")[0]["n"] == 1
 
 
+def test_restore_force_with_a_role_gives_it_the_restored_objects(
+        db_dsn: str, pg_cluster: Any, tmp_path: Path) -> None:
+    """--role with --force: the preamble's SET ROLE quotes a name that needs it."""
+    result = backup.backup(backup_settings(tmp_path), db_dsn)
+    config = write_config(tmp_path / "config.toml", {"paths": {"state_dir": str(tmp_path / "state")}})
+    role, name = f'restorer "{uuid.uuid4().hex[:6]}"', f"owned_{uuid.uuid4().hex[:8]}"
+    target = create_database(pg_cluster, name)
+    with admin_connect(pg_cluster) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(role)))
+    try:
+        assert monitor("restore", str(result.path), "--into", target, config=config).returncode == 0
+        proc = monitor("restore", str(result.path), "--into", target, "--force", "--role", role, config=config)
+        assert proc.returncode == 0, proc.stderr
+        owner = query(target, "SELECT tableowner FROM pg_tables WHERE tablename = 'events'")[0]["tableowner"]
+        assert owner == role
+    finally:
+        drop_database(pg_cluster, name)
+        with admin_connect(pg_cluster) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 def test_restore_rejects_a_damaged_backup(db_dsn: str, pg_cluster: Any, tmp_path: Path) -> None:
-    result = maintenance.backup(backup_settings(tmp_path), db_dsn)
+    result = backup.backup(backup_settings(tmp_path), db_dsn)
     data = bytearray(result.path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     result.path.write_bytes(bytes(data))
     target = new_database(pg_cluster, "damaged")
-    with pytest.raises(maintenance.RestoreError, match="damaged"):
-        maintenance.restore(backup_settings(tmp_path), result.path, target)
+    with pytest.raises(backup.RestoreError, match="damaged"):
+        backup.restore(backup_settings(tmp_path), result.path, target)
     assert query(target, "SELECT to_regclass('events') IS NULL AS absent")[0]["absent"]
 
 
@@ -203,8 +223,8 @@ def test_rotation_days_follow_the_report_zone(tmp_path: Path) -> None:
 
 def test_two_backups_with_one_kept_leave_exactly_one_file_pair(db_dsn: str, tmp_path: Path) -> None:
     settings = backup_settings(tmp_path, backup_keep_daily=1, backup_keep_weekly=0)
-    first = maintenance.backup(settings, db_dsn)
-    second = maintenance.backup(settings, db_dsn)
+    first = backup.backup(settings, db_dsn)
+    second = backup.backup(settings, db_dsn)
     assert first.path != second.path and second.removed == [first.path]
     assert sorted(p.name for p in settings.backup_dir.iterdir()) == [second.path.name, second.path.name + ".json"]
 
@@ -215,23 +235,23 @@ def _fake_pg_dump(tmp_path: Path, body: str) -> Path:
     script = bindir / "pg_dump"
     script.write_text("#!/bin/sh\n" + body)
     script.chmod(0o755)
-    (bindir / "pg_restore").symlink_to(maintenance.pg_tool(Settings(), "pg_restore"))
+    (bindir / "pg_restore").symlink_to(backup.pg_tool(Settings(), "pg_restore"))
     return script
 
 
 def test_backup_failures_name_the_cause(db_dsn: str, tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="not an executable file; fix \\[backup\\] pg_dump"):
-        maintenance.backup(backup_settings(tmp_path, backup_pg_dump="/nonexistent/pg_dump"), db_dsn)
+        backup.backup(backup_settings(tmp_path, backup_pg_dump="/nonexistent/pg_dump"), db_dsn)
     with pytest.raises(BackupError, match="cannot connect"):
-        maintenance.backup(backup_settings(tmp_path), f"host={tmp_path} dbname=nothing user=nobody")
+        backup.backup(backup_settings(tmp_path), f"host={tmp_path} dbname=nothing user=nobody")
     script = _fake_pg_dump(tmp_path, 'echo "pg_dump: error: aborting because of server version mismatch" >&2\n'
                                      "exit 1\n")
     with pytest.raises(BackupError, match="pg_dump failed: pg_dump: error: aborting because of server version"):
-        maintenance.backup(backup_settings(tmp_path, backup_pg_dump=str(script)), db_dsn)
+        backup.backup(backup_settings(tmp_path, backup_pg_dump=str(script)), db_dsn)
     # A dump that pg_restore cannot read back is never published.
     script.write_text('#!/bin/sh\nfor a; do case "$a" in --file=*) echo garbage > "${a#--file=}";; esac; done\n')
     with pytest.raises(BackupError, match="reading the backup back"):
-        maintenance.backup(backup_settings(tmp_path, backup_pg_dump=str(script)), db_dsn)
+        backup.backup(backup_settings(tmp_path, backup_pg_dump=str(script)), db_dsn)
     assert list((tmp_path / "backups").iterdir()) == []
 
 

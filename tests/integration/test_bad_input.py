@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from ralph_monitor.cluster import Cluster
 from ralph_monitor.errors import InvalidEvent
 from ralph_monitor.protocol import Origin, error_reply, parse_line
-from tests.conftest import TEMPLATE_DB, Daemon, LineClient, admin_connect, query, short_tempdir
+from tests.conftest import (TEMPLATE_DB, Daemon, LineClient, admin_connect, create_database, drop_database, query,
+                            short_tempdir)
 
 SESSION = "6f1c2b4e-1111-4000-8000-000000000001"
 EXCERPT_BYTES = 4096
@@ -196,10 +197,7 @@ BAD_LINES: dict[str, tuple[bytes, str, str]] = {
 def shared_daemon(pg_cluster: Cluster, template_dsn: str) -> Iterator[Daemon]:
     """One daemon on its own database for the per-class tests (saves a start-up per class)."""
     name = f"test_bad_input_{os.getpid()}"
-    with admin_connect(pg_cluster) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-    daemon = Daemon(root=short_tempdir("rm-d-"), dsn=pg_cluster.dsn(name))
+    daemon = Daemon(root=short_tempdir("rm-d-"), dsn=create_database(pg_cluster, name, template=TEMPLATE_DB))
     daemon.start()
     yield daemon
     assert daemon.process is not None
@@ -208,8 +206,7 @@ def shared_daemon(pg_cluster: Cluster, template_dsn: str) -> Iterator[Daemon]:
         daemon.stop()
     else:
         daemon.process.wait(10)
-    with admin_connect(pg_cluster) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_database(pg_cluster, name)
     log = daemon.log()
     shutil.rmtree(daemon.root, ignore_errors=True)
     assert alive, f"the shared daemon died:\n{log[-5000:]}"

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from ralph_monitor.cluster import Cluster
-from tests.conftest import Daemon, LineClient, admin_connect, query
+from tests.conftest import Daemon, LineClient, create_database, drop_database, query
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -148,11 +148,8 @@ def notify(daemon_factory: Any) -> Iterator[Any]:
 def empty_dsn(pg_cluster: Cluster) -> Iterator[str]:
     """A database with no schema at all: the daemon must migrate it before READY=1."""
     name = f"empty_{os.getpid()}_{next(_empty_db_counter)}"
-    with admin_connect(pg_cluster) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield pg_cluster.dsn(name)
-    with admin_connect(pg_cluster) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield create_database(pg_cluster, name)
+    drop_database(pg_cluster, name)
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from ralph_monitor import resources
 from ralph_monitor.cluster import find_bindir
 from ralph_monitor.config import Settings
 from ralph_monitor.store import EventStore, migrate
-from tests.conftest import admin_connect, query
+from tests.conftest import create_database, query
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -27,15 +27,8 @@ def dump_schema(dsn: str) -> str:
     return re.sub(r"\n{2,}", "\n", "\n".join(kept)) + "\n"
 
 
-def fresh_database(cluster, name: str) -> str:
-    with admin_connect(cluster) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    return cluster.dsn(name)
-
-
 def test_migrations_from_empty_equal_committed_schema(pg_cluster) -> None:
-    dsn = fresh_database(pg_cluster, "migrate_empty")
+    dsn = create_database(pg_cluster, "migrate_empty")
     assert asyncio.run(migrate(dsn)) == [m.version for m in resources.migrations()]
     actual = dump_schema(dsn)
     schema_file = ROOT / "sql" / "schema.sql"
@@ -54,7 +47,7 @@ def test_migrations_are_recorded_and_idempotent(db_dsn: str) -> None:
 
 
 def test_concurrent_daemons_migrate_an_empty_database_once(pg_cluster) -> None:
-    dsn = fresh_database(pg_cluster, "migrate_race")
+    dsn = create_database(pg_cluster, "migrate_race")
 
     async def race() -> None:
         stores = [EventStore(Settings(), dsn=dsn) for _ in range(4)]

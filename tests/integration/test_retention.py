@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ralph_monitor import maintenance
+from ralph_monitor import retention
 from ralph_monitor.config import Settings
 from tests.conftest import Daemon, query
 from tests.ops import BIN, AckProbe, execute, monitor, utc_time_in, wait_for_event, write_config
@@ -79,7 +79,7 @@ class Policy:
     def __init__(self, dsn: str, now: datetime) -> None:
         s = Settings()
         self.now = now
-        self.cut = maintenance.Cutoffs.at(s, now)
+        self.cut = retention.Cutoffs.at(s, now)
         assert self.cut.events == datetime.combine(now.date() - timedelta(days=s.retention_events_days),
                                                    datetime.min.time(), tzinfo=UTC)
         first_kept = self.cut.events.date()
@@ -113,12 +113,12 @@ def test_prune_removes_exactly_what_the_policy_says(db_dsn: str) -> None:
     p = Policy(db_dsn, now)
     before = query(db_dsn, "SELECT (SELECT count(*) FROM events) AS e, (SELECT count(*) FROM sessions) AS s")[0]
 
-    dry = maintenance.prune(Settings(), db_dsn, now=now, dry_run=True)
+    dry = retention.prune(Settings(), db_dsn, now=now, dry_run=True)
     assert dry.removed == p.expected() and not dry.errors
     assert {n for n, _ in dry.partitions} == p.gone_partitions
     assert query(db_dsn, "SELECT (SELECT count(*) FROM events) AS e, (SELECT count(*) FROM sessions) AS s")[0] == before
 
-    report = maintenance.prune(Settings(), db_dsn, now=now)
+    report = retention.prune(Settings(), db_dsn, now=now)
     assert not report.errors
     assert report.removed == p.expected()
     assert dict(report.partitions) == {name: n for name, n in dry.partitions}
@@ -136,7 +136,7 @@ def test_prune_removes_exactly_what_the_policy_says(db_dsn: str) -> None:
     assert [r["bucket_time"] for r in query(db_dsn, "SELECT bucket_time FROM metric_buckets")] == [p.cut.metric_buckets]
     assert ids(db_dsn, "SELECT reject_id AS id FROM rejects") == {p.kept_reject}
 
-    again = maintenance.prune(Settings(), db_dsn, now=now)
+    again = retention.prune(Settings(), db_dsn, now=now)
     assert sum(again.removed.values()) == 0 and not again.partitions
 
 
@@ -144,7 +144,7 @@ def test_prune_archive_holds_every_removed_row(db_dsn: str, tmp_path: Path) -> N
     now = datetime.now(UTC)
     p = Policy(db_dsn, now)
     archive = tmp_path / "archive"
-    report = maintenance.prune(Settings(), db_dsn, now=now, archive_dir=archive)
+    report = retention.prune(Settings(), db_dsn, now=now, archive_dir=archive)
     assert not report.errors and report.removed == p.expected()
 
     def rows(pattern: str) -> list[dict[str, Any]]:
@@ -194,7 +194,7 @@ def test_a_partition_left_detached_by_an_interrupted_prune_is_dropped(db_dsn: st
     ensure_partition(db_dsn, old)
     add_event(db_dsn, datetime.combine(old, datetime.min.time(), tzinfo=UTC) + timedelta(hours=1))
     execute(db_dsn, f"ALTER TABLE events DETACH PARTITION events_{old:%Y%m%d}")
-    report = maintenance.prune(Settings(), db_dsn, now=now)
+    report = retention.prune(Settings(), db_dsn, now=now)
     assert report.partitions == [(f"events_{old:%Y%m%d}", 1)] and not report.errors
     assert query(db_dsn, "SELECT to_regclass(%s) IS NULL AS gone", (f"events_{old:%Y%m%d}",))[0]["gone"]
 
@@ -202,9 +202,9 @@ def test_a_partition_left_detached_by_an_interrupted_prune_is_dropped(db_dsn: st
 def test_only_one_prune_runs_at_a_time(db_dsn: str) -> None:
     with psycopg.connect(db_dsn, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(7262687)")
-        with pytest.raises(maintenance.PruneBusy, match="another prune is running"):
-            maintenance.prune(Settings(), db_dsn)
-        assert not maintenance.prune(Settings(), db_dsn, dry_run=True).errors  # a dry run only reads
+        with pytest.raises(retention.PruneBusy, match="another prune is running"):
+            retention.prune(Settings(), db_dsn)
+        assert not retention.prune(Settings(), db_dsn, dry_run=True).errors  # a dry run only reads
 
 
 def _old_days(dsn: str, days: int, rows_per_day: int, *, first_age_days: int = 60) -> list[str]:
@@ -238,7 +238,7 @@ def test_a_prune_waiting_for_a_lock_never_holds_up_ingestion(daemon: Daemon) -> 
     with psycopg.connect(daemon.dsn) as reader:
         reader.execute("SELECT count(*) FROM events")
         worker = threading.Thread(target=lambda: result.update(
-            report=maintenance.prune(Settings(), daemon.dsn, busy_deadline_s=30)))
+            report=retention.prune(Settings(), daemon.dsn, busy_deadline_s=30)))
         worker.start()
         time.sleep(2.0)
         reader.rollback()
