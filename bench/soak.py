@@ -891,6 +891,7 @@ def build_report(run: Run) -> dict[str, Any]:
                         "idle_clients": args.idle_clients, "idle_connections": ledger.idle_connections,
                         "idle_closed_by": dict(ledger.idle_closed)},
         "rss_mb": rss,
+        "rss_samples": [(round(t - run.begin, 1), pid, round(mb, 2)) for t, pid, mb in run.watch.samples],
         "projector_lag_s": {
             "method": "marker spec_completed ack -> its spec_runs row (status completed)",
             "samples": len(run.lag.samples), "not_projected": lag_unseen,
@@ -909,6 +910,18 @@ def build_report(run: Run) -> dict[str, Any]:
         "invariants": invariants,
         "ok": all(invariants.values()),
     }
+
+
+def write_lines(path: Path, run: Run) -> None:
+    """The record of every line sent (--lines)."""
+    with path.open("w") as out:
+        for line in [*run.ledger.lines, *run.ledger.socat]:
+            out.write(json.dumps({
+                "kind": line.kind, "event_id": line.event_id, "sends": line.sends, "ok": line.ok,
+                "code": line.code or None, "spooled": line.spooled, "duplicate": line.duplicate,
+                "first_sent_s": round(line.first_sent - run.begin, 4),
+                "latency_ms": round(1000 * (line.answered_at - line.first_sent), 3) if line.answered_at else None,
+            }) + "\n")
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -988,6 +1001,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="random seed of the traffic; default 1")
     parser.add_argument("--log-level", default="info", help="daemon log level; default info")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--lines", metavar="FILE",
+                        help="also write one JSON line per line sent: kind, event_id, sends, ok, code, "
+                             "spooled, duplicate, first send (s into the run) and ack latency (ms)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster and daemon directories")
     args = parser.parse_args()
     if args.minutes < MIN_MINUTES:
@@ -1030,6 +1046,8 @@ def main() -> int:
         print_report(report)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+        if args.lines:
+            write_lines(Path(args.lines), run)
         return 0 if report["ok"] else 1
     finally:
         if daemon is not None:
