@@ -8,6 +8,7 @@ not delay acknowledgements.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -235,3 +236,36 @@ def test_alert_test_reports_each_destination(daemon_factory: Any, receiver: Rece
                              "FROM alert_messages ORDER BY id")
     assert [(r["kind"], r["sent"], r["gave_up"]) for r in rows] == [
         ("test", True, False), ("test", False, True), ("test", True, False)]
+
+
+def test_alerts_reach_an_smtp_server(daemon_factory: Any) -> None:
+    from aiosmtpd.controller import Controller
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    mails: list[str] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
+            mails.append(envelope.content.decode(errors="replace"))
+            return "250 OK"
+
+    smtp = Controller(Handler(), hostname="127.0.0.1", port=port)
+    smtp.start()
+    try:
+        daemon: Daemon = daemon_factory(alerts={**FAST, "urls": [
+            f"mailto://127.0.0.1:{port}?from=ralph@build-box.local&to=ops@example.com&mode=insecure"]})
+        daemon.start()
+        sid = str(uuid.uuid4())
+        send(daemon, {"type": "session_started", "session_id": sid, "data": {"name": "mail-run"}},
+             {"type": "intervention_request", "session_id": sid, "data": {"message": "Approve the deploy?"}})
+        deadline = time.monotonic() + WAIT_S
+        while not mails:
+            assert time.monotonic() < deadline, "no mail arrived"
+            time.sleep(0.1)
+        assert "Subject: Agent needs you: mail-run" in mails[0] and "To: ops@example.com" in mails[0]
+        assert "Approve the deploy?" in mails[0]
+    finally:
+        smtp.stop()
