@@ -151,6 +151,7 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
 
     from ralph_monitor.agent.client import Client
     from ralph_monitor.agent.loop import LoopRunner, Spec, load_specs
+    from ralph_monitor.agent.redact import Redactor
 
     command = args.agent_command[1:] if args.agent_command[:1] == ["--"] else args.agent_command
     if args.session is not None:
@@ -163,7 +164,9 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
         return LoopRunner(
             client, command, specs, iterations=args.iterations, name=args.name, session_id=args.session,
             timeout_s=args.timeout, heartbeat_s=args.heartbeat, kill_grace_s=args.kill_grace,
-            stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet).run()
+            stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet,
+            redactor=Redactor(enabled=settings.redaction_enabled, extra_patterns=settings.redaction_patterns),
+            config_path=os.path.abspath(args.config) if args.config else None).run()
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -11,6 +11,7 @@ import datetime
 import difflib
 import math
 import os
+import re
 import socket
 import stat
 import tomllib
@@ -173,6 +174,13 @@ class Settings:
         "past it.", minimum=0)
     budget_session_tokens: int = _setting("budget", 0, "Tokens of one session (0: no limit).", minimum=0)
 
+    redaction_enabled: bool = _setting(
+        "redaction", True, "Replace secret-shaped text (API keys, tokens, private keys, password= and "
+        "Authorization: values) in what the hook, the loop and the import send, before it is stored.")
+    redaction_patterns: tuple[str, ...] = _setting(
+        "redaction", (), "More regular expressions (Python syntax) whose matches are redacted, e.g. "
+        "[\"corp-[0-9a-f]{32}\"].")
+
     @property
     def state_dir(self) -> Path:
         return Path(self.paths_state_dir)
@@ -249,6 +257,11 @@ def _coerce(origin: str, section: str, key: str, f: dataclasses.Field[Any], valu
 
 
 def _validate(settings: Settings, origin: str) -> None:
+    for pattern in settings.redaction_patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{origin}: [redaction] patterns: {pattern!r} is not a regular expression: {exc}") from None
     try:
         mode = settings.socket_mode_bits
         if not 0 <= mode <= 0o777:

@@ -74,7 +74,8 @@ def test_without_a_loop_claudes_session_is_the_session_and_starts_and_ends(tmp_p
     assert start[0]["data"]["metadata"]["model"] == "claude-sonnet-4-6"
     end = events_for(json.dumps(payloads["SessionEnd"]).encode(), environ={})
     assert [e["type"] for e in end] == ["cc.SessionEnd", "session_ended"]
-    assert end[1]["data"] == {"status": "completed", "reason": "prompt_input_exit", "tokens_used": sums["tokens_used"]}
+    assert end[1]["data"] == {"status": "completed", "reason": "prompt_input_exit", "tokens_used": sums["tokens_used"],
+                              "models": ["claude-haiku-4-5", "claude-sonnet-4-6"]}
     # A resumed session's start (or a second end) is the same event: stored once.
     again = events_for(json.dumps(payloads["SessionStart"]).encode(), environ={})
     assert again[0]["event_id"] == start[0]["event_id"]
@@ -142,6 +143,13 @@ def test_unknown_or_odd_event_names_still_map() -> None:
     assert events_for(b'{"x": 1}', environ={})[0]["type"] == "cc.unknown"
 
 
+def socket_for(argv: list[str]) -> str:
+    from ralph_monitor.agent import hook
+
+    options = hook.Options(argv)
+    return hook.socket_path_for(options, hook.read_config(options))
+
+
 def test_socket_path_lookup_and_uuid_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ralph_monitor.agent import hook
     from ralph_monitor.agent.client import new_uuid
@@ -152,14 +160,14 @@ def test_socket_path_lookup_and_uuid_helpers(tmp_path: Path, monkeypatch: pytest
     monkeypatch.delenv("RALPH_MONITOR_SOCKET", raising=False)
     config = tmp_path / "config.toml"
     config.write_text('[socket]\npath = "/srv/rm.sock"\n[database]\nnonsense = 1\n')
-    assert hook.socket_path_for(hook.Options(["--config", str(config)])) == "/srv/rm.sock"
+    assert socket_for(["--config", str(config)]) == "/srv/rm.sock"
     monkeypatch.setenv("RALPH_MONITOR_CONFIG", str(config))
-    assert hook.socket_path_for(hook.Options([])) == "/srv/rm.sock"
+    assert socket_for([]) == "/srv/rm.sock"
     monkeypatch.setenv("RALPH_MONITOR_SOCKET", "/env.sock")
-    assert hook.socket_path_for(hook.Options([])) == "/env.sock"
-    assert hook.socket_path_for(hook.Options(["--socket=/opt.sock"])) == "/opt.sock"
+    assert socket_for([]) == "/env.sock"
+    assert socket_for(["--socket=/opt.sock"]) == "/opt.sock"
     config.write_text("not [ toml")
-    assert hook.socket_path_for(hook.Options(["--config", str(config)])) == hook.DEFAULT_SOCKET
+    assert socket_for(["--config", str(config)]) == hook.DEFAULT_SOCKET
     options = hook.Options(["--timeout", "0.5", "--max-field-bytes=100", "--bogus", "--timeout", "x"])
     assert (options.timeout, options.max_field_bytes) == (0.5, 100)
 

@@ -1,0 +1,211 @@
+"""The real Claude Code CLI (`@anthropic-ai/claude-code`, pinned, from npm) with the hook and
+the loop wrapper, against a local stand-in for the Messages API (tests/messages_api_mock.py).
+
+The CLI runs with only the environment it needs to talk to the mock (a dummy API key, no
+telemetry, no auto-update, no error reports, a temporary HOME), plus PATH, TMPDIR and the
+test run's marker; it never reaches anything else. What a user would check is checked: every
+hook event is filed under the CLI's session (or the loop's spec), the tokens recorded equal
+what the "API" billed and what the CLI printed, the cost equals the CLI's, and the hook costs
+the agent well under a second per run.
+
+The CLI is installed once into ~/.cache/ralph-monitor-tests (or $RALPH_TEST_CACHE); with no
+npm, or no registry to install from, the tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import leaks
+from tests.agent_tools import BIN, events, settle
+from tests.conftest import Daemon, query
+from tests.messages_api_mock import MessagesApiMock, Script
+
+CLI_VERSION = "2.1.328"
+CACHE_ROOT = Path(os.environ.get("RALPH_TEST_CACHE") or Path.home() / ".cache" / "ralph-monitor-tests")
+INSTALL_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 120
+OFFLINE_SIGNS = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ETIMEDOUT", "ENETUNREACH", "ECONNRESET", "network")
+RECOMMENDED_EVENTS = ("SessionStart", "UserPromptSubmit", "PreToolUse", "PermissionRequest", "PermissionDenied",
+                      "PostToolUse", "PostToolUseFailure", "PostToolBatch", "Notification", "SubagentStart",
+                      "SubagentStop", "TaskCreated", "TaskCompleted", "Stop", "StopFailure", "TeammateIdle",
+                      "PreCompact", "PostCompact", "SessionEnd")
+"""The hook events the README installs the hook for."""
+FINAL_TEXT = "Done: the command ran.\nIt printed mock-tool-ran.\nNothing else to do."
+
+
+@pytest.fixture(scope="module")
+def claude_cli() -> Path:
+    """The pinned CLI, installed from npm into the cache on first use."""
+    home = CACHE_ROOT / f"claude-code-{CLI_VERSION}"
+    binary = home / "node_modules" / ".bin" / "claude"
+    if binary.exists():
+        return binary
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed: cannot install the Claude Code CLI")
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".claude-code-{CLI_VERSION}-", dir=CACHE_ROOT))
+    try:
+        result = subprocess.run([npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund",
+                                 "--loglevel", "error", f"@anthropic-ai/claude-code@{CLI_VERSION}"],
+                                capture_output=True, timeout=INSTALL_TIMEOUT_S, env={**os.environ, "TMPDIR": str(staging)})
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        if result.returncode != 0 and any(sign in output for sign in OFFLINE_SIGNS):
+            pytest.skip(f"the npm registry is unreachable, cannot install the Claude Code CLI: {output[-300:]}")
+        assert result.returncode == 0, output
+        staging.rename(home)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return binary
+
+
+@pytest.fixture
+def api() -> Any:
+    mock = MessagesApiMock(script=Script(
+        final_text=FINAL_TEXT,
+        calls_by_word={"forbidden": ("Write", {"file_path": "/etc/ralph-monitor-test-forbidden", "content": "no\n"})},
+        errors_by_word={"broken": 400})).start()
+    yield mock
+    mock.stop()
+
+
+def cli_env(home: Path, api: MessagesApiMock, **extra: str) -> dict[str, str]:
+    """Only what the CLI needs to run against the mock, and nothing that reaches further."""
+    env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(home),
+           "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "sk-ant-api03-dummy-key-for-the-local-mock",
+           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
+           "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1",
+           leaks.MARKER: os.environ[leaks.MARKER]}
+    env.update(extra)
+    return env
+
+
+def install_hooks(home: Path, command: str, hooked: tuple[str, ...] = RECOMMENDED_EVENTS) -> None:
+    """~/.claude/settings.json with `command` as the hook of each event in `hooked`."""
+    settings = home / ".claude" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    hooks = {name: [{"hooks": [{"type": "command", "command": command, "timeout": 5}]}] for name in hooked}
+    settings.write_text(json.dumps({"hooks": hooks}))
+
+
+def timed(command: str, times: Path) -> str:
+    """`command`, with the wall time of each call (as Claude Code waits for it) appended to `times`."""
+    return (f"/bin/sh -c 't0=$(date +%s%N); {command}; echo $(( $(date +%s%N) - t0 )) >> {times}'")
+
+
+def run_claude(claude: Path, prompt: str, env: dict[str, str], cwd: Path) -> tuple[dict[str, Any], float]:
+    started = time.monotonic()
+    result = subprocess.run([str(claude), "-p", prompt, "--allowedTools", "Bash", "--output-format", "json"],
+                            capture_output=True, env=env, cwd=cwd, timeout=RUN_TIMEOUT_S)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    return json.loads(result.stdout), elapsed
+
+
+def cli_tokens(result: dict[str, Any]) -> int:
+    usage = result["usage"]
+    return sum(usage[f] for f in ("input_tokens", "output_tokens", "cache_creation_input_tokens",
+                                  "cache_read_input_tokens"))
+
+
+def test_the_hook_records_a_real_claude_session_as_the_api_billed_it(claude_cli: Path, api: MessagesApiMock,
+                                                                     daemon: Daemon, tmp_path: Path) -> None:
+    home, project = tmp_path / "home", tmp_path / "shop"
+    project.mkdir()
+    times = tmp_path / "hook-ns.txt"
+    install_hooks(home, timed(f"{BIN / 'ralph-monitor'} hook --socket {daemon.socket_path}", times),
+                  RECOMMENDED_EVENTS + ("MessageDisplay",))
+    result, _ = run_claude(claude_cli, "Run the scripted command", cli_env(home, api), project)
+    session = result["session_id"]
+    assert result["result"] == FINAL_TEXT and result["num_turns"] == 2
+
+    settle(daemon.dsn, lambda: query(daemon.dsn, "SELECT 1 FROM sessions WHERE end_time IS NOT NULL"))
+    rows = events(daemon.dsn)
+    assert {r["session_id"] for r in rows} == {session}
+    # Every hook event the run fired, in order; MessageDisplay (every streamed chunk) is left out.
+    assert [r["event_type"] for r in rows] == [
+        "session_started", "cc.SessionStart", "cc.UserPromptSubmit", "cc.PreToolUse", "cc.PostToolUse",
+        "cc.PostToolBatch", "cc.Stop", "cc.SessionEnd", "session_ended"]
+    data = {r["event_type"]: r["payload"]["data"] for r in rows}
+    assert data["cc.PreToolUse"]["tool_input"]["command"] == "echo mock-tool-ran"
+    assert data["cc.PostToolUse"]["tool_response"]["stdout"] == "mock-tool-ran"
+    assert data["cc.PostToolBatch"]["tools"] == [{"tool_name": "Bash",
+                                                  "tool_use_id": data["cc.PreToolUse"]["tool_use_id"]}]
+    # The Stop hook ran before the CLI wrote the last reply; the hook waited for it.
+    assert data["cc.Stop"]["last_assistant_message"] == FINAL_TEXT
+    assert data["cc.Stop"]["usage"]["tokens_used"] == api.tokens_total() == cli_tokens(result)
+    assert data["cc.Stop"]["usage"]["by_model"] == api.usage_by_model()
+    assert data["cc.SessionEnd"]["cost"]["cost_usd"] == result["total_cost_usd"]
+    ended = data["session_ended"]
+    assert (ended["cost_source"], ended["models"]) == ("api", list(result["modelUsage"]))
+    row = query(daemon.dsn, "SELECT * FROM sessions")[0]
+    assert (row["name"], row["execution_state"]) == ("claude shop", "completed")
+    assert row["tokens_used"] == api.tokens_total()
+    assert row["cost_usd"] == round(Decimal(str(result["total_cost_usd"])), 6)
+    # What the hook cost the agent: the sum of its calls, as the CLI waited for them.
+    calls = [int(line) / 1e9 for line in times.read_text().split()]
+    assert len(calls) >= 9  # the 7 events above and MessageDisplay, once per reply
+    assert sum(calls) < 1.0, calls
+
+
+def test_the_loop_records_each_spec_with_the_results_fields_and_flags_refused_tools(
+        claude_cli: Path, api: MessagesApiMock, daemon: Daemon, tmp_path: Path) -> None:
+    home, project = tmp_path / "home", tmp_path / "shop"
+    project.mkdir()
+    install_hooks(home, f"{BIN / 'ralph-monitor'} hook")  # the socket comes from the loop
+    specs = tmp_path / "specs.txt"
+    specs.write_text("spec-ok\nspec-forbidden\nspec-broken\n")
+    env = cli_env(home, api, RALPH_MONITOR_CLIENT_SPOOL=str(tmp_path / "spool"))
+    loop = subprocess.run(
+        [str(BIN / "ralph-monitor"), "loop", "--config", str(daemon.config_path), "--specs", str(specs),
+         "--name", "nightly", "--quiet", "--", str(claude_cli), "-p", "Work on {spec}", "--allowedTools", "Bash",
+         "--output-format", "json"], capture_output=True, env=env, cwd=project, timeout=3 * RUN_TIMEOUT_S)
+    assert loop.returncode == 1, loop.stderr.decode(errors="replace")  # spec-broken failed
+    settle(daemon.dsn, lambda: query(daemon.dsn, "SELECT 1 FROM sessions WHERE end_time IS NOT NULL"))
+    session = query(daemon.dsn, "SELECT * FROM sessions")[0]
+    runs = {r["spec_id"]: r for r in query(daemon.dsn, "SELECT * FROM spec_runs")}
+    done = {r["spec_id"]: r["payload"]["data"] for r in events(
+        daemon.dsn, "event_type IN ('spec_completed', 'spec_failed')")}
+    assert {k: r["status"] for k, r in runs.items()} == {
+        "spec-ok": "completed", "spec-forbidden": "completed", "spec-broken": "failed"}
+
+    ok = done["spec-ok"]
+    assert (ok["subtype"], ok["terminal_reason"], ok["api_error_status"]) == ("success", "completed", None)
+    assert ok["tokens_used"] == api.tokens_total("spec-ok")
+    assert {m: u["costUSD"] for m, u in ok["model_usage"].items()} == {next(iter(ok["model_usage"])): ok["cost_usd"]}
+    assert ok["duration_api_ms"] > 0 and "attention" not in ok and runs["spec-ok"]["error_message"] is None
+    assert runs["spec-ok"]["tokens_used"] == api.tokens_total("spec-ok")
+
+    refused = done["spec-forbidden"]
+    assert refused["attention"] == ["permission_denied"] and refused["permission_denial_count"] == 1
+    assert refused["permission_denials"][0]["tool_name"] == "Write"
+    assert runs["spec-forbidden"]["error_message"] == (
+        "permission denied: 1 tool call refused: Write /etc/ralph-monitor-test-forbidden")
+
+    broken = done["spec-broken"]
+    assert broken["is_error"] is True and broken["api_error_status"] == 400
+    assert "API status 400" in runs["spec-broken"]["error_message"]
+
+    assert session["cost_usd"] == round(sum(Decimal(str(d.get("cost_usd", 0))) for d in done.values()), 6)
+    assert session["tokens_used"] == api.tokens_total()
+    # Every hook event of a run is filed under the loop's session and that run's spec, and
+    # names the CLI's own session of that run.
+    hooked = events(daemon.dsn, "event_type LIKE 'cc.%%'")
+    assert {h["session_id"] for h in hooked} == {str(session["id"])}
+    for spec, result in done.items():
+        mine = [h for h in hooked if h["spec_id"] == spec]
+        assert mine and {h["payload"]["data"]["cc_session_id"] for h in mine} == {result["claude_session_id"]}
+    stops = {h["spec_id"]: h["payload"]["data"]["usage"] for h in hooked if h["event_type"] == "cc.Stop"}
+    assert stops["spec-ok"]["tokens_used"] == ok["tokens_used"]
+    assert stops["spec-forbidden"]["tokens_used"] == done["spec-forbidden"]["tokens_used"]
