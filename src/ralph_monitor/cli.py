@@ -139,11 +139,13 @@ def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
     """Only for callers of `monitor_main` itself: `launcher` runs the hook before argparse."""
-    from ralph_monitor.agent.hook import main as hook_main
+    from ralph_monitor.agent.hook_start import FOREGROUND_OPTION
+    from ralph_monitor.agent.hook_start import main as hook_main
 
     options = {"--socket": args.socket, "--config": args.config,
                "--max-field-bytes": args.max_field_bytes, "--timeout": args.timeout}
-    return hook_main([f"{name}={value}" for name, value in options.items() if value is not None])
+    argv = [f"{name}={value}" for name, value in options.items() if value is not None]
+    return hook_main(argv + ([FOREGROUND_OPTION] if args.foreground else []))
 
 
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:

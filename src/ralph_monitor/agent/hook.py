@@ -4,6 +4,8 @@ Claude Code runs the hook command for each hook event with the event's JSON on s
 forwarder turns it into an event of type `cc.<hook_event_name>` and sends it (or spools it,
 see `agent.spool`) without ever getting in the agent's way:
 
+- `agent.hook_start` reads the input and leaves the rest of the work to a detached child,
+  so Claude Code waits only for Python's start-up (`run` below is that child's part);
 - it always exits 0 and writes nothing on stdout (for SessionStart and UserPromptSubmit,
   Claude Code would add stdout to the model's context; other exit codes may block);
 - a hard timer ends it after `--timeout` seconds (default 1) whatever it is doing, and
@@ -44,8 +46,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ralph_monitor.agent.client import (
-    SESSION_ENV, SOCKET_ENV, SPEC_ENV, Connection, EventRejected, deliver, encode_event, new_event,
+    SESSION_ENV, SOCKET_ENV, SPEC_ENV, Connection, EventRejected, deliver, encode_event, new_event, utc_from_ns,
 )
+from ralph_monitor.agent.hook_start import FOREGROUND_OPTION, MAX_STDIN_BYTES
 from ralph_monitor.agent.redact import Redactor, redactor_from_config
 from ralph_monitor.agent.spool import ClientSpool
 from ralph_monitor.agent.transcript import TranscriptTally
@@ -56,7 +59,6 @@ if TYPE_CHECKING:
 
 HARD_TIMEOUT_S = 1.0
 DEFAULT_MAX_FIELD_BYTES = 4096
-MAX_STDIN_BYTES = 64 << 20
 MAX_KEYS = 200
 MAX_ITEMS = 100
 MAX_DEPTH = 12
@@ -99,6 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"cut each string in the hook input to about N bytes (default {DEFAULT_MAX_FIELD_BYTES})")
     parser.add_argument("--timeout", type=float, default=HARD_TIMEOUT_S, metavar="S",
                         help=f"hard limit on the hook's run time in seconds (default {HARD_TIMEOUT_S:g})")
+    parser.add_argument(FOREGROUND_OPTION, action="store_true",
+                        help="do the work before exiting instead of in a detached child (Claude Code then waits)")
 
 
 class Options:
@@ -132,17 +136,15 @@ class Options:
                 pass
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; always returns 0."""
+def run(argv: Sequence[str], raw: bytes, *, called_ns: int) -> int:
+    """Record the hook input `raw` that Claude Code gave at `called_ns` (time.time_ns());
+    always returns 0."""
     started = time.monotonic()
-    options = Options(sys.argv[1:] if argv is None else argv)
+    options = Options(argv)
     _arm_hard_timeout(options.timeout)
     _silence_stdout()
     try:
-        if sys.stdin is None or sys.stdin.isatty():
-            print("ralph-monitor hook reads a Claude Code hook's JSON on stdin; see the README", file=sys.stderr)
-            return 0
-        forward(sys.stdin.buffer.read(MAX_STDIN_BYTES + 1), options, started=started)
+        forward(raw, options, started=started, ts=utc_from_ns(called_ns))
     except BaseException as exc:  # never fail the agent
         _debug(f"ralph-monitor hook: {type(exc).__name__}: {exc}")
     return 0
@@ -200,12 +202,12 @@ def socket_path_for(options: Options, config: dict[str, Any]) -> str:
     return configured if isinstance(configured, str) and configured else DEFAULT_SOCKET
 
 
-def forward(raw: bytes, options: Options, *, started: float) -> None:
-    """Turn one hook input into events and deliver them within the time budget."""
+def forward(raw: bytes, options: Options, *, started: float, ts: str | None = None) -> None:
+    """Turn one hook input into events (at `ts`) and deliver them within the time budget."""
     deadline = started + options.timeout - SPOOL_RESERVE_S
     config = read_config(options)
     events = events_for(raw, max_field_bytes=options.max_field_bytes, redactor=redactor_from_config(config),
-                        transcript_deadline=started + min(TRANSCRIPT_BUDGET_S, options.timeout / 2))
+                        transcript_deadline=started + min(TRANSCRIPT_BUDGET_S, options.timeout / 2), ts=ts)
     if not events:
         return
     socket_path = socket_path_for(options, config)
@@ -252,9 +254,11 @@ def _deliver_reduced(event: dict[str, Any], rejected: EventRejected, socket_path
 
 
 def events_for(raw: bytes, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, redactor: Redactor | None = None,
-               transcript_deadline: float | None = None, environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """The events one hook call records (pure apart from reading the transcript, for which it
-    waits until `transcript_deadline`: see the module doc). Empty for an ignored event."""
+               transcript_deadline: float | None = None, environ: dict[str, str] | None = None,
+               ts: str | None = None) -> list[dict[str, Any]]:
+    """The events one hook call records, at `ts` (default: now); pure apart from reading the
+    transcript, for which it waits until `transcript_deadline` (see the module doc). Empty for
+    an ignored event."""
     env = os.environ if environ is None else environ
     redactor = redactor or Redactor()
     payload, problem = _parse(raw)
@@ -264,7 +268,7 @@ def events_for(raw: bytes, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, re
         data: dict[str, Any] = {"error": problem, "input_bytes": len(raw), "excerpt": excerpt}
         if redactor.count:
             data["redactions"] = redactor.count
-        return [new_event("cc.hook_error", session_id=session_id, spec_id=spec_id, data=data)]
+        return [new_event("cc.hook_error", session_id=session_id, spec_id=spec_id, data=data, ts=ts)]
     assert payload is not None
     name = payload.get("hook_event_name")
     policy = EVENT_POLICY.get(name, "forward") if isinstance(name, str) else "forward"
@@ -287,10 +291,10 @@ def events_for(raw: bytes, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, re
     if redactor.count:
         data["redactions"] = redactor.count
     event_type = f"cc.{name}" if valid_name else "cc.unknown"
-    event = new_event(event_type, session_id=session_id, spec_id=spec_id, data=data)
+    event = new_event(event_type, session_id=session_id, spec_id=spec_id, data=data, ts=ts)
     events = [event]
     if unattended and name == "Notification" and payload.get("notification_type") in HELP_EVENTS:
-        events.append(new_event("intervention_request", session_id=session_id, spec_id=spec_id, data={
+        events.append(new_event("intervention_request", session_id=session_id, spec_id=spec_id, ts=event["ts"], data={
             "message": data.get("message"), "source": "claude-code",
             "notification_type": payload.get("notification_type")}))
     if session_id is not None and not unattended and session_id == payload.get("session_id"):
@@ -465,6 +469,3 @@ def transcript_usage(path: Any, *, deadline: float | None = None) -> dict[str, A
     tally.read(deadline)
     return tally.usage()
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
