@@ -154,6 +154,8 @@ class MessagesApiMock:
             n = len(self.replies) + 1
             usage = {"input_tokens": 100 + n, "output_tokens": 10 * n + 7,
                      "cache_creation_input_tokens": 1000 * n, "cache_read_input_tokens": 500 * n + 3}
+            reported = {**usage, "cache_creation": {"ephemeral_5m_input_tokens": 1000 * n,
+                                                    "ephemeral_1h_input_tokens": 0}}
             request_id = f"req_mock{n:04d}{uuid.uuid4().hex[:12]}"
             self.replies.append(Reply(model, bool(request.get("stream")), kind, usage, request_id, prompt))
         message_id = f"msg_mock{uuid.uuid4().hex[:20]}"
@@ -170,7 +172,7 @@ class MessagesApiMock:
             self._stream(handler, message_id, model, blocks, stop_reason, usage, request_id)
         else:
             message = {"id": message_id, "type": "message", "role": "assistant", "model": model,
-                       "content": blocks, "stop_reason": stop_reason, "stop_sequence": None, "usage": usage}
+                       "content": blocks, "stop_reason": stop_reason, "stop_sequence": None, "usage": reported}
             raw = json.dumps(message).encode()
             handler.send_response(200)
             handler.send_header("Content-Type", "application/json")
@@ -197,7 +199,8 @@ class MessagesApiMock:
         handler.send_header("request-id", request_id)
         handler.send_header("Connection", "close")
         handler.end_headers()
-        start_usage = {**usage, "output_tokens": 1}
+        start_usage = {**usage, "output_tokens": 1, "cache_creation": {
+            "ephemeral_5m_input_tokens": usage["cache_creation_input_tokens"], "ephemeral_1h_input_tokens": 0}}
         events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": {
             "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": start_usage}})]

@@ -181,6 +181,10 @@ class Settings:
         "redaction", (), "More regular expressions (Python syntax) whose matches are redacted, e.g. "
         "[\"corp-[0-9a-f]{32}\"].")
 
+    import_prices_file: str = _setting(
+        "import", "", "A TOML file of model prices (USD per million tokens) that replace or add to the table "
+        "`ralph-monitor import claude-code` estimates costs with; see agent/prices.py. Empty: the shipped table.")
+
     @property
     def state_dir(self) -> Path:
         return Path(self.paths_state_dir)
@@ -277,7 +281,8 @@ def _validate(settings: Settings, origin: str) -> None:
     if settings.monitor_log_level not in LOG_LEVELS:
         raise ConfigError(
             f"{origin}: [monitor] log_level = {settings.monitor_log_level!r}; use one of {', '.join(LOG_LEVELS)}")
-    for name in ("paths_state_dir", "paths_site_dir", "paths_backup_dir", "socket_path", "backup_pg_dump"):
+    for name in ("paths_state_dir", "paths_site_dir", "paths_backup_dir", "socket_path", "backup_pg_dump",
+                 "import_prices_file"):
         value = getattr(settings, name)
         if value and not os.path.isabs(value):
             section, key = name.split("_", 1)

@@ -264,7 +264,7 @@ def events_for(raw: bytes, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, re
     payload, problem = _parse(raw)
     session_id, spec_id, unattended = _ids(payload, env)
     if problem is not None:
-        excerpt = _shrink(raw[:max_field_bytes + REDACT_MARGIN].decode("utf-8", "replace"), max_field_bytes, redactor)
+        excerpt = shrink(raw[:max_field_bytes + REDACT_MARGIN].decode("utf-8", "replace"), max_field_bytes, redactor)
         data: dict[str, Any] = {"error": problem, "input_bytes": len(raw), "excerpt": excerpt}
         if redactor.count:
             data["redactions"] = redactor.count
@@ -281,11 +281,11 @@ def events_for(raw: bytes, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, re
     for key, value in list(payload.items())[:MAX_KEYS]:
         if key == "hook_event_name" or key == "session_id":
             continue
-        data[_clean_str(str(key))[:100]] = _shrink(value, max_field_bytes, redactor, key)
+        data[_clean_str(str(key))[:100]] = shrink(value, max_field_bytes, redactor, key)
     if "session_id" in payload:
-        data["cc_session_id"] = _shrink(payload["session_id"], 200)
+        data["cc_session_id"] = shrink(payload["session_id"], 200)
     if not valid_name:
-        data["hook_event_name"] = _shrink(name, 200)
+        data["hook_event_name"] = shrink(name, 200)
     if name in USAGE_EVENTS:
         _add_transcript_facts(name, payload, data, transcript_deadline)
     if redactor.count:
@@ -354,10 +354,10 @@ def _own_session_events(name: Any, payload: dict[str, Any], data: dict[str, Any]
                           data={"name": f"claude {os.path.basename(cwd.rstrip('/')) or cwd}".strip()[:200],
                                 "metadata": _without_none({
                                     "source": "claude-code", "cwd": cwd[:1000],
-                                    "model": _shrink(payload.get("model"), 200),
-                                    "permission_mode": _shrink(payload.get("permission_mode"), 100)})})]
+                                    "model": shrink(payload.get("model"), 200),
+                                    "permission_mode": shrink(payload.get("permission_mode"), 100)})})]
     if name == "SessionEnd":
-        end: dict[str, Any] = {"status": "completed", "reason": _shrink(payload.get("reason"), 200)}
+        end: dict[str, Any] = {"status": "completed", "reason": shrink(payload.get("reason"), 200)}
         usage = data.get("usage")
         if isinstance(usage, dict) and usage.get("tokens_used"):
             end["tokens_used"] = usage["tokens_used"]
@@ -423,7 +423,7 @@ def _clean_str(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
-def _shrink(value: Any, limit: int, redactor: Redactor | None = None, key: str = "", depth: int = 0) -> Any:
+def shrink(value: Any, limit: int, redactor: Redactor | None = None, key: str = "", depth: int = 0) -> Any:
     """The value with secrets redacted (when a redactor is given) and every string cut to
     `limit` characters, containers to MAX_KEYS / MAX_ITEMS entries and MAX_DEPTH levels; the
     cost follows what is kept, not the input."""
@@ -445,16 +445,16 @@ def _shrink(value: Any, limit: int, redactor: Redactor | None = None, key: str =
         shrunk = {}
         for k, v in items[:MAX_KEYS]:
             name = _clean_str(str(k))[:200]
-            shrunk[name] = _shrink(v, limit, redactor, name, depth + 1)
+            shrunk[name] = shrink(v, limit, redactor, name, depth + 1)
         if len(items) > MAX_KEYS:
             shrunk["…"] = f"{len(items) - MAX_KEYS} more keys dropped"
         return shrunk
     if isinstance(value, list):
-        shrunk_list = [_shrink(v, limit, redactor, key, depth + 1) for v in value[:MAX_ITEMS]]
+        shrunk_list = [shrink(v, limit, redactor, key, depth + 1) for v in value[:MAX_ITEMS]]
         if len(value) > MAX_ITEMS:
             shrunk_list.append(f"… {len(value) - MAX_ITEMS} more items dropped")
         return shrunk_list
-    return _shrink(str(value), limit, redactor, key, depth)
+    return shrink(str(value), limit, redactor, key, depth)
 
 
 # transcript
