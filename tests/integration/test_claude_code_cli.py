@@ -8,8 +8,11 @@ hook event is filed under the CLI's session (or the loop's spec), the tokens rec
 what the "API" billed and what the CLI printed, the cost equals the CLI's, and the hook costs
 the agent well under a second per run.
 
-The CLI is installed once into ~/.cache/ralph-monitor-tests (or $RALPH_TEST_CACHE); with no
-npm, or no registry to install from, the tests skip and say so.
+`ralph-monitor import claude-code` is checked on the transcripts the CLI wrote, against the
+mock's bill, the CLI's own costs and ccusage (npm) reading the same files.
+
+The CLI and ccusage are installed once into ~/.cache/ralph-monitor-tests (or $RALPH_TEST_CACHE);
+with no npm, or no registry to install from, the tests skip and say so.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from tests.hook_payloads import readme_hook_settings
 from tests.messages_api_mock import MessagesApiMock, Script
 
 CLI_VERSION = "2.1.328"
+CCUSAGE_VERSION = "20.0.24"
+"""The newest ccusage whose native binary is on npm (20.0.26's is not)."""
 CACHE_ROOT = Path(os.environ.get("RALPH_TEST_CACHE") or Path.home() / ".cache" / "ralph-monitor-tests")
 INSTALL_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 120
@@ -45,30 +50,39 @@ SECRET = "sk-" + "ant-api03-" + "Xq7" * 30 + "AA"
 COMMAND = f"export SERVICE_API_KEY={SECRET} && echo mock-tool-ran $SERVICE_API_KEY"
 
 
-@pytest.fixture(scope="module")
-def claude_cli() -> Path:
-    """The pinned CLI, installed from npm into the cache on first use."""
-    home = CACHE_ROOT / f"claude-code-{CLI_VERSION}"
-    binary = home / "node_modules" / ".bin" / "claude"
-    if binary.exists():
-        return binary
+def npm_tool(package: str, version: str, binary: str) -> Path:
+    """`binary` of the npm package `package@version`, installed into the cache on first use."""
+    home = CACHE_ROOT / f"{package.replace('/', '+')}-{version}"
+    path = home / "node_modules" / ".bin" / binary
+    if path.exists():
+        return path
     npm = shutil.which("npm")
     if npm is None:
-        pytest.skip("npm is not installed: cannot install the Claude Code CLI")
+        pytest.skip(f"npm is not installed: cannot install {package}")
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".claude-code-{CLI_VERSION}-", dir=CACHE_ROOT))
+    staging = Path(tempfile.mkdtemp(prefix=f".{package.replace('/', '+')}-{version}-", dir=CACHE_ROOT))
     try:
         result = subprocess.run([npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund",
-                                 "--loglevel", "error", f"@anthropic-ai/claude-code@{CLI_VERSION}"],
+                                 "--loglevel", "error", f"{package}@{version}"],
                                 capture_output=True, timeout=INSTALL_TIMEOUT_S, env={**os.environ, "TMPDIR": str(staging)})
         output = (result.stdout + result.stderr).decode(errors="replace")
         if result.returncode != 0 and any(sign in output for sign in OFFLINE_SIGNS):
-            pytest.skip(f"the npm registry is unreachable, cannot install the Claude Code CLI: {output[-300:]}")
+            pytest.skip(f"the npm registry is unreachable, cannot install {package}: {output[-300:]}")
         assert result.returncode == 0, output
         staging.rename(home)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return binary
+    return path
+
+
+@pytest.fixture(scope="module")
+def claude_cli() -> Path:
+    return npm_tool("@anthropic-ai/claude-code", CLI_VERSION, "claude")
+
+
+@pytest.fixture(scope="module")
+def ccusage() -> Path:
+    return npm_tool("ccusage", CCUSAGE_VERSION, "ccusage")
 
 
 @pytest.fixture
@@ -215,3 +229,51 @@ def test_the_loop_records_each_spec_with_the_results_fields_and_flags_refused_to
     stops = {h["spec_id"]: h["payload"]["data"]["usage"] for h in hooked if h["event_type"] == "cc.Stop"}
     assert stops["spec-ok"]["tokens_used"] == ok["tokens_used"]
     assert stops["spec-forbidden"]["tokens_used"] == done["spec-forbidden"]["tokens_used"]
+
+
+def ccusage_daily(ccusage: Path, home: Path) -> dict[str, dict[str, dict[str, int]]]:
+    """ccusage's tokens per day (UTC) and model for the transcripts under `home`."""
+    result = subprocess.run([str(ccusage), "daily", "--json", "--offline", "--timezone", "UTC"],
+                            capture_output=True, timeout=120, cwd=home,
+                            env={"HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / ".claude"), "PATH": "/usr/bin:/bin",
+                                 leaks.MARKER: os.environ[leaks.MARKER]})
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    names = {"inputTokens": "input_tokens", "outputTokens": "output_tokens",
+             "cacheCreationTokens": "cache_creation_input_tokens", "cacheReadTokens": "cache_read_input_tokens"}
+    daily: dict[str, dict[str, dict[str, int]]] = {}
+    for day in json.loads(result.stdout)["daily"]:
+        for model in day["modelBreakdowns"]:
+            daily.setdefault(day["period"], {})[model["modelName"]] = {ours: model[theirs] for theirs, ours in names.items()}
+    return daily
+
+
+def test_importing_what_the_cli_wrote_matches_the_bill_the_cli_and_ccusage(
+        claude_cli: Path, ccusage: Path, api: MessagesApiMock, daemon: Daemon, tmp_path: Path) -> None:
+    home, project = tmp_path / "home", tmp_path / "shop"
+    project.mkdir()
+    env = cli_env(home, api)
+    results = [run_claude(claude_cli, prompt, env, project)[0]
+               for prompt in ("Run the scripted command", "Write the forbidden file")]
+    projects = home / ".claude" / "projects"
+    imported = subprocess.run(
+        [str(BIN / "ralph-monitor"), "import", "claude-code", "--config", str(daemon.config_path),
+         "--projects", str(projects), "--since", "all", "--json"],
+        capture_output=True, timeout=120, env={**os.environ, "RALPH_MONITOR_CLIENT_SPOOL": str(tmp_path / "spool")})
+    assert imported.returncode == 0, imported.stderr.decode(errors="replace")
+    summary = json.loads(imported.stdout)
+    assert (summary["sessions"], summary["turns"], summary["tool_calls"]) == (2, 2, 2)
+    assert summary["tokens_used"] == api.tokens_total() == sum(cli_tokens(r) for r in results)
+    assert summary["daily"] == ccusage_daily(ccusage, home)  # per day and model, as ccusage counts them
+    settle(daemon.dsn, lambda: len(query(daemon.dsn, "SELECT 1 FROM sessions WHERE end_time IS NOT NULL")) == 2)
+    sessions = {str(s["id"]): s for s in query(daemon.dsn, "SELECT * FROM sessions")}
+    for result in results:
+        session = sessions[result["session_id"]]
+        assert session["tokens_used"] == cli_tokens(result)
+        assert session["cost_usd"] == round(Decimal(str(result["total_cost_usd"])), 6)  # the CLI's own figure
+        end = events(daemon.dsn, "event_type = 'session_ended' AND session_id = %s", (result["session_id"],))
+        assert end[-1]["payload"]["data"]["cost_source"] == "api"
+    tools = {t["payload"]["data"]["tool_name"]: t for t in events(daemon.dsn, "event_type LIKE 'cc.PostToolUse%%'")}
+    assert tools["Bash"]["event_type"] == "cc.PostToolUse"
+    assert tools["Bash"]["payload"]["data"]["tool_input"]["command"].startswith("export SERVICE_API_KEY=[REDACTED:")
+    assert tools["Write"]["event_type"] == "cc.PostToolUseFailure"  # refused: -p has nobody to ask
+    assert not query(daemon.dsn, "SELECT 1 FROM events WHERE strpos(payload::text, %s) > 0", (SECRET[:20],))
