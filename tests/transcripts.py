@@ -49,13 +49,22 @@ class Truth:
 class TranscriptWriter:
     """Writes sessions into `projects` (the layout of ~/.claude/projects)."""
 
-    def __init__(self, projects: Path, seed: int = 15) -> None:
+    def __init__(self, projects: Path, seed: int = 15, padding: int = 0) -> None:
         self.projects = projects
         self.rng = random.Random(seed)
         self.truth = Truth()
+        self.padding = padding
+        """Average characters of text added to replies and tool outputs (real ones are long)."""
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def _filler(self) -> str:
+        if not self.padding:
+            return ""
+        words = ("the", "test", "fails", "because", "rounding", "of", "VAT", "in", "checkout.py", "line", "42")
+        text = " ".join(self.rng.choice(words) for _ in range(self.rng.randint(0, self.padding // 3)))
+        return "\n" + text
 
     def _usage(self) -> dict[str, Any]:
         rng = self.rng
@@ -129,12 +138,12 @@ class TranscriptWriter:
             for _ in range(rng.randint(0, 3)):
                 tool_id = f"toolu_{self._uuid().replace('-', '')[:24]}"
                 command = SECRET_COMMAND if secret else rng.choice(("pytest -q", "git status", "ls src"))
-                request([{"type": "text", "text": "Let me check."},
+                request([{"type": "text", "text": "Let me check." + self._filler()},
                          {"type": "tool_use", "id": tool_id, "name": "Bash",
                           "input": {"command": command, "description": "Run it"}}], model)
                 secret = False
                 failed = rng.random() < 0.2
-                output = "1 failed, 12 passed" if failed else "ok"
+                output = ("1 failed, 12 passed" if failed else "ok") + self._filler()
                 uid = self._uuid()
                 lines.append({"parentUuid": parent, "isSidechain": False, "promptId": prompt_id, "type": "user",
                               "message": {"role": "user", "content": [{"tool_use_id": tool_id, "type": "tool_result",
@@ -153,7 +162,7 @@ class TranscriptWriter:
                 self.truth.api_errors += 1
                 api_error = False
                 continue
-            request([{"type": "text", "text": "Done: the tests pass."}], model)
+            request([{"type": "text", "text": "Done: the tests pass." + self._filler()}], model)
         if subagent:
             agent_lines: list[dict[str, Any]] = []
             request([{"type": "text", "text": "Found 3 call sites."}], MODELS[2], sidechain=True, sink=agent_lines)
@@ -168,16 +177,18 @@ class TranscriptWriter:
         self.truth.sessions += 1
         return path
 
-    def month(self, end: datetime, *, days: int = 30, sessions_per_day: int = 3, turns: int = 6) -> Truth:
+    def month(self, end: datetime, *, days: int = 30, sessions_per_day: int = 3, turns: int = 6,
+              cost_styles: tuple[str, ...] = ("cost-state", "costUSD", "none")) -> Truth:
         """`days` days of sessions ending at `end`, each day's inside the day (UTC): a mix of
-        every shape above."""
+        every shape above (and of the `cost_styles`)."""
         for day in range(days, 0, -1):
             midnight = (end - timedelta(days=day)).replace(hour=0, minute=0, second=0, microsecond=0)
             for n in range(sessions_per_day):
                 start = midnight + timedelta(hours=8 + n * 3, minutes=self.rng.randint(0, 50))
                 first = self.session(start, project=f"proj{n % 4}", turns=turns,
-                                     cost_style=("cost-state", "costUSD", "none")[(day + n) % 3],
+                                     cost_style=cost_styles[(day + n) % len(cost_styles)],
                                      subagent=n == 0, api_error=n == 1 and day % 5 == 0, secret=n == 2)
                 if n == 1 and day % 7 == 0:
-                    self.session(start + timedelta(hours=1), project=f"proj{n % 4}", turns=2, resume_of=first)
+                    self.session(start + timedelta(hours=1), project=f"proj{n % 4}", turns=2, resume_of=first,
+                                 cost_style=cost_styles[0])
         return self.truth

@@ -32,8 +32,9 @@ def run_import(daemon: Daemon, env: dict[str, str], projects: Path, *args: str) 
     return json.loads(result.stdout)
 
 
-def write_days(projects: Path, days: int = 5) -> Truth:
-    """A few days of sessions, each inside its day, ending yesterday."""
+def write_days(projects: Path, days: int = 7) -> Truth:
+    """A few days of sessions, each inside its day, ending yesterday (with a resumed session,
+    an API error, a subagent, secrets, and the three ways transcripts say, or not, what it cost)."""
     end = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     return TranscriptWriter(projects).month(end, days=days, sessions_per_day=3, turns=3)
 

@@ -116,6 +116,8 @@ class Turn:
     tool_events: list[dict[str, Any]] = field(default_factory=list)
     last_reply: str = ""
     error: str | None = None
+    copied: bool = False
+    """Its replies were counted for an earlier session: a resumed session's copy of its history."""
 
 
 @dataclass
@@ -225,6 +227,8 @@ class SessionReader:
             return None
         if owner != session.session_id:
             session.copied_requests += 1
+            if session.turns:
+                session.turns[-1].copied = True
             return None
         cost = entry.get("costUSD")
         request = Request(key, model, _day(str(entry.get("timestamp") or session.last_ts)), usage, counts,
@@ -288,6 +292,10 @@ class SessionReader:
         if turn is not None:
             for block, ts in pending.values():  # called, never answered (interrupted)
                 turn.tool_events.append(_tool_event(None, (block, ts), {}, ts))
+        if main:  # the history a resumed session copied belongs to the session it came from
+            session.turns = [t for t in session.turns if not (t.copied and not t.requests)]
+            for index, kept in enumerate(session.turns, start=1):
+                kept.index = index
 
     @staticmethod
     def _new_turn(session: Session, ts: str) -> Turn:
@@ -542,21 +550,23 @@ class Importer:
         if not self.projects.is_dir():
             raise ConfigError(f"no Claude Code transcripts in {self.projects} (use --projects DIR)")
         groups: dict[str, list[Path]] = {}
-        firsts: dict[str, str] = {}
+        order: dict[str, tuple[str, int]] = {}
         for path in sorted(self.projects.rglob("*.jsonl")):
             try:
-                if self.since is not None and path.stat().st_mtime < self.since.timestamp():
-                    continue
+                modified = path.stat().st_mtime_ns
             except OSError:
+                continue
+            if self.since is not None and modified < self.since.timestamp() * 1e9:
                 continue
             session, first = _first_facts(path)
             session = session or path.stem
             groups.setdefault(session, []).append(path)
-            if first and (session not in firsts or first < firsts[session]):
-                firsts[session] = first
+            # By first line, then by age: a resumed session's file starts with a copy of the
+            # original's first lines, and the original must count them.
+            order[session] = min(order.get(session, (first or "~", modified)), (first or "~", modified))
         for files in groups.values():
             files.sort(key=lambda p: ("subagents" in p.parts, str(p)))
-        return sorted(groups.items(), key=lambda item: (firsts.get(item[0], ""), item[0]))
+        return sorted(groups.items(), key=lambda item: (order[item[0]], item[0]))
 
     def run(self) -> Summary:
         summary = Summary()
