@@ -139,3 +139,30 @@ def test_an_interrupted_import_completes_on_the_next_run(daemon: Daemon, tmp_pat
     settle(daemon.dsn)
     sessions = query(daemon.dsn, "SELECT tokens_used FROM sessions")
     assert len(sessions) == truth.sessions and sum(s["tokens_used"] for s in sessions) == truth.total()
+
+
+def test_the_session_timeline_folds_each_turns_tool_calls_into_a_line(daemon: Daemon, tmp_path: Path) -> None:
+    projects = tmp_path / "projects"
+    writer = TranscriptWriter(projects, seed=7)
+    writer.session(datetime.now(timezone.utc) - timedelta(hours=3), turns=6, cost_style="none")
+    run_import(daemon, agent_env(tmp_path / "spool"), projects)
+    settle(daemon.dsn)
+    session_id = str(query(daemon.dsn, "SELECT id FROM sessions")[0]["id"])
+    per_turn = {}
+    for tool in events(daemon.dsn, "event_type LIKE 'cc.PostToolUse%%'"):
+        per_turn.setdefault(tool["spec_id"], []).append(tool)
+
+    def ralph_query(*args: str) -> str:
+        done = subprocess.run([str(BIN / "ralph-query"), "session", session_id, *args, "--config",
+                               str(daemon.config_path)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    grouped = ralph_query()
+    for spec, tools in per_turn.items():
+        failed = sum(t["event_type"] == "cc.PostToolUseFailure" for t in tools)
+        line = next(line for line in grouped.splitlines() if "tool calls" in line and f" {spec} " in line)
+        assert f"Bash ×{len(tools)}" in line and (f"{failed} failed" in line) == bool(failed)
+    assert "cc.PostToolUse" not in grouped and "--verbose shows every event" in grouped
+    verbose = ralph_query("--verbose")
+    assert verbose.count("cc.PostToolUse") == sum(len(t) for t in per_turn.values())
