@@ -134,6 +134,9 @@ class Session:
     turns: list[Turn] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     """Every request counted for this session (subagents' included)."""
+    by_key: dict[str, Request] = field(default_factory=dict)
+    subagent_requests: list[tuple[str, Request]] = field(default_factory=list)
+    """(time, request) of the subagent transcripts, given to their turns once all are read."""
     cost_state: dict[str, Any] | None = None
     recorded_by_hook: bool = False
     copied_requests: int = 0
@@ -208,6 +211,11 @@ class SessionReader:
         session = Session(session_id, list(files))
         for path in files:
             self._read_file(session, path)
+        for ts, request in session.subagent_requests:  # to the turn that was under way then
+            turn = next((t for t in reversed(session.turns) if t.started <= ts), None) or (
+                session.turns[0] if session.turns else None)
+            if turn is not None:
+                turn.requests.append(request)
         return session
 
     def _count(self, session: Session, entry: dict[str, Any], message: dict[str, Any], number: int,
@@ -220,7 +228,7 @@ class SessionReader:
         digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
         owner = self.seen.setdefault(digest, session.session_id)
         counts = {f: usage[f] for f in USAGE_FIELDS if isinstance(usage.get(f), int)}
-        known = next((r for r in reversed(session.requests[-8:]) if r.key == key), None)
+        known = session.by_key.get(key)
         if known is not None:  # a later line of the same streamed reply
             for name in USAGE_FIELDS:
                 known.counts[name] = max(known.counts.get(name, 0), counts.get(name, 0))
@@ -234,6 +242,7 @@ class SessionReader:
         request = Request(key, model, _day(str(entry.get("timestamp") or session.last_ts)), usage, counts,
                           float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None)
         session.requests.append(request)
+        session.by_key[key] = request
         return request
 
     def _read_file(self, session: Session, path: Path) -> None:
@@ -260,7 +269,9 @@ class SessionReader:
                 message = entry["message"]
                 request = self._count(session, entry, message, number, path)
                 if side:
-                    if request is not None and session.turns:
+                    if request is not None and not main:
+                        session.subagent_requests.append((ts, request))
+                    elif request is not None and session.turns:
                         session.turns[-1].requests.append(request)
                     continue
                 if turn is None:
