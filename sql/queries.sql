@@ -733,8 +733,8 @@ UPDATE alerts SET resolved_at = now() WHERE id = %(id)s AND resolved_at IS NULL
 RETURNING title, body, link;
 
 -- name: insert_alert_message
-INSERT INTO alert_messages (alert_id, kind, destination, title, body)
-VALUES (%(alert_id)s, %(kind)s, %(destination)s, %(title)s, %(body)s)
+INSERT INTO alert_messages (alert_id, kind, destination, title, body, body_format)
+VALUES (%(alert_id)s, %(kind)s, %(destination)s, %(title)s, %(body)s, %(body_format)s)
 RETURNING id;
 
 -- name: claim_alert_messages
@@ -743,7 +743,7 @@ UPDATE alert_messages m SET attempts = m.attempts + 1, next_attempt_at = now() +
 WHERE m.id IN (SELECT id FROM alert_messages
                WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
                ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING m.id, m.alert_id, m.kind, m.destination, m.title, m.body, m.attempts, m.created_at,
+RETURNING m.id, m.alert_id, m.kind, m.destination, m.title, m.body, m.body_format, m.attempts, m.created_at,
           (SELECT a.rule FROM alerts a WHERE a.id = m.alert_id) AS rule,
           (SELECT a.subject FROM alerts a WHERE a.id = m.alert_id) AS subject,
           (SELECT a.link FROM alerts a WHERE a.id = m.alert_id) AS link,

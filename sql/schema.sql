@@ -29,12 +29,14 @@ CREATE TABLE public.alert_messages (
     destination text NOT NULL,
     title text NOT NULL,
     body text NOT NULL,
+    body_format text DEFAULT 'text'::text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
     next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
     sent_at timestamp with time zone,
     gave_up_at timestamp with time zone,
     last_error text,
+    CONSTRAINT alert_messages_format_check CHECK ((body_format = ANY (ARRAY['text'::text, 'markdown'::text]))),
     CONSTRAINT alert_messages_kind_check CHECK ((kind = ANY (ARRAY['firing'::text, 'resolved'::text, 'test'::text, 'report'::text])))
 );
 CREATE SEQUENCE public.alert_messages_id_seq

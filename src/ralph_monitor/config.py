@@ -102,6 +102,8 @@ class Settings:
         "reports", "18:00", "When the overnight window starts (HH:MM, local to reports.timezone).")
     reports_night_end: str = _setting(
         "reports", "09:00", "When the overnight window ends, the next morning (HH:MM).")
+    reports_morning_report: bool = _setting(
+        "reports", True, "At night_end, send last night's report to the [alerts] destinations.")
 
     schedule_render_interval_s: float = _setting(
         "schedule", 60.0, "Seconds between dashboard regenerations (new events also trigger one).", minimum=5.0)

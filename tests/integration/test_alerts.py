@@ -269,3 +269,27 @@ def test_alerts_reach_an_smtp_server(daemon_factory: Any) -> None:
         assert "Approve the deploy?" in mails[0]
     finally:
         smtp.stop()
+
+
+def test_the_morning_report_lists_the_night(daemon_factory: Any, receiver: Receiver) -> None:
+    daemon = alerting_daemon(daemon_factory, receiver, reports={"timezone": "UTC", "night_start": "00:00",
+                                                                "night_end": "23:59"})
+    sid = str(uuid.uuid4())
+    send(daemon, {"type": "session_started", "session_id": sid, "data": {"name": "nightly"}},
+         {"type": "spec_started", "session_id": sid, "spec_id": "CR-1"},
+         {"type": "spec_completed", "session_id": sid, "spec_id": "CR-1", "data": {"cost_usd": 0.5}},
+         {"type": "spec_started", "session_id": sid, "spec_id": "CR-2"},
+         {"type": "spec_failed", "session_id": sid, "spec_id": "CR-2",
+          "data": {"error": "AssertionError: expected 3 rows", "cost_usd": 0.25}})
+    deadline = time.monotonic() + WAIT_S
+    while query(daemon.dsn, "SELECT count(*) AS n FROM spec_runs WHERE status <> 'running'")[0]["n"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    result = subprocess.run([str(BIN / "ralph-monitor"), "alert", "report", "--send", "--config",
+                             str(daemon.config_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "1 done, 1 failed, 0 timed out, $0.75" in result.stdout
+    receiver.wait_for(lambda: any(t.startswith("Night of") for t in receiver.titles()), "no report")
+    report = next(m for m in receiver.received if m["title"].startswith("Night of"))
+    assert "CR-2" in report["message"] and "AssertionError: expected 3 rows" in report["message"]
+    assert "https://build-box/ralph/" in report["message"]

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, time, timezone
 from typing import TYPE_CHECKING, Any
 
 from ralph_monitor.alert_store import AlertStore, night_bounds
-from ralph_monitor.alerts import delivery
+from ralph_monitor.alerts import delivery, report
+from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import StoreError
 from ralph_monitor.logs import Throttle
+from ralph_monitor.store import open_read_store
 
 if TYPE_CHECKING:
     from ralph_monitor.daemon import DaemonContext
@@ -31,6 +33,7 @@ class AlertService:
 
     def __init__(self, context: DaemonContext) -> None:
         self._settings = context.settings
+        self._dsn = context.dsn
         self._store = AlertStore(context.settings, dsn=context.dsn)
         self._destinations = {d.label: d for d in delivery.destinations(context.settings)}
         self._tasks: list[asyncio.Task[None]] = []
@@ -77,7 +80,7 @@ class AlertService:
                                     "destination no longer configured", give_up=True)
             return
         error = await asyncio.to_thread(delivery.send, destination, title=message["title"], body=message["body"],
-                                        message=_payload(message))
+                                        message=_payload(message), body_format=message["body_format"])
         if error is not None:
             throttle = self._delivery_errors.setdefault(destination.label, Throttle(FAILURE_LOG_INTERVAL_S))
             if throttle.ready() is not None:
@@ -85,13 +88,32 @@ class AlertService:
                             destination.label, message["attempts"], error)
         await asyncio.to_thread(self._store.record, message["id"], error)
 
+    async def send_report(self) -> None:
+        """The morning report, once per night (the first daemon to get here sends it)."""
+        queued = await asyncio.to_thread(queue_morning_report, self._settings, self._store, self._dsn,
+                                         list(self._destinations))
+        if queued:
+            log.info("morning report queued for %d destination(s)", len(self._destinations))
+
 
 def _payload(message: dict[str, Any]) -> dict[str, Any]:
     """What the command channel gets on stdin."""
     return {key: message.get(key) for key in ("kind", "rule", "subject", "title", "body", "link", "session_id")}
 
 
+def queue_morning_report(settings: Settings, store: AlertStore, dsn: str, destinations: list[str], *,
+                         again: bool = False) -> bool:
+    """Compose last night's report and queue it; whether it was queued (not already sent)."""
+    zone = report_zone(settings.reports_timezone)
+    with open_read_store(settings, dsn=dsn) as reads:
+        subject, title, body = report.morning_report(reads, settings, now=datetime.now(timezone.utc), zone=zone)
+    return store.queue_report(subject=subject, title=title, body=body, destinations=destinations, again=again)
+
+
 def install(context: DaemonContext) -> AlertService:
     service = AlertService(context)
     service.start()
+    if context.settings.reports_morning_report:
+        context.scheduler.daily("morning-report", time.fromisoformat(context.settings.reports_night_end),
+                                service.send_report)
     return service
