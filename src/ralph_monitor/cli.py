@@ -99,7 +99,7 @@ def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_render(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor.site import render_once
+    from ralph_monitor.dashboard.render import render_once
 
     result = render_once(settings, dsn=database_dsn(settings.database_dsn, settings.state_dir), full=args.full)
     print(f"{'rebuilt' if result.full else 'updated'} the dashboard in {settings.site_dir / 'current'}: "

@@ -39,3 +39,8 @@ class ClusterError(RalphMonitorError):
 
 class ClientError(RalphMonitorError):
     """Sending an event to the daemon failed or was rejected."""
+
+
+class RenderFailed(RalphMonitorError):
+    """A dashboard render failed: in the render process (the message is its traceback), in a
+    helper process, or writing the site; the published site is left as it was."""

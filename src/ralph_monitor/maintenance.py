@@ -49,7 +49,7 @@ from ralph_monitor.store import (EventStore, LockBusy, MaintenanceSession, datab
                                  tool_conninfo)
 
 if TYPE_CHECKING:
-    from ralph_monitor.daemon import DaemonContext
+    from ralph_monitor.context import DaemonContext
 
 log = logging.getLogger(__name__)
 
