@@ -481,7 +481,9 @@ def test_the_daemon_renders_in_a_child_process_and_replaces_it_when_it_dies(daem
     os.kill(renderers[0], 9)
     send(d, [{"type": "intervention_request", "session_id": A, "data": {"message": "two"}}])
     assert snapshot_shows("2"), d.log()
-    assert "the render process exited with status -9; starting a new one" in d.log()
+    # Noticed before the next render, or by a render already under way when the kill came.
+    assert ("the render process exited with status -9; starting a new one" in d.log()
+            or "the render process died or hung" in d.log()), d.log()
     replacement = children(d.process.pid)
     assert len(replacement) == 1 and replacement != renderers
     assert d.stop() == 0
