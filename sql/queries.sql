@@ -547,7 +547,7 @@ WHERE r.rolname !~ '^pg_' AND NOT r.rolsuper
   AND has_database_privilege(r.oid, current_database(), 'CONNECT')
 ORDER BY 1;
 
--- Dashboard (site.py) ---------------------------------------------------------------------------
+-- Dashboard (dashboard/render.py) ----------------------------------------------------------------
 
 -- name: database_now
 SELECT now() AS now;

@@ -74,7 +74,7 @@ def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_render(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor.site import render_once
+    from ralph_monitor.dashboard.render import render_once
 
     result = render_once(settings, dsn=resolve_dsn(settings), full=args.full)
     print(f"{'rebuilt' if result.full else 'updated'} the dashboard in {settings.site_dir / 'current'}: "

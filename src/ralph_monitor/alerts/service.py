@@ -18,7 +18,7 @@ from ralph_monitor.logs import Throttle
 from ralph_monitor.store import open_read_store
 
 if TYPE_CHECKING:
-    from ralph_monitor.daemon import DaemonContext
+    from ralph_monitor.context import DaemonContext
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +29,29 @@ FAILURE_LOG_INTERVAL_S = 300.0
 
 
 class AlertService:
-    """Evaluation and delivery loops; `stop` ends them."""
+    """The daemon feature: evaluation and delivery loops, and the morning report's job."""
 
-    def __init__(self, context: DaemonContext) -> None:
-        self._settings = context.settings
-        self._dsn = context.dsn
-        self._store = AlertStore(context.settings, dsn=context.dsn)
-        self._destinations = {d.label: d for d in delivery.destinations(context.settings)}
+    def __init__(self) -> None:
         self._tasks: list[asyncio.Task[None]] = []
         self._store_errors = Throttle(FAILURE_LOG_INTERVAL_S)
         self._delivery_errors: dict[str, Throttle] = {}
 
-    def start(self) -> None:
+    def install(self, context: DaemonContext) -> None:
+        self._settings = context.settings
+        self._dsn = context.dsn
+        self._store = AlertStore(context.settings, dsn=context.dsn)
+        self._destinations = {d.label: d for d in delivery.destinations(context.settings)}
         if not self._destinations:
             log.info("no [alerts] urls or command configured: alerts are recorded, not sent")
         self._tasks = [asyncio.create_task(self._loop(self.evaluate, self._settings.alerts_check_interval_s),
                                            name="alerts-evaluate"),
                        asyncio.create_task(self._loop(self.deliver, DELIVER_POLL_S), name="alerts-deliver")]
+        if self._settings.reports_morning_report:
+            context.scheduler.daily("morning-report", time.fromisoformat(self._settings.reports_night_end),
+                                    self.send_report)
 
     async def stop(self) -> None:
+        """Cancel the loops; a send in progress finishes in its thread (bounded by its timeouts)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -108,12 +112,3 @@ def queue_morning_report(settings: Settings, store: AlertStore, dsn: str, destin
     with open_read_store(settings, dsn=dsn) as reads:
         subject, title, body = report.morning_report(reads, settings, now=datetime.now(timezone.utc), zone=zone)
     return store.queue_report(subject=subject, title=title, body=body, destinations=destinations, again=again)
-
-
-def install(context: DaemonContext) -> AlertService:
-    service = AlertService(context)
-    service.start()
-    if context.settings.reports_morning_report:
-        context.scheduler.daily("morning-report", time.fromisoformat(context.settings.reports_night_end),
-                                service.send_report)
-    return service

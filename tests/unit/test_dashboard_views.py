@@ -1,9 +1,8 @@
-"""Dashboard parts without a database: file names for agent-chosen keys, SVG charts (escaping,
-well-formed, text alternatives), templates rendering hostile values, and publishing."""
+"""Dashboard views and charts without a database: file names for agent-chosen keys, SVG charts
+(escaping, well-formed, text alternatives), templates rendering hostile values."""
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -14,7 +13,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ralph_monitor import charts, site
+from ralph_monitor.dashboard import charts, views
+from ralph_monitor.dashboard.render import SiteRenderer
 from ralph_monitor.queries import DailyRuns, InterventionRow, SessionSummary, SpecRunRow
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -23,21 +23,21 @@ EVIL = "<script>alert('x')</script>\"&'"
 
 @given(st.text(min_size=1, max_size=300))
 def test_page_names_are_safe_file_names(key: str) -> None:
-    name = site.page_name(key)
+    name = views.page_name(key)
     assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._~-]*|~[0-9a-f]{12}", name), name
     assert ".." not in name and "/" not in name and len(name) <= 80
 
 
 @given(st.lists(st.text(min_size=1, max_size=40), min_size=2, max_size=30, unique=True))
 def test_page_names_never_collide(keys: list[str]) -> None:
-    assert len({site.page_name(k) for k in keys}) == len(keys)
+    assert len({views.page_name(k) for k in keys}) == len(keys)
 
 
 def test_plain_names_stay_readable() -> None:
-    assert site.page_name("CR-01") == "CR-01"
-    assert site.page_name("cc.PreToolUse") == "cc.PreToolUse"
-    assert site.page_name("javascript:alert").startswith("javascript-alert~")
-    assert site.page_name("../../etc/passwd").startswith("etc-passwd~")
+    assert views.page_name("CR-01") == "CR-01"
+    assert views.page_name("cc.PreToolUse") == "cc.PreToolUse"
+    assert views.page_name("javascript:alert").startswith("javascript-alert~")
+    assert views.page_name("../../etc/passwd").startswith("etc-passwd~")
 
 
 def session(**over: object) -> SessionSummary:
@@ -106,15 +106,15 @@ def test_charts_with_nothing_to_show() -> None:
 
 
 def test_data_summary_is_one_short_line() -> None:
-    assert site.data_summary({"error": "boom\n  at x", "tokens_used": 5}) == "boom at x · tokens_used: 5"
-    assert len(site.data_summary({"blob": "y" * 10_000}, 100)) == 100
-    assert site.data_summary(None) == "" and site.data_summary({}) == ""
-    assert str(site.when(NOW)) == '<time datetime="2026-11-25T12:00:00Z">2026-11-25 12:00 UTC</time>'
+    assert views.data_summary({"error": "boom\n  at x", "tokens_used": 5}) == "boom at x · tokens_used: 5"
+    assert len(views.data_summary({"blob": "y" * 10_000}, 100)) == 100
+    assert views.data_summary(None) == "" and views.data_summary({}) == ""
+    assert str(views.when(NOW)) == '<time datetime="2026-11-25T12:00:00Z">2026-11-25 12:00 UTC</time>'
 
 
 def test_templates_escape_hostile_values(tmp_path: Path) -> None:
-    renderer = site.SiteRenderer.__new__(site.SiteRenderer)
-    renderer.env = site._environment()
+    renderer = SiteRenderer.__new__(SiteRenderer)
+    renderer.env = views.template_environment()
     renderer._assets = {"style.css": ("static/style.x.css", b""), "app.js": ("static/app.x.js", b""),
                         "favicon.svg": ("static/favicon.x.svg", b"")}
     s = session(metadata={EVIL: EVIL}, final_result={"status": EVIL})
@@ -129,37 +129,6 @@ def test_templates_escape_hostile_values(tmp_path: Path) -> None:
                           gantt=charts.session_gantt(s, runs), spec_pages={EVIL}).decode()
     assert html.count("<script") == 1  # the page's own script file
     assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
-    assert 'href="../specs/' + site.page_name(EVIL) + '.html"' in html
+    assert 'href="../specs/' + views.page_name(EVIL) + '.html"' in html
     assert (EVIL * 1000) not in html.replace("&lt;", "<")
     assert "style=" not in html and " on" + "error=" not in html
-
-
-def test_incremental_publish_rewrites_only_changed_files(tmp_path: Path) -> None:
-    sd = site.SiteDir(tmp_path / "site")
-    sd.prepare()
-    full = site.FullRelease(sd)
-    full.write("a.html", b"one")
-    full.write("sub/b.html", b"two")
-    full.commit()
-    root = sd.published()
-    assert root is not None and os.readlink(sd.current) == f"releases/{root.name}"
-    mtime = (root / "a.html").stat().st_mtime_ns
-    inc = site.IncrementalRelease(sd, root)
-    inc.write("a.html", b"one")
-    inc.write("sub/b.html", b"TWO")
-    inc.write("new/c.html", b"three")
-    inc.commit()
-    assert inc.written == 2
-    assert (root / "a.html").stat().st_mtime_ns == mtime
-    assert (root / "sub" / "b.html").read_bytes() == b"TWO" and (root / "new" / "c.html").read_bytes() == b"three"
-    assert not [p for p in root.rglob(".*")]  # no temporary file left behind
-    for _ in range(3):
-        again = site.FullRelease(sd)
-        again.write("a.html", b"x")
-        again.commit()
-    sd.prune(keep_newest=site.KEEP_RELEASES)
-    assert len(list(sd.releases.iterdir())) == site.KEEP_RELEASES
-    aborted = site.FullRelease(sd)
-    aborted.write("a.html", b"half")
-    aborted.abort()
-    assert not aborted.root.exists() and (sd.current / "a.html").read_bytes() == b"x"
