@@ -677,3 +677,99 @@ WITH marked_sessions AS (
 INSERT INTO dirty_buckets (bucket_time)
 SELECT b FROM unnest(%(buckets)s::timestamptz[]) AS b ORDER BY b
 ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1;
+
+-- Alerts (alerts/, store alert side) -------------------------------------------------------------
+
+-- name: alert_waiting_requests
+SELECT i.event_id, i.session_id, i.spec_id, i.message, i.requested_at, s.name AS session_name
+FROM interventions i JOIN sessions s ON s.id = i.session_id
+WHERE i.answered_at IS NULL AND s.end_time IS NULL
+  AND i.requested_at < now() - make_interval(secs => %(after_s)s)
+  AND i.requested_at > now() - interval '2 days'
+ORDER BY i.requested_at;
+
+-- name: alert_stalled_sessions
+SELECT s.id, s.name, s.last_event_at,
+       (SELECT r.spec_id FROM spec_runs r WHERE r.session_id = s.id ORDER BY r.start_time DESC NULLS LAST
+        LIMIT 1) AS current_spec
+FROM sessions s
+WHERE s.execution_state = 'stalled' AND s.last_event_at > now() - interval '1 day';
+
+-- name: alert_failed_sessions
+SELECT s.id, s.name, s.specs_completed, s.specs_failed, s.specs_timed_out,
+       ARRAY(SELECT DISTINCT r.spec_id FROM spec_runs r
+             WHERE r.session_id = s.id AND r.status IN ('failed', 'timeout') ORDER BY 1) AS failed_specs
+FROM sessions s
+WHERE s.end_time > now() - interval '1 day' AND s.specs_failed > 0;
+
+-- name: alert_costly_sessions
+SELECT id, name, cost_usd, tokens_used FROM sessions
+WHERE start_time > now() - interval '2 days'
+  AND ((%(usd)s > 0 AND cost_usd > %(usd)s) OR (%(tokens)s > 0 AND tokens_used > %(tokens)s));
+
+-- name: alert_spend_between
+SELECT coalesce(sum(cost_usd), 0) AS cost_usd, coalesce(sum(tokens_used), 0)::bigint AS tokens_used
+FROM spec_runs WHERE end_time >= %(start)s AND end_time < %(end)s;
+
+-- name: alert_latest_backup
+SELECT event_type FROM events WHERE event_type IN ('backup_completed', 'backup_failed')
+ORDER BY occurred_at DESC LIMIT 1;
+
+-- name: open_alerts
+SELECT id, rule, subject FROM alerts WHERE resolved_at IS NULL;
+
+-- name: alert_ever_fired
+SELECT 1 AS fired FROM alerts WHERE rule = %(rule)s AND subject = %(subject)s LIMIT 1;
+
+-- name: insert_alert
+INSERT INTO alerts (rule, subject, title, body, link, session_id, resolved_at)
+VALUES (%(rule)s, %(subject)s, %(title)s, %(body)s, %(link)s, %(session_id)s,
+        CASE WHEN %(one_shot)s THEN now() END)
+ON CONFLICT (rule, subject) WHERE resolved_at IS NULL DO NOTHING
+RETURNING id;
+
+-- name: resolve_alert
+UPDATE alerts SET resolved_at = now() WHERE id = %(id)s AND resolved_at IS NULL
+RETURNING title, body, link;
+
+-- name: insert_alert_message
+INSERT INTO alert_messages (alert_id, kind, destination, title, body)
+VALUES (%(alert_id)s, %(kind)s, %(destination)s, %(title)s, %(body)s)
+RETURNING id;
+
+-- name: claim_alert_messages
+-- A lease: a daemon that dies while sending leaves the message to be retried when it ends.
+UPDATE alert_messages m SET attempts = m.attempts + 1, next_attempt_at = now() + make_interval(secs => %(lease_s)s)
+WHERE m.id IN (SELECT id FROM alert_messages
+               WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
+               ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING m.id, m.alert_id, m.kind, m.destination, m.title, m.body, m.attempts, m.created_at,
+          (SELECT a.rule FROM alerts a WHERE a.id = m.alert_id) AS rule,
+          (SELECT a.subject FROM alerts a WHERE a.id = m.alert_id) AS subject,
+          (SELECT a.link FROM alerts a WHERE a.id = m.alert_id) AS link,
+          (SELECT a.session_id FROM alerts a WHERE a.id = m.alert_id) AS session_id;
+
+-- name: alert_message_sent
+UPDATE alert_messages SET sent_at = now(), last_error = NULL WHERE id = %(id)s;
+
+-- name: alert_message_failed
+-- Backoff: [alerts] retry_after_s, doubling, at most an hour; given up once older than
+-- [alerts] give_up_after_h.
+UPDATE alert_messages SET last_error = %(error)s,
+    next_attempt_at = now() + least(interval '1 hour',
+                                    make_interval(secs => %(retry_s)s) * power(2, least(attempts - 1, 10))),
+    gave_up_at = CASE WHEN created_at < now() - make_interval(secs => %(give_up_s)s) OR %(give_up)s
+                      THEN now() END
+WHERE id = %(id)s;
+
+-- name: recent_alerts
+SELECT a.id, a.rule, a.subject, a.title, a.body, a.link, a.session_id, a.fired_at, a.resolved_at,
+       coalesce(jsonb_agg(jsonb_build_object(
+           'kind', m.kind, 'destination', m.destination, 'sent_at', m.sent_at, 'attempts', m.attempts,
+           'last_error', m.last_error, 'gave_up_at', m.gave_up_at, 'next_attempt_at', m.next_attempt_at)
+           ORDER BY m.id) FILTER (WHERE m.id IS NOT NULL), '[]') AS messages
+FROM alerts a LEFT JOIN alert_messages m ON m.alert_id = a.id
+WHERE a.fired_at > %(since)s
+GROUP BY a.id
+ORDER BY a.fired_at DESC
+LIMIT %(limit)s;

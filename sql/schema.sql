@@ -22,6 +22,46 @@ BEGIN
     RETURN created;
 END
 $$;
+CREATE TABLE public.alert_messages (
+    id bigint NOT NULL,
+    alert_id bigint,
+    kind text NOT NULL,
+    destination text NOT NULL,
+    title text NOT NULL,
+    body text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    sent_at timestamp with time zone,
+    gave_up_at timestamp with time zone,
+    last_error text,
+    CONSTRAINT alert_messages_kind_check CHECK ((kind = ANY (ARRAY['firing'::text, 'resolved'::text, 'test'::text, 'report'::text])))
+);
+CREATE SEQUENCE public.alert_messages_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+ALTER SEQUENCE public.alert_messages_id_seq OWNED BY public.alert_messages.id;
+CREATE TABLE public.alerts (
+    id bigint NOT NULL,
+    rule text NOT NULL,
+    subject text NOT NULL,
+    title text NOT NULL,
+    body text NOT NULL,
+    link text,
+    session_id uuid,
+    fired_at timestamp with time zone DEFAULT now() NOT NULL,
+    resolved_at timestamp with time zone
+);
+CREATE SEQUENCE public.alerts_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+ALTER SEQUENCE public.alerts_id_seq OWNED BY public.alerts.id;
 CREATE TABLE public.dirty_buckets (
     bucket_time timestamp with time zone NOT NULL,
     version bigint DEFAULT 1 NOT NULL
@@ -181,9 +221,15 @@ CREATE SEQUENCE public.spec_runs_id_seq
     CACHE 1;
 ALTER SEQUENCE public.spec_runs_id_seq OWNED BY public.spec_runs.id;
 ALTER TABLE ONLY public.events ATTACH PARTITION public.events_default DEFAULT;
+ALTER TABLE ONLY public.alert_messages ALTER COLUMN id SET DEFAULT nextval('public.alert_messages_id_seq'::regclass);
+ALTER TABLE ONLY public.alerts ALTER COLUMN id SET DEFAULT nextval('public.alerts_id_seq'::regclass);
 ALTER TABLE ONLY public.events ALTER COLUMN id SET DEFAULT nextval('public.events_id_seq'::regclass);
 ALTER TABLE ONLY public.rejects ALTER COLUMN id SET DEFAULT nextval('public.rejects_id_seq'::regclass);
 ALTER TABLE ONLY public.spec_runs ALTER COLUMN id SET DEFAULT nextval('public.spec_runs_id_seq'::regclass);
+ALTER TABLE ONLY public.alert_messages
+    ADD CONSTRAINT alert_messages_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY public.alerts
+    ADD CONSTRAINT alerts_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY public.dirty_buckets
     ADD CONSTRAINT dirty_buckets_pkey PRIMARY KEY (bucket_time);
 ALTER TABLE ONLY public.dirty_sessions
@@ -218,6 +264,11 @@ ALTER TABLE ONLY public.spec_runs
     ADD CONSTRAINT spec_runs_attempt_key UNIQUE (session_id, spec_id, attempt);
 ALTER TABLE ONLY public.spec_runs
     ADD CONSTRAINT spec_runs_pkey PRIMARY KEY (id);
+CREATE INDEX alert_messages_alert_idx ON public.alert_messages USING btree (alert_id);
+CREATE INDEX alert_messages_due_idx ON public.alert_messages USING btree (next_attempt_at) WHERE ((sent_at IS NULL) AND (gave_up_at IS NULL));
+CREATE INDEX alerts_fired_idx ON public.alerts USING btree (fired_at DESC);
+CREATE UNIQUE INDEX alerts_open_key ON public.alerts USING btree (rule, subject) WHERE (resolved_at IS NULL);
+CREATE INDEX alerts_subject_idx ON public.alerts USING btree (rule, subject);
 CREATE INDEX event_ids_occurred_at_idx ON public.event_ids USING btree (occurred_at);
 CREATE INDEX events_type_occurred_at_idx ON ONLY public.events USING btree (event_type, occurred_at DESC);
 CREATE INDEX events_default_event_type_occurred_at_idx ON public.events_default USING btree (event_type, occurred_at DESC);
@@ -241,6 +292,8 @@ ALTER INDEX public.events_occurred_at_idx ATTACH PARTITION public.events_default
 ALTER INDEX public.events_pkey ATTACH PARTITION public.events_default_pkey;
 ALTER INDEX public.events_session_idx ATTACH PARTITION public.events_default_session_id_occurred_at_idx;
 ALTER INDEX public.events_spec_idx ATTACH PARTITION public.events_default_spec_id_occurred_at_idx;
+ALTER TABLE ONLY public.alert_messages
+    ADD CONSTRAINT alert_messages_alert_id_fkey FOREIGN KEY (alert_id) REFERENCES public.alerts(id) ON DELETE CASCADE;
 ALTER TABLE ONLY public.interventions
     ADD CONSTRAINT interventions_session_id_fkey FOREIGN KEY (session_id) REFERENCES public.sessions(id) ON DELETE CASCADE;
 ALTER TABLE ONLY public.spec_runs

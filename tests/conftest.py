@@ -144,6 +144,7 @@ class Daemon:
             lines.append(f"[{section}]")
             lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
         self.config_path.write_text("\n".join(lines) + "\n")
+        self.config_path.chmod(0o640)   # as packaged: it may hold alert tokens
 
     def start(self, *, wait: bool = True, extra_env: dict[str, str] | None = None,
               pass_fds: tuple[int, ...] = ()) -> None:

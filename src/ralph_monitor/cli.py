@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ralph_monitor import __version__, ops_cli
+from ralph_monitor import __version__, alert_cli, ops_cli
 from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option, run_command
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, render_default_config
@@ -241,6 +241,7 @@ def monitor_parser() -> argparse.ArgumentParser:
     emit.set_defaults(func=_cmd_emit)
     _add_agent_parsers(sub)
     ops_cli.add_commands(sub)
+    alert_cli.add_commands(sub)
     return parser
 
 

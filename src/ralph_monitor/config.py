@@ -138,6 +138,41 @@ class Settings:
         "monitor", 10.0, "Below this share of free space (%), the state, site, backup or database disk is "
         "reported low (STATUS=, the health panel, doctor); below 3 % it is critical.", minimum=0)
 
+    alerts_urls: tuple[str, ...] = _setting(
+        "alerts", (), "Where alerts go: Apprise URLs, one per destination (ntfy://, slack://, mailto://, "
+        "json://, ...; see https://github.com/caronc/apprise/wiki). They hold tokens: keep this file 0640.")
+    alerts_command: str = _setting(
+        "alerts", "", "A command run for every alert message, the message as JSON on its stdin "
+        "(exit 0 = delivered). Empty: none.")
+    alerts_dashboard_url: str = _setting(
+        "alerts", "", "The dashboard's address as people open it (e.g. https://build-box/ralph/), for "
+        "links in alerts. Empty: no links.")
+    alerts_intervention_after_min: float = _setting(
+        "alerts", 5.0, "Alert when a request for a human is unanswered this many minutes (0: never).", minimum=0)
+    alerts_on_stall: bool = _setting("alerts", True, "Alert when a session stalls (no sign of life).")
+    alerts_on_failure: bool = _setting("alerts", True, "Alert when a session ends with failed specs.")
+    alerts_on_monitor_health: bool = _setting(
+        "alerts", True, "Alert when the monitor itself is unhealthy: spool backlog growing, backups failing, "
+        "aggregates not updated, a disk low, a daemon not reporting.")
+    alerts_spool_backlog_after_min: float = _setting(
+        "alerts", 10.0, "A spool backlog older than this many minutes counts as unhealthy.", minimum=0)
+    alerts_check_interval_s: float = _setting(
+        "alerts", 10.0, "Seconds between two evaluations of the alert rules.", minimum=0.1)
+    alerts_retry_after_s: float = _setting(
+        "alerts", 30.0, "First wait before a failed message is retried; it doubles each time, up to an hour.",
+        minimum=0.1)
+    alerts_give_up_after_h: float = _setting(
+        "alerts", 24.0, "Stop retrying a message that could not be delivered for this many hours.", minimum=0.01)
+
+    budget_night_usd: float = _setting(
+        "budget", 0.0, "Spend (USD) of one night, all sessions, above which an alert goes out (0: no limit).",
+        minimum=0)
+    budget_night_tokens: int = _setting("budget", 0, "Tokens of one night (0: no limit).", minimum=0)
+    budget_session_usd: float = _setting(
+        "budget", 0.0, "Spend (USD) of one session (0: no limit). `ralph-monitor loop` stops starting specs "
+        "past it.", minimum=0)
+    budget_session_tokens: int = _setting("budget", 0, "Tokens of one session (0: no limit).", minimum=0)
+
     @property
     def state_dir(self) -> Path:
         return Path(self.paths_state_dir)
@@ -184,7 +219,8 @@ def _fields() -> dict[tuple[str, str], dataclasses.Field[Any]]:
 
 
 def _type_name(kind: Any) -> str:
-    return {"str": "a string", "int": "an integer", "float": "a number"}[kind]
+    return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+            "tuple[str, ...]": "a list of strings"}[kind]
 
 
 def _coerce(origin: str, section: str, key: str, f: dataclasses.Field[Any], value: Any) -> Any:
@@ -192,6 +228,14 @@ def _coerce(origin: str, section: str, key: str, f: dataclasses.Field[Any], valu
     where = f"{origin}: [{section}] {key}"
     if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise ConfigError(f"{where} must be {_type_name(kind)}, e.g. [\"ntfy://ntfy.sh/my-topic\"]; got {value!r}")
+        return tuple(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}; default is {str(f.default).lower()}")
+        return value
     expected = {"str": str, "int": int, "float": float}[kind]
     if not isinstance(value, expected) or isinstance(value, bool):
         raise ConfigError(
@@ -248,12 +292,17 @@ def _check_secret_exposure(path: Path, data: dict[str, Any]) -> None:
     """Refuse a world-readable config that holds a password (guarantee 7)."""
     database = data.get("database")
     dsn = str(database.get("dsn", "")) if isinstance(database, dict) else ""  # else: reported later
-    if "password" not in dsn.lower() and not _dsn_url_has_password(dsn):
+    alerts = data.get("alerts")
+    if not path.stat().st_mode & stat.S_IROTH:
         return
-    if path.stat().st_mode & stat.S_IROTH:
+    if "password" in dsn.lower() or _dsn_url_has_password(dsn):
         raise ConfigError(
             f"{path}: [database] dsn contains a password but the file is world-readable; "
             f"move the password to [database] password_file (mode 0600) or run: chmod 640 {path}")
+    if isinstance(alerts, dict) and alerts.get("urls"):
+        raise ConfigError(
+            f"{path}: [alerts] urls hold the destinations' tokens but the file is world-readable; "
+            f"run: chmod 640 {path}")
 
 
 def _dsn_url_has_password(dsn: str) -> bool:
@@ -360,5 +409,6 @@ def render_default_config() -> str:
             lines.append(f"[{section}]")
             current = section
         lines.append(f"# {f.metadata['help']}")
-        lines.append(tomli_w.dumps({key: f.default}).rstrip("\n"))
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        lines.append(tomli_w.dumps({key: default}).rstrip("\n"))
     return "\n".join(lines) + "\n"

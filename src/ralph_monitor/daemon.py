@@ -23,6 +23,7 @@ import sdnotify
 from ralph_monitor import __version__, disk, site
 from ralph_monitor.cluster import EMBEDDED_DBNAME, embedded_cluster, resolve_dsn
 from ralph_monitor import jobs
+from ralph_monitor.alerts import service as alert_service
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import StoreUnavailable
 from ralph_monitor.ingest import Ingestor
@@ -149,6 +150,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier, dat
         origin=Origin(host=host, uid=os.getuid(), pid=os.getpid()), scheduler=scheduler,
         record=lambda event: ingestor.submit(event, None, None), projector=projector)
     install_features(context)
+    alerts = alert_service.install(context)
     scheduler.start()
     where = "socket from systemd" if activated else settings.socket_path
     log.info("ralph-monitor %s listening on %s (host %s)", __version__, where, host)
@@ -161,6 +163,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier, dat
     log.info("stopping: committing what was received")
     notifier.send("STOPPING=1")
     scheduler.shutdown()
+    await alerts.stop()
     await server.quiesce(quiet_s=QUIESCE_QUIET_S, max_s=QUIESCE_MAX_S)
     await server.stop_accepting()
     await ingestor.stop()

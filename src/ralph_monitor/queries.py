@@ -570,3 +570,37 @@ def event_types_created_since(store: ReadStore, since: datetime, *, happened_aft
     """Types of the events stored since `since` (database clock) that happened after `happened_after`."""
     return {r["event_type"] for r in store.fetch("event_types_created_since",
                                                   {"since": since, "recent": happened_after})}
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """An alert and what became of its messages (one per destination, firing and resolved)."""
+
+    id: int
+    rule: str
+    subject: str
+    title: str
+    body: str
+    link: str | None
+    session_id: uuid.UUID | None
+    fired_at: datetime
+    resolved_at: datetime | None
+    messages: list[dict[str, Any]]
+
+    @property
+    def delivery(self) -> str:
+        """One word per message: sent, retrying (attempts), failed."""
+        words = []
+        for m in self.messages:
+            if m["sent_at"]:
+                words.append(f"{m['kind']} sent")
+            elif m["gave_up_at"]:
+                words.append(f"{m['kind']} FAILED")
+            else:
+                words.append(f"{m['kind']} retrying ({m['attempts']})")
+        return ", ".join(words) or "no destination"
+
+
+def recent_alerts(store: ReadStore, *, since: datetime, limit: int = 100) -> list[AlertRow]:
+    """Alerts fired since `since`, newest first, with their deliveries."""
+    return [AlertRow(**row) for row in store.fetch("recent_alerts", {"since": since, "limit": limit})]

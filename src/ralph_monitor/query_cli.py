@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, time, timezone
+from datetime import datetime, time, timedelta, timezone
 from typing import IO, Any
 
 from ralph_monitor import __version__, queries
@@ -34,6 +34,7 @@ Examples:
   ralph-query cost --month
   ralph-query compare                      this week against last week
   ralph-query events --since 8h --type spec_failed
+  ralph-query alerts                       who was woken, for what, and whether it arrived
   ralph-query export --format csv --table spec_runs --since 30d -o runs.csv
 Add --json to any command for machine-readable output.
 """
@@ -323,6 +324,22 @@ def cmd_rejects(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    now = datetime.now(timezone.utc)
+    since = args.since or now - timedelta(days=7)
+    with _store(settings) as store:
+        rows = queries.recent_alerts(store, since=since, limit=args.limit)
+    if _answered_plainly(args, rows, f"no alert since {local_time(since, _zone(settings))}"):
+        return 0
+    print(table(["fired", "state", "alert", "delivery"], [
+        [relative_time(a.fired_at, now), "open" if a.resolved_at is None else "resolved",
+         shorten(a.title, 60), shorten(a.delivery, 50)] for a in rows]))
+    failed = [(a, m) for a in rows for m in a.messages if m["last_error"] and not m["sent_at"]]
+    for alert, message in failed[:10]:
+        print(f"! {shorten(alert.title, 40)} to {message['destination']}: {shorten(message['last_error'], 100)}")
+    return 0
+
+
 def _csv_value(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False, default=json_default)
@@ -413,6 +430,9 @@ def query_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_at_least(1), default=50, help="at most this many (default 50)")
     p = command("rejects", cmd_rejects, "lines the daemon refused, newest first")
     p.add_argument("--limit", type=_at_least(1), default=50, help="at most this many (default 50)")
+    p = command("alerts", cmd_alerts, "alerts fired (a human needed, a stall, a budget...) and their delivery")
+    p.add_argument("--since", type=parse_since, metavar="WHEN", help="start (default: 7 days ago)")
+    p.add_argument("--limit", type=_at_least(1), default=100, help="at most this many (default 100)")
     p = command("export", cmd_export, "stream rows as CSV or JSON Lines (constant memory)")
     p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
     p.add_argument("--table", choices=queries.EXPORT_TABLES, default="events")

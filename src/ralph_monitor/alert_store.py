@@ -1,0 +1,180 @@
+"""The alerts' side of the database: evaluating the rules in one transaction with the outbox
+rows they produce, and leasing due messages to deliver.
+
+"Written in the same transaction that detects it": the facts are read, the new alerts and
+their messages inserted and the cleared ones resolved in one transaction, under an advisory
+lock, so several daemons on one database never send a message twice, and a crash between
+detection and delivery loses nothing (the outbox is durable).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ralph_monitor import resources
+from ralph_monitor.alerts import rules
+from ralph_monitor.config import Settings, report_zone
+from ralph_monitor.errors import StoreError, StoreUnavailable
+from ralph_monitor.store import conninfo
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "alerts"
+LEASE_S = 120
+"""A claimed message is retried after this long if its daemon never reports back."""
+
+
+class AlertStore:
+    """One connection of its own (sync; the alert service runs it in a worker thread)."""
+
+    def __init__(self, settings: Settings, *, dsn: str) -> None:
+        self._settings = settings
+        self._dsn = dsn
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self, work: Callable[[psycopg.Connection[dict[str, Any]]], Any]) -> Any:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(conninfo(self._settings, dsn=self._dsn), row_factory=dict_row)
+            except psycopg.Error as exc:
+                raise StoreUnavailable(f"alerts cannot reach PostgreSQL: {exc}") from exc
+        conn = self._conn
+        try:
+            with conn.transaction():
+                return work(conn)
+        except psycopg.OperationalError as exc:
+            conn.close()
+            self._conn = None
+            raise StoreUnavailable(f"alerts lost PostgreSQL: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"alerts: {exc}") from exc
+
+    def evaluate(self, *, night: tuple[datetime, datetime], destinations: list[str]) -> tuple[int, int]:
+        """Fire new conditions and resolve cleared ones, each with a message per destination;
+        (fired, resolved). Another daemon evaluating at the same moment: (0, 0)."""
+
+        def work(conn: psycopg.Connection[dict[str, Any]]) -> tuple[int, int]:
+            row = conn.execute(resources.query("try_lock_projection"), {"key": LOCK_KEY}).fetchone()
+            if not row or not row["locked"]:
+                return 0, 0
+            conditions = {(c.rule, c.subject): c for c in self._conditions(conn, night)}
+            open_alerts = {(r["rule"], r["subject"]): r["id"]
+                           for r in conn.execute(resources.query("open_alerts")).fetchall()}
+            fired = resolved = 0
+            for key, condition in conditions.items():
+                if key in open_alerts:
+                    continue
+                one_shot = condition.rule in rules.ONE_SHOT
+                if one_shot and conn.execute(resources.query("alert_ever_fired"),
+                                             {"rule": condition.rule, "subject": condition.subject}).fetchone():
+                    continue
+                inserted = conn.execute(resources.query("insert_alert"), {
+                    "rule": condition.rule, "subject": condition.subject, "title": condition.title,
+                    "body": condition.body, "link": self._link(condition.path), "session_id": condition.session_id,
+                    "one_shot": one_shot}).fetchone()
+                if inserted is None:
+                    continue
+                fired += 1
+                self._queue(conn, inserted["id"], "firing", condition.title, self._with_link(
+                    condition.body, condition.path), destinations)
+            for key, alert_id in open_alerts.items():
+                if key in conditions:
+                    continue
+                done = conn.execute(resources.query("resolve_alert"), {"id": alert_id}).fetchone()
+                if done is not None:
+                    resolved += 1
+                    self._queue(conn, alert_id, "resolved", f"Resolved: {done['title']}",
+                                f"No longer the case: {done['body']}", destinations)
+            return fired, resolved
+
+        return self._run(work)
+
+    def _conditions(self, conn: psycopg.Connection[dict[str, Any]], night: tuple[datetime, datetime]) -> list[rules.Condition]:
+        s = self._settings
+        now = conn.execute(resources.query("database_now")).fetchone()["now"]  # the clock the rules' SQL uses
+        found: list[rules.Condition] = []
+        if s.alerts_intervention_after_min > 0:
+            found += rules.waiting_requests(conn.execute(resources.query("alert_waiting_requests"), {
+                "after_s": s.alerts_intervention_after_min * 60}).fetchall(), now)
+        if s.alerts_on_stall:
+            found += rules.stalled_sessions(conn.execute(resources.query("alert_stalled_sessions")).fetchall())
+        if s.alerts_on_failure:
+            found += rules.failed_sessions(conn.execute(resources.query("alert_failed_sessions")).fetchall())
+        if s.budget_session_usd or s.budget_session_tokens:
+            found += rules.over_budget_sessions(conn.execute(resources.query("alert_costly_sessions"), {
+                "usd": Decimal(str(s.budget_session_usd)), "tokens": s.budget_session_tokens}).fetchall(), s)
+        if s.budget_night_usd or s.budget_night_tokens:
+            spend = conn.execute(resources.query("alert_spend_between"),
+                                 {"start": night[0], "end": night[1]}).fetchone()
+            found += rules.over_budget_night(night[0], spend["cost_usd"], spend["tokens_used"], s)
+        if s.alerts_on_monitor_health:
+            backup = conn.execute(resources.query("alert_latest_backup")).fetchone()
+            found += rules.monitor_health(
+                conn.execute(resources.query("monitor_hosts")).fetchall(),
+                latest_backup=backup["event_type"] if backup else None,
+                failing_projections=conn.execute(resources.query("projection_failure_count")).fetchone()["failing"],
+                now=now, settings=s)
+        return found
+
+    def _link(self, path: str | None) -> str | None:
+        base = self._settings.alerts_dashboard_url
+        return base.rstrip("/") + "/" + path if base and path else None
+
+    def _with_link(self, body: str, path: str | None) -> str:
+        link = self._link(path)
+        return f"{body}\n{link}" if link else body
+
+    @staticmethod
+    def _queue(conn: psycopg.Connection[dict[str, Any]], alert_id: int | None, kind: str, title: str,
+               body: str, destinations: list[str]) -> None:
+        for destination in destinations:
+            conn.execute(resources.query("insert_alert_message"), {
+                "alert_id": alert_id, "kind": kind, "destination": destination, "title": title, "body": body})
+
+    def claim(self, *, limit: int) -> list[dict[str, Any]]:
+        """Due messages, leased to this daemon for LEASE_S."""
+        return self._run(lambda conn: conn.execute(resources.query("claim_alert_messages"),
+                                                   {"limit": limit, "lease_s": LEASE_S}).fetchall())
+
+    def record(self, message_id: int, error: str | None, *, give_up: bool = False) -> None:
+        """The outcome of one delivery attempt."""
+
+        def work(conn: psycopg.Connection[dict[str, Any]]) -> None:
+            if error is None:
+                conn.execute(resources.query("alert_message_sent"), {"id": message_id})
+            else:
+                conn.execute(resources.query("alert_message_failed"), {
+                    "id": message_id, "error": error, "give_up": give_up,
+                    "retry_s": self._settings.alerts_retry_after_s,
+                    "give_up_s": self._settings.alerts_give_up_after_h * 3600})
+
+        self._run(work)
+
+    def queue_test(self, destination: str, title: str, body: str) -> int:
+        """An outbox row for a test message (sent at once by `alert test`, recorded like any other)."""
+        return self._run(lambda conn: conn.execute(resources.query("insert_alert_message"), {
+            "alert_id": None, "kind": "test", "destination": destination, "title": title,
+            "body": body}).fetchone()["id"])
+
+
+def night_bounds(now: datetime, settings: Settings) -> tuple[datetime, datetime]:
+    """The night a budget counts: from the latest [reports] night_start (in the report time
+    zone) up to now. At 02:00 that is since yesterday evening; at 20:00, since this evening."""
+    zone = report_zone(settings.reports_timezone)
+    local = now.astimezone(zone)
+    start = datetime.combine(local.date(), time.fromisoformat(settings.reports_night_start), tzinfo=zone)
+    if start > local:
+        start -= timedelta(days=1)
+    return start, now

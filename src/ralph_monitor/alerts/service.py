@@ -1,0 +1,97 @@
+"""The alerts in the daemon: evaluate the rules every [alerts] check_interval_s, deliver due
+messages every DELIVER_POLL_S. Both run in worker threads with a connection of their own,
+so a slow destination or a slow query never delays an acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ralph_monitor.alert_store import AlertStore, night_bounds
+from ralph_monitor.alerts import delivery
+from ralph_monitor.errors import StoreError
+from ralph_monitor.logs import Throttle
+
+if TYPE_CHECKING:
+    from ralph_monitor.daemon import DaemonContext
+
+log = logging.getLogger(__name__)
+
+DELIVER_POLL_S = 1.0
+MESSAGES_PER_POLL = 20
+FAILURE_LOG_INTERVAL_S = 300.0
+"""A destination that keeps failing is named in the log at most this often."""
+
+
+class AlertService:
+    """Evaluation and delivery loops; `stop` ends them."""
+
+    def __init__(self, context: DaemonContext) -> None:
+        self._settings = context.settings
+        self._store = AlertStore(context.settings, dsn=context.dsn)
+        self._destinations = {d.label: d for d in delivery.destinations(context.settings)}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._store_errors = Throttle(FAILURE_LOG_INTERVAL_S)
+        self._delivery_errors: dict[str, Throttle] = {}
+
+    def start(self) -> None:
+        if not self._destinations:
+            log.info("no [alerts] urls or command configured: alerts are recorded, not sent")
+        self._tasks = [asyncio.create_task(self._loop(self.evaluate, self._settings.alerts_check_interval_s),
+                                           name="alerts-evaluate"),
+                       asyncio.create_task(self._loop(self.deliver, DELIVER_POLL_S), name="alerts-deliver")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self._store.close)
+
+    async def _loop(self, step: Any, interval_s: float) -> None:
+        while True:
+            try:
+                await step()
+            except StoreError as exc:
+                if self._store_errors.ready() is not None:
+                    log.warning("alerts: %s; retrying", exc)
+            await asyncio.sleep(interval_s)
+
+    async def evaluate(self) -> None:
+        night = night_bounds(datetime.now(timezone.utc), self._settings)
+        fired, resolved = await asyncio.to_thread(
+            self._store.evaluate, night=night, destinations=list(self._destinations))
+        if fired or resolved:
+            log.info("alerts: %d fired, %d resolved", fired, resolved)
+
+    async def deliver(self) -> None:
+        messages = await asyncio.to_thread(self._store.claim, limit=MESSAGES_PER_POLL)
+        await asyncio.gather(*(self._deliver_one(m) for m in messages))
+
+    async def _deliver_one(self, message: dict[str, Any]) -> None:
+        destination = self._destinations.get(message["destination"])
+        if destination is None:
+            await asyncio.to_thread(self._store.record, message["id"],
+                                    "destination no longer configured", give_up=True)
+            return
+        error = await asyncio.to_thread(delivery.send, destination, title=message["title"], body=message["body"],
+                                        message=_payload(message))
+        if error is not None:
+            throttle = self._delivery_errors.setdefault(destination.label, Throttle(FAILURE_LOG_INTERVAL_S))
+            if throttle.ready() is not None:
+                log.warning("alert to %s not delivered (attempt %d): %s; retrying with backoff",
+                            destination.label, message["attempts"], error)
+        await asyncio.to_thread(self._store.record, message["id"], error)
+
+
+def _payload(message: dict[str, Any]) -> dict[str, Any]:
+    """What the command channel gets on stdin."""
+    return {key: message.get(key) for key in ("kind", "rule", "subject", "title", "body", "link", "session_id")}
+
+
+def install(context: DaemonContext) -> AlertService:
+    service = AlertService(context)
+    service.start()
+    return service
