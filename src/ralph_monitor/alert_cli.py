@@ -8,12 +8,12 @@ import argparse
 import socket
 from typing import Any
 
-from ralph_monitor.alert_store import AlertStore
 from ralph_monitor.alerts import delivery
 from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import ConfigError
+from ralph_monitor.store import AlertStore
 
 
 def _cmd_alert_test(args: argparse.Namespace, settings: Settings) -> int:

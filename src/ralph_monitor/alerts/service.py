@@ -10,10 +10,11 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ralph_monitor.alert_store import AlertStore, night_bounds
 from ralph_monitor.alerts import delivery
+from ralph_monitor.alerts.rules import night_bounds
 from ralph_monitor.errors import StoreError
 from ralph_monitor.logs import Throttle
+from ralph_monitor.store import AlertStore
 
 if TYPE_CHECKING:
     from ralph_monitor.daemon import DaemonContext

@@ -12,11 +12,13 @@ One module per connection role, each on a connection of its own:
 - `projection`: the projector's (dirty sessions and buckets, projection failures);
 - `reads`: the CLI's and the site renderer's, read-only (named queries);
 - `maintenance`: backups' snapshots, row counts and retention;
-- `facts`: what `ralph-monitor doctor` learns from the database.
+- `facts`: what `ralph-monitor doctor` learns from the database;
+- `alerts`: the alert service's (rules evaluated with their outbox rows in one transaction, leases).
 
 The names below are the store's public face: import them from `ralph_monitor.store`.
 """
 
+from ralph_monitor.store.alerts import AlertStore
 from ralph_monitor.store.connect import conninfo, describe_dsn, dsn_uses_tcp, ensure_database, migrate, tool_conninfo
 from ralph_monitor.store.events import (
     DUPLICATE,
@@ -39,7 +41,7 @@ from ralph_monitor.store.projection import ProjectionStore
 from ralph_monitor.store.reads import ReadStore, open_read_store
 
 __all__ = [
-    "DUPLICATE", "SMALL_BATCH_EVENTS", "STORED", "DatabaseFacts", "EventStore", "LockBusy",
+    "AlertStore", "DUPLICATE", "SMALL_BATCH_EVENTS", "STORED", "DatabaseFacts", "EventStore", "LockBusy",
     "MaintenanceSession", "ProjectionStore", "ReadStore", "Refused", "conninfo", "database_facts",
     "database_objects", "describe_dsn", "dsn_uses_tcp", "dump_snapshot", "ensure_database", "migrate",
     "open_maintenance", "open_read_store", "prepare_database", "table_counts", "tool_conninfo",
