@@ -13,7 +13,6 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from ralph_monitor.alert_store import AlertStore
 from ralph_monitor.alerts import delivery
 from ralph_monitor.alerts.report import morning_report
 from ralph_monitor.alerts.service import queue_morning_report
@@ -21,7 +20,7 @@ from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import ConfigError
-from ralph_monitor.store import open_read_store
+from ralph_monitor.store import AlertStore, open_read_store
 
 
 def _cmd_alert_test(args: argparse.Namespace, settings: Settings) -> int:

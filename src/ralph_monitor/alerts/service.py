@@ -10,12 +10,12 @@ import logging
 from datetime import datetime, time, timezone
 from typing import TYPE_CHECKING, Any
 
-from ralph_monitor.alert_store import AlertStore, night_bounds
 from ralph_monitor.alerts import delivery, report
+from ralph_monitor.alerts.rules import night_bounds
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import StoreError
 from ralph_monitor.logs import Throttle
-from ralph_monitor.store import open_read_store
+from ralph_monitor.store import AlertStore, open_read_store
 
 if TYPE_CHECKING:
     from ralph_monitor.context import DaemonContext

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime, time, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -21,9 +21,9 @@ from psycopg.rows import dict_row
 
 from ralph_monitor import resources
 from ralph_monitor.alerts import rules
-from ralph_monitor.config import Settings, report_zone
+from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreError, StoreUnavailable
-from ralph_monitor.store import conninfo
+from ralph_monitor.store.connect import conninfo
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +200,3 @@ class AlertStore:
         return self._run(lambda conn: conn.execute(resources.query("insert_alert_message"), {
             "alert_id": None, "kind": "test", "destination": destination, "title": title,
             "body": body, "body_format": "text"}).fetchone()["id"])
-
-
-def night_bounds(now: datetime, settings: Settings) -> tuple[datetime, datetime]:
-    """The night a budget counts: from the latest [reports] night_start (in the report time
-    zone) up to now. At 02:00 that is since yesterday evening; at 20:00, since this evening."""
-    zone = report_zone(settings.reports_timezone)
-    local = now.astimezone(zone)
-    start = datetime.combine(local.date(), time.fromisoformat(settings.reports_night_start), tzinfo=zone)
-    if start > local:
-        start -= timedelta(days=1)
-    return start, now
