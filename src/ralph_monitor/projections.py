@@ -73,8 +73,11 @@ class Intervention:
     answer: str | None = None
 
 
-@dataclass
-class SessionProjection:
+@dataclass(frozen=True)
+class SessionTotals:
+    """A sessions row as the projection computes it: also what the read side returns
+    (queries.SessionSummary adds what only the table knows)."""
+
     id: uuid.UUID
     name: str | None
     host: str | None
@@ -93,6 +96,13 @@ class SessionProjection:
     final_result: Any
     metadata: Any
     value_problems: list[str] = field(default_factory=list)
+    """Values the aggregates skipped (values.py), e.g. "tokens_used=1e30 ignored: out of range"."""
+
+
+@dataclass(frozen=True)
+class SessionProjection(SessionTotals):
+    """The session row with its spec runs and requests, as one projection pass writes them."""
+
     spec_runs: list[SpecRun] = field(default_factory=list)
     interventions: list[Intervention] = field(default_factory=list)
 

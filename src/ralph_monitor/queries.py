@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from ralph_monitor.errors import UnknownSession
+from ralph_monitor.projections import SessionTotals
 from ralph_monitor.store import ReadStore
 
 
@@ -90,29 +91,12 @@ def monitor_hosts(store: ReadStore) -> list[HostHealth]:
 # Aggregates ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SessionSummary:
-    id: uuid.UUID
-    name: str | None
-    host: str | None
-    start_time: datetime
-    end_time: datetime | None
-    last_event_at: datetime
-    total_specs: int | None
-    specs_completed: int
-    specs_failed: int
-    specs_timed_out: int
-    execution_state: str
-    tokens_used: int
-    cost_usd: Decimal
-    event_count: int
-    interventions_pending: int
-    final_result: Any
-    metadata: Any
+@dataclass(frozen=True, kw_only=True)
+class SessionSummary(SessionTotals):
+    """A sessions row as read back: the projection's columns plus the table's own."""
+
     updated_at: datetime
     current_spec: str | None
-    value_problems: list[str] = field(default_factory=list)
-    """Values the aggregates skipped (values.py), e.g. "tokens_used=1e30 ignored: out of range"."""
 
     @property
     def label(self) -> str:
