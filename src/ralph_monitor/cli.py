@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ralph_monitor import __version__, alert_cli, ops_cli
+from ralph_monitor import __version__, alert_cli, dashboard_users, ops_cli
 from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option, run_command
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, render_default_config
@@ -242,6 +242,7 @@ def monitor_parser() -> argparse.ArgumentParser:
     _add_agent_parsers(sub)
     ops_cli.add_commands(sub)
     alert_cli.add_commands(sub)
+    dashboard_users.add_commands(sub)
     return parser
 
 
