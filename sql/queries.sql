@@ -773,3 +773,6 @@ WHERE a.fired_at > %(since)s
 GROUP BY a.id
 ORDER BY a.fired_at DESC
 LIMIT %(limit)s;
+
+-- name: budget_session_spend
+SELECT name, cost_usd, tokens_used FROM sessions WHERE id = %(session_id)s;

@@ -123,6 +123,13 @@ def test_a_request_for_a_human_fires_once_and_resolves_when_answered(daemon_fact
     out = subprocess.run([str(BIN / "ralph-query"), "alerts", "--config", str(daemon.config_path)],
                          capture_output=True, text=True, check=True, timeout=60).stdout
     assert "Agent needs you: night-run on CR-7" in out and "firing sent, resolved sent" in out
+    # The dashboard's alerts page says the same, with the delivery of each message.
+    subprocess.run([str(BIN / "ralph-monitor"), "render", "--full", "--config", str(daemon.config_path)],
+                   check=True, capture_output=True, timeout=120)
+    page = (daemon.root / "state" / "site" / "current" / "alerts.html").read_text()
+    assert "Agent needs you: night-run on CR-7" in page and "firing sent, resolved sent" in page
+    snapshot = json.loads((daemon.root / "state" / "site" / "current" / "api" / "alerts.json").read_text())
+    assert snapshot["alerts"][0]["rule"] == "intervention_waiting"
 
 
 def test_stall_failure_budget_and_monitor_rules_each_fire_once(daemon_factory: Any, receiver: Receiver) -> None:
@@ -293,3 +300,40 @@ def test_the_morning_report_lists_the_night(daemon_factory: Any, receiver: Recei
     report = next(m for m in receiver.received if m["title"].startswith("Night of"))
     assert "CR-2" in report["message"] and "AssertionError: expected 3 rows" in report["message"]
     assert "https://build-box/ralph/" in report["message"]
+
+
+def test_budget_check_stops_a_shell_loop_over_budget(daemon_factory: Any) -> None:
+    daemon: Daemon = daemon_factory(budget={"night_usd": 5.0, "session_usd": 2.0},
+                                    reports={"timezone": "UTC", "night_start": "00:00"})
+    daemon.start()
+    sid = str(uuid.uuid4())
+    check = [str(BIN / "ralph-monitor"), "budget", "check", "--config", str(daemon.config_path)]
+    within = subprocess.run([*check, "--session", sid], capture_output=True, text=True, timeout=60)
+    assert within.returncode == 0, within
+    send(daemon, {"type": "session_started", "session_id": sid, "data": {"name": "spender"}},
+         {"type": "spec_started", "session_id": sid, "spec_id": "B-1"},
+         {"type": "spec_completed", "session_id": sid, "spec_id": "B-1", "data": {"cost_usd": 3.25}})
+    deadline = time.monotonic() + WAIT_S
+    while subprocess.run([*check, "--session", sid], capture_output=True, timeout=60).returncode == 0:
+        assert time.monotonic() < deadline, "the session never went over its budget"
+        time.sleep(0.3)
+    over = subprocess.run([*check, "--session", sid], capture_output=True, text=True, timeout=60)
+    assert over.returncode == 1 and "session spender: $3.25 of $2.00" in over.stdout
+    assert "OVER BUDGET" in over.stderr
+    night = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert night.returncode == 0 and "$3.25 of $5.00" in night.stdout
+    assert subprocess.run([*check, "--max-usd", "3"], capture_output=True, timeout=60).returncode == 1
+    bad = subprocess.run([*check, "--session", "nope"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "'nope' is not a session id" in bad.stderr
+
+
+def test_budget_check_fails_open_unless_strict(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[database]\ndsn = "host=/nonexistent dbname=nothing"\nconnect_timeout_s = 1.0\n'
+                      '[budget]\nnight_usd = 1.0\n')
+    config.chmod(0o640)
+    check = [str(BIN / "ralph-monitor"), "budget", "check", "--config", str(config)]
+    lenient = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert lenient.returncode == 0 and "cannot check the budget" in lenient.stderr and "fail open" in lenient.stderr
+    strict = subprocess.run([*check, "--strict"], capture_output=True, text=True, timeout=60)
+    assert strict.returncode == 2 and "cannot check the budget" in strict.stderr

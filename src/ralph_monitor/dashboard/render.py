@@ -58,7 +58,9 @@ which comes at least as often (FULL_EVERY_S)."""
 RECENT_SESSIONS_DAYS = 7
 DAYS_CHARTED = 30
 ASSETS = ("style.css", "app.js", "favicon.svg")
-TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html")
+ALERTS_WINDOW = timedelta(days=7)
+ALERTS_PER_PAGE = 200
+TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html", "alerts.html")
 ACTIVE_STATES = ("running", "stalled")
 
 
@@ -216,6 +218,7 @@ class SiteRenderer:
                     count.specs += 1
                     count.pages += 2
             count.pages += self._events_pages(store, out, now, full=full)
+            count.pages += self._alerts_page(store, out, now)
             count.pages += self._archive_pages(store, out, changed, full=full)
             count.pages += self._overview(store, out, now)
             for helper in pending:
@@ -355,6 +358,14 @@ class SiteRenderer:
                     types=[(t, None) for t in names], current_type=event_type))
                 pages += 1
         return pages
+
+    def _alerts_page(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
+        """alerts.html and api/alerts.json: what fired in the last ALERTS_WINDOW, and its delivery."""
+        alerts = queries.recent_alerts(store, since=now - ALERTS_WINDOW, limit=ALERTS_PER_PAGE)
+        out.write("alerts.html", self._page("alerts.html", "", title="Alerts", alerts=alerts, generated_at=now,
+                                            destinations=bool(self.settings.alerts_urls or self.settings.alerts_command)))
+        out.write("api/alerts.json", dump_json(snapshot("alerts", now, {"alerts": [fields(a) for a in alerts]})))
+        return 2
 
     def _overview(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
         zone = self.zone
