@@ -197,7 +197,7 @@ CREATE TABLE public.sessions (
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     value_problems text[] DEFAULT '{}'::text[] NOT NULL,
-    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text])))
+    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text, 'budget_exceeded'::text])))
 );
 CREATE TABLE public.spec_runs (
     id bigint NOT NULL,

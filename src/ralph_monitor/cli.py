@@ -163,7 +163,9 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
         return LoopRunner(
             client, command, specs, iterations=args.iterations, name=args.name, session_id=args.session,
             timeout_s=args.timeout, heartbeat_s=args.heartbeat, kill_grace_s=args.kill_grace,
-            stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet).run()
+            stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet,
+            max_cost_usd=settings.budget_session_usd if args.max_cost is None else args.max_cost,
+            max_tokens=settings.budget_session_tokens if args.max_tokens is None else args.max_tokens).run()
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -291,6 +293,11 @@ def _add_agent_parsers(sub: Any) -> None:
     loop.add_argument("--kill-grace", type=float, default=10.0, metavar="S",
                       help="seconds between the stop signal and SIGKILL (default 10)")
     loop.add_argument("--stop-on-failure", action="store_true", help="stop at the first failed or timed-out spec")
+    loop.add_argument("--max-cost", type=float, metavar="USD",
+                      help="start no further spec once the session spent more than USD; the session ends as "
+                      "budget_exceeded and the loop exits 3 (default: [budget] session_usd; 0: no limit)")
+    loop.add_argument("--max-tokens", type=int, metavar="N",
+                      help="the same for tokens (default: [budget] session_tokens; 0: no limit)")
     loop.add_argument("--stdin-spec", action="store_true", help="give each spec's file to the command on stdin")
     loop.add_argument("--quiet", action="store_true", help="do not echo the command's output")
     loop.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")

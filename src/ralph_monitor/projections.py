@@ -24,7 +24,7 @@ SESSION_TYPES = (
 """The event types the projection reads; other types only count as signs of life."""
 
 SPEC_TERMINAL = {"spec_completed": "completed", "spec_failed": "failed", "timeout_triggered": "timeout"}
-SESSION_END_STATES = ("completed", "failed", "interrupted")
+SESSION_END_STATES = ("completed", "failed", "interrupted", "budget_exceeded")
 _RANK = {"session_started": 0, "spec_started": 1, "session_heartbeat": 2, "intervention_request": 2,
          "user_feedback": 3, "spec_completed": 4, "spec_failed": 4, "timeout_triggered": 4,
          "session_stalled": 5, "session_ended": 6}

@@ -21,8 +21,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.agent_tools import agent_env
 from tests.conftest import Daemon, LineClient, query
 from tests.integration.test_absurd_values import INJECT_FAILURE
+from tests.integration.test_agent_loop import fake_claude  # noqa: F401 - a fixture
 from tests.integration.test_overnight import BIN
 
 FAST = {"check_interval_s": 0.3, "retry_after_s": 0.3, "intervention_after_min": 0.02,
@@ -337,3 +339,24 @@ def test_budget_check_fails_open_unless_strict(tmp_path: Path) -> None:
     assert lenient.returncode == 0 and "cannot check the budget" in lenient.stderr and "fail open" in lenient.stderr
     strict = subprocess.run([*check, "--strict"], capture_output=True, text=True, timeout=60)
     assert strict.returncode == 2 and "cannot check the budget" in strict.stderr
+
+
+def test_a_loop_over_budget_stops_at_the_right_spec_and_the_alert_goes_out(
+        daemon_factory: Any, receiver: Receiver, fake_claude: Path, tmp_path: Path) -> None:  # noqa: F811
+    daemon = alerting_daemon(daemon_factory, receiver, budget={"session_usd": 0.6})
+    specs = tmp_path / "specs.txt"
+    specs.write_text("ok-1\nok-2\nok-3\nok-4\n")   # $0.25, $0.50, $0.75, $1.00
+    result = subprocess.run(
+        [str(BIN / "ralph-monitor"), "loop", "--config", str(daemon.config_path), "--specs", str(specs),
+         "--name", "capped", "--", str(fake_claude), "{spec}", "-p", "--output-format", "json"],
+        capture_output=True, env=agent_env(tmp_path / "spool"), timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert b"stopping after ok-2: spent $0.75 of --max-cost $0.60; no further spec is started" in result.stderr
+    deadline = time.monotonic() + WAIT_S
+    while not (rows := query(daemon.dsn, "SELECT * FROM sessions WHERE execution_state = 'budget_exceeded'")):
+        assert time.monotonic() < deadline, query(daemon.dsn, "SELECT execution_state FROM sessions")
+        time.sleep(0.1)
+    assert rows[0]["specs_completed"] == 2 and rows[0]["total_specs"] == 4
+    assert [r["spec_id"] for r in query(daemon.dsn, "SELECT spec_id FROM spec_runs ORDER BY start_time")] == [
+        "ok-1", "ok-2"]
+    receiver.wait_for(lambda: "Session over budget: capped" in receiver.titles(), "no budget alert")

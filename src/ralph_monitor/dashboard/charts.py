@@ -22,9 +22,9 @@ from ralph_monitor.queries import DailyRuns, InterventionRow, SessionSummary, Sp
 from ralph_monitor.textfmt import duration, money, percent, shorten
 
 STATUS_CLASS = {"completed": "ok", "failed": "fail", "timeout": "timeout", "running": "running",
-                "interrupted": "muted"}
+                "interrupted": "muted", "budget_exceeded": "fail"}
 STATUS_WORD = {"completed": "completed", "failed": "failed", "timeout": "timed out", "running": "running",
-               "interrupted": "interrupted"}
+               "interrupted": "interrupted", "budget_exceeded": "over budget"}
 
 
 def _num(value: float) -> str:
