@@ -14,7 +14,6 @@ import argparse
 import os
 import socket
 import sys
-import uuid
 from decimal import Decimal
 from datetime import datetime, timezone
 from typing import Any
@@ -27,7 +26,8 @@ from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.agent.client import SESSION_ENV
 from ralph_monitor.alerts.rules import night_bounds
-from ralph_monitor.errors import ConfigError, RalphMonitorError
+from ralph_monitor.queries import resolve_session
+from ralph_monitor.errors import ConfigError, RalphMonitorError, UnknownSession
 from ralph_monitor.store import AlertStore, open_read_store
 
 
@@ -77,13 +77,6 @@ def _cmd_alert_report(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _session_id(text: str) -> str:
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a session id (a UUID)") from None
-
-
 EXIT_OVER_BUDGET = 1
 EXIT_CANNOT_CHECK = 2
 
@@ -101,6 +94,7 @@ def _cmd_budget_check(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with open_read_store(settings, dsn=resolve_dsn(settings)) as reads:
             if session_id:
+                session_id = str(resolve_session(reads, session_id))
                 rows = reads.fetch("budget_session_spend", {"session_id": session_id})
                 what = f"session {rows[0]['name'] or session_id}" if rows else f"session {session_id}"
                 cost, tokens = (rows[0]["cost_usd"], rows[0]["tokens_used"]) if rows else (Decimal(0), 0)
@@ -109,6 +103,9 @@ def _cmd_budget_check(args: argparse.Namespace, settings: Settings) -> int:
                 spend = reads.fetch("alert_spend_between", {"start": start, "end": end})[0]
                 what = f"tonight (since {start:%H:%M})"
                 cost, tokens = spend["cost_usd"], spend["tokens_used"]
+    except UnknownSession as exc:   # nothing recorded for it yet: nothing spent either
+        print(f"ralph-monitor: {exc}: nothing spent yet", file=sys.stderr)
+        return EXIT_CANNOT_CHECK if args.strict else EXIT_OK
     except RalphMonitorError as exc:
         print(f"ralph-monitor: cannot check the budget: {exc}", file=sys.stderr)
         if args.strict:
@@ -155,8 +152,8 @@ def add_commands(sub: Any) -> None:
         "session_tokens. Exit 0 within budget, 1 over it; when the database cannot be reached it says so "
         "and exits 0 (a monitoring outage should not stop the loop), or 2 with --strict.")
     add_config_option(check)
-    check.add_argument("--session", metavar="ID", type=_session_id,
-                       help="check this session (default: $RALPH_SESSION_ID, else the night)")
+    check.add_argument("--session", metavar="ID",
+                       help="check this session, by id or a unique prefix (default: $RALPH_SESSION_ID, else the night)")
     check.add_argument("--max-usd", type=float, metavar="USD", help="budget in USD (default: from [budget])")
     check.add_argument("--max-tokens", type=int, metavar="N", help="budget in tokens (default: from [budget])")
     check.add_argument("--strict", action="store_true", help="exit 2 when the spend cannot be read")

@@ -115,6 +115,9 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
     if reply.get("client_spooled"):
         print(f"ralph-monitor emit: the daemon is unreachable; the event waits in {reply['spool']} "
               "and goes out with the next send or `ralph-monitor flush`", file=sys.stderr)
+    if not args.json:
+        for warning in reply.get("warnings", []):
+            print(f"ralph-monitor emit: warning: {warning}", file=sys.stderr)
     print(json.dumps(reply) if args.json else reply["id"])
     return EXIT_OK
 

@@ -325,8 +325,11 @@ def test_budget_check_stops_a_shell_loop_over_budget(daemon_factory: Any) -> Non
     night = subprocess.run(check, capture_output=True, text=True, timeout=60)
     assert night.returncode == 0 and "$3.25 of $5.00" in night.stdout
     assert subprocess.run([*check, "--max-usd", "3"], capture_output=True, timeout=60).returncode == 1
-    bad = subprocess.run([*check, "--session", "nope"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "'nope' is not a session id" in bad.stderr
+    by_prefix = subprocess.run([*check, "--session", sid[:8]], capture_output=True, text=True, timeout=60)
+    assert by_prefix.returncode == 1 and "session spender" in by_prefix.stdout
+    unknown = subprocess.run([*check, "--session", "ffffffff", "--strict"], capture_output=True, text=True,
+                             timeout=60)
+    assert unknown.returncode == 2 and "ffffffff" in unknown.stderr
 
 
 def test_budget_check_fails_open_unless_strict(tmp_path: Path) -> None:
