@@ -151,7 +151,7 @@ def cmd_night(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     o = night.outcomes
     print(f"Night of {local_time(window.since, zone)} to {local_time(window.until, zone)} ({zone}):")
-    print(f"  {len(night.sessions)} sessions; {o.counts.decided} specs decided: {o.counts.sentence()} "
+    print(f"  {len(night.sessions)} session{'' if len(night.sessions) == 1 else 's'}; {o.counts.decided} specs decided: {o.counts.sentence()} "
           f"({percent(o.counts.success_rate)} success); {o.runs} spec runs, cost {money(o.cost_usd)}, "
           f"{o.tokens_used:,} tokens")
     if night.sessions:
@@ -210,7 +210,7 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Session {s.id}  {s.name or ''}".rstrip())
     print(f"  state {s.execution_state}; host {s.host or '-'}; started {local_time(s.start_time, zone)}; "
           f"ended {local_time(s.end_time, zone)}; last event {local_time(s.last_event_at, zone)}")
-    print(f"  specs: {s.counts.sentence()}{f' of {s.total_specs}' if s.total_specs else ''}; "
+    print(f"  specs{f' (of {s.total_specs})' if s.total_specs else ''}: {s.counts.sentence()}; "
           f"{s.tokens_used:,} tokens; {money(s.cost_usd)}; {s.event_count} events")
     for problem in s.value_problems:
         print(f"  ! not counted: {problem}")
