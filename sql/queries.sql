@@ -605,6 +605,12 @@ SELECT event_id, session_id, spec_id, requested_at, message, answered_at, answer
 FROM interventions WHERE session_id = ANY(%(ids)s::uuid[])
 ORDER BY session_id, requested_at;
 
+-- name: attempts_of_sessions
+-- What spec results need of every spec run of these sessions (outcomes.Attempt).
+SELECT session_id, spec_id, attempt, status, outcome, end_time, duration_seconds, tokens_used, cost_usd,
+       error_message
+FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]);
+
 -- name: spec_ids_of_sessions
 SELECT DISTINCT spec_id FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) ORDER BY spec_id;
 

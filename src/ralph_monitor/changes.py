@@ -84,9 +84,9 @@ def compare(baseline: Sequence[SpecResult], later: Sequence[SpecResult], *,
             threshold_percent: float = THRESHOLD_PERCENT) -> Changes:
     """What changed from `baseline` (one session's spec results) to `later` (another's)."""
     before = {r.spec_id: r for r in baseline}
+    ran = {r.spec_id for r in later}
     changes = Changes(before=Counts.tally(r.outcome for r in baseline), now=Counts.tally(r.outcome for r in later),
-                      not_run=[spec for spec in before if spec not in {r.spec_id for r in later}],
-                      threshold_percent=threshold_percent)
+                      not_run=[spec for spec in before if spec not in ran], threshold_percent=threshold_percent)
     passed = (PASSED, FIXED_ON_RETRY)
     for now in later:
         old = before.get(now.spec_id)

@@ -27,7 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from operator import attrgetter
+from typing import NamedTuple, Protocol
 
 PASSED = "passed"
 FIXED_ON_RETRY = "fixed_on_retry"
@@ -143,8 +144,8 @@ class Counts:
                 "still_failing": self.still_failing, "decided": self.decided, "success_rate": self.success_rate}
 
 
-class Attempt(Protocol):
-    """What a spec result needs of a spec run (queries.SpecRunRow)."""
+class RunLike(Protocol):
+    """What a spec result needs of a spec run (an Attempt, or a queries.SpecRunRow)."""
 
     @property
     def session_id(self) -> uuid.UUID: ...
@@ -166,6 +167,21 @@ class Attempt(Protocol):
     def cost_usd(self) -> Decimal | None: ...
     @property
     def error_message(self) -> str | None: ...
+
+
+class Attempt(NamedTuple):
+    """A spec run with only what spec results need (cheap to read by the hundred)."""
+
+    session_id: uuid.UUID
+    spec_id: str
+    attempt: int
+    status: str
+    outcome: str
+    end_time: datetime | None
+    duration_seconds: float | None
+    tokens_used: int | None
+    cost_usd: Decimal | None
+    error_message: str | None
 
 
 @dataclass(frozen=True)
@@ -192,25 +208,31 @@ class SpecResult:
         return WORDS[self.outcome]
 
 
-def spec_results(runs: Iterable[Attempt], names: Mapping[uuid.UUID, str | None] | None = None) -> list[SpecResult]:
+def spec_results(runs: Iterable[RunLike], names: Mapping[uuid.UUID, str | None] | None = None) -> list[SpecResult]:
     """Per (session, spec): its result, from all of its attempts (`runs` holds every attempt of
-    the sessions it covers), in the order specs first appear; `names` gives session names."""
-    by_spec: dict[tuple[uuid.UUID, str], list[Attempt]] = {}
+    the sessions it covers), in the order specs first appear; `names` gives session names.
+    (One pass over each spec's attempts: the night's summary runs this on a few hundred.)"""
+    by_spec: dict[tuple[uuid.UUID, str], list[RunLike]] = {}
     for run in runs:
         by_spec.setdefault((run.session_id, run.spec_id), []).append(run)
+    names = names or {}
     results = []
     for (session_id, spec_id), attempts in by_spec.items():
-        attempts.sort(key=lambda r: r.attempt)
+        if len(attempts) > 1:
+            attempts.sort(key=attrgetter("attempt"))
+        duration: float | None = None
+        tokens, cost, error, errors = 0, Decimal(0), None, {}
+        for r in attempts:
+            if r.duration_seconds is not None:
+                duration = (duration or 0.0) + r.duration_seconds
+            tokens += r.tokens_used or 0
+            if r.cost_usd is not None:
+                cost += r.cost_usd
+            if r.error_message:
+                errors[r.error_message] = None
+                if r.status in FAILING_STATUSES:
+                    error = r.error_message
         last = attempts[-1]
-        failures = [r for r in attempts if r.status in FAILING_STATUSES]
-        durations = [r.duration_seconds for r in attempts if r.duration_seconds is not None]
-        results.append(SpecResult(
-            session_id=session_id, spec_id=spec_id, outcome=last.outcome, attempts=len(attempts),
-            ended_at=last.end_time,
-            duration_seconds=sum(durations) if durations else None,
-            tokens_used=sum(r.tokens_used or 0 for r in attempts),
-            cost_usd=sum((r.cost_usd or Decimal(0) for r in attempts), Decimal(0)),
-            error=failures[-1].error_message if failures else None,
-            errors=tuple(dict.fromkeys(r.error_message for r in attempts if r.error_message)),
-            session_name=(names or {}).get(session_id)))
+        results.append(SpecResult(session_id, spec_id, last.outcome, len(attempts), last.end_time, duration, tokens,
+                                  cost, error, tuple(errors), names.get(session_id)))
     return results

@@ -7,7 +7,7 @@ plain dataclasses, so callers never see SQL or database rows.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
@@ -15,7 +15,8 @@ from typing import Any
 
 from ralph_monitor import changes
 from ralph_monitor.errors import UnknownSession
-from ralph_monitor.outcomes import FIXED_ON_RETRY, RUNNING, STILL_FAILING, Counts, SpecResult, fixed_later, spec_results
+from ralph_monitor.outcomes import (FIXED_ON_RETRY, RUNNING, STILL_FAILING, Attempt, Counts, RunLike, SpecResult,
+                                    fixed_later, spec_results)
 from ralph_monitor.store import ReadStore
 
 
@@ -431,18 +432,15 @@ def previous_session(store: ReadStore, session: SessionSummary) -> SessionSummar
     return _session(rows[0]) if rows else None
 
 
-def _runs_by_session(store: ReadStore, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[SpecRunRow]]:
-    runs: dict[uuid.UUID, list[SpecRunRow]] = {i: [] for i in ids}
-    if ids:
-        for r in store.fetch("spec_runs_of_sessions", {"ids": ids}):
-            runs[r["session_id"]].append(SpecRunRow(**r))
+def _attempts(store: ReadStore, ids: list[uuid.UUID]) -> list[Attempt]:
+    return [Attempt(**r) for r in store.fetch("attempts_of_sessions", {"ids": ids})] if ids else []
+
+
+def _runs_by_session(store: ReadStore, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RunLike]]:
+    runs: dict[uuid.UUID, list[RunLike]] = {i: [] for i in ids}
+    for attempt in _attempts(store, ids):
+        runs[attempt.session_id].append(attempt)
     return runs
-
-
-def _diff(baseline: SessionSummary, session: SessionSummary, runs: dict[uuid.UUID, list[SpecRunRow]],
-          threshold_percent: float) -> SessionDiff:
-    return SessionDiff(baseline, session, changes.compare(
-        spec_results(runs[baseline.id]), spec_results(runs[session.id]), threshold_percent=threshold_percent))
 
 
 def session_diff(store: ReadStore, first: uuid.UUID | None = None, second: uuid.UUID | None = None, *,
@@ -467,18 +465,29 @@ def session_diff(store: ReadStore, first: uuid.UUID | None = None, second: uuid.
                                  f"session {str(picked[0].id)[:8]} has no name, so no previous run to compare with")
         picked.insert(0, previous)
     baseline, session = sorted(picked, key=lambda s: s.start_time)
-    return _diff(baseline, session, _runs_by_session(store, [baseline.id, session.id]), threshold_percent)
+    runs = _runs_by_session(store, [baseline.id, session.id])
+    return SessionDiff(baseline, session, changes.compare(spec_results(runs[baseline.id]), spec_results(runs[session.id]),
+                                                          threshold_percent=threshold_percent))
 
 
 def diffs_against_previous(store: ReadStore, sessions: list[SessionSummary], *,
-                           runs_of: dict[uuid.UUID, list[SpecRunRow]] | None = None,
+                           runs_of: Mapping[uuid.UUID, Sequence[RunLike]] | None = None,
                            threshold_percent: float = changes.THRESHOLD_PERCENT) -> dict[uuid.UUID, SessionDiff]:
     """Each of `sessions` that has a previous run of its name, against that run (what the
     session pages and the morning report lead with). `runs_of`: spec runs already read, by session."""
     previous = {r.pop("of_id"): _session(r) for r in store.fetch("previous_sessions_of", {"ids": [s.id for s in sessions]})}
-    runs = dict(runs_of or {})
+    runs: dict[uuid.UUID, Sequence[RunLike]] = dict(runs_of or {})
     runs.update(_runs_by_session(store, [i for i in {*previous, *(p.id for p in previous.values())} if i not in runs]))
-    return {s.id: _diff(previous[s.id], s, runs, threshold_percent) for s in sessions if s.id in previous}
+    results: dict[uuid.UUID, list[SpecResult]] = {}  # a session is often one's baseline and another's later run
+
+    def of(session_id: uuid.UUID) -> list[SpecResult]:
+        if session_id not in results:
+            results[session_id] = spec_results(runs[session_id])
+        return results[session_id]
+
+    return {s.id: SessionDiff(previous[s.id], s, changes.compare(of(previous[s.id].id), of(s.id),
+                                                                  threshold_percent=threshold_percent))
+            for s in sessions if s.id in previous}
 
 
 def spec_history(store: ReadStore, spec_id: str, *, limit: int = 100) -> list[SpecRunRow]:
@@ -554,7 +563,7 @@ def night_summary(store: ReadStore, window: Window) -> NightSummary:
     """Sessions active in the window, the specs decided in it (outcomes.py), what its runs cost,
     and the specs that failed and are being tried again."""
     sessions = [_session(r) for r in store.fetch("sessions_overlapping", {"since": window.since, "until": window.until})]
-    runs = [SpecRunRow(**r) for r in store.fetch("spec_runs_of_sessions", {"ids": [s.id for s in sessions]})]
+    runs = _attempts(store, [s.id for s in sessions])
     results = spec_results(runs, {s.id: s.name for s in sessions})
     decided = [r for r in results if _in(window, r.ended_at)]
     ended = [r for r in runs if _in(window, r.end_time)]

@@ -107,6 +107,13 @@ def test_charts_with_nothing_to_show() -> None:
     parse(charts.spend_per_day([], [date(2026, 11, 1)]))
 
 
+def test_long_tokens_wrap_after_separators_and_stay_escaped() -> None:
+    assert str(views.breakable("FAILED tests/checkout/test_cart.py::TestRounding - <b>")) == (
+        "FAILED tests/<wbr>checkout/<wbr>test_<wbr>cart.<wbr>py::<wbr>TestRounding - &lt;b&gt;")
+    assert str(views.breakable("short/path words")) == "short/path words"
+    assert "<wbr>" not in str(views.breakable("&" * 40)) and "&amp;" in str(views.breakable("&" * 40))
+
+
 def test_data_summary_is_one_short_line() -> None:
     assert views.data_summary({"error": "boom\n  at x", "tokens_used": 5}) == "boom at x · tokens_used: 5"
     assert len(views.data_summary({"blob": "y" * 10_000}, 100)) == 100

@@ -64,21 +64,31 @@ def when(moment: datetime | None) -> Markup:
     return Markup(f'<time datetime="{text}">{text[:10]} {text[11:16]} UTC</time>')
 
 
+_LONG_TOKEN = re.compile(r"\S{16,}")
+_AFTER_SEPARATOR = re.compile(r"(?<=[/._:=,-])(?=[^\s/._:=,-])")
+
+
+def breakable(text: str) -> Markup:
+    """Escaped text whose long tokens (paths, test ids) may wrap after / . _ : = , - (a <wbr>
+    there), not mid-word; the stylesheet breaks a token with no such place anywhere, last."""
+    return Markup(_LONG_TOKEN.sub(lambda m: _AFTER_SEPARATOR.sub("<wbr>", m[0]), str(escape(text))))
+
+
 def error_html(text: str | None, width: int = 240, limit: int = 4000) -> Markup:
     """An error message: short ones inline, long ones folded (first `width` characters shown,
     at most `limit` inside). Agent text: escaped."""
     if not text:
         return Markup("")
     if len(text) <= width:
-        return Markup(f'<span class="err">{escape(text)}</span>')
+        return Markup(f'<span class="err">{breakable(text)}</span>')
     rest = (f"\n… ({len(text):,} characters in all; ralph-query shows the rest)" if len(text) > limit else "")
-    return Markup(f'<details class="err"><summary>{escape(shorten(text, width))}</summary>'
-                  f"<pre>{escape(text[:limit])}{rest}</pre></details>")
+    return Markup(f'<details class="err"><summary>{breakable(shorten(text, width))}</summary>'
+                  f"<pre>{breakable(text[:limit])}{rest}</pre></details>")
 
 
 def spec_link(root: str, spec_id: str) -> Markup:
     return Markup(f'<a class="spec" href="{root}specs/{escape(page_name(spec_id))}.html">'
-                  f"{escape(shorten(spec_id, 48))}</a>")
+                  f"{breakable(shorten(spec_id, 48))}</a>")
 
 
 def session_link(root: str, session_id: uuid.UUID, name: str | None) -> Markup:
@@ -169,7 +179,7 @@ def template_environment() -> jinja2.Environment:
         auto_reload=False,
     )
     env.filters.update(money=money, percent=percent, duration=duration, shorten=shorten, when=when,
-                       number=number, summary=data_summary, page_name=page_name, iso=iso)
+                       number=number, summary=data_summary, page_name=page_name, iso=iso, breakable=breakable)
     env.globals.update(version=__version__, error_html=error_html, run_rows=run_rows, spec_link=spec_link,
                        session_link=session_link, status_badge=status_badge, attempt_word=attempt_word,
                        row_class=row_class, run_anchor=run_anchor, run_href=run_href, outcome_badge=outcome_badge,
