@@ -79,7 +79,7 @@ def test_overview_and_session_page_in_chromium(served: tuple[Nginx, Path], brows
         assert "live-run" in body and "docs-run" in body and "nightly-batch" in body
         assert "TypeError: cart is undefined" in body
         assert page.inner_text("[data-testid=spend_today]") == "$0.31"
-        assert page.inner_text("[data-testid=week_success]") == "67%"
+        assert page.inner_text("[data-testid=week_success]") == "80%"
         page.wait_for_function("document.getElementById('updated').textContent.indexOf('s ago') >= 0")
         assert re.fullmatch(r"updated \d+ s ago", page.inner_text("#updated"))
         assert page.locator("#stale").is_hidden()

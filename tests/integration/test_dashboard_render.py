@@ -67,25 +67,29 @@ def test_numbers_on_the_page_equal_the_query_layer(overnight: Daemon, tmp_path: 
     html, values, rows = read_page(tmp_path, "index.html")
     running = [s for s in status.active if s.execution_state == "running"]
     stalled = [s for s in status.active if s.execution_state == "stalled"]
-    assert values["running"] == str(len(running)) == "1"
+    assert len(running) == 1
+    assert values["active_count"] == str(len(status.active)) == str(rows["active"]) == "2"  # the table's rows
     assert values["stalled"] == str(len(stalled)) == "1"
     assert values["waiting"] == str(len(status.pending_interventions)) == "1"
     assert values["spend_today"] == money(spend.today.cost_usd) == "$0.31"
     assert values["spend_month"] == money(spend.month.cost_usd)
     assert values["spend_week"] == money(spend.week.cost_usd)
-    assert values["night_success"] == percent(night.outcomes.success_rate)
-    assert values["night_completed"] == str(night.outcomes.completed) == "4"
-    assert values["night_failed"] == str(night.outcomes.failed + night.outcomes.timed_out) == "2"
+    c = night.outcomes.counts
+    assert values["night_success"] == percent(c.success_rate) == "80%"
+    assert values["night_completed"] == str(c.completed) == "4"
+    assert values["night_fixed"] == str(c.fixed_on_retry) == "1"
+    assert values["night_failed"] == str(c.failed) == "0"
+    assert values["night_timed_out"] == str(c.timed_out) == "1"
     assert values["night_cost"] == money(night.outcomes.cost_usd)
-    assert values["week_success"] == percent(compare.current.success_rate) == "67%"
-    assert compare.previous.success_rate is None and "no runs last week" in values["week_compare"]
+    assert values["week_success"] == percent(compare.current.counts.success_rate) == "80%"
+    assert compare.previous.counts.success_rate is None and "no runs last week" in values["week_compare"]
     assert values["rejects_24h"] == str(status.rejects_last_24h)
     assert values["spool_backlog"] == "0"
-    assert rows["active"] == len(status.active) == 2
     assert rows["pending"] == 1 and "Which branch should I rebase on?" in values["pending"]
     assert "Need the staging API key" not in html  # answered
-    assert rows["night-failures"] == len(night.failures) == 2
-    assert "TypeError: cart is undefined" in values["night-failures"]
+    assert rows["night-still-failing"] == len(night.still_failing) == 1
+    assert rows["night-fixed"] == len(night.fixed_on_retry) == 1
+    assert "TypeError: cart is undefined" in values["night-fixed"] and "no progress for 19 min" in values["night-still-failing"]
     assert rows["top-failing"] == len(top) == 2
     assert rows["recent-sessions"] == 3
     assert "Needs you" in values["verdict"] and "1 session stalled" in values["verdict"]
@@ -97,17 +101,18 @@ def test_numbers_on_the_page_equal_the_query_layer(overnight: Daemon, tmp_path: 
     assert [i["message"] for i in snap["pending_interventions"]] == ["Which branch should I rebase on?"]
     assert Decimal(str(snap["spend"]["today"]["cost_usd"])) == spend.today.cost_usd
     assert snap["spend"]["today"]["tokens_used"] == spend.today.tokens_used == 3100
-    assert snap["night"]["outcomes"]["completed"] == night.outcomes.completed
-    assert snap["week"]["this_week"]["outcomes"]["success_rate"] == compare.current.success_rate
+    assert snap["night"]["outcomes"]["completed"] == night.outcomes.counts.completed
+    assert snap["week"]["this_week"]["outcomes"]["success_rate"] == compare.current.counts.success_rate
     assert {(f["spec_id"], f["failures"], f["runs"]) for f in snap["top_failing_specs"]} == {
         (f.spec_id, f.failures, f.runs) for f in top}
-    assert snap["live"] == {k: v for k, v in snap["live"].items()} and snap["live"]["running"] == values["running"]
+    assert snap["live"]["active"] == values["active_count"]
     assert sum(b["count"] for b in snap["events_per_5min"]) == len(events)  # 25 sent, the stall(s), a heartbeat
 
     html, values, rows = read_page(tmp_path, f"sessions/{A}.html")
     s = detail_a.session
     assert values["specs_completed"] == f"{s.specs_completed} of {s.total_specs}" == "3 of 4"
-    assert values["specs_failed"] == str(s.specs_failed) == "1"
+    assert (values["specs_fixed"], values["specs_failed"], values["specs_timed_out"]) == (
+        str(s.counts.fixed_on_retry), str(s.counts.failed), str(s.counts.timed_out)) == ("1", "0", "1")
     assert values["cost_usd"] == money(s.cost_usd) == "$0.27"
     assert values["tokens_used"] == f"{s.tokens_used:,}" == "2,700"
     assert values["event_count"] == str(s.event_count)

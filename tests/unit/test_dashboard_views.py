@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from ralph_monitor.dashboard import charts, views
 from ralph_monitor.dashboard.render import SiteRenderer
+from ralph_monitor.outcomes import Counts, spec_outcome
 from ralph_monitor.queries import DailyRuns, InterventionRow, SessionSummary, SpecRunRow
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -44,7 +45,7 @@ def session(**over: object) -> SessionSummary:
     values: dict[str, object] = dict(
         id=uuid.uuid4(), name=EVIL, host="h", start_time=NOW - timedelta(hours=2), end_time=None,
         last_event_at=NOW, total_specs=3, specs_completed=1, specs_failed=1, specs_timed_out=0,
-        execution_state="running", tokens_used=10, cost_usd=Decimal("1.5"), event_count=9,
+        specs_fixed_on_retry=0, execution_state="running", tokens_used=10, cost_usd=Decimal("1.5"), event_count=9,
         interventions_pending=1, final_result=None, metadata={}, updated_at=NOW, current_spec=None)
     values.update(over)
     return SessionSummary(**values)  # type: ignore[arg-type]
@@ -54,7 +55,7 @@ def run(spec: str, status: str, minutes: int, **over: object) -> SpecRunRow:
     values: dict[str, object] = dict(
         id=1, session_id=uuid.uuid4(), spec_id=spec, attempt=1, start_time=NOW - timedelta(minutes=minutes + 10),
         end_time=None if status == "running" else NOW - timedelta(minutes=minutes), duration_seconds=600.0,
-        status=status, tokens_used=5, cost_usd=Decimal("0.1"), error_message=EVIL * 50 if status == "failed" else None,
+        status=status, outcome=spec_outcome([status]), tokens_used=5, cost_usd=Decimal("0.1"), error_message=EVIL * 50 if status == "failed" else None,
         output_summary=None, session_name=EVIL)
     values.update(over)
     return SpecRunRow(**values)  # type: ignore[arg-type]
@@ -84,14 +85,15 @@ def test_charts_escape_agent_strings_and_carry_text_alternatives() -> None:
     assert "<script>" not in str(strip.svg)
     parse(strip)
     days = [date(2026, 11, d) for d in range(1, 31)]
-    per_day = [DailyRuns(date(2026, 11, 3), 3, 1, Decimal("2.5"), 100),
-               DailyRuns(date(2026, 11, 30), 0, 2, Decimal(0), 0)]
+    per_day = [DailyRuns(date(2026, 11, 3), Counts(passed=2, fixed_on_retry=1, failed=1), 5, Decimal("2.5"), 100),
+               DailyRuns(date(2026, 11, 30), Counts(timed_out=2), 2, Decimal(0), 0)]
     spend = charts.spend_per_day(per_day, days)
     parse(spend)
     assert "$2.50 in all" in spend.summary and "Nov 3" in spend.summary
     rate = charts.success_per_day(per_day, days)
     parse(rate)
-    assert "3 of 6 runs (50%)" in rate.summary
+    assert "3 of 6 specs (50%)" in rate.summary
+    assert "Nov 3: 75% (3 completed (1 fixed on retry), 1 failed, 0 timed out)" in str(rate.svg)
     counts = [(NOW - timedelta(minutes=10), 7), (NOW - timedelta(hours=3), 2)]
     events = charts.events_per_bucket(counts, NOW - timedelta(hours=24), NOW)
     parse(events)
@@ -103,6 +105,13 @@ def test_charts_with_nothing_to_show() -> None:
     parse(charts.outcome_strip([]))
     parse(charts.events_per_bucket([], NOW - timedelta(hours=24), NOW))
     parse(charts.spend_per_day([], [date(2026, 11, 1)]))
+
+
+def test_long_tokens_wrap_after_separators_and_stay_escaped() -> None:
+    assert str(views.breakable("FAILED tests/checkout/test_cart.py::TestRounding - <b>")) == (
+        "FAILED tests/<wbr>checkout/<wbr>test_<wbr>cart.<wbr>py::<wbr>TestRounding - &lt;b&gt;")
+    assert str(views.breakable("short/path words")) == "short/path words"
+    assert "<wbr>" not in str(views.breakable("&" * 40)) and "&amp;" in str(views.breakable("&" * 40))
 
 
 def test_data_summary_is_one_short_line() -> None:
@@ -126,7 +135,7 @@ def test_templates_escape_hostile_values(tmp_path: Path) -> None:
     html = renderer._page("session.html", "../", title=EVIL, session=s, month=s.start_time, runs=runs, more_runs=0,
                           timeline=timeline,
                           timeline_complete=True, hidden_events=0, interventions=[],
-                          gantt=charts.session_gantt(s, runs), spec_pages={EVIL}).decode()
+                          gantt=charts.session_gantt(s, runs), spec_pages={EVIL}, diff=None).decode()
     assert html.count("<script") == 1  # the page's own script file
     assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
     assert 'href="../specs/' + views.page_name(EVIL) + '.html"' in html

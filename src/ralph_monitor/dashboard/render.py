@@ -26,9 +26,10 @@ from ralph_monitor import queries
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.dashboard import charts, worker
 from ralph_monitor.dashboard.publish import KEEP_RELEASES, FullRelease, IncrementalRelease, RenderResult, SiteDir
-from ralph_monitor.dashboard.views import (SCHEMA_VERSION, bounded_data, dump_json, fields, iso, outcomes_json,
-                                           page_name, snapshot, template_environment)
+from ralph_monitor.dashboard.views import (SCHEMA_VERSION, bounded_data, dump_json, fields, iso, page_name, snapshot,
+                                           template_environment)
 from ralph_monitor.errors import RalphMonitorError, RenderFailed
+from ralph_monitor.outcomes import Counts
 from ralph_monitor.resources import resource_dir
 from ralph_monitor.store import ReadStore, open_read_store
 from ralph_monitor.textfmt import money, percent
@@ -207,10 +208,10 @@ class SiteRenderer:
                 for i, session in enumerate(changed):
                     shares[pattern[i % len(pattern)]].append(session)
                 pending = [worker.start_share(stack, self.site, type(self).render_share,
-                                              (self.settings, self.dsn, self.site.path, out.name, share, now))
+                                              (self.settings, self.dsn, self.site.path, out.name, share))
                            for share in shares[1:]]
                 changed = shares[0]
-            spec_todo = self._render_sessions(store, out, count, changed, full=full, now=now)
+            spec_todo = self._render_sessions(store, out, count, changed, full=full)
             spec_list = queries.spec_ids(store) if full else sorted(spec_todo)
             for chunk in _chunks(spec_list, CHUNK):
                 for history in queries.spec_histories(store, chunk, limit=SPEC_RUNS_LIMIT):
@@ -230,28 +231,28 @@ class SiteRenderer:
 
     @classmethod
     def render_share(cls, settings: Settings, dsn: str | None, site_dir: Path, release: str,
-                     sessions: list[queries.SessionSummary],
-                     now: datetime) -> tuple[int, dict[uuid.UUID, dict[str, str]]]:
+                     sessions: list[queries.SessionSummary]) -> tuple[int, dict[uuid.UUID, dict[str, str]]]:
         """In a helper process (worker.start_share): the pages of `sessions`, written into the
         release being built; how many, and the spec-run digests of those still going."""
         renderer = cls(settings, dsn=dsn, site_dir=site_dir)
         try:
             count = _Counter()
             renderer._render_sessions(renderer._connect(), FullRelease(renderer.site, release), count, sessions,
-                                      full=True, now=now)
+                                      full=True)
             return count.sessions, renderer._active_runs
         finally:
             renderer.close()
 
     def _render_sessions(self, store: ReadStore, out: FullRelease | IncrementalRelease, count: _Counter,
-                         sessions: list[queries.SessionSummary], *, full: bool, now: datetime) -> set[str]:
+                         sessions: list[queries.SessionSummary], *, full: bool) -> set[str]:
         """Session pages; the specs whose runs changed in them (incremental renders)."""
         spec_todo: set[str] = set()
         for chunk in _chunks(sessions, CHUNK):
             details = queries.session_details(store, chunk, whole_timeline_max=WHOLE_TIMELINE_MAX,
                                               timeline_limit=TIMELINE_LIMIT)
+            diffs = queries.diffs_against_previous(store, chunk, runs_of={i: d.spec_runs for i, d in details.items()})
             for detail in details.values():
-                self._session_pages(out, detail, now)
+                self._session_pages(out, detail, diffs.get(detail.session.id))
                 count.sessions += 1
                 count.pages += 2
                 if not full:
@@ -273,7 +274,7 @@ class SiteRenderer:
     # Pages ------------------------------------------------------------------------------------
 
     def _session_pages(self, out: FullRelease | IncrementalRelease, detail: queries.SessionDetail,
-                       now: datetime) -> None:
+                       diff: queries.SessionDiff | None) -> None:
         s = detail.session
         runs = detail.spec_runs[:SESSION_RUNS_LIMIT]
         complete = s.event_count <= WHOLE_TIMELINE_MAX and len(detail.timeline) < TIMELINE_LIMIT
@@ -283,7 +284,7 @@ class SiteRenderer:
             runs=runs, more_runs=len(detail.spec_runs) - len(runs),
             timeline=detail.timeline, timeline_complete=complete,
             interventions=detail.interventions, gantt=charts.session_gantt(s, detail.spec_runs, detail.interventions),
-            spec_pages=spec_pages))
+            spec_pages=spec_pages, diff=diff))
         out.write(f"api/sessions/{s.id}.json", dump_json(snapshot("session", None, {
             "session": s, "spec_runs": detail.spec_runs, "interventions": detail.interventions,
             "timeline_complete": complete,
@@ -313,21 +314,17 @@ class SiteRenderer:
 
     def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
         name = page_name(history.spec_id)
-        finished = [r for r in history.runs if r.status != "running"]
-        completed = sum(1 for r in finished if r.status == "completed")
-        durations = [r.duration_seconds for r in finished if r.duration_seconds is not None]
+        durations = [r.duration_seconds for r in history.runs if r.status != "running" and r.duration_seconds is not None]
         stats = {
-            "recent_rate": completed / len(finished) if finished else None,
-            "recent_finished": len(finished),
+            "recent": Counts.tally(r.outcome for r in history.runs),
             "avg_duration": sum(durations) / len(durations) if durations else None,
-            "total_rate": 1 - history.total_failures / history.total_runs if history.total_runs else None,
         }
         out.write(f"specs/{name}.html", self._page(
             "spec.html", "../", title=history.spec_id, history=history, stats=stats,
             strip=charts.outcome_strip(history.runs)))
         out.write(f"api/specs/{name}.json", dump_json(snapshot("spec", None, {
             "spec_id": history.spec_id, "total_runs": history.total_runs, "total_failures": history.total_failures,
-            "runs": history.runs})))
+            "sessions": history.counts.as_json(), "runs": history.runs})))
 
     def _events_pages(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime, *,
                       full: bool) -> int:
@@ -401,13 +398,14 @@ class SiteRenderer:
             "timezone": str(zone), "live": live,
             "active": status.active, "pending_interventions": status.pending_interventions,
             "night": {"since": night.window.since, "until": night.window.until, "sessions": night.sessions,
-                      "outcomes": outcomes_json(night.outcomes), "failures": night.failures},
+                      "outcomes": night.outcomes.as_json(), "still_failing": night.still_failing,
+                      "fixed_on_retry": night.fixed_on_retry, "retrying": night.retrying},
             "week": {"this_week": {"since": compare.this_week.since, "until": compare.this_week.until,
-                                   "outcomes": outcomes_json(compare.current)},
+                                   "outcomes": compare.current.as_json()},
                      "last_week": {"since": compare.last_week.since, "until": compare.last_week.until,
-                                   "outcomes": outcomes_json(compare.previous)}},
-            "spend": {"today": outcomes_json(spend.today), "week": outcomes_json(spend.week),
-                      "month": outcomes_json(spend.month), "per_day": spend.per_day},
+                                   "outcomes": compare.previous.as_json()}},
+            "spend": {"today": spend.today.as_json(), "week": spend.week.as_json(),
+                      "month": spend.month.as_json(), "per_day": spend.per_day},
             "top_failing_specs": top_failing, "recent_failures": recent_failures,
             "recent_sessions": recent_sessions,
             "monitor": {"hosts": status.hosts, "last_backup": status.last_backup, "last_prune": status.last_prune,
@@ -423,21 +421,22 @@ def live_numbers(status: queries.Status, night: queries.NightSummary, compare: q
                  spend: queries.Spend) -> dict[str, str]:
     """The overview's headline numbers, formatted as shown; the page's script copies them from
     api/status.json into the elements marked `data-live="<key>"`."""
-    running = sum(1 for s in status.active if s.execution_state == "running")
     stalled = sum(1 for s in status.active if s.execution_state == "stalled")
     digest_source = "|".join(sorted(f"{s.id}:{s.execution_state}:{s.current_spec}" for s in status.active)
                              + sorted(str(i.event_id) for i in status.pending_interventions))
     o = night.outcomes
     return {
-        "running": str(running),
+        "active": str(len(status.active)),
         "stalled": str(stalled),
         "waiting": str(len(status.pending_interventions)),
-        "night_success": percent(o.success_rate),
-        "night_completed": str(o.completed),
-        "night_failed": str(o.failed + o.timed_out),
+        "night_success": percent(o.counts.success_rate),
+        "night_completed": str(o.counts.completed),
+        "night_fixed": str(o.counts.fixed_on_retry),
+        "night_failed": str(o.counts.failed),
+        "night_timed_out": str(o.counts.timed_out),
         "night_cost": money(o.cost_usd),
-        "week_success": percent(compare.current.success_rate),
-        "last_week_success": percent(compare.previous.success_rate),
+        "week_success": percent(compare.current.counts.success_rate),
+        "last_week_success": percent(compare.previous.counts.success_rate),
         "spend_today": money(spend.today.cost_usd),
         "spend_week": money(spend.week.cost_usd),
         "spend_month": money(spend.month.cost_usd),

@@ -21,6 +21,8 @@ from markupsafe import Markup, escape
 
 from ralph_monitor import __version__, queries
 from ralph_monitor.dashboard import charts
+from ralph_monitor.outcomes import (FAILED, FAILING_STATUSES, FIXED_ON_RETRY, INTERRUPTED, LATER_PASSED, PASSED,
+                                    RETRIED, RUNNING, STATUS_WORDS, TIMED_OUT, WORDS, attempt_word)
 from ralph_monitor.resources import resource_dir
 from ralph_monitor.textfmt import duration, json_default, money, percent, shorten
 
@@ -62,21 +64,31 @@ def when(moment: datetime | None) -> Markup:
     return Markup(f'<time datetime="{text}">{text[:10]} {text[11:16]} UTC</time>')
 
 
+_LONG_TOKEN = re.compile(r"\S{16,}")
+_AFTER_SEPARATOR = re.compile(r"(?<=[/._:=,-])(?=[^\s/._:=,-])")
+
+
+def breakable(text: str) -> Markup:
+    """Escaped text whose long tokens (paths, test ids) may wrap after / . _ : = , - (a <wbr>
+    there), not mid-word; the stylesheet breaks a token with no such place anywhere, last."""
+    return Markup(_LONG_TOKEN.sub(lambda m: _AFTER_SEPARATOR.sub("<wbr>", m[0]), str(escape(text))))
+
+
 def error_html(text: str | None, width: int = 240, limit: int = 4000) -> Markup:
     """An error message: short ones inline, long ones folded (first `width` characters shown,
     at most `limit` inside). Agent text: escaped."""
     if not text:
         return Markup("")
     if len(text) <= width:
-        return Markup(f'<span class="err">{escape(text)}</span>')
+        return Markup(f'<span class="err">{breakable(text)}</span>')
     rest = (f"\n… ({len(text):,} characters in all; ralph-query shows the rest)" if len(text) > limit else "")
-    return Markup(f'<details class="err"><summary>{escape(shorten(text, width))}</summary>'
-                  f"<pre>{escape(text[:limit])}{rest}</pre></details>")
+    return Markup(f'<details class="err"><summary>{breakable(shorten(text, width))}</summary>'
+                  f"<pre>{breakable(text[:limit])}{rest}</pre></details>")
 
 
 def spec_link(root: str, spec_id: str) -> Markup:
     return Markup(f'<a class="spec" href="{root}specs/{escape(page_name(spec_id))}.html">'
-                  f"{escape(shorten(spec_id, 48))}</a>")
+                  f"{breakable(shorten(spec_id, 48))}</a>")
 
 
 def session_link(root: str, session_id: uuid.UUID, name: str | None) -> Markup:
@@ -84,26 +96,64 @@ def session_link(root: str, session_id: uuid.UUID, name: str | None) -> Markup:
     return Markup(f'<a href="{root}sessions/{session_id}.html">{label}</a>')
 
 
-def status_badge(status: str) -> Markup:
-    return Markup(f'<span class="status {charts.STATUS_CLASS.get(status, "muted")}">'
-                  f"{escape(charts.STATUS_WORD.get(status, status))}</span>")
+def status_badge(status: str, outcome: str | None = None) -> Markup:
+    """A run's status; a failure also says what came of it (outcomes.py): fixed on retry, or retried."""
+    badge = (f'<span class="status {charts.STATUS_CLASS.get(status, "muted")}">'
+             f"{escape(STATUS_WORDS.get(status, status))}</span>")
+    if status in FAILING_STATUSES and outcome in (LATER_PASSED, RETRIED):
+        badge += f' <span class="mark {"fixed" if outcome == LATER_PASSED else "retried"}">{WORDS[outcome]}</span>'
+    return Markup(badge)
+
+
+OUTCOME_CLASS = {PASSED: "ok", FIXED_ON_RETRY: "ok", FAILED: "fail", TIMED_OUT: "timeout", RUNNING: "running",
+                 INTERRUPTED: "muted"}
+
+
+def outcome_badge(outcome: str) -> Markup:
+    """A spec's outcome in a session (outcomes.py)."""
+    return Markup(f'<span class="status {OUTCOME_CLASS[outcome]}">{WORDS[outcome]}</span>')
+
+
+def row_class(status: str, outcome: str) -> str:
+    """A table row's class: a failure that still counts is marked bad, one fixed later is marked so."""
+    if status not in FAILING_STATUSES:
+        return ""
+    return ' class="fixedrow"' if outcome == LATER_PASSED else ' class="badrow"'
+
+
+def run_anchor(spec_id: str, attempt: int) -> str:
+    """The id of a spec run's row on its session's page (sessions/<id>.html#run-<spec>-<attempt>)."""
+    return f"run-{page_name(spec_id)}-{attempt}"
+
+
+def run_href(root: str, session_id: uuid.UUID, spec_id: str, attempt: int) -> str:
+    return f"{root}sessions/{session_id}.html#{run_anchor(spec_id, attempt)}"
 
 
 def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str) -> Markup:
     """The <tr> rows of a table of spec runs: of one session (`by="session"`: the spec is the
-    link) or of one spec (`by="spec"`: the session is). A full rebuild renders ~200,000 of these,
-    so this is plain Python rather than a template loop (5-10x faster); agent text is escaped."""
+    link, the row's id is run_anchor) or of one spec (`by="spec"`: the session is, and the row's
+    id is `run-<session id>-<attempt>`). A full rebuild renders ~200,000 of these, so this is
+    plain Python rather than a template loop (5-10x faster); agent text is escaped. Each cell
+    carries its column's name (data-label), which the phone layout shows beside the value."""
     out = []
     for r in runs:
-        bad = ' class="badrow"' if r.status in ("failed", "timeout") else ""
-        status, started = status_badge(r.status), when(r.start_time or r.end_time)
+        status, started = status_badge(r.status, r.outcome), when(r.start_time or r.end_time)
         if by == "session":
-            lead = f'<td>{spec_link(root, r.spec_id)}</td><td class="n">{r.attempt}</td><td>{status}</td><td>{started}</td>'
+            anchor = escape(run_anchor(r.spec_id, r.attempt))
+            lead = (f'<td data-label="Spec" class="lead">{spec_link(root, r.spec_id)}</td>'
+                    f'<td data-label="Attempt" class="n">{r.attempt}</td><td data-label="Outcome">{status}</td>'
+                    f'<td data-label="Started">{started}</td>')
         else:
-            lead = (f'<td>{started}</td><td>{session_link(root, r.session_id, r.session_name)}</td>'
-                    f'<td class="n">{r.attempt}</td><td>{status}</td>')
-        out.append(f"<tr{bad}>{lead}<td>{duration(r.duration_seconds)}</td><td class=\"n\">{number(r.tokens_used)}</td>"
-                   f'<td class="n">{money(r.cost_usd)}</td><td class="msg">{error_html(r.error_message)}</td></tr>\n')
+            anchor = f"run-{r.session_id}-{r.attempt}"
+            lead = (f'<td data-label="Started">{started}</td>'
+                    f'<td data-label="Session" class="lead">{session_link(root, r.session_id, r.session_name)}</td>'
+                    f'<td data-label="Attempt" class="n">{r.attempt}</td><td data-label="Outcome">{status}</td>')
+        out.append(f'<tr id="{anchor}"{row_class(r.status, r.outcome)}>{lead}'
+                   f'<td data-label="Duration">{duration(r.duration_seconds)}</td>'
+                   f'<td data-label="Tokens" class="n">{number(r.tokens_used)}</td>'
+                   f'<td data-label="Cost" class="n">{money(r.cost_usd)}</td>'
+                   f'<td data-label="Error" class="msg">{error_html(r.error_message)}</td></tr>\n')
     return Markup("".join(out))
 
 
@@ -129,9 +179,10 @@ def template_environment() -> jinja2.Environment:
         auto_reload=False,
     )
     env.filters.update(money=money, percent=percent, duration=duration, shorten=shorten, when=when,
-                       number=number, summary=data_summary, page_name=page_name, iso=iso)
+                       number=number, summary=data_summary, page_name=page_name, iso=iso, breakable=breakable)
     env.globals.update(version=__version__, error_html=error_html, run_rows=run_rows, spec_link=spec_link,
-                       session_link=session_link, status_badge=status_badge, status_word=charts.STATUS_WORD,
+                       session_link=session_link, status_badge=status_badge, attempt_word=attempt_word,
+                       row_class=row_class, run_anchor=run_anchor, run_href=run_href, outcome_badge=outcome_badge,
                        stale_after_s=STALE_AFTER_S, poll_interval_s=POLL_INTERVAL_S)
     return env
 
@@ -145,10 +196,6 @@ def bounded_data(data: Any) -> Any:
     if len(text) <= JSON_DATA_MAX:
         return data
     return {"_truncated": True, "json_chars": len(text), "excerpt": text[:1000]}
-
-
-def outcomes_json(o: queries.Outcomes) -> dict[str, Any]:
-    return {**fields(o), "finished": o.finished, "success_rate": o.success_rate}
 
 
 def fields(value: Any) -> dict[str, Any]:
