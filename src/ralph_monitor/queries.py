@@ -15,7 +15,7 @@ from typing import Any
 
 from ralph_monitor.errors import UnknownSession
 from ralph_monitor.projections import SessionTotals
-from ralph_monitor.store import ReadStore
+from ralph_monitor.store import ReadSource, ReadStore
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,8 @@ class Status:
     projection_failures: list[ProjectionFailure] = field(default_factory=list)
     """Sessions whose aggregates are not being updated (the oldest few)."""
     projection_failures_total: int = 0
+    reads: ReadSource | None = None
+    """Where this was read: the primary or a replica (its lag), or why not the configured replica."""
 
 
 @dataclass(frozen=True)
@@ -457,6 +459,7 @@ def status(store: ReadStore, now: datetime) -> Status:
         projection_failures=[ProjectionFailure(**row) for row in store.fetch(
             "projection_failures", {"limit": FAILURES_SHOWN})],
         projection_failures_total=store.fetch("projection_failure_count")[0]["failing"],
+        reads=store.source(),
     )
 
 
