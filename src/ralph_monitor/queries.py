@@ -18,7 +18,7 @@ from ralph_monitor.errors import UnknownSession
 from ralph_monitor.outcomes import (FIXED_ON_RETRY, RUNNING, STILL_FAILING, Attempt, Counts, RunLike, SpecResult,
                                     fixed_later, spec_results)
 from ralph_monitor.projections import SessionTotals
-from ralph_monitor.store import ReadStore
+from ralph_monitor.store import ReadSource, ReadStore
 
 
 @dataclass(frozen=True)
@@ -252,6 +252,8 @@ class Status:
     projection_failures: list[ProjectionFailure] = field(default_factory=list)
     """Sessions whose aggregates are not being updated (the oldest few)."""
     projection_failures_total: int = 0
+    reads: ReadSource | None = None
+    """Where this was read: the primary or a replica (its lag), or why not the configured replica."""
 
 
 @dataclass(frozen=True)
@@ -587,6 +589,7 @@ def status(store: ReadStore, now: datetime) -> Status:
         projection_failures=[ProjectionFailure(**row) for row in store.fetch(
             "projection_failures", {"limit": FAILURES_SHOWN})],
         projection_failures_total=store.fetch("projection_failure_count")[0]["failing"],
+        reads=store.source(),
     )
 
 

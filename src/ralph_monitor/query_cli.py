@@ -20,7 +20,7 @@ from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import RalphMonitorError
 from ralph_monitor.outcomes import SpecResult, attempt_word
-from ralph_monitor.store import ReadStore, open_read_store
+from ralph_monitor.store import ReadSource, ReadStore, open_read_store
 from ralph_monitor.textfmt import (duration, json_default, local_time, money, percent, relative_time,
                                    shorten, table, to_json)
 
@@ -87,6 +87,17 @@ def _session_rows(sessions: list[queries.SessionSummary], now: datetime) -> list
 SESSION_HEADERS = ["id", "name", "state", "started", "done", "failed", "timed out", "cost", "last event"]
 
 
+def reads_line(reads: ReadSource, now: datetime) -> str:
+    """Where `status` was read: the replica and its lag, or the warning that it was not."""
+    if reads.fallback:
+        return f"! {reads.fallback}"
+    if not reads.in_recovery:
+        return f"reads from {reads.database}, which is not a standby (check [database] read_dsn)"
+    replayed = relative_time(reads.last_replay_at, now) if reads.last_replay_at else "never"
+    return (f"reads from the replica ({reads.database}): lag {reads.lag_s or 0:.1f} s, "
+            f"last transaction replayed {replayed}")
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(timezone.utc)
     with _store(settings) as store:
@@ -127,6 +138,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  last backup: {relative_time(status.last_backup.occurred_at, now) if status.last_backup else 'never'}")
     print(f"  last prune: {relative_time(status.last_prune.occurred_at, now) if status.last_prune else 'never'}")
     print(f"  rejected lines in the last 24 h: {status.rejects_last_24h}")
+    if status.reads is not None and (status.reads.replica_configured or status.reads.in_recovery):
+        print("  " + reads_line(status.reads, now))
     if status.projection_failures_total:
         print(f"! aggregates NOT updated for {status.projection_failures_total} session(s): their projection "
               "fails (other sessions are fine)")

@@ -3,7 +3,8 @@
 A root file system made once by `debootstrap` is cached under /var/cache/ralph-monitor-test/
 (keyed by the package list, so changing the list makes a new one). Each container boots an
 overlay of it (the cache stays untouched) with `systemd-nspawn --boot`, with a private network
-namespace (loopback only, so the containers' nginx and PostgreSQL never meet the host's), and
+namespace (loopback only, so the containers' nginx and PostgreSQL never meet the host's; or
+joined to a bridge of the test's own, for several hosts talking to each other), and
 commands run inside with `nsenter` into the container's init. `--register=no --keep-unit`
 because the host has no systemd as PID 1 to register with.
 """
@@ -82,8 +83,11 @@ class Container:
     """One booted container: `run` executes a command inside, `path` maps a container path
     to the host's view of its file system (to put files in or read them)."""
 
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(self, name: str, workdir: Path, *, bridge: str | None = None) -> None:
+        """`bridge`: a host bridge to join (with `--network-bridge`; give the container an address
+        with `set_address`), for tests where containers talk to each other; else loopback only."""
         self.name = name
+        self.bridge = bridge
         self.workdir = workdir
         self.merged = workdir / "root"
         self.log_path = workdir / "console.log"
@@ -100,7 +104,8 @@ class Container:
         (self.merged / "etc" / "hostname").write_text(f"{self.name}\n")
         console = open(self.log_path, "wb")
         self._nspawn = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit", "--private-network",
+            ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
+             f"--network-bridge={self.bridge}" if self.bridge else "--private-network",
              f"--machine={self.name}", "--directory", str(self.merged), "--console=pipe"],
             stdin=subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True)
         console.close()
@@ -136,6 +141,13 @@ class Container:
                     continue
                 todo.append(child)
         return 0
+
+    def set_address(self, cidr: str) -> None:
+        """Give the bridged interface (host0) an address: the host's `ip` in the container's
+        network namespace (the cached root has no iproute2, and no networkd runs)."""
+        for command in (["ip", "addr", "add", cidr, "dev", "host0"], ["ip", "link", "set", "host0", "up"]):
+            subprocess.run(["nsenter", "-t", str(self.leader), "-n", "--", *command], check=True,
+                           capture_output=True, timeout=30)
 
     def console(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

@@ -135,10 +135,13 @@ class SiteRenderer:
         started = time.monotonic()
         try:
             with self.site.lock():
-                return self._render_locked(full=full, now=now, started=started)
+                result = self._render_locked(full=full, now=now, started=started)
         except BaseException:
             self.close()  # reconnect next time
             raise
+        if self._store is not None and self._store.fallback:
+            self.close()  # read from the primary for want of the replica: try the replica again next time
+        return result
 
     def _render_locked(self, *, full: bool, now: datetime | None, started: float) -> RenderResult:
         published = self.site.published()
@@ -409,7 +412,8 @@ class SiteRenderer:
             "top_failing_specs": top_failing, "recent_failures": recent_failures,
             "recent_sessions": recent_sessions,
             "monitor": {"hosts": status.hosts, "last_backup": status.last_backup, "last_prune": status.last_prune,
-                        "rejects_last_24h": status.rejects_last_24h, "recent_rejects": rejects},
+                        "rejects_last_24h": status.rejects_last_24h, "recent_rejects": rejects,
+                        "reads": status.reads},
             "events_per_5min": [{"bucket": t, "count": n} for t, n in event_counts],
         })
         out.write("index.html", html)
