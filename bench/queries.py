@@ -83,7 +83,7 @@ HEARTBEAT_SHARE = 0.22
 
 TARGETS = {"events": 10.0, "summary": 20.0, "compare": 50.0, "dashboard": 5.0, "info": None}
 TARGET_NAMES = {"events": "last 100 events", "summary": "session summary",
-                "compare": "compare two weeks", "dashboard": "dashboard metrics", "info": "-"}
+                "compare": "compare two sessions / weeks", "dashboard": "dashboard metrics", "info": "-"}
 
 
 # ---------------------------------------------------------------------------- data
@@ -103,15 +103,17 @@ SELECT setseed({seed});
 DROP TABLE IF EXISTS bench_sessions, bench_runs, bench_interventions, bench_stage, bench_meta;
 CREATE TABLE bench_meta AS SELECT {now} AS now, {scale} AS scale;
 
--- Sessions: `count` over the year before `now`, newest first (n = 0 started in the last hours).
+-- Sessions: `count` over the year before `now`, newest first (n = 0 started in the last hours):
+-- ten loops, each run once a day on its own 40 specs (so a session has a previous run of its
+-- name to compare with, as `ralph-query diff` does).
 CREATE UNLOGGED TABLE bench_sessions AS
 SELECT n, md5('session-' || n)::uuid AS id,
-       'night ' || lpad(({count} - n)::text, 5, '0') AS name,
+       'loop ' || mod(n, 10) AS name,
        'host-' || chr(97 + mod(n, 3)) AS host,
        {now} - make_interval(secs => {span_s} * (n + random()) / {count}) AS start_time,
        3600 + random() * 9 * 3600 AS planned_s,
        20 + floor(random() * 61)::int AS n_specs,
-       floor(random() * 400)::int AS spec_base,
+       mod(n, 10) * 40 AS spec_base,
        random() < 0.05 AS fails,
        mod(n, 10) = 3 OR n < 3 AS asks
 FROM generate_series(0, {count} - 1) AS n;
@@ -278,15 +280,30 @@ ORDER BY st.t
 """
 
 FINISH_SQL = """
+-- Each run's outcome, as src/ralph_monitor/outcomes.py gives it (the last attempt decides the spec).
+ALTER TABLE bench_runs ADD COLUMN outcome text;
+WITH specs AS (
+    SELECT session_id, spec_id, max(attempt) AS last_attempt, bool_or(status IN ('failed', 'timeout')) AS any_failure
+    FROM bench_runs GROUP BY session_id, spec_id
+), decided AS (
+    SELECT s.session_id, s.spec_id, s.last_attempt,
+           CASE r.status WHEN 'completed' THEN CASE WHEN s.any_failure THEN 'fixed_on_retry' ELSE 'passed' END
+                         WHEN 'failed' THEN 'failed' WHEN 'timeout' THEN 'timed_out' WHEN 'running' THEN 'running'
+                         ELSE 'interrupted' END AS outcome
+    FROM specs s JOIN bench_runs r ON r.session_id = s.session_id AND r.spec_id = s.spec_id AND r.attempt = s.last_attempt
+)
+UPDATE bench_runs r
+SET outcome = CASE WHEN r.attempt = d.last_attempt THEN d.outcome
+                   WHEN d.outcome IN ('passed', 'fixed_on_retry') THEN 'later_passed' ELSE 'retried' END
+FROM decided d WHERE d.session_id = r.session_id AND d.spec_id = r.spec_id;
+
 -- Sessions, with the aggregates the projection computes (final attempt per spec counts).
-WITH finals AS (
-    SELECT DISTINCT ON (session_id, spec_id) session_id, status
-    FROM bench_runs ORDER BY session_id, spec_id, attempt DESC
-), counts AS (
-    SELECT session_id, count(*) FILTER (WHERE status = 'completed') AS completed,
-           count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failed,
-           count(*) FILTER (WHERE status = 'timeout') AS timed_out
-    FROM finals GROUP BY session_id
+WITH counts AS (
+    SELECT session_id, count(*) FILTER (WHERE outcome IN ('passed', 'fixed_on_retry')) AS completed,
+           count(*) FILTER (WHERE outcome IN ('failed', 'timed_out')) AS failed,
+           count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
+           count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed
+    FROM bench_runs GROUP BY session_id
 ), sums AS (
     SELECT session_id, coalesce(sum(tokens), 0) AS tokens, coalesce(sum(cost), 0) AS cost
     FROM bench_runs GROUP BY session_id
@@ -297,11 +314,11 @@ WITH finals AS (
     SELECT session_id, count(*) AS n FROM bench_interventions WHERE answered_at IS NULL GROUP BY session_id
 )
 INSERT INTO sessions (id, name, host, start_time, end_time, last_event_at, total_specs, specs_completed,
-                      specs_failed, specs_timed_out, execution_state, tokens_used, cost_usd, event_count,
-                      interventions_pending, final_result, metadata, updated_at)
+                      specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used, cost_usd,
+                      event_count, interventions_pending, final_result, metadata, updated_at)
 SELECT s.id, s.name, s.host, s.start_time, s.end_time,
        coalesce(a.last_at, s.end_time, {now}), s.n_specs,
-       coalesce(c.completed, 0), coalesce(c.failed, 0), coalesce(c.timed_out, 0), s.state,
+       coalesce(c.completed, 0), coalesce(c.failed, 0), coalesce(c.timed_out, 0), coalesce(c.fixed, 0), s.state,
        coalesce(u.tokens, 0), coalesce(u.cost, 0),
        coalesce(a.n, round(s.planned_s / {heartbeat_s} + s.planned_s * {fill_per_s}) + 2 * s.n_specs + 2),
        CASE WHEN s.end_time IS NULL THEN coalesce(p.n, 0) ELSE 0 END,
@@ -317,10 +334,10 @@ LEFT JOIN pending p ON p.session_id = s.id
 ORDER BY s.start_time;
 
 -- Spec runs, in time order (as the projector would have written them).
-INSERT INTO spec_runs (session_id, spec_id, attempt, start_time, end_time, duration_seconds, status,
+INSERT INTO spec_runs (session_id, spec_id, attempt, start_time, end_time, duration_seconds, status, outcome,
                        tokens_used, cost_usd, error_message, output_summary)
 SELECT session_id, spec_id, attempt, start_time, end_time,
-       extract(epoch FROM end_time - start_time)::double precision, status, tokens, cost, error,
+       extract(epoch FROM end_time - start_time)::double precision, status, outcome, tokens, cost, error,
        output_summary
 FROM bench_runs ORDER BY id;
 
@@ -431,11 +448,11 @@ def check_projection(dsn: str, session_ids: list[uuid.UUID]) -> list[str]:
                     continue
                 if stored[key] != value:
                     problems.append(f"{sid} {key}: stored {stored[key]!r}, projected {value!r}")
-            runs = conn.execute("SELECT spec_id, attempt, start_time, end_time, status, tokens_used, cost_usd, "
-                                "error_message FROM spec_runs WHERE session_id = %s ORDER BY start_time, attempt",
-                                (sid,)).fetchall()
+            runs = conn.execute("SELECT spec_id, attempt, start_time, end_time, status, outcome, tokens_used, "
+                                "cost_usd, error_message FROM spec_runs WHERE session_id = %s "
+                                "ORDER BY start_time, attempt", (sid,)).fetchall()
             projected = [{"spec_id": r.spec_id, "attempt": r.attempt, "start_time": r.start_time,
-                          "end_time": r.end_time, "status": r.status, "tokens_used": r.tokens_used,
+                          "end_time": r.end_time, "status": r.status, "outcome": r.outcome, "tokens_used": r.tokens_used,
                           "cost_usd": r.cost_usd, "error_message": r.error_message}
                          for r in sorted(p.spec_runs, key=lambda r: (r.start_time, r.attempt))]
             if runs != projected:
@@ -508,7 +525,12 @@ def size_of(result: Any) -> int:
     if isinstance(result, queries.Status):
         return len(result.active) + len(result.pending_interventions) + len(result.hosts)
     if isinstance(result, queries.NightSummary):
-        return len(result.sessions) + len(result.failures)
+        return len(result.sessions) + len(result.results)
+    if isinstance(result, queries.SessionDiff):
+        return sum(len(getattr(result.changes, k)) for k in (
+            "newly_failing", "fixed", "still_failing", "flaky", "slower", "costlier", "new_errors"))
+    if isinstance(result, dict):
+        return len(result)
     if isinstance(result, queries.Spend):
         return 3 + len(result.per_day)
     if isinstance(result, int):
@@ -600,6 +622,10 @@ def targets(now: datetime, zone: ZoneInfo, night: queries.Window, big: uuid.UUID
         Case("summary", "sessions_since 7d", lambda s: queries.sessions_since(s, now - timedelta(days=7))),
         Case("summary", "spec_history <busiest> limit 100", lambda s: queries.spec_history(s, spec)),
         Case("compare", "compare_weeks", lambda s: queries.compare_weeks(s, now, zone)),
+        Case("compare", "session_diff (latest vs the previous run of its name)", lambda s: queries.session_diff(s)),
+        Case("compare", "session_diff <largest> <typical>", lambda s: queries.session_diff(s, big, typical)),
+        Case("info", "diffs_against_previous, last night's sessions (report)", lambda s: queries.diffs_against_previous(
+            s, queries.night_summary(s, night).sessions)),
         Case("dashboard", "status", lambda s: queries.status(s, now)),
         Case("dashboard", "active_sessions", lambda s: queries.active_sessions(s)),
         Case("dashboard", "pending_interventions", lambda s: queries.pending_interventions(s)),

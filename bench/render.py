@@ -8,7 +8,7 @@ Data: the query benchmark's generator (bench/queries.py: ~3,650 sessions over a 
 spec runs, 1.5 M events over 30 days, 5-minute buckets), on a private cluster under /tmp.
 `--reuse DIR` also takes a cluster kept by `bench/queries.py --keep`.
 
-Measured, in this process, through the daemon's own code (site.SiteRenderer, the same class
+Measured, in this process, through the daemon's own code (SiteRenderer, the same class
 the daemon runs in a worker thread):
   full rebuild     every session, spec and events page plus the overview and the JSON
                    snapshots, written into a new release and published; --fulls times, the
@@ -53,9 +53,9 @@ sys.path.insert(0, str(ROOT / "src"))
 import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
-from ralph_monitor import site  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
+from ralph_monitor.dashboard.render import SiteRenderer  # noqa: E402
 from ralph_monitor.projections import project_session  # noqa: E402
 from ralph_monitor.protocol import Origin, parse_line  # noqa: E402
 from ralph_monitor.store import EventStore, ProjectionStore, ensure_database, migrate  # noqa: E402
@@ -196,7 +196,7 @@ def main() -> int:
               + f"; data now = {data_now:%Y-%m-%d %H:%M} UTC; setup {time.monotonic() - started:.0f} s", flush=True)
 
         settings = Settings(reports_timezone="UTC")
-        renderer = site.SiteRenderer(settings, dsn=dsn, site_dir=site_root / "site")
+        renderer = SiteRenderer(settings, dsn=dsn, site_dir=site_root / "site")
         try:
             print(f"\nload average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
             fulls = []

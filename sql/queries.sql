@@ -19,6 +19,16 @@ INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 -- name: read_only_session
 SET default_transaction_read_only = on;
 
+-- name: read_source
+-- Whether reads are answered by a standby, and how far its replay is behind: 0 when it has
+-- replayed all the WAL it received, else the age of the last transaction it replayed.
+SELECT pg_is_in_recovery() AS in_recovery,
+       CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0.0
+            ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
+       END AS lag_s,
+       pg_last_xact_replay_timestamp() AS last_replay_at;
+
 -- name: database_exists
 SELECT 1 FROM pg_database WHERE datname = %(name)s;
 
@@ -176,18 +186,18 @@ FROM events WHERE session_id = %(session_id)s;
 
 -- name: upsert_session
 INSERT INTO sessions AS s (id, name, host, start_time, end_time, last_event_at, total_specs,
-    specs_completed, specs_failed, specs_timed_out, execution_state, tokens_used, cost_usd,
-    event_count, interventions_pending, final_result, metadata, value_problems, updated_at)
+    specs_completed, specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used,
+    cost_usd, event_count, interventions_pending, final_result, metadata, value_problems, updated_at)
 VALUES (%(id)s, %(name)s, %(host)s, %(start_time)s, %(end_time)s, %(last_event_at)s, %(total_specs)s,
-    %(specs_completed)s, %(specs_failed)s, %(specs_timed_out)s, %(execution_state)s, %(tokens_used)s,
-    %(cost_usd)s, %(event_count)s, %(interventions_pending)s, %(final_result)s, %(metadata)s,
+    %(specs_completed)s, %(specs_failed)s, %(specs_timed_out)s, %(specs_fixed_on_retry)s, %(execution_state)s,
+    %(tokens_used)s, %(cost_usd)s, %(event_count)s, %(interventions_pending)s, %(final_result)s, %(metadata)s,
     %(value_problems)s, now())
 ON CONFLICT (id) DO UPDATE SET
     name = EXCLUDED.name, host = EXCLUDED.host, start_time = EXCLUDED.start_time,
     end_time = EXCLUDED.end_time, last_event_at = EXCLUDED.last_event_at,
     total_specs = EXCLUDED.total_specs, specs_completed = EXCLUDED.specs_completed,
     specs_failed = EXCLUDED.specs_failed, specs_timed_out = EXCLUDED.specs_timed_out,
-    execution_state = EXCLUDED.execution_state, tokens_used = EXCLUDED.tokens_used,
+    specs_fixed_on_retry = EXCLUDED.specs_fixed_on_retry, execution_state = EXCLUDED.execution_state, tokens_used = EXCLUDED.tokens_used,
     cost_usd = EXCLUDED.cost_usd, event_count = EXCLUDED.event_count,
     interventions_pending = EXCLUDED.interventions_pending, final_result = EXCLUDED.final_result,
     metadata = EXCLUDED.metadata, value_problems = EXCLUDED.value_problems, updated_at = now();
@@ -197,9 +207,9 @@ DELETE FROM spec_runs WHERE session_id = %(session_id)s;
 
 -- name: insert_spec_run
 INSERT INTO spec_runs (session_id, spec_id, attempt, start_time, end_time, duration_seconds, status,
-                       tokens_used, cost_usd, error_message, output_summary, value_problems)
+                       outcome, tokens_used, cost_usd, error_message, output_summary, value_problems)
 VALUES (%(session_id)s, %(spec_id)s, %(attempt)s, %(start_time)s, %(end_time)s, %(duration_seconds)s,
-        %(status)s, %(tokens_used)s, %(cost_usd)s, %(error_message)s, %(output_summary)s,
+        %(status)s, %(outcome)s, %(tokens_used)s, %(cost_usd)s, %(error_message)s, %(output_summary)s,
         %(value_problems)s);
 
 -- name: delete_session_interventions
@@ -281,6 +291,23 @@ SELECT id FROM sessions WHERE id::text LIKE %(prefix)s || '%%' ORDER BY id LIMIT
 -- name: session
 SELECT s.*, NULL::text AS current_spec FROM sessions s WHERE s.id = %(session_id)s;
 
+-- name: latest_session
+SELECT s.*, NULL::text AS current_spec FROM sessions s ORDER BY s.start_time DESC LIMIT 1;
+
+-- name: previous_session
+-- The last session of the same name that started before `before` (ralph-query diff).
+SELECT s.*, NULL::text AS current_spec FROM sessions s
+WHERE s.name = %(name)s AND s.start_time < %(before)s
+ORDER BY s.start_time DESC LIMIT 1;
+
+-- name: previous_sessions_of
+-- previous_session of each of the sessions `ids` that has one (the session pages).
+SELECT s.id AS of_id, p.* FROM sessions s CROSS JOIN LATERAL (
+    SELECT p.*, NULL::text AS current_spec FROM sessions p
+    WHERE p.name = s.name AND p.start_time < s.start_time
+    ORDER BY p.start_time DESC LIMIT 1) p
+WHERE s.id = ANY(%(ids)s::uuid[]);
+
 -- name: session_spec_runs
 SELECT * FROM spec_runs WHERE session_id = %(session_id)s
 ORDER BY coalesce(start_time, end_time), spec_id, attempt;
@@ -303,18 +330,17 @@ WHERE r.spec_id = %(spec_id)s
 ORDER BY coalesce(r.start_time, r.end_time) DESC
 LIMIT %(limit)s;
 
--- name: runs_ended_between
--- The session's name is looked up per run (a night is a few hundred runs): as a join, the plan
--- hashed all sessions (EXPLAIN: Seq Scan on sessions, 3,650 rows, to name ~290 runs).
-SELECT r.*, (SELECT s.name FROM sessions s WHERE s.id = r.session_id) AS session_name
-FROM spec_runs r
-WHERE r.end_time >= %(since)s AND r.end_time < %(until)s
-ORDER BY r.end_time;
-
 -- name: top_failing_specs
+-- Specs with runs that failed or timed out since `since`: how many, and how their sessions
+-- decided them (spec_runs.outcome of the last attempt, outcomes.py). Specs still failing
+-- somewhere come first, then those that failed most often.
 SELECT spec_id,
        count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failures,
        count(*) AS runs,
+       count(*) FILTER (WHERE outcome = 'passed') AS passed,
+       count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
+       count(*) FILTER (WHERE outcome = 'failed') AS failed,
+       count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
        max(end_time) FILTER (WHERE status IN ('failed', 'timeout')) AS last_failed_at,
        (array_agg(error_message ORDER BY end_time DESC)
             FILTER (WHERE status IN ('failed', 'timeout') AND error_message IS NOT NULL))[1] AS last_error
@@ -322,13 +348,18 @@ FROM spec_runs
 WHERE end_time >= %(since)s
 GROUP BY spec_id
 HAVING count(*) FILTER (WHERE status IN ('failed', 'timeout')) > 0
-ORDER BY failures DESC, last_failed_at DESC
+ORDER BY count(*) FILTER (WHERE outcome IN ('failed', 'timed_out')) DESC, failures DESC, last_failed_at DESC
 LIMIT %(limit)s;
 
 -- name: run_outcomes_between
-SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status = 'timeout') AS timed_out,
+-- The specs decided in the window by outcome (their last attempt ended in it: outcomes.py), and
+-- every run that ended in it (retries cost too).
+SELECT count(*) FILTER (WHERE outcome = 'passed') AS passed,
+       count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
+       count(*) FILTER (WHERE outcome = 'failed') AS failed,
+       count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
+       count(*) FILTER (WHERE outcome = 'interrupted') AS interrupted,
+       count(*) AS runs,
        coalesce(sum(cost_usd), 0) AS cost_usd,
        coalesce(sum(tokens_used), 0)::bigint AS tokens_used,
        avg(duration_seconds) AS avg_duration_seconds
@@ -336,8 +367,8 @@ FROM spec_runs
 WHERE end_time >= %(since)s AND end_time < %(until)s;
 
 -- name: daily_runs
--- Per local day: the spec runs that ended that day. `failed` counts timeouts too (the charts);
--- timed_out and the duration sums let spend() add whole days up into today, this week and
+-- Per local day: the specs decided that day by outcome (outcomes.py) and the spec runs that
+-- ended that day; the duration sums let spend() add whole days up into today, this week and
 -- this month instead of scanning the month's runs again for each.
 -- One index-only range scan per local day, from the instant that day starts to the next day's,
 -- rather than converting every run's end_time to local time and sorting 15,000 runs by their
@@ -359,12 +390,15 @@ WITH bounds AS (
            least(lead(starts_at) OVER (ORDER BY day), %(until)s) AS high
     FROM bounds
 )
-SELECT days.day, r.completed, r.failed, r.timed_out, r.cost_usd, r.tokens_used, r.duration_sum, r.duration_count
+SELECT days.day, r.passed, r.fixed_on_retry, r.failed, r.timed_out, r.interrupted, r.runs, r.cost_usd,
+       r.tokens_used, r.duration_sum, r.duration_count
 FROM days CROSS JOIN LATERAL (
     SELECT count(*) AS runs,
-           count(*) FILTER (WHERE status = 'completed') AS completed,
-           count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failed,
-           count(*) FILTER (WHERE status = 'timeout') AS timed_out,
+           count(*) FILTER (WHERE outcome = 'passed') AS passed,
+           count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
+           count(*) FILTER (WHERE outcome = 'failed') AS failed,
+           count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
+           count(*) FILTER (WHERE outcome = 'interrupted') AS interrupted,
            coalesce(sum(cost_usd), 0) AS cost_usd,
            coalesce(sum(tokens_used), 0)::bigint AS tokens_used,
            sum(duration_seconds) AS duration_sum,
@@ -401,13 +435,13 @@ ORDER BY occurred_at, id;
 
 -- name: export_sessions
 SELECT id, name, host, start_time, end_time, last_event_at, total_specs, specs_completed,
-       specs_failed, specs_timed_out, execution_state, tokens_used, cost_usd, event_count,
+       specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used, cost_usd, event_count,
        interventions_pending, final_result, metadata
 FROM sessions WHERE start_time >= %(since)s AND start_time < %(until)s
 ORDER BY start_time, id;
 
 -- name: export_spec_runs
-SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds, status,
+SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds, status, outcome,
        tokens_used, cost_usd, error_message, output_summary
 FROM spec_runs WHERE coalesce(start_time, end_time) >= %(since)s AND coalesce(start_time, end_time) < %(until)s
 ORDER BY coalesce(start_time, end_time), id;
@@ -547,10 +581,13 @@ WHERE r.rolname !~ '^pg_' AND NOT r.rolsuper
   AND has_database_privilege(r.oid, current_database(), 'CONNECT')
 ORDER BY 1;
 
--- Dashboard (site.py) ---------------------------------------------------------------------------
+-- Dashboard (dashboard/render.py) ----------------------------------------------------------------
 
 -- name: database_now
-SELECT now() AS now;
+-- On a standby, what it has replayed up to (the primary's commit time), so a render on a
+-- lagging replica does not skip what the primary committed but the replica has not replayed.
+SELECT CASE WHEN pg_is_in_recovery() THEN least(now(), coalesce(pg_last_xact_replay_timestamp(), now()))
+            ELSE now() END AS now;
 
 -- name: sessions_changed_since
 -- Sessions whose aggregate was recomputed at or after `since` (every session when it is NULL).
@@ -581,6 +618,12 @@ SELECT event_id, session_id, spec_id, requested_at, message, answered_at, answer
 FROM interventions WHERE session_id = ANY(%(ids)s::uuid[])
 ORDER BY session_id, requested_at;
 
+-- name: attempts_of_sessions
+-- What spec results need of every spec run of these sessions (outcomes.Attempt).
+SELECT session_id, spec_id, attempt, status, outcome, end_time, duration_seconds, tokens_used, cost_usd,
+       error_message
+FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]);
+
 -- name: spec_ids_of_sessions
 SELECT DISTINCT spec_id FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) ORDER BY spec_id;
 
@@ -588,12 +631,17 @@ SELECT DISTINCT spec_id FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) O
 SELECT DISTINCT spec_id FROM spec_runs ORDER BY spec_id;
 
 -- name: spec_histories
--- Per spec: its newest `limit` runs, plus how many runs and failures it has in all.
+-- Per spec: its newest `limit` runs, plus how many runs and failures it has in all, and how its
+-- sessions decided it (outcome of each last attempt, outcomes.py).
 SELECT * FROM (
     SELECT r.*, s.name AS session_name,
            row_number() OVER (PARTITION BY r.spec_id ORDER BY coalesce(r.start_time, r.end_time) DESC, r.id DESC) AS n,
            count(*) OVER (PARTITION BY r.spec_id) AS total_runs,
-           count(*) FILTER (WHERE r.status IN ('failed', 'timeout')) OVER (PARTITION BY r.spec_id) AS total_failures
+           count(*) FILTER (WHERE r.status IN ('failed', 'timeout')) OVER (PARTITION BY r.spec_id) AS total_failures,
+           count(*) FILTER (WHERE r.outcome = 'passed') OVER (PARTITION BY r.spec_id) AS passed,
+           count(*) FILTER (WHERE r.outcome = 'fixed_on_retry') OVER (PARTITION BY r.spec_id) AS fixed_on_retry,
+           count(*) FILTER (WHERE r.outcome = 'failed') OVER (PARTITION BY r.spec_id) AS failed,
+           count(*) FILTER (WHERE r.outcome = 'timed_out') OVER (PARTITION BY r.spec_id) AS timed_out
     FROM spec_runs r JOIN sessions s ON s.id = r.session_id
     WHERE r.spec_id = ANY(%(spec_ids)s::text[])
 ) h
@@ -733,8 +781,8 @@ UPDATE alerts SET resolved_at = now() WHERE id = %(id)s AND resolved_at IS NULL
 RETURNING title, body, link;
 
 -- name: insert_alert_message
-INSERT INTO alert_messages (alert_id, kind, destination, title, body)
-VALUES (%(alert_id)s, %(kind)s, %(destination)s, %(title)s, %(body)s)
+INSERT INTO alert_messages (alert_id, kind, destination, title, body, body_format)
+VALUES (%(alert_id)s, %(kind)s, %(destination)s, %(title)s, %(body)s, %(body_format)s)
 RETURNING id;
 
 -- name: claim_alert_messages
@@ -743,7 +791,7 @@ UPDATE alert_messages m SET attempts = m.attempts + 1, next_attempt_at = now() +
 WHERE m.id IN (SELECT id FROM alert_messages
                WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
                ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING m.id, m.alert_id, m.kind, m.destination, m.title, m.body, m.attempts, m.created_at,
+RETURNING m.id, m.alert_id, m.kind, m.destination, m.title, m.body, m.body_format, m.attempts, m.created_at,
           (SELECT a.rule FROM alerts a WHERE a.id = m.alert_id) AS rule,
           (SELECT a.subject FROM alerts a WHERE a.id = m.alert_id) AS subject,
           (SELECT a.link FROM alerts a WHERE a.id = m.alert_id) AS link,
@@ -773,3 +821,6 @@ WHERE a.fired_at > %(since)s
 GROUP BY a.id
 ORDER BY a.fired_at DESC
 LIMIT %(limit)s;
+
+-- name: budget_session_spend
+SELECT name, cost_usd, tokens_used FROM sessions WHERE id = %(session_id)s;

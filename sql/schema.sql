@@ -29,12 +29,14 @@ CREATE TABLE public.alert_messages (
     destination text NOT NULL,
     title text NOT NULL,
     body text NOT NULL,
+    body_format text DEFAULT 'text'::text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
     next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
     sent_at timestamp with time zone,
     gave_up_at timestamp with time zone,
     last_error text,
+    CONSTRAINT alert_messages_format_check CHECK ((body_format = ANY (ARRAY['text'::text, 'markdown'::text]))),
     CONSTRAINT alert_messages_kind_check CHECK ((kind = ANY (ARRAY['firing'::text, 'resolved'::text, 'test'::text, 'report'::text])))
 );
 CREATE SEQUENCE public.alert_messages_id_seq
@@ -195,7 +197,8 @@ CREATE TABLE public.sessions (
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     value_problems text[] DEFAULT '{}'::text[] NOT NULL,
-    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text])))
+    specs_fixed_on_retry integer DEFAULT 0 NOT NULL,
+    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text, 'budget_exceeded'::text])))
 );
 CREATE TABLE public.spec_runs (
     id bigint NOT NULL,
@@ -211,6 +214,8 @@ CREATE TABLE public.spec_runs (
     error_message text,
     output_summary jsonb,
     value_problems text[] DEFAULT '{}'::text[] NOT NULL,
+    outcome text NOT NULL,
+    CONSTRAINT spec_runs_outcome_check CHECK ((outcome = ANY (ARRAY['passed'::text, 'fixed_on_retry'::text, 'failed'::text, 'timed_out'::text, 'running'::text, 'interrupted'::text, 'later_passed'::text, 'retried'::text]))),
     CONSTRAINT spec_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text, 'timeout'::text, 'interrupted'::text])))
 );
 CREATE SEQUENCE public.spec_runs_id_seq
@@ -282,8 +287,9 @@ CREATE INDEX interventions_open_idx ON public.interventions USING btree (request
 CREATE INDEX interventions_session_idx ON public.interventions USING btree (session_id);
 CREATE INDEX rejects_received_at_idx ON public.rejects USING btree (received_at DESC);
 CREATE INDEX sessions_active_idx ON public.sessions USING btree (last_event_at) WHERE (execution_state = ANY (ARRAY['running'::text, 'stalled'::text]));
+CREATE INDEX sessions_name_start_idx ON public.sessions USING btree (name, start_time DESC);
 CREATE INDEX sessions_start_idx ON public.sessions USING btree (start_time DESC);
-CREATE INDEX spec_runs_end_idx ON public.spec_runs USING btree (end_time DESC) INCLUDE (status, tokens_used, cost_usd, duration_seconds) WHERE (end_time IS NOT NULL);
+CREATE INDEX spec_runs_end_idx ON public.spec_runs USING btree (end_time DESC) INCLUDE (status, outcome, tokens_used, cost_usd, duration_seconds) WHERE (end_time IS NOT NULL);
 CREATE INDEX spec_runs_failed_idx ON public.spec_runs USING btree (end_time DESC) WHERE (status = ANY (ARRAY['failed'::text, 'timeout'::text]));
 CREATE INDEX spec_runs_spec_idx ON public.spec_runs USING btree (spec_id, start_time DESC);
 ALTER INDEX public.events_event_id_key ATTACH PARTITION public.events_default_event_id_occurred_at_key;

@@ -29,13 +29,15 @@ CREATE TABLE alert_messages (
     destination      text        NOT NULL,
     title            text        NOT NULL,
     body             text        NOT NULL,
+    body_format      text        NOT NULL DEFAULT 'text',
     created_at       timestamptz NOT NULL DEFAULT now(),
     attempts         integer     NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     sent_at          timestamptz,
     gave_up_at       timestamptz,
     last_error       text,
-    CONSTRAINT alert_messages_kind_check CHECK (kind IN ('firing', 'resolved', 'test', 'report'))
+    CONSTRAINT alert_messages_kind_check CHECK (kind IN ('firing', 'resolved', 'test', 'report')),
+    CONSTRAINT alert_messages_format_check CHECK (body_format IN ('text', 'markdown'))
 );
 CREATE INDEX alert_messages_due_idx ON alert_messages (next_attempt_at)
     WHERE sent_at IS NULL AND gave_up_at IS NULL;

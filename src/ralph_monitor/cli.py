@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ralph_monitor import __version__, alert_cli, ops_cli
+from ralph_monitor import __version__, alert_cli, dashboard_users, ops_cli
 from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option, run_command
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, render_default_config
@@ -74,7 +74,7 @@ def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_render(args: argparse.Namespace, settings: Settings) -> int:
-    from ralph_monitor.site import render_once
+    from ralph_monitor.dashboard.render import render_once
 
     result = render_once(settings, dsn=resolve_dsn(settings), full=args.full)
     print(f"{'rebuilt' if result.full else 'updated'} the dashboard in {settings.site_dir / 'current'}: "
@@ -115,6 +115,9 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
     if reply.get("client_spooled"):
         print(f"ralph-monitor emit: the daemon is unreachable; the event waits in {reply['spool']} "
               "and goes out with the next send or `ralph-monitor flush`", file=sys.stderr)
+    if not args.json:
+        for warning in reply.get("warnings", []):
+            print(f"ralph-monitor emit: warning: {warning}", file=sys.stderr)
     print(json.dumps(reply) if args.json else reply["id"])
     return EXIT_OK
 
@@ -167,6 +170,8 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
             client, command, specs, iterations=args.iterations, name=args.name, session_id=args.session,
             timeout_s=args.timeout, heartbeat_s=args.heartbeat, kill_grace_s=args.kill_grace,
             stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet,
+            max_cost_usd=settings.budget_session_usd if args.max_cost is None else args.max_cost,
+            max_tokens=settings.budget_session_tokens if args.max_tokens is None else args.max_tokens,
             redactor=Redactor(enabled=settings.redaction_enabled, extra_patterns=settings.redaction_patterns),
             config_path=os.path.abspath(args.config) if args.config else None).run()
 
@@ -280,6 +285,7 @@ def monitor_parser() -> argparse.ArgumentParser:
     _add_agent_parsers(sub)
     ops_cli.add_commands(sub)
     alert_cli.add_commands(sub)
+    dashboard_users.add_commands(sub)
     return parser
 
 
@@ -345,6 +351,11 @@ def _add_agent_parsers(sub: Any) -> None:
     loop.add_argument("--kill-grace", type=float, default=10.0, metavar="S",
                       help="seconds between the stop signal and SIGKILL (default 10)")
     loop.add_argument("--stop-on-failure", action="store_true", help="stop at the first failed or timed-out spec")
+    loop.add_argument("--max-cost", type=float, metavar="USD",
+                      help="start no further spec once the session spent more than USD; the session ends as "
+                      "budget_exceeded and the loop exits 3 (default: [budget] session_usd; 0: no limit)")
+    loop.add_argument("--max-tokens", type=int, metavar="N",
+                      help="the same for tokens (default: [budget] session_tokens; 0: no limit)")
     loop.add_argument("--stdin-spec", action="store_true", help="give each spec's file to the command on stdin")
     loop.add_argument("--quiet", action="store_true", help="do not echo the command's output")
     loop.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")

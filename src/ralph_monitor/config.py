@@ -48,6 +48,11 @@ class Settings:
         "database", "",
         "libpq connection string for the writer role. Empty: run a private PostgreSQL "
         "cluster under paths.state_dir.")
+    database_read_dsn: str = _setting(
+        "database", "",
+        "libpq connection string the dashboard, ralph-query and reports read from, e.g. a streaming "
+        "replica (writes never go there). Empty: the write DSN. If it cannot be reached, reads fall back "
+        "to the write DSN with a warning (logged and shown in the monitor's health).")
     database_password_file: str = _setting(
         "database", "", "File (mode 0600) holding the database password, so none sits in this file.")
     database_connect_timeout_s: float = _setting(
@@ -103,6 +108,8 @@ class Settings:
         "reports", "18:00", "When the overnight window starts (HH:MM, local to reports.timezone).")
     reports_night_end: str = _setting(
         "reports", "09:00", "When the overnight window ends, the next morning (HH:MM).")
+    reports_morning_report: bool = _setting(
+        "reports", True, "At night_end, send last night's report to the [alerts] destinations.")
 
     schedule_render_interval_s: float = _setting(
         "schedule", 60.0, "Seconds between dashboard regenerations (new events also trigger one).", minimum=5.0)
@@ -309,14 +316,15 @@ def _validate(settings: Settings, origin: str) -> None:
 def _check_secret_exposure(path: Path, data: dict[str, Any]) -> None:
     """Refuse a world-readable config that holds a password (guarantee 7)."""
     database = data.get("database")
-    dsn = str(database.get("dsn", "")) if isinstance(database, dict) else ""  # else: reported later
     alerts = data.get("alerts")
     if not path.stat().st_mode & stat.S_IROTH:
         return
-    if "password" in dsn.lower() or _dsn_url_has_password(dsn):
-        raise ConfigError(
-            f"{path}: [database] dsn contains a password but the file is world-readable; "
-            f"move the password to [database] password_file (mode 0600) or run: chmod 640 {path}")
+    for key in ("dsn", "read_dsn"):
+        dsn = str(database.get(key, "")) if isinstance(database, dict) else ""  # else: reported later
+        if "password" in dsn.lower() or _dsn_url_has_password(dsn):
+            raise ConfigError(
+                f"{path}: [database] {key} contains a password but the file is world-readable; "
+                f"move the password to [database] password_file (mode 0600) or run: chmod 640 {path}")
     if isinstance(alerts, dict) and alerts.get("urls"):
         raise ConfigError(
             f"{path}: [alerts] urls hold the destinations' tokens but the file is world-readable; "

@@ -13,24 +13,24 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+import inspect
 from pathlib import Path
 
 import sdnotify
 
-from ralph_monitor import __version__, disk, site
+from ralph_monitor import __version__, disk, jobs
+from ralph_monitor.alerts.service import AlertService
 from ralph_monitor.cluster import EMBEDDED_DBNAME, embedded_cluster, resolve_dsn
-from ralph_monitor import jobs
-from ralph_monitor.alerts import service as alert_service
 from ralph_monitor.config import Settings, report_zone
+from ralph_monitor.context import DaemonContext, Feature, FunctionFeature
+from ralph_monitor.dashboard.service import SiteService
 from ralph_monitor.errors import StoreUnavailable
 from ralph_monitor.ingest import Ingestor
 from ralph_monitor.projector import Projector
-from ralph_monitor.protocol import Event, Origin
+from ralph_monitor.protocol import Origin
 from ralph_monitor.scheduler import Scheduler
-from ralph_monitor.server import EventServer, activated_socket, bind_socket
+from ralph_monitor.server import EventServer, activated_socket, bind_socket, refuse_if_served
 from ralph_monitor.spool import Spool
 from ralph_monitor.store import EventStore, ProjectionStore, ensure_database
 
@@ -43,22 +43,6 @@ QUIESCE_MAX_S = 2.0
 """On SIGTERM, keep reading until clients are quiet this long (bounded), then drain."""
 STATE_DIR_MODE = 0o751
 """Traversable by nginx (site/) and by the embedded cluster's user, not listable."""
-
-
-@dataclass(frozen=True)
-class DaemonContext:
-    """What scheduled features (dashboard, backups, retention) get from the daemon."""
-
-    settings: Settings
-    dsn: str
-    """The database (the embedded cluster's, or [database] dsn)."""
-    origin: Origin
-    """Host, uid and pid to record on the monitor's own events."""
-    scheduler: Scheduler
-    record: Callable[[Event], None]
-    """Store an event of the monitor's own (backup_completed, ...) through the normal path."""
-    projector: Projector
-    """Its `listeners` are called whenever aggregates changed."""
 
 
 class Notifier:
@@ -86,6 +70,7 @@ def run_daemon(settings: Settings) -> int:
     """`ralph-monitor run`: serve until SIGTERM/SIGINT. Returns the exit code."""
     # Until the event loop installs its handlers, SIGTERM unwinds (stopping the cluster).
     signal.signal(signal.SIGTERM, _terminate_during_startup)
+    refuse_if_served(settings)
     notifier = Notifier()
     settings.state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     cluster = None
@@ -149,8 +134,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier, dat
         settings=settings, dsn=resolve_dsn(settings) if dsn is None else dsn,
         origin=Origin(host=host, uid=os.getuid(), pid=os.getpid()), scheduler=scheduler,
         record=lambda event: ingestor.submit(event, None, None), projector=projector)
-    install_features(context)
-    alerts = alert_service.install(context)
+    features = install_features(context)
     scheduler.start()
     where = "socket from systemd" if activated else settings.socket_path
     log.info("ralph-monitor %s listening on %s (host %s)", __version__, where, host)
@@ -163,7 +147,9 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier, dat
     log.info("stopping: committing what was received")
     notifier.send("STOPPING=1")
     scheduler.shutdown()
-    await alerts.stop()
+    for feature in features:
+        if inspect.isawaitable(stopping := feature.stop()):
+            await stopping
     await server.quiesce(quiet_s=QUIESCE_QUIET_S, max_s=QUIESCE_MAX_S)
     await server.stop_accepting()
     await ingestor.stop()
@@ -186,10 +172,16 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier, dat
     return 0
 
 
-def install_features(context: DaemonContext) -> None:
-    """Register the scheduled features' jobs (each feature module adds one line here)."""
-    jobs.install(context)
-    site.install(context)
+def install_features(context: DaemonContext) -> list[Feature]:
+    """Install the scheduled features (each adds one line here); they are stopped at shutdown."""
+    features: list[Feature] = [
+        FunctionFeature(jobs.install, jobs.stop_running_work),
+        SiteService(),
+        AlertService(),
+    ]
+    for feature in features:
+        feature.install(context)
+    return features
 
 
 async def _wait_closed(server: EventServer) -> None:

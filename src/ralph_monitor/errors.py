@@ -47,3 +47,8 @@ class MaintenanceError(RalphMonitorError):
 
 class UnknownSession(RalphMonitorError):
     """No session (or more than one) matches an id prefix."""
+
+
+class RenderFailed(RalphMonitorError):
+    """A dashboard render failed: in the render process (the message is its traceback), in a
+    helper process, or writing the site; the published site is left as it was."""

@@ -19,7 +19,7 @@ from ralph_monitor.errors import RalphMonitorError
 from ralph_monitor.protocol import internal_event
 
 if TYPE_CHECKING:
-    from ralph_monitor.daemon import DaemonContext
+    from ralph_monitor.context import DaemonContext
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ralph_monitor import values
+from ralph_monitor import outcomes, values
 
 SESSION_TYPES = (
     "session_started", "session_ended", "session_heartbeat", "session_stalled",
@@ -24,7 +24,7 @@ SESSION_TYPES = (
 """The event types the projection reads; other types only count as signs of life."""
 
 SPEC_TERMINAL = {"spec_completed": "completed", "spec_failed": "failed", "timeout_triggered": "timeout"}
-SESSION_END_STATES = ("completed", "failed", "interrupted")
+SESSION_END_STATES = ("completed", "failed", "interrupted", "budget_exceeded")
 _RANK = {"session_started": 0, "spec_started": 1, "session_heartbeat": 2, "intervention_request": 2,
          "user_feedback": 3, "spec_completed": 4, "spec_failed": 4, "timeout_triggered": 4,
          "session_stalled": 5, "session_ended": 6}
@@ -56,6 +56,8 @@ class SpecRun:
     end_time: datetime | None = None
     duration_seconds: float | None = None
     status: str = "running"
+    outcome: str = outcomes.RUNNING
+    """outcomes.attempt_outcomes: set once the session's runs are known."""
     tokens_used: int | None = None
     cost_usd: Decimal | None = None
     error_message: str | None = None
@@ -73,8 +75,11 @@ class Intervention:
     answer: str | None = None
 
 
-@dataclass
-class SessionProjection:
+@dataclass(frozen=True)
+class SessionTotals:
+    """A sessions row as the projection computes it: also what the read side returns
+    (queries.SessionSummary adds what only the table knows)."""
+
     id: uuid.UUID
     name: str | None
     host: str | None
@@ -85,6 +90,7 @@ class SessionProjection:
     specs_completed: int
     specs_failed: int
     specs_timed_out: int
+    specs_fixed_on_retry: int
     execution_state: str
     tokens_used: int
     cost_usd: Decimal
@@ -93,6 +99,13 @@ class SessionProjection:
     final_result: Any
     metadata: Any
     value_problems: list[str] = field(default_factory=list)
+    """Values the aggregates skipped (values.py), e.g. "tokens_used=1e30 ignored: out of range"."""
+
+
+@dataclass(frozen=True)
+class SessionProjection(SessionTotals):
+    """The session row with its spec runs and requests, as one projection pass writes them."""
+
     spec_runs: list[SpecRun] = field(default_factory=list)
     interventions: list[Intervention] = field(default_factory=list)
 
@@ -205,10 +218,7 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         for run in open_runs.values():
             run.status, run.end_time = "interrupted", ended.occurred_at
             run.duration_seconds = _duration(run)
-    final: dict[str, SpecRun] = {}
-    for run in runs:
-        final[run.spec_id] = run
-    statuses = [run.status for run in final.values()]
+    counts = _settle_outcomes(runs)
     start_data = started.data if started else {}
     end_data = ended.data if ended else {}
     name = read.text(start_data, "name")
@@ -238,9 +248,10 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         end_time=ended.occurred_at if ended else None,
         last_event_at=last_event_at,
         total_specs=total_specs,
-        specs_completed=statuses.count("completed"),
-        specs_failed=statuses.count("failed") + statuses.count("timeout"),
-        specs_timed_out=statuses.count("timeout"),
+        specs_completed=counts.completed,
+        specs_failed=counts.still_failing,
+        specs_timed_out=counts.timed_out,
+        specs_fixed_on_retry=counts.fixed_on_retry,
         execution_state=state,
         tokens_used=tokens,
         cost_usd=cost,
@@ -252,6 +263,19 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         spec_runs=runs,
         interventions=interventions,
     )
+
+
+def _settle_outcomes(runs: list[SpecRun]) -> outcomes.Counts:
+    """Set each run's outcome (outcomes.py decides, from its spec's attempts in order); the
+    session's counts of its specs."""
+    by_spec: dict[str, list[SpecRun]] = {}
+    for run in runs:
+        by_spec.setdefault(run.spec_id, []).append(run)
+    for attempts in by_spec.values():
+        attempts.sort(key=lambda r: r.attempt)
+        for run, outcome in zip(attempts, outcomes.attempt_outcomes([r.status for r in attempts])):
+            run.outcome = outcome
+    return outcomes.Counts.tally(attempts[-1].outcome for attempts in by_spec.values())
 
 
 def _answer(interventions: list[Intervention], feedback: SessionEvent, read: _Reader) -> None:

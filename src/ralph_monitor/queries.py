@@ -7,14 +7,18 @@ plain dataclasses, so callers never see SQL or database rows.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from ralph_monitor import changes
 from ralph_monitor.errors import UnknownSession
-from ralph_monitor.store import ReadStore
+from ralph_monitor.outcomes import (FIXED_ON_RETRY, RUNNING, STILL_FAILING, Attempt, Counts, RunLike, SpecResult,
+                                    fixed_later, spec_results)
+from ralph_monitor.projections import SessionTotals
+from ralph_monitor.store import ReadSource, ReadStore
 
 
 @dataclass(frozen=True)
@@ -90,33 +94,22 @@ def monitor_hosts(store: ReadStore) -> list[HostHealth]:
 # Aggregates ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SessionSummary:
-    id: uuid.UUID
-    name: str | None
-    host: str | None
-    start_time: datetime
-    end_time: datetime | None
-    last_event_at: datetime
-    total_specs: int | None
-    specs_completed: int
-    specs_failed: int
-    specs_timed_out: int
-    execution_state: str
-    tokens_used: int
-    cost_usd: Decimal
-    event_count: int
-    interventions_pending: int
-    final_result: Any
-    metadata: Any
+@dataclass(frozen=True, kw_only=True)
+class SessionSummary(SessionTotals):
+    """A sessions row as read back: the projection's columns plus the table's own."""
+
     updated_at: datetime
     current_spec: str | None
-    value_problems: list[str] = field(default_factory=list)
-    """Values the aggregates skipped (values.py), e.g. "tokens_used=1e30 ignored: out of range"."""
 
     @property
     def label(self) -> str:
         return self.name or str(self.id)[:8]
+
+    @property
+    def counts(self) -> Counts:
+        """Its specs by outcome (outcomes.py; the projection keeps the totals on the row)."""
+        return Counts(passed=self.specs_completed - self.specs_fixed_on_retry, fixed_on_retry=self.specs_fixed_on_retry,
+                      failed=self.specs_failed - self.specs_timed_out, timed_out=self.specs_timed_out)
 
 
 @dataclass(frozen=True)
@@ -129,12 +122,19 @@ class SpecRunRow:
     end_time: datetime | None
     duration_seconds: float | None
     status: str
+    outcome: str
+    """outcomes.py: the spec's outcome on its last attempt; later_passed or retried before."""
     tokens_used: int | None
     cost_usd: Decimal | None
     error_message: str | None
     output_summary: Any
     session_name: str | None = None
     value_problems: list[str] = field(default_factory=list)
+
+    @property
+    def fixed_later(self) -> bool:
+        """A failure that a later attempt of the spec fixed."""
+        return fixed_later(self.status, self.outcome)
 
 
 @dataclass(frozen=True)
@@ -162,39 +162,44 @@ class TimelineEvent:
 
 @dataclass(frozen=True)
 class FailingSpec:
+    """A spec with failed or timed-out runs in a window, and how its sessions decided it."""
+
     spec_id: str
     failures: int
+    """Runs that failed or timed out (retries included)."""
     runs: int
+    counts: Counts
     last_failed_at: datetime
     last_error: str | None
 
 
 @dataclass(frozen=True)
 class Outcomes:
-    """Spec runs that ended in a window."""
+    """The specs decided in a window (each counted once, where its last attempt ended) and the
+    spec runs that ended in it: every attempt, whose cost counts whatever came of it."""
 
-    completed: int
-    failed: int
-    timed_out: int
+    counts: Counts
+    runs: int
     cost_usd: Decimal
     tokens_used: int
     avg_duration_seconds: float | None
 
-    @property
-    def finished(self) -> int:
-        return self.completed + self.failed + self.timed_out
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Outcomes:
+        return cls(counts=Counts.of(row), runs=row["runs"], cost_usd=row["cost_usd"], tokens_used=row["tokens_used"],
+                   avg_duration_seconds=row["avg_duration_seconds"])
 
-    @property
-    def success_rate(self) -> float | None:
-        """Completed / finished, or None when nothing finished."""
-        return self.completed / self.finished if self.finished else None
+    def as_json(self) -> dict[str, Any]:
+        """Flat, with the derived counts (`ralph-query --json`, the dashboard's snapshots)."""
+        return {**self.counts.as_json(), "runs": self.runs, "cost_usd": self.cost_usd, "tokens_used": self.tokens_used,
+                "avg_duration_seconds": self.avg_duration_seconds}
 
 
 @dataclass(frozen=True)
 class DailyRuns:
     day: date
-    completed: int
-    failed: int
+    counts: Counts
+    runs: int
     cost_usd: Decimal
     tokens_used: int
 
@@ -247,6 +252,8 @@ class Status:
     projection_failures: list[ProjectionFailure] = field(default_factory=list)
     """Sessions whose aggregates are not being updated (the oldest few)."""
     projection_failures_total: int = 0
+    reads: ReadSource | None = None
+    """Where this was read: the primary or a replica (its lag), or why not the configured replica."""
 
 
 @dataclass(frozen=True)
@@ -254,7 +261,18 @@ class NightSummary:
     window: Window
     sessions: list[SessionSummary]
     outcomes: Outcomes
-    failures: list[SpecRunRow]
+    results: list[SpecResult]
+    """The specs decided in the window (their last attempt ended in it), in the order they were."""
+    retrying: list[SpecResult]
+    """Specs of these sessions that failed and are being tried again now (not decided yet)."""
+
+    @property
+    def still_failing(self) -> list[SpecResult]:
+        return [r for r in self.results if r.outcome in STILL_FAILING]
+
+    @property
+    def fixed_on_retry(self) -> list[SpecResult]:
+        return [r for r in self.results if r.outcome == FIXED_ON_RETRY]
 
 
 @dataclass(frozen=True)
@@ -373,18 +391,106 @@ def session_detail(store: ReadStore, session_id: uuid.UUID, *,
     )
 
 
+@dataclass(frozen=True)
+class SessionDiff:
+    """What changed from `baseline` to `session` (a later session, usually the next run of the
+    same loop): changes.py."""
+
+    baseline: SessionSummary
+    session: SessionSummary
+    changes: changes.Changes
+
+
+def latest_session(store: ReadStore) -> SessionSummary:
+    """The session that started last. Raises UnknownSession when there is none."""
+    rows = store.fetch("latest_session")
+    if not rows:
+        raise UnknownSession("no session recorded yet")
+    return _session(rows[0])
+
+
+def previous_session(store: ReadStore, session: SessionSummary) -> SessionSummary | None:
+    """The last session of the same name that started before `session` (None if it has no name)."""
+    if session.name is None:
+        return None
+    rows = store.fetch("previous_session", {"name": session.name, "before": session.start_time})
+    return _session(rows[0]) if rows else None
+
+
+def _attempts(store: ReadStore, ids: list[uuid.UUID]) -> list[Attempt]:
+    return [Attempt(**r) for r in store.fetch("attempts_of_sessions", {"ids": ids})] if ids else []
+
+
+def _runs_by_session(store: ReadStore, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RunLike]]:
+    runs: dict[uuid.UUID, list[RunLike]] = {i: [] for i in ids}
+    for attempt in _attempts(store, ids):
+        runs[attempt.session_id].append(attempt)
+    return runs
+
+
+def session_diff(store: ReadStore, first: uuid.UUID | None = None, second: uuid.UUID | None = None, *,
+                 threshold_percent: float = changes.THRESHOLD_PERCENT) -> SessionDiff:
+    """`ralph-query diff [A] [B]`: two sessions, the one that started earlier as the baseline.
+    Without B, A against the previous session of its name; without either, the latest session.
+    Raises UnknownSession when a session, or that previous one, does not exist."""
+    picked = []
+    for session_id in (first, second):
+        if session_id is not None:
+            rows = store.fetch("session", {"session_id": session_id})
+            if not rows:
+                raise UnknownSession(f"no session {session_id}")
+            picked.append(_session(rows[0]))
+    if not picked:
+        picked.append(latest_session(store))
+    if len(picked) == 1:
+        previous = previous_session(store, picked[0])
+        if previous is None:
+            raise UnknownSession(f"session {picked[0].label} ({str(picked[0].id)[:8]}) has no earlier session named "
+                                 f"{picked[0].name!r}" if picked[0].name else
+                                 f"session {str(picked[0].id)[:8]} has no name, so no previous run to compare with")
+        picked.insert(0, previous)
+    baseline, session = sorted(picked, key=lambda s: s.start_time)
+    runs = _runs_by_session(store, [baseline.id, session.id])
+    return SessionDiff(baseline, session, changes.compare(spec_results(runs[baseline.id]), spec_results(runs[session.id]),
+                                                          threshold_percent=threshold_percent))
+
+
+def diffs_against_previous(store: ReadStore, sessions: list[SessionSummary], *,
+                           runs_of: Mapping[uuid.UUID, Sequence[RunLike]] | None = None,
+                           threshold_percent: float = changes.THRESHOLD_PERCENT) -> dict[uuid.UUID, SessionDiff]:
+    """Each of `sessions` that has a previous run of its name, against that run (what the
+    session pages and the morning report lead with). `runs_of`: spec runs already read, by session."""
+    previous = {r.pop("of_id"): _session(r) for r in store.fetch("previous_sessions_of", {"ids": [s.id for s in sessions]})}
+    runs: dict[uuid.UUID, Sequence[RunLike]] = dict(runs_of or {})
+    runs.update(_runs_by_session(store, [i for i in {*previous, *(p.id for p in previous.values())} if i not in runs]))
+    results: dict[uuid.UUID, list[SpecResult]] = {}  # a session is often one's baseline and another's later run
+
+    def of(session_id: uuid.UUID) -> list[SpecResult]:
+        if session_id not in results:
+            results[session_id] = spec_results(runs[session_id])
+        return results[session_id]
+
+    return {s.id: SessionDiff(previous[s.id], s, changes.compare(of(previous[s.id].id), of(s.id),
+                                                                  threshold_percent=threshold_percent))
+            for s in sessions if s.id in previous}
+
+
 def spec_history(store: ReadStore, spec_id: str, *, limit: int = 100) -> list[SpecRunRow]:
     """Runs of one spec across sessions, newest first."""
     return [SpecRunRow(**r) for r in store.fetch("spec_history", {"spec_id": spec_id, "limit": limit})]
 
 
 def top_failing_specs(store: ReadStore, since: datetime, *, limit: int = 10) -> list[FailingSpec]:
-    return [FailingSpec(**r) for r in store.fetch("top_failing_specs", {"since": since, "limit": limit})]
+    """Specs with runs that failed or timed out since `since`: those still failing in some session
+    first, then the most often failing."""
+    return [FailingSpec(spec_id=r["spec_id"], failures=r["failures"], runs=r["runs"], counts=Counts.of(r),
+                        last_failed_at=r["last_failed_at"], last_error=r["last_error"])
+            for r in store.fetch("top_failing_specs", {"since": since, "limit": limit})]
 
 
 def outcomes(store: ReadStore, window: Window) -> Outcomes:
-    row = store.fetch("run_outcomes_between", {"since": window.since, "until": window.until})[0]
-    return Outcomes(**row)
+    """The specs decided in the window and the runs that ended in it."""
+    return Outcomes.of(store.fetch("run_outcomes_between", {"since": window.since, "until": window.until})[0])
 
 
 def compare_weeks(store: ReadStore, now: datetime, zone: tzinfo) -> Comparison:
@@ -398,23 +504,22 @@ def _daily_rows(store: ReadStore, window: Window, zone: tzinfo) -> list[dict[str
 
 
 def _daily(row: dict[str, Any]) -> DailyRuns:
-    return DailyRuns(day=row["day"], completed=row["completed"], failed=row["failed"],
-                     cost_usd=row["cost_usd"], tokens_used=row["tokens_used"])
+    return DailyRuns(day=row["day"], counts=Counts.of(row), runs=row["runs"], cost_usd=row["cost_usd"],
+                     tokens_used=row["tokens_used"])
 
 
 def daily_runs(store: ReadStore, window: Window, zone: tzinfo) -> list[DailyRuns]:
-    """Per local day: runs completed / failed, spend and tokens."""
+    """Per local day: the specs decided that day by outcome, the runs, spend and tokens."""
     return [_daily(r) for r in _daily_rows(store, window, zone)]
 
 
 def _sum_days(rows: list[dict[str, Any]], first_day: date) -> Outcomes:
-    """The outcomes of the runs that ended on `first_day` or later (rows from daily_runs)."""
+    """The outcomes of `first_day` and the days after it (rows from daily_runs)."""
     days = [r for r in rows if r["day"] >= first_day]
     durations = sum(r["duration_count"] for r in days)
     return Outcomes(
-        completed=sum(r["completed"] for r in days),
-        failed=sum(r["failed"] - r["timed_out"] for r in days),
-        timed_out=sum(r["timed_out"] for r in days),
+        counts=sum((Counts.of(r) for r in days), Counts()),
+        runs=sum(r["runs"] for r in days),
         cost_usd=sum((r["cost_usd"] for r in days), Decimal(0)),
         tokens_used=sum(r["tokens_used"] for r in days),
         avg_duration_seconds=sum(r["duration_sum"] for r in days if r["duration_count"]) / durations
@@ -435,16 +540,27 @@ def spend(store: ReadStore, now: datetime, zone: tzinfo, *, days: int = 30) -> S
                  per_day=[_daily(r) for r in rows if r["day"] >= first["series"]])
 
 
+def _in(window: Window, moment: datetime | None) -> bool:
+    return moment is not None and window.since <= moment < window.until
+
+
 def night_summary(store: ReadStore, window: Window) -> NightSummary:
-    """Sessions active in the window, and the spec runs that ended in it."""
-    runs = [SpecRunRow(**r) for r in store.fetch("runs_ended_between",
-                                                 {"since": window.since, "until": window.until})]
+    """Sessions active in the window, the specs decided in it (outcomes.py), what its runs cost,
+    and the specs that failed and are being tried again."""
+    sessions = [_session(r) for r in store.fetch("sessions_overlapping", {"since": window.since, "until": window.until})]
+    runs = _attempts(store, [s.id for s in sessions])
+    results = spec_results(runs, {s.id: s.name for s in sessions})
+    decided = [r for r in results if _in(window, r.ended_at)]
+    ended = [r for r in runs if _in(window, r.end_time)]
+    durations = [r.duration_seconds for r in ended if r.duration_seconds is not None]
     return NightSummary(
-        window=window,
-        sessions=[_session(r) for r in store.fetch("sessions_overlapping",
-                                                    {"since": window.since, "until": window.until})],
-        outcomes=outcomes(store, window),
-        failures=[r for r in runs if r.status in ("failed", "timeout")],
+        window=window, sessions=sessions,
+        outcomes=Outcomes(counts=Counts.tally(r.outcome for r in decided), runs=len(ended),
+                          cost_usd=sum((r.cost_usd or Decimal(0) for r in ended), Decimal(0)),
+                          tokens_used=sum(r.tokens_used or 0 for r in ended),
+                          avg_duration_seconds=sum(durations) / len(durations) if durations else None),
+        results=sorted(decided, key=lambda r: r.ended_at or window.until),
+        retrying=[r for r in results if r.outcome == RUNNING and r.error is not None],
     )
 
 
@@ -473,6 +589,7 @@ def status(store: ReadStore, now: datetime) -> Status:
         projection_failures=[ProjectionFailure(**row) for row in store.fetch(
             "projection_failures", {"limit": FAILURES_SHOWN})],
         projection_failures_total=store.fetch("projection_failure_count")[0]["failing"],
+        reads=store.source(),
     )
 
 
@@ -504,6 +621,9 @@ class SpecHistory:
     runs: list[SpecRunRow]
     total_runs: int
     total_failures: int
+    """Runs that failed or timed out."""
+    counts: Counts
+    """How the sessions that ran it decided it."""
 
 
 def database_now(store: ReadStore) -> datetime:
@@ -549,9 +669,10 @@ def spec_histories(store: ReadStore, spec_ids: list[str], *, limit: int = 100) -
     for r in store.fetch("spec_histories", {"spec_ids": spec_ids, "limit": limit}):
         del r["n"]
         total_runs, total_failures = r.pop("total_runs"), r.pop("total_failures")
+        counts = Counts.of({name: r.pop(name) for name in ("passed", "fixed_on_retry", "failed", "timed_out")})
         history = histories.get(r["spec_id"])
         if history is None:
-            history = histories[r["spec_id"]] = SpecHistory(r["spec_id"], [], total_runs, total_failures)
+            history = histories[r["spec_id"]] = SpecHistory(r["spec_id"], [], total_runs, total_failures, counts)
         history.runs.append(SpecRunRow(**r))
     return list(histories.values())
 

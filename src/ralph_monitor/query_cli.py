@@ -14,12 +14,13 @@ from contextlib import contextmanager
 from datetime import datetime, time, timedelta, timezone
 from typing import IO, Any
 
-from ralph_monitor import __version__, queries, timeline
+from ralph_monitor import __version__, changes, queries, timeline
 from ralph_monitor.cli_common import add_config_option, parse_since, run_command
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import RalphMonitorError
-from ralph_monitor.store import ReadStore, open_read_store
+from ralph_monitor.outcomes import SpecResult, attempt_word
+from ralph_monitor.store import ReadSource, ReadStore, open_read_store
 from ralph_monitor.textfmt import (duration, json_default, local_time, money, percent, relative_time,
                                    shorten, table, to_json)
 
@@ -31,6 +32,8 @@ Examples:
   ralph-query session 6f1c                 one session's timeline (a unique id prefix is enough)
   ralph-query spec CR-02                   every run of one spec
   ralph-query failures --top 10 --since 7d
+  ralph-query diff                         the latest session against the previous run of its name
+  ralph-query diff 6f1c 93ab               two sessions (the earlier one is the baseline)
   ralph-query cost --month
   ralph-query compare                      this week against last week
   ralph-query events --since 8h --type spec_failed
@@ -74,13 +77,25 @@ def _session_rows(sessions: list[queries.SessionSummary], now: datetime) -> list
     rows = []
     for s in sessions:
         specs = f"{s.specs_completed}/{s.total_specs}" if s.total_specs else str(s.specs_completed)
+        counts = s.counts
         rows.append([str(s.id)[:8], shorten(s.name, 28) or "-", s.execution_state,
-                     relative_time(s.start_time, now), specs, str(s.specs_failed),
+                     relative_time(s.start_time, now), specs, str(counts.failed), str(counts.timed_out),
                      money(s.cost_usd), relative_time(s.last_event_at, now)])
     return rows
 
 
-SESSION_HEADERS = ["id", "name", "state", "started", "done", "failed", "cost", "last event"]
+SESSION_HEADERS = ["id", "name", "state", "started", "done", "failed", "timed out", "cost", "last event"]
+
+
+def reads_line(reads: ReadSource, now: datetime) -> str:
+    """Where `status` was read: the replica and its lag, or the warning that it was not."""
+    if reads.fallback:
+        return f"! {reads.fallback}"
+    if not reads.in_recovery:
+        return f"reads from {reads.database}, which is not a standby (check [database] read_dsn)"
+    replayed = relative_time(reads.last_replay_at, now) if reads.last_replay_at else "never"
+    return (f"reads from the replica ({reads.database}): lag {reads.lag_s or 0:.1f} s, "
+            f"last transaction replayed {replayed}")
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -123,6 +138,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  last backup: {relative_time(status.last_backup.occurred_at, now) if status.last_backup else 'never'}")
     print(f"  last prune: {relative_time(status.last_prune.occurred_at, now) if status.last_prune else 'never'}")
     print(f"  rejected lines in the last 24 h: {status.rejects_last_24h}")
+    if status.reads is not None and (status.reads.replica_configured or status.reads.in_recovery):
+        print("  " + reads_line(status.reads, now))
     if status.projection_failures_total:
         print(f"! aggregates NOT updated for {status.projection_failures_total} session(s): their projection "
               "fails (other sessions are fine)")
@@ -141,23 +158,31 @@ def cmd_night(args: argparse.Namespace, settings: Settings) -> int:
     with _store(settings) as store:
         night = queries.night_summary(store, window)
     if args.json:
-        _emit_json(night)
+        _emit_json({"window": night.window, "sessions": night.sessions, "outcomes": night.outcomes.as_json(),
+                    "still_failing": night.still_failing, "fixed_on_retry": night.fixed_on_retry,
+                    "retrying": night.retrying})
         return 0
     o = night.outcomes
     print(f"Night of {local_time(window.since, zone)} to {local_time(window.until, zone)} ({zone}):")
-    print(f"  {len(night.sessions)} sessions; {o.finished} spec runs finished: {o.completed} completed, "
-          f"{o.failed} failed, {o.timed_out} timed out ({percent(o.success_rate)} success); "
-          f"cost {money(o.cost_usd)}, {o.tokens_used:,} tokens")
+    print(f"  {len(night.sessions)} session{'' if len(night.sessions) == 1 else 's'}; {o.counts.decided} specs decided: {o.counts.sentence()} "
+          f"({percent(o.counts.success_rate)} success); {o.runs} spec runs, cost {money(o.cost_usd)}, "
+          f"{o.tokens_used:,} tokens")
     if night.sessions:
         print()
         print(table(SESSION_HEADERS, _session_rows(night.sessions, now)))
-    if night.failures:
-        print()
-        print("Failures:")
-        print(table(["when", "spec", "status", "session", "error"], [
-            [local_time(r.end_time, zone), r.spec_id, r.status, shorten(r.session_name, 20) or str(r.session_id)[:8],
-             shorten(r.error_message, 70)] for r in night.failures]))
+    for title, results in (("Still failing", night.still_failing), ("Fixed on retry", night.fixed_on_retry),
+                           ("Failed, being retried now", night.retrying)):
+        if results:
+            print()
+            print(f"{title} ({len(results)}):")
+            print(_results_table(results, zone))
     return 0
+
+
+def _results_table(results: list[SpecResult], zone: Any) -> str:
+    return table(["ended", "spec", "outcome", "tries", "session", "error"], [
+        [local_time(r.ended_at, zone) if r.ended_at else "-", r.spec_id, r.word, str(r.attempts),
+         shorten(r.session_name, 20) or str(r.session_id)[:8], shorten(r.error, 70)] for r in results])
 
 
 def cmd_sessions(args: argparse.Namespace, settings: Settings) -> int:
@@ -198,15 +223,15 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Session {s.id}  {s.name or ''}".rstrip())
     print(f"  state {s.execution_state}; host {s.host or '-'}; started {local_time(s.start_time, zone)}; "
           f"ended {local_time(s.end_time, zone)}; last event {local_time(s.last_event_at, zone)}")
-    print(f"  specs {s.specs_completed} completed, {s.specs_failed} failed ({s.specs_timed_out} timed out)"
-          f"{f' of {s.total_specs}' if s.total_specs else ''}; {s.tokens_used:,} tokens; {money(s.cost_usd)}; "
-          f"{s.event_count} events")
+    print(f"  specs{f' (of {s.total_specs})' if s.total_specs else ''}: {s.counts.sentence()}; "
+          f"{s.tokens_used:,} tokens; {money(s.cost_usd)}; {s.event_count} events")
     for problem in s.value_problems:
         print(f"  ! not counted: {problem}")
     if detail.spec_runs:
         print()
-        print(table(["spec", "try", "status", "started", "took", "tokens", "cost", "error"], [
-            [r.spec_id, str(r.attempt), r.status, local_time(r.start_time, zone), duration(r.duration_seconds),
+        print(table(["spec", "try", "outcome", "started", "took", "tokens", "cost", "error"], [
+            [r.spec_id, str(r.attempt), attempt_word(r.status, r.outcome), local_time(r.start_time, zone),
+             duration(r.duration_seconds),
              f"{r.tokens_used:,}" if r.tokens_used is not None else "-", money(r.cost_usd),
              shorten(r.error_message, 60)] for r in detail.spec_runs]))
     if detail.interventions:
@@ -240,9 +265,10 @@ def cmd_spec(args: argparse.Namespace, settings: Settings) -> int:
         raise QueryFailed(f"no runs of spec {args.spec_id!r}")
     if _answered_plainly(args, runs, ""):
         return 0
-    print(table(["started", "session", "try", "status", "took", "cost", "error"], [
+    print(table(["started", "session", "try", "outcome", "took", "cost", "error"], [
         [local_time(r.start_time or r.end_time, zone), shorten(r.session_name, 20) or str(r.session_id)[:8],
-         str(r.attempt), r.status, duration(r.duration_seconds), money(r.cost_usd), shorten(r.error_message, 60)]
+         str(r.attempt), attempt_word(r.status, r.outcome), duration(r.duration_seconds), money(r.cost_usd),
+         shorten(r.error_message, 60)]
         for r in runs]))
     return 0
 
@@ -253,8 +279,9 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
         failing = queries.top_failing_specs(store, args.since, limit=args.top)
     if _answered_plainly(args, failing, "no failed spec runs in that window"):
         return 0
-    print(table(["spec", "failures", "runs", "last failed", "last error"], [
-        [f.spec_id, str(f.failures), str(f.runs), relative_time(f.last_failed_at, now), shorten(f.last_error, 70)]
+    print(table(["spec", "failed runs", "runs", "still failing", "fixed on retry", "last failed", "last error"], [
+        [f.spec_id, str(f.failures), str(f.runs), str(f.counts.still_failing), str(f.counts.fixed_on_retry),
+         relative_time(f.last_failed_at, now), shorten(f.last_error, 60)]
         for f in failing]))
     return 0
 
@@ -265,17 +292,18 @@ def cmd_cost(args: argparse.Namespace, settings: Settings) -> int:
     with _store(settings) as store:
         spend = queries.spend(store, now, zone)
     if args.json:
-        _emit_json(spend)
+        _emit_json({"today": spend.today.as_json(), "week": spend.week.as_json(), "month": spend.month.as_json(),
+                    "per_day": spend.per_day})
         return 0
     periods = {"day": ("today", spend.today), "week": ("this week", spend.week), "month": ("this month", spend.month)}
     chosen = [periods[args.period]] if args.period else list(periods.values())
     print(table(["period", "cost", "tokens", "runs"], [
-        [label, money(o.cost_usd), f"{o.tokens_used:,}", str(o.finished)] for label, o in chosen]))
+        [label, money(o.cost_usd), f"{o.tokens_used:,}", str(o.runs)] for label, o in chosen]))
     if args.period in (None, "month"):
         print()
-        print(table(["day", "cost", "tokens", "completed", "failed"], [
-            [d.day.isoformat(), money(d.cost_usd), f"{d.tokens_used:,}", str(d.completed), str(d.failed)]
-            for d in spend.per_day]))
+        print(table(["day", "cost", "tokens", "runs", "completed", "failed", "timed out"], [
+            [d.day.isoformat(), money(d.cost_usd), f"{d.tokens_used:,}", str(d.runs), str(d.counts.completed),
+             str(d.counts.failed), str(d.counts.timed_out)] for d in spend.per_day]))
     return 0
 
 
@@ -284,16 +312,19 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     with _store(settings) as store:
         comparison = queries.compare_weeks(store, datetime.now(timezone.utc), zone)
     if args.json:
-        _emit_json(comparison)
+        _emit_json({"this_week": comparison.this_week, "last_week": comparison.last_week,
+                    "current": comparison.current.as_json(), "previous": comparison.previous.as_json()})
         return 0
     cur, prev = comparison.current, comparison.previous
     print(table(["", "this week", "last week"], [
         ["from", local_time(comparison.this_week.since, zone), local_time(comparison.last_week.since, zone)],
-        ["runs finished", str(cur.finished), str(prev.finished)],
-        ["completed", str(cur.completed), str(prev.completed)],
-        ["failed", str(cur.failed), str(prev.failed)],
-        ["timed out", str(cur.timed_out), str(prev.timed_out)],
-        ["success rate", percent(cur.success_rate), percent(prev.success_rate)],
+        ["specs decided", str(cur.counts.decided), str(prev.counts.decided)],
+        ["completed", str(cur.counts.completed), str(prev.counts.completed)],
+        ["  fixed on retry", str(cur.counts.fixed_on_retry), str(prev.counts.fixed_on_retry)],
+        ["failed", str(cur.counts.failed), str(prev.counts.failed)],
+        ["timed out", str(cur.counts.timed_out), str(prev.counts.timed_out)],
+        ["success rate", percent(cur.counts.success_rate), percent(prev.counts.success_rate)],
+        ["spec runs", str(cur.runs), str(prev.runs)],
         ["avg duration", duration(cur.avg_duration_seconds), duration(prev.avg_duration_seconds)],
         ["cost", money(cur.cost_usd), money(prev.cost_usd)],
         ["tokens", f"{cur.tokens_used:,}", f"{prev.tokens_used:,}"],
@@ -301,17 +332,71 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _session_id(store: ReadStore, prefix: str | None) -> Any:
+    try:
+        return queries.resolve_session(store, prefix) if prefix else None
+    except queries.UnknownSession as exc:
+        raise QueryFailed(str(exc)) from None
+
+
+def _change_rows(items: list[changes.SpecChange]) -> list[list[str]]:
+    rows = []
+    for c in items:
+        old = c.before
+        rows.append([c.spec_id, old.word if old else "not run", c.now.word,
+                     f"{duration(old.duration_seconds) if old else '-'} -> {duration(c.now.duration_seconds)}",
+                     f"{money(old.cost_usd) if old else '-'} -> {money(c.now.cost_usd)}", shorten(c.now.error, 60)])
+    return rows
+
+
+def cmd_diff(args: argparse.Namespace, settings: Settings) -> int:
+    zone = _zone(settings)
+    with _store(settings) as store:
+        first, second = _session_id(store, args.a), _session_id(store, args.b)
+        try:
+            diff = queries.session_diff(store, first, second, threshold_percent=args.threshold)
+        except queries.UnknownSession as exc:
+            raise QueryFailed(str(exc)) from None
+    if args.json:
+        c = diff.changes
+        _emit_json({"baseline": diff.baseline, "session": diff.session, "threshold_percent": c.threshold_percent,
+                    "before": c.before.as_json(), "now": c.now.as_json(),
+                    **{name: getattr(c, name) for name in CHANGE_KINDS}, "new_errors": c.new_errors,
+                    "not_run": c.not_run})
+        return 0
+    b, s, c = diff.baseline, diff.session, diff.changes
+    print(f"{s.label} ({str(s.id)[:8]}, started {local_time(s.start_time, zone)}) against "
+          f"{b.label} ({str(b.id)[:8]}, started {local_time(b.start_time, zone)}):")
+    print(f"  before: {c.before.sentence()} ({percent(c.before.success_rate)}), {money(b.cost_usd)}")
+    print(f"  now:    {c.now.sentence()} ({percent(c.now.success_rate)}), {money(s.cost_usd)}")
+    print(f"  {c.headline()}")
+    for name in CHANGE_KINDS:
+        items = getattr(c, name)
+        if items:
+            print()
+            print(f"{CHANGE_TITLES[name]} ({len(items)}):")
+            print(table(["spec", "before", "now", "took", "cost", "error now"], _change_rows(items)))
+    if c.new_errors:
+        print()
+        print(f"New errors ({len(c.new_errors)}):")
+        print(table(["specs", "error"], [[shorten(", ".join(e.spec_ids), 30), shorten(e.error, 100)]
+                                         for e in c.new_errors]))
+    if c.not_run:
+        print()
+        print(f"Not run (yet) this time ({len(c.not_run)}): {shorten(', '.join(c.not_run), 200)}")
+    return 0
+
+
+CHANGE_KINDS = ("newly_failing", "fixed", "still_failing", "flaky", "slower", "costlier")
+CHANGE_TITLES = {"newly_failing": "Newly failing", "fixed": "Fixed", "still_failing": "Still failing",
+                 "flaky": "Flaky (failed, then passed on a retry)", "slower": "Slower", "costlier": "Costlier"}
+
+
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(timezone.utc)
     with _store(settings) as store:
-        session_id = None
-        if args.session:
-            try:
-                session_id = queries.resolve_session(store, args.session)
-            except queries.UnknownSession as exc:
-                raise QueryFailed(str(exc)) from None
         rows = queries.recent_events(store, since=args.since, event_type=args.type,
-                                     session_id=session_id, spec_id=args.spec, limit=args.limit)
+                                     session_id=_session_id(store, args.session), spec_id=args.spec, limit=args.limit)
     if _answered_plainly(args, rows, "no events match"):
         return 0
     print(table(["when", "type", "session", "spec", "host", "data"], [
@@ -426,6 +511,14 @@ def query_parser() -> argparse.ArgumentParser:
     p = command("failures", cmd_failures, "specs that failed most often")
     p.add_argument("--top", type=_at_least(1), default=10, help="how many specs (default 10)")
     p.add_argument("--since", type=parse_since, default=parse_since("7d"), metavar="WHEN", help="default 7d")
+    p = command("diff", cmd_diff, "what changed between two sessions: newly failing, fixed, still failing, flaky, "
+                                  "slower, costlier specs and new errors")
+    p.add_argument("a", nargs="?", metavar="A", help="a session id or unique prefix (default: the latest session)")
+    p.add_argument("b", nargs="?", metavar="B", help="another one (default: the session of A's name that ran "
+                                                     "before A); the earlier of the two is the baseline")
+    p.add_argument("--threshold", type=float, default=changes.THRESHOLD_PERCENT, metavar="PERCENT",
+                   help=f"slower / costlier means this much more (default {changes.THRESHOLD_PERCENT:g}%%, and at "
+                        f"least {changes.MIN_SLOWER_S:g} s / ${changes.MIN_COSTLIER_USD} more)")
     p = command("cost", cmd_cost, "spend and tokens today, this week, this month, and per day")
     group = p.add_mutually_exclusive_group()
     for period in ("day", "week", "month"):

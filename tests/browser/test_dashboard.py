@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ralph_monitor import site
+from ralph_monitor.dashboard.render import render_once
 from ralph_monitor.config import load_settings
 from tests.browser.conftest import Nginx, start_nginx, stop_nginx, watch
 from tests.conftest import Daemon, query, short_tempdir
@@ -35,7 +35,7 @@ def served(overnight: Daemon) -> Iterator[tuple[Nginx, Path]]:
     site_dir = root / "site"
     old = os.umask(0o027)  # as under systemd: only the explicit modes make the files readable
     try:
-        site.render_once(load_settings(overnight.config_path), dsn=overnight.dsn, site_dir=site_dir, full=True)
+        render_once(load_settings(overnight.config_path), dsn=overnight.dsn, site_dir=site_dir, full=True)
     finally:
         os.umask(old)
     server = start_nginx(site_dir, root / "nginx")
@@ -79,7 +79,7 @@ def test_overview_and_session_page_in_chromium(served: tuple[Nginx, Path], brows
         assert "live-run" in body and "docs-run" in body and "nightly-batch" in body
         assert "TypeError: cart is undefined" in body
         assert page.inner_text("[data-testid=spend_today]") == "$0.31"
-        assert page.inner_text("[data-testid=week_success]") == "67%"
+        assert page.inner_text("[data-testid=week_success]") == "80%"
         page.wait_for_function("document.getElementById('updated').textContent.indexOf('s ago') >= 0")
         assert re.fullmatch(r"updated \d+ s ago", page.inner_text("#updated"))
         assert page.locator("#stale").is_hidden()

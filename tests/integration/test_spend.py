@@ -13,6 +13,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from ralph_monitor import queries
+from ralph_monitor.outcomes import spec_outcome
 from ralph_monitor.store import ReadStore
 
 UTC = timezone.utc
@@ -32,12 +33,13 @@ def runs_over_70_days(db_dsn: str) -> str:
         for i in range(2000):
             status = rng.choice(STATUSES)
             ended = None if status == "running" else end - timedelta(seconds=rng.uniform(0, 70 * 86400))
-            rows.append((session, f"CR-{i}", 1, ended, status,
+            rows.append((session, f"CR-{i}", 1, ended, status, spec_outcome([status]),
                          rng.choice((None, rng.uniform(1, 900))), rng.randrange(1, 10**6),
                          rng.choice((None, round(rng.uniform(0, 3), 6)))))
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO spec_runs (session_id, spec_id, attempt, end_time, status, "
-                            "duration_seconds, tokens_used, cost_usd) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+            cur.executemany("INSERT INTO spec_runs (session_id, spec_id, attempt, end_time, status, outcome, "
+                            "duration_seconds, tokens_used, cost_usd) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                            rows)
     return db_dsn
 
 
@@ -67,4 +69,4 @@ def test_spend_periods_equal_one_scan_each(runs_over_70_days: str, zone_name: st
             assert_same(spend.month, queries.outcomes(store, queries.month_window(now, zone)))
             series = queries.Window(queries._local_midnight(now - timedelta(days=29), zone), now)
             assert spend.per_day == queries.daily_runs(store, series, zone), now
-            assert spend.month.finished > 0
+            assert spend.month.counts.decided > 0

@@ -1,4 +1,4 @@
-"""The wheel carries sql/ and site_templates/ inside the package, and the console scripts."""
+"""The wheel carries every module, sql/ and site_templates/ inside the package, and the console scripts."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_wheel_ships_sql_and_templates(tmp_path: Path) -> None:
+def test_wheel_ships_every_module_sql_and_templates(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("ralph_monitor-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
+    for module in (ROOT / "src").rglob("*.py"):  # subpackages (store/, agent/, ...) included
+        assert module.relative_to(ROOT / "src").as_posix() in names
     for migration in (ROOT / "sql" / "migrations").glob("*.sql"):
         assert f"ralph_monitor/sql/migrations/{migration.name}" in names
     assert "ralph_monitor/sql/queries.sql" in names

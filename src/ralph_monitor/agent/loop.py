@@ -38,6 +38,8 @@ from ralph_monitor.errors import ConfigError, RalphMonitorError
 
 SPEC_FILE_ENV = "RALPH_SPEC_FILE"
 CONFIG_ENV = "RALPH_MONITOR_CONFIG"
+EXIT_BUDGET_EXCEEDED = 3
+"""Exit status when the loop stopped starting specs because its budget was spent."""
 CAPTURE_BYTES = 16 << 20
 """How much of a command's stdout is kept to find the result object (its tail)."""
 STDERR_TAIL_BYTES = 4096
@@ -207,8 +209,8 @@ class LoopRunner:
                  iterations: int = 1, name: str | None = None, session_id: str | None = None,
                  timeout_s: float = 0.0, heartbeat_s: float = 60.0, kill_grace_s: float = 10.0,
                  stop_on_failure: bool = False, stdin_spec: bool = False, quiet: bool = False,
-                 metadata: dict[str, Any] | None = None, redactor: Redactor | None = None,
-                 config_path: str | None = None) -> None:
+                 metadata: dict[str, Any] | None = None, max_cost_usd: float = 0.0, max_tokens: int = 0,
+                 redactor: Redactor | None = None, config_path: str | None = None) -> None:
         if not command:
             raise ConfigError("no command to run; put it after --, e.g. ralph-monitor loop --specs specs -- claude -p ...")
         self.client = client
@@ -225,6 +227,10 @@ class LoopRunner:
         self.stdin_spec = stdin_spec
         self.quiet = quiet
         self.metadata = metadata or {}
+        self.max_cost_usd = max_cost_usd
+        self.max_tokens = max_tokens
+        self.over_budget: str | None = None
+        """Why the loop stopped starting specs (spend over --max-cost / --max-tokens), if it did."""
         self.redactor = redactor or Redactor()
         self.config_path = config_path
         """Exported to the command as RALPH_MONITOR_CONFIG, so its hook reads the same settings."""
@@ -277,15 +283,27 @@ class LoopRunner:
                 if outcome.status != "completed" and self.stop_on_failure:
                     self._say(f"stopping after {spec.id} ({outcome.status}): --stop-on-failure")
                     break
+                self.over_budget = self._budget_spent()
+                if self.over_budget is not None:
+                    self._say(f"stopping after {spec.id}: {self.over_budget}; no further spec is started")
+                    break
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return self._finish(started)
 
+    def _budget_spent(self) -> str | None:
+        """Why the budget is spent, or None while it is not."""
+        if self.max_cost_usd and self.cost_usd > self.max_cost_usd:
+            return f"spent ${self.cost_usd:.2f} of --max-cost ${self.max_cost_usd:.2f}"
+        if self.max_tokens and self.tokens_used > self.max_tokens:
+            return f"used {self.tokens_used:,} of --max-tokens {self.max_tokens:,} tokens"
+        return None
+
     def _finish(self, started: float) -> int:
         interrupted = self._signal is not None
         failed = self.counts["failed"] + self.counts["timeout"]
-        status = "interrupted" if interrupted else "completed"
+        status = "interrupted" if interrupted else "budget_exceeded" if self.over_budget else "completed"
         summary: dict[str, Any] = {
             "status": status, "specs_completed": self.counts["completed"], "specs_failed": failed,
             "specs_timed_out": self.counts["timeout"], "duration_s": round(time.monotonic() - started, 3)}
@@ -296,6 +314,8 @@ class LoopRunner:
         if interrupted:
             assert self._signal is not None
             summary["signal"] = signal.Signals(self._signal).name
+        if self.over_budget:
+            summary["reason"] = self.over_budget
         if not self.joined:
             self._emit("session_ended", data=summary)
         self._say(f"{status}: {self.counts['completed']} completed, {failed} failed "
@@ -304,6 +324,8 @@ class LoopRunner:
         if interrupted:
             assert self._signal is not None
             return 128 + self._signal
+        if self.over_budget:
+            return EXIT_BUDGET_EXCEEDED
         return 0 if failed == 0 else 1
 
     def _on_signal(self, signum: int, frame: object) -> None:

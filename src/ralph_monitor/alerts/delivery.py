@@ -60,18 +60,20 @@ def check_urls(urls: tuple[str, ...]) -> list[str]:
             for url in urls if apprise.Apprise.instantiate(url) is None]
 
 
-def send(destination: Destination, *, title: str, body: str, message: dict[str, Any]) -> str | None:
-    """Deliver one message; None when it was delivered, else why not (one line)."""
+def send(destination: Destination, *, title: str, body: str, message: dict[str, Any],
+         body_format: str = "text") -> str | None:
+    """Deliver one message; None when it was delivered, else why not (one line). A Markdown
+    body (the morning report) reaches e-mail as HTML and chat services in their own format."""
     try:
         if destination.command is not None:
             return _run_command(destination.command, message)
         assert destination.url is not None
-        return _notify(destination.url, title, body)
+        return _notify(destination.url, title, body, body_format)
     except Exception as exc:  # noqa: BLE001 - a destination's failure is its message's state, never the daemon's
         return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
 
 
-def _notify(url: str, title: str, body: str) -> str | None:
+def _notify(url: str, title: str, body: str, body_format: str) -> str | None:
     import apprise
 
     plugin = apprise.Apprise.instantiate(url)
@@ -83,7 +85,8 @@ def _notify(url: str, title: str, body: str) -> str | None:
     sender = apprise.Apprise()
     sender.add(plugin)
     with apprise.LogCapture(level=logging.WARNING) as captured:
-        delivered = sender.notify(title=title, body=body)
+        delivered = sender.notify(title=title, body=body, body_format=(
+            apprise.NotifyFormat.MARKDOWN if body_format == "markdown" else apprise.NotifyFormat.TEXT))
         said = captured.getvalue().strip()
     if delivered:
         return None

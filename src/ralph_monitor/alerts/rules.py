@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ralph_monitor.config import Settings
+from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.disk import CRITICAL, OK, DiskUsage
 
 HOST_SILENT_S = 300
@@ -154,3 +154,14 @@ def monitor_health(hosts: list[dict[str, Any]], *, latest_backup: str | None, fa
             "See `ralph-query status`; fix the cause, then `ralph-monitor rebuild-aggregates`.",
             None, "index.html#health"))
     return found
+
+
+def night_bounds(now: datetime, settings: Settings) -> tuple[datetime, datetime]:
+    """The night a budget counts: from the latest [reports] night_start (in the report time
+    zone) up to now. At 02:00 that is since yesterday evening; at 20:00, since this evening."""
+    zone = report_zone(settings.reports_timezone)
+    local = now.astimezone(zone)
+    start = datetime.combine(local.date(), time.fromisoformat(settings.reports_night_start), tzinfo=zone)
+    if start > local:
+        start -= timedelta(days=1)
+    return start, now

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, time, timezone
 from typing import TYPE_CHECKING, Any
 
-from ralph_monitor.alert_store import AlertStore, night_bounds
-from ralph_monitor.alerts import delivery
+from ralph_monitor.alerts import delivery, report
+from ralph_monitor.alerts.rules import night_bounds
+from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import StoreError
 from ralph_monitor.logs import Throttle
+from ralph_monitor.store import AlertStore, open_read_store
 
 if TYPE_CHECKING:
-    from ralph_monitor.daemon import DaemonContext
+    from ralph_monitor.context import DaemonContext
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +29,31 @@ FAILURE_LOG_INTERVAL_S = 300.0
 
 
 class AlertService:
-    """Evaluation and delivery loops; `stop` ends them."""
+    """The daemon feature: evaluation and delivery loops, and the morning report's job."""
 
-    def __init__(self, context: DaemonContext) -> None:
-        self._settings = context.settings
-        self._store = AlertStore(context.settings, dsn=context.dsn)
-        self._destinations = {d.label: d for d in delivery.destinations(context.settings)}
+    def __init__(self) -> None:
         self._tasks: list[asyncio.Task[None]] = []
         self._store_errors = Throttle(FAILURE_LOG_INTERVAL_S)
         self._delivery_errors: dict[str, Throttle] = {}
 
-    def start(self) -> None:
+    def install(self, context: DaemonContext) -> None:
+        self._settings = context.settings
+        self._dsn = context.dsn
+        self._store = AlertStore(context.settings, dsn=context.dsn)
+        self._destinations = {d.label: d for d in delivery.destinations(context.settings)}
         if not self._destinations:
             log.info("no [alerts] urls or command configured: alerts are recorded, not sent")
         self._tasks = [asyncio.create_task(self._loop(self.evaluate, self._settings.alerts_check_interval_s),
                                            name="alerts-evaluate"),
                        asyncio.create_task(self._loop(self.deliver, DELIVER_POLL_S), name="alerts-deliver")]
+        if self._settings.reports_morning_report:
+            context.scheduler.daily("morning-report", time.fromisoformat(self._settings.reports_night_end),
+                                    self.send_report)
 
     async def stop(self) -> None:
+        """Cancel the loops and the query in progress; a send in progress finishes in its thread
+        (bounded by its timeouts)."""
+        self._store.interrupt()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -77,7 +86,7 @@ class AlertService:
                                     "destination no longer configured", give_up=True)
             return
         error = await asyncio.to_thread(delivery.send, destination, title=message["title"], body=message["body"],
-                                        message=_payload(message))
+                                        message=_payload(message), body_format=message["body_format"])
         if error is not None:
             throttle = self._delivery_errors.setdefault(destination.label, Throttle(FAILURE_LOG_INTERVAL_S))
             if throttle.ready() is not None:
@@ -85,13 +94,23 @@ class AlertService:
                             destination.label, message["attempts"], error)
         await asyncio.to_thread(self._store.record, message["id"], error)
 
+    async def send_report(self) -> None:
+        """The morning report, once per night (the first daemon to get here sends it)."""
+        queued = await asyncio.to_thread(queue_morning_report, self._settings, self._store, self._dsn,
+                                         list(self._destinations))
+        if queued:
+            log.info("morning report queued for %d destination(s)", len(self._destinations))
+
 
 def _payload(message: dict[str, Any]) -> dict[str, Any]:
     """What the command channel gets on stdin."""
     return {key: message.get(key) for key in ("kind", "rule", "subject", "title", "body", "link", "session_id")}
 
 
-def install(context: DaemonContext) -> AlertService:
-    service = AlertService(context)
-    service.start()
-    return service
+def queue_morning_report(settings: Settings, store: AlertStore, dsn: str, destinations: list[str], *,
+                         again: bool = False) -> bool:
+    """Compose last night's report and queue it; whether it was queued (not already sent)."""
+    zone = report_zone(settings.reports_timezone)
+    with open_read_store(settings, dsn=dsn) as reads:
+        subject, title, body = report.morning_report(reads, settings, now=datetime.now(timezone.utc), zone=zone)
+    return store.queue_report(subject=subject, title=title, body=body, destinations=destinations, again=again)

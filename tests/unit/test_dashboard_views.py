@@ -1,9 +1,8 @@
-"""Dashboard parts without a database: file names for agent-chosen keys, SVG charts (escaping,
-well-formed, text alternatives), templates rendering hostile values, and publishing."""
+"""Dashboard views and charts without a database: file names for agent-chosen keys, SVG charts
+(escaping, well-formed, text alternatives), templates rendering hostile values."""
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -14,7 +13,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ralph_monitor import charts, site
+from ralph_monitor.dashboard import charts, views
+from ralph_monitor.dashboard.render import SiteRenderer
+from ralph_monitor.outcomes import Counts, spec_outcome
 from ralph_monitor.queries import DailyRuns, InterventionRow, SessionSummary, SpecRunRow
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -23,28 +24,28 @@ EVIL = "<script>alert('x')</script>\"&'"
 
 @given(st.text(min_size=1, max_size=300))
 def test_page_names_are_safe_file_names(key: str) -> None:
-    name = site.page_name(key)
+    name = views.page_name(key)
     assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._~-]*|~[0-9a-f]{12}", name), name
     assert ".." not in name and "/" not in name and len(name) <= 80
 
 
 @given(st.lists(st.text(min_size=1, max_size=40), min_size=2, max_size=30, unique=True))
 def test_page_names_never_collide(keys: list[str]) -> None:
-    assert len({site.page_name(k) for k in keys}) == len(keys)
+    assert len({views.page_name(k) for k in keys}) == len(keys)
 
 
 def test_plain_names_stay_readable() -> None:
-    assert site.page_name("CR-01") == "CR-01"
-    assert site.page_name("cc.PreToolUse") == "cc.PreToolUse"
-    assert site.page_name("javascript:alert").startswith("javascript-alert~")
-    assert site.page_name("../../etc/passwd").startswith("etc-passwd~")
+    assert views.page_name("CR-01") == "CR-01"
+    assert views.page_name("cc.PreToolUse") == "cc.PreToolUse"
+    assert views.page_name("javascript:alert").startswith("javascript-alert~")
+    assert views.page_name("../../etc/passwd").startswith("etc-passwd~")
 
 
 def session(**over: object) -> SessionSummary:
     values: dict[str, object] = dict(
         id=uuid.uuid4(), name=EVIL, host="h", start_time=NOW - timedelta(hours=2), end_time=None,
         last_event_at=NOW, total_specs=3, specs_completed=1, specs_failed=1, specs_timed_out=0,
-        execution_state="running", tokens_used=10, cost_usd=Decimal("1.5"), event_count=9,
+        specs_fixed_on_retry=0, execution_state="running", tokens_used=10, cost_usd=Decimal("1.5"), event_count=9,
         interventions_pending=1, final_result=None, metadata={}, updated_at=NOW, current_spec=None)
     values.update(over)
     return SessionSummary(**values)  # type: ignore[arg-type]
@@ -54,7 +55,7 @@ def run(spec: str, status: str, minutes: int, **over: object) -> SpecRunRow:
     values: dict[str, object] = dict(
         id=1, session_id=uuid.uuid4(), spec_id=spec, attempt=1, start_time=NOW - timedelta(minutes=minutes + 10),
         end_time=None if status == "running" else NOW - timedelta(minutes=minutes), duration_seconds=600.0,
-        status=status, tokens_used=5, cost_usd=Decimal("0.1"), error_message=EVIL * 50 if status == "failed" else None,
+        status=status, outcome=spec_outcome([status]), tokens_used=5, cost_usd=Decimal("0.1"), error_message=EVIL * 50 if status == "failed" else None,
         output_summary=None, session_name=EVIL)
     values.update(over)
     return SpecRunRow(**values)  # type: ignore[arg-type]
@@ -84,14 +85,15 @@ def test_charts_escape_agent_strings_and_carry_text_alternatives() -> None:
     assert "<script>" not in str(strip.svg)
     parse(strip)
     days = [date(2026, 11, d) for d in range(1, 31)]
-    per_day = [DailyRuns(date(2026, 11, 3), 3, 1, Decimal("2.5"), 100),
-               DailyRuns(date(2026, 11, 30), 0, 2, Decimal(0), 0)]
+    per_day = [DailyRuns(date(2026, 11, 3), Counts(passed=2, fixed_on_retry=1, failed=1), 5, Decimal("2.5"), 100),
+               DailyRuns(date(2026, 11, 30), Counts(timed_out=2), 2, Decimal(0), 0)]
     spend = charts.spend_per_day(per_day, days)
     parse(spend)
     assert "$2.50 in all" in spend.summary and "Nov 3" in spend.summary
     rate = charts.success_per_day(per_day, days)
     parse(rate)
-    assert "3 of 6 runs (50%)" in rate.summary
+    assert "3 of 6 specs (50%)" in rate.summary
+    assert "Nov 3: 75% (3 completed (1 fixed on retry), 1 failed, 0 timed out)" in str(rate.svg)
     counts = [(NOW - timedelta(minutes=10), 7), (NOW - timedelta(hours=3), 2)]
     events = charts.events_per_bucket(counts, NOW - timedelta(hours=24), NOW)
     parse(events)
@@ -105,16 +107,23 @@ def test_charts_with_nothing_to_show() -> None:
     parse(charts.spend_per_day([], [date(2026, 11, 1)]))
 
 
+def test_long_tokens_wrap_after_separators_and_stay_escaped() -> None:
+    assert str(views.breakable("FAILED tests/checkout/test_cart.py::TestRounding - <b>")) == (
+        "FAILED tests/<wbr>checkout/<wbr>test_<wbr>cart.<wbr>py::<wbr>TestRounding - &lt;b&gt;")
+    assert str(views.breakable("short/path words")) == "short/path words"
+    assert "<wbr>" not in str(views.breakable("&" * 40)) and "&amp;" in str(views.breakable("&" * 40))
+
+
 def test_data_summary_is_one_short_line() -> None:
-    assert site.data_summary({"error": "boom\n  at x", "tokens_used": 5}) == "boom at x · tokens_used: 5"
-    assert len(site.data_summary({"blob": "y" * 10_000}, 100)) == 100
-    assert site.data_summary(None) == "" and site.data_summary({}) == ""
-    assert str(site.when(NOW)) == '<time datetime="2026-11-25T12:00:00Z">2026-11-25 12:00 UTC</time>'
+    assert views.data_summary({"error": "boom\n  at x", "tokens_used": 5}) == "boom at x · tokens_used: 5"
+    assert len(views.data_summary({"blob": "y" * 10_000}, 100)) == 100
+    assert views.data_summary(None) == "" and views.data_summary({}) == ""
+    assert str(views.when(NOW)) == '<time datetime="2026-11-25T12:00:00Z">2026-11-25 12:00 UTC</time>'
 
 
 def test_templates_escape_hostile_values(tmp_path: Path) -> None:
-    renderer = site.SiteRenderer.__new__(site.SiteRenderer)
-    renderer.env = site._environment()
+    renderer = SiteRenderer.__new__(SiteRenderer)
+    renderer.env = views.template_environment()
     renderer._assets = {"style.css": ("static/style.x.css", b""), "app.js": ("static/app.x.js", b""),
                         "favicon.svg": ("static/favicon.x.svg", b"")}
     s = session(metadata={EVIL: EVIL}, final_result={"status": EVIL})
@@ -126,40 +135,9 @@ def test_templates_escape_hostile_values(tmp_path: Path) -> None:
     html = renderer._page("session.html", "../", title=EVIL, session=s, month=s.start_time, runs=runs, more_runs=0,
                           timeline=timeline,
                           timeline_complete=True, hidden_events=0, interventions=[],
-                          gantt=charts.session_gantt(s, runs), spec_pages={EVIL}).decode()
+                          gantt=charts.session_gantt(s, runs), spec_pages={EVIL}, diff=None).decode()
     assert html.count("<script") == 1  # the page's own script file
     assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
-    assert 'href="../specs/' + site.page_name(EVIL) + '.html"' in html
+    assert 'href="../specs/' + views.page_name(EVIL) + '.html"' in html
     assert (EVIL * 1000) not in html.replace("&lt;", "<")
     assert "style=" not in html and " on" + "error=" not in html
-
-
-def test_incremental_publish_rewrites_only_changed_files(tmp_path: Path) -> None:
-    sd = site.SiteDir(tmp_path / "site")
-    sd.prepare()
-    full = site.FullRelease(sd)
-    full.write("a.html", b"one")
-    full.write("sub/b.html", b"two")
-    full.commit()
-    root = sd.published()
-    assert root is not None and os.readlink(sd.current) == f"releases/{root.name}"
-    mtime = (root / "a.html").stat().st_mtime_ns
-    inc = site.IncrementalRelease(sd, root)
-    inc.write("a.html", b"one")
-    inc.write("sub/b.html", b"TWO")
-    inc.write("new/c.html", b"three")
-    inc.commit()
-    assert inc.written == 2
-    assert (root / "a.html").stat().st_mtime_ns == mtime
-    assert (root / "sub" / "b.html").read_bytes() == b"TWO" and (root / "new" / "c.html").read_bytes() == b"three"
-    assert not [p for p in root.rglob(".*")]  # no temporary file left behind
-    for _ in range(3):
-        again = site.FullRelease(sd)
-        again.write("a.html", b"x")
-        again.commit()
-    sd.prune(keep_newest=site.KEEP_RELEASES)
-    assert len(list(sd.releases.iterdir())) == site.KEEP_RELEASES
-    aborted = site.FullRelease(sd)
-    aborted.write("a.html", b"half")
-    aborted.abort()
-    assert not aborted.root.exists() and (sd.current / "a.html").read_bytes() == b"x"

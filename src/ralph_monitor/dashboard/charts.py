@@ -18,13 +18,12 @@ from decimal import Decimal
 
 from markupsafe import Markup, escape
 
+from ralph_monitor.outcomes import STATUS_WORDS, Counts, attempt_word
 from ralph_monitor.queries import DailyRuns, InterventionRow, SessionSummary, SpecRunRow
 from ralph_monitor.textfmt import duration, money, percent, shorten
 
 STATUS_CLASS = {"completed": "ok", "failed": "fail", "timeout": "timeout", "running": "running",
-                "interrupted": "muted"}
-STATUS_WORD = {"completed": "completed", "failed": "failed", "timeout": "timed out", "running": "running",
-               "interrupted": "interrupted"}
+                "interrupted": "muted", "budget_exceeded": "fail"}
 
 
 def _num(value: float) -> str:
@@ -65,7 +64,7 @@ def _svg(width: int, height: int, title: str, summary: str, body: list[str]) -> 
 
 def _day_series(per_day: Sequence[DailyRuns], days: Sequence[date]) -> list[DailyRuns]:
     by_day = {d.day: d for d in per_day}
-    return [by_day.get(d) or DailyRuns(d, 0, 0, Decimal(0), 0) for d in days]
+    return [by_day.get(d) or DailyRuns(d, Counts(), 0, Decimal(0), 0) for d in days]
 
 
 W, WIDE, H = 640, 1100, 170
@@ -137,13 +136,13 @@ def _rate_class(rate: float) -> str:
 
 def success_per_day(per_day: Sequence[DailyRuns], days: Sequence[date]) -> Chart:
     series = _day_series(per_day, days)
-    rates = [d.completed / (d.completed + d.failed) if d.completed + d.failed else None for d in series]
-    finished = sum(d.completed + d.failed for d in series)
-    completed = sum(d.completed for d in series)
-    summary = (f"Share of spec runs that completed, per day over the last {len(series)} days: "
-               f"{completed} of {finished} runs ({percent(completed / finished if finished else None)}).")
-    tips = [f"{_short_day(d.day)}: no spec run finished" if r is None else
-            f"{_short_day(d.day)}: {percent(r)} ({d.completed} completed, {d.failed} failed or timed out)"
+    rates = [d.counts.success_rate for d in series]
+    decided = sum(d.counts.decided for d in series)
+    completed = sum(d.counts.completed for d in series)
+    summary = (f"Share of specs that completed (retries included), per day over the last {len(series)} days: "
+               f"{completed} of {decided} specs ({percent(completed / decided if decided else None)}).")
+    tips = [f"{_short_day(d.day)}: no spec finished" if r is None else
+            f"{_short_day(d.day)}: {percent(r)} ({d.counts.sentence()})"
             for d, r in zip(series, rates)]
     body = _frame(W, "100%", "50%", _short_day(days[0]), _short_day(days[-1])) if days else []
     body += _bars(W, rates, 1.0, [_rate_class(r) if r is not None else "" for r in rates], tips)
@@ -210,7 +209,7 @@ def session_gantt(session: SessionSummary, runs: Sequence[SpecRunRow],
         for run in attempts:  # hot in a full rebuild: plain f-strings, only the tooltip is agent text
             x0 = x_of(run.start_time or run.end_time)
             x1 = x_of(run.end_time if run.status != "running" else session.last_event_at)
-            tip = (f"{spec} attempt {run.attempt}: {STATUS_WORD.get(run.status, run.status)}"
+            tip = (f"{spec} attempt {run.attempt}: {attempt_word(run.status, run.outcome)}"
                    f" after {duration(run.duration_seconds)}"
                    + (f" — {shorten(run.error_message, 200)}" if run.error_message else ""))
             body.append(f'<rect x="{x0:.1f}" y="{y + 3}" width="{max(2.0, x1 - x0):.1f}" height="{GANTT_ROW - 6}" '
@@ -225,7 +224,7 @@ def session_gantt(session: SessionSummary, runs: Sequence[SpecRunRow],
         body.append(_el("path", _tip(tip), d=f"M{_num(x)} {_num(y - 6)}l5 6l-5 6l-5 -6z",
                         class_="ask" if req.answered_at is None else "asked"))
     counts = {status: sum(1 for r in runs if r.status == status) for status in STATUS_CLASS}
-    parts = [f"{n} {STATUS_WORD[s]}" for s, n in counts.items() if n]
+    parts = [f"{n} {STATUS_WORDS[s]}" for s, n in counts.items() if n]
     summary = (f"Spec runs of this session over time, {duration(span)} from its start: {len(runs)} runs of "
                f"{len(rows)} specs" + (f" ({', '.join(parts)})" if parts else "") + "."
                + (f" Only the first {GANTT_MAX_ROWS} specs are drawn." if len(rows) > GANTT_MAX_ROWS else ""))
@@ -242,13 +241,13 @@ def outcome_strip(runs: Sequence[SpecRunRow]) -> Chart:
     for i, run in enumerate(ordered):
         x, y = (i % per_row) * (size + gap), (i // per_row) * (size + gap)
         tip = (f"attempt {run.attempt} in {run.session_name or str(run.session_id)[:8]}: "
-               f"{STATUS_WORD.get(run.status, run.status)}"
+               f"{attempt_word(run.status, run.outcome)}"
                + (f" after {duration(run.duration_seconds)}" if run.duration_seconds is not None else "")
                + (f" — {shorten(run.error_message, 200)}" if run.error_message else ""))
         body.append(f'<rect x="{x}" y="{y}" width="{size}" height="{size}" rx="2" '
                     f'class="{STATUS_CLASS.get(run.status, "muted")}">{_tip(tip)}</rect>')
     counts = {status: sum(1 for r in runs if r.status == status) for status in STATUS_CLASS}
-    parts = [f"{n} {STATUS_WORD[s]}" for s, n in counts.items() if n]
-    last = f" The newest run {STATUS_WORD.get(runs[0].status, runs[0].status)}." if runs else ""
+    parts = [f"{n} {STATUS_WORDS[s]}" for s, n in counts.items() if n]
+    last = f" The newest run {attempt_word(runs[0].status, runs[0].outcome)}." if runs else ""
     summary = f"Outcome of the last {len(runs)} runs, oldest first: {', '.join(parts) or 'none'}.{last}"
     return _svg(width, height, "Outcomes of recent runs", summary, body)

@@ -18,8 +18,12 @@ from typing import Any
 
 import pytest
 
-from ralph_monitor import queries, site
+from ralph_monitor import queries
 from ralph_monitor.config import load_settings, report_zone
+from ralph_monitor.dashboard import charts, worker
+from ralph_monitor.dashboard.publish import KEEP_RELEASES, RenderResult
+from ralph_monitor.dashboard.render import SiteRenderer, render_once
+from ralph_monitor.dashboard.views import SCHEMA_VERSION, page_name
 from ralph_monitor.store import open_read_store
 from ralph_monitor.textfmt import money, percent
 from tests.conftest import Daemon, LineClient, query
@@ -28,8 +32,8 @@ from tests.scenario import A, B, C, overnight_events
 from tests.site_helpers import SCRIPT_TAG, keep_live_run_alive, read_json, read_page, site_files
 
 
-def render(daemon: Daemon, site_dir: Path, **kwargs: Any) -> site.RenderResult:
-    return site.render_once(load_settings(daemon.config_path), dsn=daemon.dsn, site_dir=site_dir, **kwargs)
+def render(daemon: Daemon, site_dir: Path, **kwargs: Any) -> RenderResult:
+    return render_once(load_settings(daemon.config_path), dsn=daemon.dsn, site_dir=site_dir, **kwargs)
 
 
 def send(daemon: Daemon, events: list[dict[str, Any]]) -> None:
@@ -63,47 +67,52 @@ def test_numbers_on_the_page_equal_the_query_layer(overnight: Daemon, tmp_path: 
     html, values, rows = read_page(tmp_path, "index.html")
     running = [s for s in status.active if s.execution_state == "running"]
     stalled = [s for s in status.active if s.execution_state == "stalled"]
-    assert values["running"] == str(len(running)) == "1"
+    assert len(running) == 1
+    assert values["active_count"] == str(len(status.active)) == str(rows["active"]) == "2"  # the table's rows
     assert values["stalled"] == str(len(stalled)) == "1"
     assert values["waiting"] == str(len(status.pending_interventions)) == "1"
     assert values["spend_today"] == money(spend.today.cost_usd) == "$0.31"
     assert values["spend_month"] == money(spend.month.cost_usd)
     assert values["spend_week"] == money(spend.week.cost_usd)
-    assert values["night_success"] == percent(night.outcomes.success_rate)
-    assert values["night_completed"] == str(night.outcomes.completed) == "4"
-    assert values["night_failed"] == str(night.outcomes.failed + night.outcomes.timed_out) == "2"
+    c = night.outcomes.counts
+    assert values["night_success"] == percent(c.success_rate) == "80%"
+    assert values["night_completed"] == str(c.completed) == "4"
+    assert values["night_fixed"] == str(c.fixed_on_retry) == "1"
+    assert values["night_failed"] == str(c.failed) == "0"
+    assert values["night_timed_out"] == str(c.timed_out) == "1"
     assert values["night_cost"] == money(night.outcomes.cost_usd)
-    assert values["week_success"] == percent(compare.current.success_rate) == "67%"
-    assert compare.previous.success_rate is None and "no runs last week" in values["week_compare"]
+    assert values["week_success"] == percent(compare.current.counts.success_rate) == "80%"
+    assert compare.previous.counts.success_rate is None and "no runs last week" in values["week_compare"]
     assert values["rejects_24h"] == str(status.rejects_last_24h)
     assert values["spool_backlog"] == "0"
-    assert rows["active"] == len(status.active) == 2
     assert rows["pending"] == 1 and "Which branch should I rebase on?" in values["pending"]
     assert "Need the staging API key" not in html  # answered
-    assert rows["night-failures"] == len(night.failures) == 2
-    assert "TypeError: cart is undefined" in values["night-failures"]
+    assert rows["night-still-failing"] == len(night.still_failing) == 1
+    assert rows["night-fixed"] == len(night.fixed_on_retry) == 1
+    assert "TypeError: cart is undefined" in values["night-fixed"] and "no progress for 19 min" in values["night-still-failing"]
     assert rows["top-failing"] == len(top) == 2
     assert rows["recent-sessions"] == 3
     assert "Needs you" in values["verdict"] and "1 session stalled" in values["verdict"]
 
     snap = read_json(tmp_path, "api/status.json")
-    assert snap["version"] == site.SCHEMA_VERSION and snap["kind"] == "status"
+    assert snap["version"] == SCHEMA_VERSION and snap["kind"] == "status"
     assert datetime.fromisoformat(snap["generated_at"]) == now.replace(microsecond=now.microsecond)
     assert sorted(s["name"] for s in snap["active"]) == sorted(s.name for s in status.active)
     assert [i["message"] for i in snap["pending_interventions"]] == ["Which branch should I rebase on?"]
     assert Decimal(str(snap["spend"]["today"]["cost_usd"])) == spend.today.cost_usd
     assert snap["spend"]["today"]["tokens_used"] == spend.today.tokens_used == 3100
-    assert snap["night"]["outcomes"]["completed"] == night.outcomes.completed
-    assert snap["week"]["this_week"]["outcomes"]["success_rate"] == compare.current.success_rate
+    assert snap["night"]["outcomes"]["completed"] == night.outcomes.counts.completed
+    assert snap["week"]["this_week"]["outcomes"]["success_rate"] == compare.current.counts.success_rate
     assert {(f["spec_id"], f["failures"], f["runs"]) for f in snap["top_failing_specs"]} == {
         (f.spec_id, f.failures, f.runs) for f in top}
-    assert snap["live"] == {k: v for k, v in snap["live"].items()} and snap["live"]["running"] == values["running"]
+    assert snap["live"]["active"] == values["active_count"]
     assert sum(b["count"] for b in snap["events_per_5min"]) == len(events)  # 25 sent, the stall(s), a heartbeat
 
     html, values, rows = read_page(tmp_path, f"sessions/{A}.html")
     s = detail_a.session
     assert values["specs_completed"] == f"{s.specs_completed} of {s.total_specs}" == "3 of 4"
-    assert values["specs_failed"] == str(s.specs_failed) == "1"
+    assert (values["specs_fixed"], values["specs_failed"], values["specs_timed_out"]) == (
+        str(s.counts.fixed_on_retry), str(s.counts.failed), str(s.counts.timed_out)) == ("1", "0", "1")
     assert values["cost_usd"] == money(s.cost_usd) == "$0.27"
     assert values["tokens_used"] == f"{s.tokens_used:,}" == "2,700"
     assert values["event_count"] == str(s.event_count)
@@ -198,8 +207,8 @@ def test_hostile_agent_strings_are_escaped_and_truncated(daemon_factory: Any, tm
     assert all(root in p.parents for p in site_files(tmp_path))
     assert "specs/CR-01/../../x.html" not in names and not any(".." in n for n in names)
     for spec in specs:
-        assert f"specs/{site.page_name(spec)}.html" in names
-    assert f"events/{site.page_name('javascript:alert')}.html" in names
+        assert f"specs/{page_name(spec)}.html" in names
+    assert f"events/{page_name('javascript:alert')}.html" in names
     assert 'href="javascript:' not in (root / "events" / "index.html").read_text()
     for path in html_files:
         text = path.read_text(encoding="utf-8")
@@ -224,7 +233,7 @@ def test_hostile_agent_strings_are_escaped_and_truncated(daemon_factory: Any, tm
 
 def test_publishing_is_atomic_under_50_regenerations(overnight: Daemon, tmp_path: Path) -> None:
     settings = load_settings(overnight.config_path)
-    renderer = site.SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
+    renderer = SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
     renderer.render(full=True)
     current = tmp_path / "current"
     watched = ["index.html", "api/status.json", f"sessions/{A}.html", f"api/sessions/{C}.json",
@@ -269,7 +278,7 @@ def test_publishing_is_atomic_under_50_regenerations(overnight: Daemon, tmp_path
     assert not problems, problems[:10]
     assert reads > 200
     releases = sorted(p.name for p in (tmp_path / "releases").iterdir())
-    assert len(releases) == site.KEEP_RELEASES and os.readlink(current) == f"releases/{releases[-1]}"
+    assert len(releases) == KEEP_RELEASES and os.readlink(current) == f"releases/{releases[-1]}"
 
 
 def test_files_are_world_readable_whatever_the_umask(overnight: Daemon, tmp_path: Path) -> None:
@@ -300,7 +309,7 @@ def calm_overnight(daemon_factory: Any) -> Daemon:
 def test_incremental_render_touches_only_what_changed(calm_overnight: Daemon, tmp_path: Path) -> None:
     overnight = calm_overnight
     settings = load_settings(overnight.config_path)
-    renderer = site.SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
+    renderer = SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
     renderer.overlap = timedelta(0)
     try:
         first = renderer.render(full=True)
@@ -351,10 +360,23 @@ def test_render_command_full(overnight: Daemon) -> None:
     assert (site_dir / "current" / "sessions" / f"{A}.html").is_file()
 
 
+def test_render_command_failing_says_why_in_one_line(daemon_factory: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    d = daemon_factory(paths={"site_dir": str(blocker / "site")})
+    d.write_config()
+    out = subprocess.run([str(BIN / "ralph-monitor"), "render", "--full", "--config", str(d.config_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"ralph-monitor: error: could not write the dashboard in {blocker / 'site'}: "), out.stderr
+
+
 def test_a_failing_render_keeps_the_last_good_site(overnight: Daemon, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(overnight.config_path)
-    renderer = site.SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
+    renderer = SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
     try:
         renderer.render(full=True)
         good = (tmp_path / "current").resolve()
@@ -363,7 +385,7 @@ def test_a_failing_render_keeps_the_last_good_site(overnight: Daemon, tmp_path: 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("template exploded")
 
-        monkeypatch.setattr(site.charts, "events_per_bucket", broken)
+        monkeypatch.setattr(charts, "events_per_bucket", broken)
         for full in (True, False):
             with pytest.raises(RuntimeError, match="template exploded"):
                 renderer.render(full=full)
@@ -419,8 +441,8 @@ def test_a_big_full_rebuild_in_several_processes_gives_the_same_pages(calm_overn
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     now = datetime.now(timezone.utc)
     single = render(calm_overnight, tmp_path / "one", full=True, now=now)
-    monkeypatch.setattr(site, "PARALLEL_MIN_SESSIONS", 1)
-    monkeypatch.setattr(site, "_processes", lambda: 3)  # this process and two helpers
+    monkeypatch.setattr("ralph_monitor.dashboard.render.PARALLEL_MIN_SESSIONS", 1)
+    monkeypatch.setattr(worker, "processes", lambda: 3)  # this process and two helpers
     shared = render(calm_overnight, tmp_path / "three", full=True, now=now)
     assert (shared.sessions, shared.specs, shared.pages, shared.written) == (
         single.sessions, single.specs, single.pages, single.written)
@@ -464,7 +486,9 @@ def test_the_daemon_renders_in_a_child_process_and_replaces_it_when_it_dies(daem
     os.kill(renderers[0], 9)
     send(d, [{"type": "intervention_request", "session_id": A, "data": {"message": "two"}}])
     assert snapshot_shows("2"), d.log()
-    assert "the render process exited with status -9; starting a new one" in d.log()
+    # Noticed before the next render, or by a render already under way when the kill came.
+    assert ("the render process exited with status -9; starting a new one" in d.log()
+            or "the render process died or hung" in d.log()), d.log()
     replacement = children(d.process.pid)
     assert len(replacement) == 1 and replacement != renderers
     assert d.stop() == 0
@@ -515,7 +539,7 @@ def test_every_session_is_listed_month_by_month(daemon_factory: Any, tmp_path: P
     send(d, session(old, "seventy days ago", long_ago, 1.25) + session(new, "this month", now - timedelta(minutes=20), 2))
     wait_until_settled(d.dsn)
     settings = load_settings(d.config_path)
-    renderer = site.SiteRenderer(settings, dsn=d.dsn, site_dir=tmp_path)
+    renderer = SiteRenderer(settings, dsn=d.dsn, site_dir=tmp_path)
     renderer.overlap = timedelta(0)
     try:
         renderer.render(full=True)

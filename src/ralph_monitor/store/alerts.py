@@ -10,8 +10,9 @@ detection and delivery loses nothing (the outbox is durable).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from datetime import datetime, time, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -20,13 +21,14 @@ from psycopg.rows import dict_row
 
 from ralph_monitor import resources
 from ralph_monitor.alerts import rules
-from ralph_monitor.config import Settings, report_zone
+from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreError, StoreUnavailable
-from ralph_monitor.store import conninfo
+from ralph_monitor.store.connect import conninfo
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "alerts"
+REPORT_RULE = "morning_report"
 LEASE_S = 120
 """A claimed message is retried after this long if its daemon never reports back."""
 
@@ -38,16 +40,36 @@ class AlertStore:
         self._settings = settings
         self._dsn = dsn
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+        """The evaluation and the delivery loops share the connection, one transaction at a time."""
+
+    def interrupt(self) -> None:
+        """Cancel the statement in progress, if any (safe from any thread): at shutdown a query
+        stuck behind someone else's lock must not hold the daemon."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.cancel()
+            except psycopg.Error:
+                pass
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _run(self, work: Callable[[psycopg.Connection[dict[str, Any]]], Any]) -> Any:
+        with self._lock:
+            return self._run_locked(work)
+
+    def _run_locked(self, work: Callable[[psycopg.Connection[dict[str, Any]]], Any]) -> Any:
+        # Autocommit outside `transaction()`: the connection is never left idle in a transaction,
+        # whose locks would hold up DDL (a migration) and everything queued behind it.
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(conninfo(self._settings, dsn=self._dsn), row_factory=dict_row)
+                self._conn = psycopg.connect(conninfo(self._settings, dsn=self._dsn), row_factory=dict_row,
+                                             autocommit=True)
             except psycopg.Error as exc:
                 raise StoreUnavailable(f"alerts cannot reach PostgreSQL: {exc}") from exc
         conn = self._conn
@@ -138,10 +160,31 @@ class AlertStore:
 
     @staticmethod
     def _queue(conn: psycopg.Connection[dict[str, Any]], alert_id: int | None, kind: str, title: str,
-               body: str, destinations: list[str]) -> None:
+               body: str, destinations: list[str], *, body_format: str = "text") -> None:
         for destination in destinations:
             conn.execute(resources.query("insert_alert_message"), {
-                "alert_id": alert_id, "kind": kind, "destination": destination, "title": title, "body": body})
+                "alert_id": alert_id, "kind": kind, "destination": destination, "title": title, "body": body,
+                "body_format": body_format})
+
+    def queue_report(self, *, subject: str, title: str, body: str, destinations: list[str],
+                     again: bool = False) -> bool:
+        """Queue the morning report (Markdown) to every destination, once per night even with
+        several daemons (`again`: send it even if it went out already); whether it was queued."""
+
+        def work(conn: psycopg.Connection[dict[str, Any]]) -> bool:
+            row = conn.execute(resources.query("try_lock_projection"), {"key": LOCK_KEY}).fetchone()
+            if not row or not row["locked"]:
+                return False
+            key = {"rule": REPORT_RULE, "subject": subject}
+            if not again and conn.execute(resources.query("alert_ever_fired"), key).fetchone():
+                return False
+            inserted = conn.execute(resources.query("insert_alert"), {
+                **key, "title": title, "body": body, "link": self._link("index.html"), "session_id": None,
+                "one_shot": True}).fetchone()
+            self._queue(conn, inserted["id"], "report", title, body, destinations, body_format="markdown")
+            return True
+
+        return self._run(work)
 
     def claim(self, *, limit: int) -> list[dict[str, Any]]:
         """Due messages, leased to this daemon for LEASE_S."""
@@ -166,15 +209,4 @@ class AlertStore:
         """An outbox row for a test message (sent at once by `alert test`, recorded like any other)."""
         return self._run(lambda conn: conn.execute(resources.query("insert_alert_message"), {
             "alert_id": None, "kind": "test", "destination": destination, "title": title,
-            "body": body}).fetchone()["id"])
-
-
-def night_bounds(now: datetime, settings: Settings) -> tuple[datetime, datetime]:
-    """The night a budget counts: from the latest [reports] night_start (in the report time
-    zone) up to now. At 02:00 that is since yesterday evening; at 20:00, since this evening."""
-    zone = report_zone(settings.reports_timezone)
-    local = now.astimezone(zone)
-    start = datetime.combine(local.date(), time.fromisoformat(settings.reports_night_start), tzinfo=zone)
-    if start > local:
-        start -= timedelta(days=1)
-    return start, now
+            "body": body, "body_format": "text"}).fetchone()["id"])

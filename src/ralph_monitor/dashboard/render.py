@@ -1,0 +1,476 @@
+"""Rendering the dashboard from the query layer: HTML pages and JSON snapshots, published
+through publish.py.
+
+Incremental: only the sessions whose aggregate changed since the previous render (by the
+database's clock, with an overlap for transactions in flight), the specs whose runs changed
+in them, the events pages and the overview are rendered. A full rebuild runs at start-up,
+every FULL_EVERY_S (service.py), and on `ralph-monitor render --full`; on a big site it
+spreads the session pages over helper processes (worker.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from datetime import datetime, time as dtime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from ralph_monitor import queries
+from ralph_monitor.config import Settings, report_zone
+from ralph_monitor.dashboard import charts, worker
+from ralph_monitor.dashboard.publish import KEEP_RELEASES, FullRelease, IncrementalRelease, RenderResult, SiteDir
+from ralph_monitor.dashboard.views import (SCHEMA_VERSION, bounded_data, dump_json, fields, iso, page_name, snapshot,
+                                           template_environment)
+from ralph_monitor.errors import RalphMonitorError, RenderFailed
+from ralph_monitor.outcomes import Counts
+from ralph_monitor.resources import resource_dir
+from ralph_monitor.store import ReadStore, open_read_store
+from ralph_monitor.textfmt import money, percent
+
+OVERLAP = timedelta(seconds=30)
+"""A session recomputed in a transaction that began before the previous render but committed
+after it carries an `updated_at` before that render; look back this far to catch it."""
+CHUNK = 200
+"""Sessions or specs read from the database per round of queries."""
+INCREMENTAL_MAX_SESSIONS = 300
+"""An incremental render holds its pages in memory; with more changed sessions than this
+(e.g. after rebuild-aggregates) a full rebuild, which streams to disk, is cheaper anyway."""
+PARALLEL_MIN_SESSIONS = 400
+"""A full rebuild of at least this many sessions spreads them over several processes."""
+WHOLE_TIMELINE_MAX = 500
+"""A session with at most this many events lists every one; bigger ones list all but
+heartbeats and tool-level hook events (which the CLI still lists)."""
+TIMELINE_LIMIT = 2000
+SESSION_RUNS_LIMIT = 1000
+SPEC_RUNS_LIMIT = 100
+EVENTS_PER_PAGE = 100
+EVENT_TYPES_WINDOW = timedelta(days=7)
+LATE_EVENTS = timedelta(hours=6)
+"""An incremental render notices new events of a type only if they happened at most this long
+before the previous render; later ones (a long spool replay) wait for the next full rebuild,
+which comes at least as often (FULL_EVERY_S)."""
+RECENT_SESSIONS_DAYS = 7
+DAYS_CHARTED = 30
+ASSETS = ("style.css", "app.js", "favicon.svg")
+ALERTS_WINDOW = timedelta(days=7)
+ALERTS_PER_PAGE = 200
+TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html", "alerts.html")
+ACTIVE_STATES = ("running", "stalled")
+
+
+@dataclass
+class _Counter:
+    pages: int = 0
+    sessions: int = 0
+    specs: int = 0
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -> dict[str, str]:
+    """Per spec: a digest of what its page shows about these runs."""
+    by_spec: dict[str, list[str]] = {}
+    for r in runs:
+        by_spec.setdefault(r.spec_id, []).append(repr((r.attempt, r.start_time, r.end_time, r.status, r.tokens_used,
+                                                        r.cost_usd, r.error_message, session_name)))
+    return {spec: hashlib.sha1("|".join(rows).encode()).hexdigest() for spec, rows in by_spec.items()}
+
+
+class SiteRenderer:
+    """Renders the site from the database. Blocking: the daemon runs it in its render process
+    (RenderProcess), `ralph-monitor render` in its own."""
+
+    def __init__(self, settings: Settings, *, dsn: str | None = None, site_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.site = SiteDir(site_dir or settings.site_dir)
+        self.zone = report_zone(settings.reports_timezone)
+        self.env = template_environment()
+        self._stack: ExitStack | None = None
+        self._store: ReadStore | None = None
+        self.overlap = OVERLAP
+        self._since: datetime | None = None
+        self._event_types: list[str] = []
+        self._active_runs: dict[uuid.UUID, dict[str, str]] = {}
+        """Spec-run digests of sessions still going, to re-render only specs whose runs changed."""
+        self._assets = self._load_assets()
+        for name in TEMPLATES:  # compile now (~0.1 s, a few MB), not in the middle of the first render
+            self.env.get_template(name)
+
+    def _load_assets(self) -> dict[str, tuple[str, bytes]]:
+        assets = {}
+        for name in ASSETS:
+            data = (resource_dir("site_templates") / name).read_bytes()
+            stem, ext = name.rsplit(".", 1)
+            assets[name] = (f"static/{stem}.{hashlib.sha256(data).hexdigest()[:10]}.{ext}", data)
+        return assets
+
+    def close(self) -> None:
+        if self._stack is not None:
+            with suppress(Exception):
+                self._stack.close()
+        self._stack = self._store = None
+
+    def _connect(self) -> ReadStore:
+        if self._store is None:
+            stack = ExitStack()
+            self._store = stack.enter_context(open_read_store(self.settings, dsn=self.dsn))
+            self._stack = stack
+        return self._store
+
+    # ------------------------------------------------------------------------------------
+
+    def render(self, *, full: bool = False, now: datetime | None = None) -> RenderResult:
+        """Render and publish; raises on failure (the published site is then untouched)."""
+        started = time.monotonic()
+        try:
+            with self.site.lock():
+                result = self._render_locked(full=full, now=now, started=started)
+        except BaseException:
+            self.close()  # reconnect next time
+            raise
+        if self._store is not None and self._store.fallback:
+            self.close()  # read from the primary for want of the replica: try the replica again next time
+        return result
+
+    def _render_locked(self, *, full: bool, now: datetime | None, started: float) -> RenderResult:
+        published = self.site.published()
+        if published is None:
+            full = True
+        if not full and self._since is None:  # a new process: continue from the last render's state
+            state = self.site.read_state()
+            if published is not None and state.get("release") == published.name and state.get("since"):
+                self._since = datetime.fromisoformat(state["since"])
+            else:
+                full = True
+        store = self._connect()
+        db_now = queries.database_now(store)
+        now = now or datetime.now(timezone.utc)
+        changed = queries.sessions_changed_since(store, None if full else self._since)
+        if len(changed) > INCREMENTAL_MAX_SESSIONS:
+            full = True  # e.g. after rebuild-aggregates: stream to a new release, not via memory
+            changed = queries.sessions_changed_since(store, None)
+        out: FullRelease | IncrementalRelease = (FullRelease(self.site) if full or published is None
+                                                 else IncrementalRelease(self.site, published))
+        count = _Counter()
+        try:
+            self._render_all(store, out, count, changed, full=full, now=now)
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
+        release = out.name if isinstance(out, FullRelease) else published.name  # type: ignore[union-attr]
+        self._since = db_now - self.overlap
+        seconds = time.monotonic() - started
+        state = self.site.read_state()
+        state.update({"version": SCHEMA_VERSION, "release": release, "since": self._since.isoformat(),
+                      "last_render_at": iso(now), "last_render_seconds": round(seconds, 3),
+                      "last_render_full": full, "last_error": None})
+        if full:
+            state["last_full_at"] = iso(now)
+        self.site.write_state(state)
+        if full:
+            self.site.prune(keep_newest=KEEP_RELEASES)
+        return RenderResult(full=full, pages=count.pages, written=out.written, sessions=count.sessions,
+                            specs=count.specs, seconds=seconds, release=release)
+
+    def record_failure(self, exc: BaseException) -> None:
+        self.site.record_failure(f"{type(exc).__name__}: {exc}")
+
+    def _page(self, template: str, root: str, **context: Any) -> bytes:
+        assets = {name: root + path for name, (path, _) in self._assets.items()}
+        html = self.env.get_template(template).render(root=root, asset=assets, **context)
+        return html.encode()
+
+    def _render_all(self, store: ReadStore, out: FullRelease | IncrementalRelease, count: _Counter,
+                    changed: list[queries.SessionSummary], *, full: bool, now: datetime) -> None:
+        for path, data in self._assets.values():
+            if full or not out.has(path):
+                out.write(path, data)
+        if full:
+            self._active_runs.clear()
+        helpers = worker.processes() - 1 if full and len(changed) >= PARALLEL_MIN_SESSIONS else 0
+        with ExitStack() as stack:
+            pending = []
+            if helpers and isinstance(out, FullRelease):
+                # Big sites: other processes render shares of the session pages into the same
+                # new release meanwhile (2 cores: ~1.8x faster). Each gets five sessions for
+                # every three this process keeps, as this one also renders everything else.
+                pattern = [0, 0, 0] + [w for w in range(1, helpers + 1) for _ in range(5)]
+                shares: list[list[queries.SessionSummary]] = [[] for _ in range(helpers + 1)]
+                for i, session in enumerate(changed):
+                    shares[pattern[i % len(pattern)]].append(session)
+                pending = [worker.start_share(stack, self.site, type(self).render_share,
+                                              (self.settings, self.dsn, self.site.path, out.name, share))
+                           for share in shares[1:]]
+                changed = shares[0]
+            spec_todo = self._render_sessions(store, out, count, changed, full=full)
+            spec_list = queries.spec_ids(store) if full else sorted(spec_todo)
+            for chunk in _chunks(spec_list, CHUNK):
+                for history in queries.spec_histories(store, chunk, limit=SPEC_RUNS_LIMIT):
+                    self._spec_pages(out, history)
+                    count.specs += 1
+                    count.pages += 2
+            count.pages += self._events_pages(store, out, now, full=full)
+            count.pages += self._alerts_page(store, out, now)
+            count.pages += self._archive_pages(store, out, changed, full=full)
+            count.pages += self._overview(store, out, now)
+            for helper in pending:
+                sessions, active_runs = worker.finish_share(helper)
+                count.sessions += sessions
+                count.pages += 2 * sessions
+                out.written += 2 * sessions
+                self._active_runs.update(active_runs)
+
+    @classmethod
+    def render_share(cls, settings: Settings, dsn: str | None, site_dir: Path, release: str,
+                     sessions: list[queries.SessionSummary]) -> tuple[int, dict[uuid.UUID, dict[str, str]]]:
+        """In a helper process (worker.start_share): the pages of `sessions`, written into the
+        release being built; how many, and the spec-run digests of those still going."""
+        renderer = cls(settings, dsn=dsn, site_dir=site_dir)
+        try:
+            count = _Counter()
+            renderer._render_sessions(renderer._connect(), FullRelease(renderer.site, release), count, sessions,
+                                      full=True)
+            return count.sessions, renderer._active_runs
+        finally:
+            renderer.close()
+
+    def _render_sessions(self, store: ReadStore, out: FullRelease | IncrementalRelease, count: _Counter,
+                         sessions: list[queries.SessionSummary], *, full: bool) -> set[str]:
+        """Session pages; the specs whose runs changed in them (incremental renders)."""
+        spec_todo: set[str] = set()
+        for chunk in _chunks(sessions, CHUNK):
+            details = queries.session_details(store, chunk, whole_timeline_max=WHOLE_TIMELINE_MAX,
+                                              timeline_limit=TIMELINE_LIMIT)
+            diffs = queries.diffs_against_previous(store, chunk, runs_of={i: d.spec_runs for i, d in details.items()})
+            for detail in details.values():
+                self._session_pages(out, detail, diffs.get(detail.session.id))
+                count.sessions += 1
+                count.pages += 2
+                if not full:
+                    spec_todo |= self._changed_specs(detail)
+                elif detail.session.execution_state in ACTIVE_STATES:
+                    self._active_runs[detail.session.id] = _run_fingerprint(detail.spec_runs, detail.session.name)
+        return spec_todo
+
+    def _changed_specs(self, detail: queries.SessionDetail) -> set[str]:
+        session = detail.session
+        digests = _run_fingerprint(detail.spec_runs, session.name)
+        before = self._active_runs.pop(session.id, None)
+        if session.execution_state in ACTIVE_STATES:
+            self._active_runs[session.id] = digests
+        if before is None:
+            return set(digests)
+        return {spec for spec, digest in digests.items() if before.get(spec) != digest} | (set(before) - set(digests))
+
+    # Pages ------------------------------------------------------------------------------------
+
+    def _session_pages(self, out: FullRelease | IncrementalRelease, detail: queries.SessionDetail,
+                       diff: queries.SessionDiff | None) -> None:
+        s = detail.session
+        runs = detail.spec_runs[:SESSION_RUNS_LIMIT]
+        complete = s.event_count <= WHOLE_TIMELINE_MAX and len(detail.timeline) < TIMELINE_LIMIT
+        spec_pages = {r.spec_id for r in detail.spec_runs}
+        out.write(f"sessions/{s.id}.html", self._page(
+            "session.html", "../", title=s.label, session=s, month=s.start_time.astimezone(self.zone),
+            runs=runs, more_runs=len(detail.spec_runs) - len(runs),
+            timeline=detail.timeline, timeline_complete=complete,
+            interventions=detail.interventions, gantt=charts.session_gantt(s, detail.spec_runs, detail.interventions),
+            spec_pages=spec_pages, diff=diff))
+        out.write(f"api/sessions/{s.id}.json", dump_json(snapshot("session", None, {
+            "session": s, "spec_runs": detail.spec_runs, "interventions": detail.interventions,
+            "timeline_complete": complete,
+            "timeline": [{**fields(e), "data": bounded_data(e.data)} for e in detail.timeline],
+        })))
+
+    def _archive_pages(self, store: ReadStore, out: FullRelease | IncrementalRelease,
+                       changed: list[queries.SessionSummary], *, full: bool) -> int:
+        """sessions/index.html (every month, with totals) and a page per local month listing
+        its sessions: every month in a full render, else those the changed sessions started in.
+        (A session whose start moves to another month leaves the old page at the next full one.)"""
+        if not (full or changed):
+            return 0
+        months = queries.session_months(store, self.zone)
+        if full:
+            todo = [m.month for m in months]
+        else:
+            todo = sorted({s.start_time.astimezone(self.zone).date().replace(day=1) for s in changed})
+        zone = str(self.zone)
+        out.write("sessions/index.html", self._page(
+            "archive.html", "../", title="Sessions", month=None, months=months, sessions=[], zone=zone))
+        for month in todo:
+            out.write(f"sessions/{month:%Y-%m}.html", self._page(
+                "archive.html", "../", title=f"Sessions of {month:%B %Y}", month=month, months=months,
+                sessions=queries.sessions_of_month(store, month, self.zone), zone=zone))
+        return 1 + len(todo)
+
+    def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
+        name = page_name(history.spec_id)
+        durations = [r.duration_seconds for r in history.runs if r.status != "running" and r.duration_seconds is not None]
+        stats = {
+            "recent": Counts.tally(r.outcome for r in history.runs),
+            "avg_duration": sum(durations) / len(durations) if durations else None,
+        }
+        out.write(f"specs/{name}.html", self._page(
+            "spec.html", "../", title=history.spec_id, history=history, stats=stats,
+            strip=charts.outcome_strip(history.runs)))
+        out.write(f"api/specs/{name}.json", dump_json(snapshot("spec", None, {
+            "spec_id": history.spec_id, "total_runs": history.total_runs, "total_failures": history.total_failures,
+            "sessions": history.counts.as_json(), "runs": history.runs})))
+
+    def _events_pages(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime, *,
+                      full: bool) -> int:
+        """events/index.html (every type, with counts) always; a type's page when events of
+        that type were stored since the last render (or the list of types changed)."""
+        types = queries.event_types_seen(store, now - EVENT_TYPES_WINDOW)
+        names = [t for t, _ in types]
+        if full or self._since is None or names != self._event_types:
+            todo = names
+        else:
+            fresh = queries.event_types_created_since(store, self._since, happened_after=self._since - LATE_EVENTS)
+            todo = [t for t in names if t in fresh]
+        self._event_types = names
+        pages = 0
+        for event_type in [None, *todo]:
+            events = queries.recent_events(store, event_type=event_type, limit=EVENTS_PER_PAGE)
+            if event_type is None:
+                html = self._page("events.html", "../", title="Events", events=events, types=types,
+                                  current_type=None, generated_at=now)
+                out.write("events/index.html", html)
+                out.write("api/events.json", dump_json(snapshot("events", now, {"events": [
+                    {**{k: v for k, v in fields(e).items() if k != "payload"}, "data": bounded_data(e.data)}
+                    for e in events]})))
+                pages += 2
+            else:  # no render time and no counts on a type's page: unchanged, it keeps its bytes
+                out.write(f"events/{page_name(event_type)}.html", self._page(
+                    "events.html", "../", title=f"Events: {event_type}", events=events,
+                    types=[(t, None) for t in names], current_type=event_type))
+                pages += 1
+        return pages
+
+    def _alerts_page(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
+        """alerts.html and api/alerts.json: what fired in the last ALERTS_WINDOW, and its delivery."""
+        alerts = queries.recent_alerts(store, since=now - ALERTS_WINDOW, limit=ALERTS_PER_PAGE)
+        out.write("alerts.html", self._page("alerts.html", "", title="Alerts", alerts=alerts, generated_at=now,
+                                            destinations=bool(self.settings.alerts_urls or self.settings.alerts_command)))
+        out.write("api/alerts.json", dump_json(snapshot("alerts", now, {"alerts": [fields(a) for a in alerts]})))
+        return 2
+
+    def _overview(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
+        zone = self.zone
+        status = queries.status(store, now)
+        night_window = queries.night_window(now, zone, start=dtime.fromisoformat(self.settings.reports_night_start),
+                                            end=dtime.fromisoformat(self.settings.reports_night_end))
+        night = queries.night_summary(store, night_window)
+        compare = queries.compare_weeks(store, now, zone)
+        spend = queries.spend(store, now, zone, days=DAYS_CHARTED)
+        top_failing = queries.top_failing_specs(store, now - timedelta(days=7), limit=10)
+        recent_failures = queries.recent_failed_runs(store, limit=10)
+        recent_sessions = queries.sessions_since(store, now - timedelta(days=RECENT_SESSIONS_DAYS), limit=30)
+        rejects = queries.recent_rejects(store, limit=5)
+        events_until = datetime.fromtimestamp((now.timestamp() // 300 + 1) * 300, timezone.utc)
+        events_since = events_until - timedelta(hours=24)
+        event_counts = queries.event_counts(store, events_since)
+        today = now.astimezone(zone).date()
+        days = [today - timedelta(days=n) for n in range(DAYS_CHARTED - 1, -1, -1)]
+        running = [s for s in status.active if s.execution_state == "running"]
+        stalled = [s for s in status.active if s.execution_state == "stalled"]
+        live = live_numbers(status, night, compare, spend)
+        charts_ = {
+            "spend": charts.spend_per_day(spend.per_day, days),
+            "success": charts.success_per_day(spend.per_day, days),
+            "events": charts.events_per_bucket(event_counts, events_since, events_until),
+        }
+        html = self._page(
+            "overview.html", "", title="Overview", now=now, generated_at=now, zone=str(zone), status=status,
+            running=running, stalled=stalled, night=night, compare=compare, spend=spend, top_failing=top_failing,
+            recent_failures=recent_failures, recent_sessions=recent_sessions, rejects=rejects, live=live,
+            charts=charts_, stale_hosts=[h for h in status.hosts if (now - h.last_seen).total_seconds() > 60])
+        status_snapshot = snapshot("status", now, {
+            "timezone": str(zone), "live": live,
+            "active": status.active, "pending_interventions": status.pending_interventions,
+            "night": {"since": night.window.since, "until": night.window.until, "sessions": night.sessions,
+                      "outcomes": night.outcomes.as_json(), "still_failing": night.still_failing,
+                      "fixed_on_retry": night.fixed_on_retry, "retrying": night.retrying},
+            "week": {"this_week": {"since": compare.this_week.since, "until": compare.this_week.until,
+                                   "outcomes": compare.current.as_json()},
+                     "last_week": {"since": compare.last_week.since, "until": compare.last_week.until,
+                                   "outcomes": compare.previous.as_json()}},
+            "spend": {"today": spend.today.as_json(), "week": spend.week.as_json(),
+                      "month": spend.month.as_json(), "per_day": spend.per_day},
+            "top_failing_specs": top_failing, "recent_failures": recent_failures,
+            "recent_sessions": recent_sessions,
+            "monitor": {"hosts": status.hosts, "last_backup": status.last_backup, "last_prune": status.last_prune,
+                        "rejects_last_24h": status.rejects_last_24h, "recent_rejects": rejects,
+                        "reads": status.reads},
+            "events_per_5min": [{"bucket": t, "count": n} for t, n in event_counts],
+        })
+        out.write("index.html", html)
+        out.write("api/status.json", dump_json(status_snapshot))
+        return 2
+
+
+def live_numbers(status: queries.Status, night: queries.NightSummary, compare: queries.Comparison,
+                 spend: queries.Spend) -> dict[str, str]:
+    """The overview's headline numbers, formatted as shown; the page's script copies them from
+    api/status.json into the elements marked `data-live="<key>"`."""
+    stalled = sum(1 for s in status.active if s.execution_state == "stalled")
+    digest_source = "|".join(sorted(f"{s.id}:{s.execution_state}:{s.current_spec}" for s in status.active)
+                             + sorted(str(i.event_id) for i in status.pending_interventions))
+    o = night.outcomes
+    return {
+        "active": str(len(status.active)),
+        "stalled": str(stalled),
+        "waiting": str(len(status.pending_interventions)),
+        "night_success": percent(o.counts.success_rate),
+        "night_completed": str(o.counts.completed),
+        "night_fixed": str(o.counts.fixed_on_retry),
+        "night_failed": str(o.counts.failed),
+        "night_timed_out": str(o.counts.timed_out),
+        "night_cost": money(o.cost_usd),
+        "week_success": percent(compare.current.counts.success_rate),
+        "last_week_success": percent(compare.previous.counts.success_rate),
+        "spend_today": money(spend.today.cost_usd),
+        "spend_week": money(spend.week.cost_usd),
+        "spend_month": money(spend.month.cost_usd),
+        "rejects_24h": str(status.rejects_last_24h),
+        "spool_backlog": str(sum(h.spool_backlog for h in status.hosts)),
+        "ingest_rate": f"{sum(h.ingest_rate_per_s for h in status.hosts):.1f}",
+        "digest": hashlib.sha1(digest_source.encode()).hexdigest()[:16],
+    }
+
+
+# Entry point ------------------------------------------------------------------------------------
+
+
+def render_once(settings: Settings, *, dsn: str | None, full: bool = False,
+                site_dir: Path | None = None, now: datetime | None = None) -> RenderResult:
+    """`ralph-monitor render [--full]`; raises RalphMonitorError (RenderFailed) for what an operator can fix."""
+    site = site_dir or settings.site_dir
+    if os.geteuid() == 0 and site.exists() and site.stat().st_uid != 0:
+        try:
+            owner = pwd.getpwuid(site.stat().st_uid).pw_name
+        except KeyError:
+            owner = str(site.stat().st_uid)
+        raise RalphMonitorError(f"{site} belongs to {owner}, and files written by root would be out of the "
+                                f"daemon's reach: run `sudo -u {owner} ralph-monitor render`")
+    renderer = SiteRenderer(settings, dsn=dsn, site_dir=site)
+    try:
+        return renderer.render(full=full, now=now)
+    except OSError as exc:
+        raise RenderFailed(f"could not write the dashboard in {site}: {exc}") from exc
+    finally:
+        renderer.close()
+
+

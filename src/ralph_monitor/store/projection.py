@@ -1,0 +1,200 @@
+"""The projector's own connection (ProjectionStore): recomputes dirty sessions and buckets,
+each session in its own short transaction, and quarantines a session whose projection fails
+in projection_failures until its retry."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from ralph_monitor import resources
+from ralph_monitor.config import Settings
+from ralph_monitor.errors import StoreError, StoreUnavailable
+from ralph_monitor.projections import SESSION_TYPES, SessionEvent, SessionProjection
+from ralph_monitor.store.connect import conninfo, describe_error
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_FAILURE_CHARS = 2000
+"""Characters of a projection error kept in projection_failures."""
+
+
+class ProjectionStore:
+    """The projector's own connection: recomputes dirty sessions and buckets."""
+
+    def __init__(self, settings: Settings, *, dsn: str | None = None) -> None:
+        self._settings = settings
+        self._dsn = dsn
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    conninfo(self._settings, dsn=self._dsn), row_factory=dict_row)
+            except psycopg.Error as exc:
+                raise StoreUnavailable(f"cannot connect to PostgreSQL: {describe_error(exc)}") from exc
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                return await work(conn)
+        except psycopg.OperationalError as exc:
+            await conn.close()
+            self._conn = None
+            raise StoreUnavailable(f"projector lost PostgreSQL: {describe_error(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"projection failed: {describe_error(exc)}") from exc
+
+    async def project_sessions(self, compute: Callable[..., SessionProjection], *, limit: int) -> int:
+        """Recompute up to `limit` dirty sessions, each in its own short transaction; how many
+        were recomputed (sessions another projector is working on are skipped, and a session
+        whose projection fails is recorded in projection_failures and skipped until its retry)."""
+        batch = await self._run(lambda conn: _fetch(conn, "dirty_sessions_batch", {"limit": limit}))
+        done = 0
+        for row in batch:
+            done += await self._project(row["session_id"], row["version"], compute)
+        return done
+
+    async def _project(self, session_id: uuid.UUID, version: int,
+                       compute: Callable[..., SessionProjection]) -> bool:
+        """One session in its own transaction. The database being away stops the pass (the
+        caller retries); any other error is this session's alone: recorded, and the pass goes on."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
+            if not await _try_lock(conn, f"session:{session_id}"):
+                return False
+            await _project_one(conn, session_id, compute)
+            params = {"session_id": session_id, "version": version}
+            await conn.execute(resources.query("delete_dirty_session_version"), params)
+            await conn.execute(resources.query("clear_projection_failure"), params)
+            return True
+
+        try:
+            return await self._run(work)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of one session must not stop the others
+            if self._conn is None or self._conn.closed:
+                self._conn = None
+                raise StoreUnavailable(f"projector lost PostgreSQL: {exc}") from exc
+            cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+            error = (describe_error(cause) if isinstance(cause, psycopg.Error)
+                     else f"{type(cause).__name__}: {cause}")[:MAX_FAILURE_CHARS]
+            log.warning("aggregates of session %s not updated: %s; other sessions go on, retrying later",
+                        session_id, error)
+            await self._run(lambda c: c.execute(resources.query("record_projection_failure"),
+                                                {"session_id": session_id, "error": error}))
+            return False
+
+    async def project_buckets(self, *, limit: int) -> int:
+        """Recompute up to `limit` dirty 5-minute buckets in one transaction."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> int:
+            if not await _try_lock(conn, "buckets"):
+                return 0
+            rows = await _fetch(conn, "dirty_buckets_batch", {"limit": limit})
+            buckets = [r["bucket_time"] for r in rows]
+            if buckets:
+                for name in ("recompute_buckets_delete", "recompute_buckets_insert"):
+                    await conn.execute(resources.query(name), {"buckets": buckets})
+                await conn.execute(resources.query("delete_dirty_buckets_versions"),
+                                   {"buckets": buckets, "versions": [r["version"] for r in rows]})
+            return len(buckets)
+
+        return await self._run(work)
+
+    async def mark_all_dirty(self) -> None:
+        """Queue every session and bucket for recomputation (rebuild-aggregates)."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(resources.query("mark_all_dirty_sessions"))
+            await conn.execute(resources.query("mark_all_dirty_buckets"))
+            await conn.execute(resources.query("clear_projection_failures"))
+
+        await self._run(work)
+
+    async def stalled_candidates(self, stall_after_s: float) -> list[tuple[uuid.UUID, datetime]]:
+        """Running sessions with no sign of life for longer than `stall_after_s`."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> list[tuple[uuid.UUID, datetime]]:
+            cur = await conn.execute(resources.query("stalled_candidates"), {"stall_after_s": stall_after_s})
+            return [(r["id"], r["last_event_at"]) for r in await cur.fetchall()]
+
+        return await self._run(work)
+
+    async def backlog(self) -> tuple[int, int]:
+        """Dirty sessions and buckets still waiting."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+            row = await (await conn.execute(resources.query("dirty_backlog"))).fetchone()
+            assert row is not None
+            return row["sessions"], row["buckets"]
+
+        return await self._run(work)
+
+    async def failing_sessions(self, *, limit: int = 1) -> tuple[int, list[dict[str, Any]]]:
+        """How many sessions' projections are failing, and the oldest `limit` of them."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> tuple[int, list[dict[str, Any]]]:
+            count = await (await conn.execute(resources.query("projection_failure_count"))).fetchone()
+            assert count is not None
+            return count["failing"], await _fetch(conn, "projection_failures", {"limit": limit})
+
+        return await self._run(work)
+
+
+async def _fetch(conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return await (await conn.execute(resources.query(name), params)).fetchall()
+
+
+async def _try_lock(conn: psycopg.AsyncConnection[Any], key: str) -> bool:
+    """A transaction-scoped advisory lock on `key`, if no other projector holds it."""
+    row = await (await conn.execute(resources.query("try_lock_projection"), {"key": key})).fetchone()
+    return bool(row and row["locked"])
+
+
+async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
+                       compute: Callable[..., SessionProjection]) -> None:
+    params = {"session_id": session_id}
+    activity = await (await conn.execute(resources.query("session_activity"), params)).fetchone()
+    if activity is None or activity["event_count"] == 0:
+        # All its events were pruned: the aggregate goes with them.
+        await conn.execute(resources.query("delete_session_aggregate"), params)
+        return
+    rows = await (await conn.execute(resources.query("session_events"),
+                                     {**params, "types": list(SESSION_TYPES)})).fetchall()
+    events = [SessionEvent(r["event_id"], r["event_type"], r["spec_id"], r["occurred_at"], r["host"],
+                           r["data"] if isinstance(r["data"], dict) else {}) for r in rows]
+    projection = compute(session_id, events, event_count=activity["event_count"],
+                         last_event_at=activity["last_event_at"] or activity["last_any_at"])
+    values = {k: v for k, v in vars(projection).items() if k not in ("spec_runs", "interventions")}
+    values["final_result"] = Jsonb(values["final_result"]) if values["final_result"] is not None else None
+    values["metadata"] = Jsonb(values["metadata"] or {})
+    await conn.execute(resources.query("upsert_session"), values)
+    await conn.execute(resources.query("delete_session_spec_runs"), params)
+    async with conn.cursor() as cur:
+        if projection.spec_runs:
+            await cur.executemany(resources.query("insert_spec_run"), [
+                {**vars(run), "session_id": session_id,
+                 "output_summary": Jsonb(run.output_summary) if run.output_summary is not None else None}
+                for run in projection.spec_runs])
+        await cur.execute(resources.query("delete_session_interventions"), params)
+        if projection.interventions:
+            await cur.executemany(resources.query("insert_intervention"), [
+                {**vars(i), "session_id": session_id} for i in projection.interventions])
