@@ -46,6 +46,13 @@ PROVIDER_PATTERNS: dict[str, str] = {
     "digitalocean_token": r"do[opr]_v1_[a-f0-9]{64}",
     "jwt": r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
 }
+PROVIDER_HINTS = ("sk-", "sk_", "rk_", "pk_", "AKIA", "ASIA", "ABIA", "ACCA", "AROA", "AIDA", "ghp_", "gho_", "ghu_",
+                  "ghs_", "ghr_", "github_pat_", "glpat-", "gldt-", "glptt-", "glrt-", "xox", "AIza", "whsec_", "hf_",
+                  "npm_", "pypi-", "SG.", "_v1_", "eyJ")
+"""Substrings without which no PROVIDER_PATTERNS match can be there."""
+PREFIX_HINTS = {"authorization": ("authorization",), "bearer_token": ("bearer",), "url_password": ("://",),
+                "assignment": ("pass", "secret", "token", "key", "credential")}
+"""The same, in lower case, for the patterns that keep what precedes the secret."""
 PRIVATE_KEY = (r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
                r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)")
 AUTH_SCHEME = r"(?:bearer|basic|token|bot|digest|negotiate|apikey)"
@@ -96,13 +103,18 @@ class Redactor:
         self._secret_name = re.compile(_any_case(SECRET_NAME) + "$")
 
     def text(self, value: str) -> str:
-        """`value` with every secret replaced."""
+        """`value` with every secret replaced. Each pattern runs only where a plain substring
+        search (much faster than `re`) finds what it needs in the text."""
         if not self.enabled or len(value) < MIN_SECRET_CHARS:
             return value
-        value = self._private_key.sub(self._whole("private_key"), value)
-        value = self._providers.sub(self._provider, value)
+        low = value.lower()
+        if "private key" in low:
+            value = self._private_key.sub(self._whole("private_key"), value)
+        if any(hint in value for hint in PROVIDER_HINTS):
+            value = self._providers.sub(self._provider, value)
         for kind, pattern, check in self._keeping_prefix:
-            value = pattern.sub(self._value_only(kind, check), value)
+            if any(hint in low for hint in PREFIX_HINTS[kind]):
+                value = pattern.sub(self._value_only(kind, check), value)
         for pattern in self._custom:
             value = pattern.sub(self._whole("custom"), value)
         return value
