@@ -527,7 +527,7 @@ class Importer:
 
     def __init__(self, projects: Path, *, since: datetime | None, redactor: Redactor, prices: PriceTable,
                  state_path: Path | None, send: Callable[[Sequence[bytes]], list[dict[str, Any]]] | None,
-                 progress: TextIO | None = None) -> None:
+                 progress: TextIO | None = None, batch_events: int = BATCH_EVENTS) -> None:
         self.projects = projects
         self.since = since
         self.redactor = redactor
@@ -535,7 +535,11 @@ class Importer:
         self.state_path = state_path
         self.send = send
         self.progress_stream = progress
+        self.batch_events = batch_events
+        """Events per round trip to the daemon (several sessions' worth)."""
         self.state = self._load_state()
+        self._pending_lines: list[bytes] = []
+        self._pending_marks: dict[str, list[int]] = {}
 
     def _load_state(self) -> dict[str, Any]:
         empty: dict[str, Any] = {"version": STATE_VERSION, "files": {}, "seen": {}}
@@ -592,17 +596,22 @@ class Importer:
                 progress.show(done, summary)
                 continue
             session = reader.read(session_id, files)
+            lines: list[bytes] = []
             if session.recorded_by_hook:
                 summary.recorded_by_hook += 1
             elif session.requests or session.turns:
-                self._record(session, summary)
-            self.state["files"].update(marks)
-            self._save_state()
+                lines = self._record(session, summary)
+            self._pending_lines.extend(lines)
+            self._pending_marks.update(marks)
+            if len(self._pending_lines) >= self.batch_events:
+                self._flush(summary)
             progress.show(done, summary)
+        self._flush(summary)
         progress.show(len(groups), summary, final=True)
         return summary
 
-    def _record(self, session: Session, summary: Summary) -> None:
+    def _record(self, session: Session, summary: Summary) -> list[bytes]:
+        """Sum the session up into `summary`; its encoded events."""
         costs = session_costs(session, self.prices)
         self.redactor.count = 0
         events = session_events(session, costs, self.redactor)
@@ -617,19 +626,26 @@ class Importer:
         else:
             summary.cost_estimate_usd += costs.total
         summary.add_daily(session.requests)
-        if self.send is None:
-            return
-        lines = [encode_event(e) for e in events]
-        for start in range(0, len(lines), BATCH_EVENTS):
-            batch = lines[start:start + BATCH_EVENTS]
-            replies = self.send(batch)
-            summary.events_sent += len(batch)
-            for reply in replies:
-                if reply.get("ok"):
-                    summary.events_stored += not reply.get("duplicate")
-                else:
-                    summary.rejected += 1
-                    summary.first_rejection = summary.first_rejection or str(reply.get("error"))[:500]
+        return [encode_event(e) for e in events] if self.send is not None else []
+
+    def _flush(self, summary: Summary) -> None:
+        """Send what the sessions read so far hold (a few sessions per round trip), then mark
+        their files imported: an interruption before this point re-sends them next time."""
+        lines, self._pending_lines = self._pending_lines, []
+        if self.send is not None:
+            for start in range(0, len(lines), self.batch_events):
+                batch = lines[start:start + self.batch_events]
+                replies = self.send(batch)
+                summary.events_sent += len(batch)
+                for reply in replies:
+                    if reply.get("ok"):
+                        summary.events_stored += not reply.get("duplicate")
+                    else:
+                        summary.rejected += 1
+                        summary.first_rejection = summary.first_rejection or str(reply.get("error"))[:500]
+        self.state["files"].update(self._pending_marks)
+        self._pending_marks = {}
+        self._save_state()
 
 
 def _mark(path: Path) -> list[int]:
