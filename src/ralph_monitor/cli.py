@@ -142,11 +142,13 @@ def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
     """Only for callers of `monitor_main` itself: `launcher` runs the hook before argparse."""
-    from ralph_monitor.agent.hook import main as hook_main
+    from ralph_monitor.agent.hook_start import FOREGROUND_OPTION
+    from ralph_monitor.agent.hook_start import main as hook_main
 
     options = {"--socket": args.socket, "--config": args.config,
                "--max-field-bytes": args.max_field_bytes, "--timeout": args.timeout}
-    return hook_main([f"{name}={value}" for name, value in options.items() if value is not None])
+    argv = [f"{name}={value}" for name, value in options.items() if value is not None]
+    return hook_main(argv + ([FOREGROUND_OPTION] if args.foreground else []))
 
 
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
@@ -154,6 +156,7 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
 
     from ralph_monitor.agent.client import Client
     from ralph_monitor.agent.loop import LoopRunner, Spec, load_specs
+    from ralph_monitor.agent.redact import Redactor
 
     command = args.agent_command[1:] if args.agent_command[:1] == ["--"] else args.agent_command
     if args.session is not None:
@@ -168,7 +171,42 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
             timeout_s=args.timeout, heartbeat_s=args.heartbeat, kill_grace_s=args.kill_grace,
             stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet,
             max_cost_usd=settings.budget_session_usd if args.max_cost is None else args.max_cost,
-            max_tokens=settings.budget_session_tokens if args.max_tokens is None else args.max_tokens).run()
+            max_tokens=settings.budget_session_tokens if args.max_tokens is None else args.max_tokens,
+            redactor=Redactor(enabled=settings.redaction_enabled, extra_patterns=settings.redaction_patterns),
+            config_path=os.path.abspath(args.config) if args.config else None).run()
+
+
+def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.agent.claude_import import run_import
+    from ralph_monitor.agent.prices import PRICES_DATE, PriceTable
+    from ralph_monitor.agent.redact import Redactor
+
+    try:
+        prices = PriceTable.with_overrides(settings.import_prices_file or None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"[import] prices_file: {exc}") from None
+    summary = run_import(_socket_path(args, settings), projects=args.projects, since=args.since,
+                         redactor=Redactor(enabled=settings.redaction_enabled,
+                                           extra_patterns=settings.redaction_patterns),
+                         prices=prices, dry_run=args.dry_run, progress=None if args.json else sys.stderr)
+    if args.json:
+        print(json.dumps(summary.as_json(), indent=2, sort_keys=True))
+    else:
+        verb = "would record" if args.dry_run else "recorded"
+        print(f"{verb} {summary.sessions} sessions ({summary.turns} turns, {summary.tool_calls} tool calls, "
+              f"{summary.tokens_used:,} tokens) from {summary.files} transcript files")
+        print(f"cost: ${summary.cost_api_usd:,.2f} as the transcripts give it (api), "
+              f"${summary.cost_estimate_usd:,.2f} estimated from the price table of {PRICES_DATE}"
+              + (f"; no price for {', '.join(sorted(summary.unpriced_models))}" if summary.unpriced_models else ""))
+        if not args.dry_run:
+            print(f"{summary.events_stored} events stored, {summary.events_sent - summary.events_stored - summary.rejected} "
+                  f"already there; {summary.unchanged} sessions unchanged since the last import, "
+                  f"{summary.recorded_by_hook} recorded live by the hook; {summary.redactions} secrets redacted")
+    if summary.rejected:
+        print(f"ralph-monitor import: {summary.rejected} events refused, e.g.: {summary.first_rejection}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -268,6 +306,23 @@ def _add_agent_parsers(sub: Any) -> None:
                           "prints nothing, and gives up after --timeout seconds.")
     add_hook_arguments(hook)
     hook.set_defaults(func=_cmd_hook, no_settings=True)
+
+    imports = sub.add_parser(
+        "import", help="record the Claude Code sessions already on disk (its transcripts)",
+        description="Read Claude Code's transcripts (~/.claude/projects/**/*.jsonl, or $CLAUDE_CONFIG_DIR/projects) "
+        "and record each session with its turns, tool calls, tokens per model and cost (api where the transcript "
+        "has it, else estimated). Safe to run again: only new or grown transcripts are sent, and nothing is "
+        "stored twice.")
+    add_config_option(imports)
+    imports.add_argument("source", choices=["claude-code"], help="what to import")
+    imports.add_argument("--since", default="30d", metavar="WHEN",
+                         help="transcripts touched since: 30d, 12h, 2w, a date, or all (default 30d)")
+    imports.add_argument("--projects", metavar="DIR", help="the transcripts' directory (default ~/.claude/projects)")
+    imports.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    imports.add_argument("--dry-run", action="store_true", help="read and sum up, send nothing")
+    imports.add_argument("--json", action="store_true",
+                         help="print the summary as JSON (with tokens per day and model, as ccusage counts them)")
+    imports.set_defaults(func=_cmd_import)
 
     loop = sub.add_parser(
         "loop", help="run an agent command per spec and record each run",
