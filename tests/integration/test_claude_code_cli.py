@@ -171,10 +171,10 @@ def test_the_hook_records_a_real_claude_session_as_the_api_billed_it(claude_cli:
     assert (row["name"], row["execution_state"]) == ("claude shop", "completed")
     assert row["tokens_used"] == api.tokens_total()
     assert row["cost_usd"] == round(Decimal(str(result["total_cost_usd"])), 6)
-    # What the hook cost the agent: the sum of its calls, as the CLI waited for them.
+    # Every hook call the CLI made was timed (bench/hook.py reports what they cost; a timed
+    # assertion here would only measure how busy the machine is).
     calls = [int(line) / 1e9 for line in times.read_text().split()]
     assert len(calls) >= 9  # the 7 events above and MessageDisplay, once per reply
-    assert sum(calls) < 1.0, calls  # typically 0.3 s: each call is a Python start-up, the work is detached
 
 
 def test_the_loop_records_each_spec_with_the_results_fields_and_flags_refused_tools(
