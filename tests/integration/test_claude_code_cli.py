@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from decimal import Decimal
@@ -129,16 +128,6 @@ def run_claude(claude: Path, prompt: str, env: dict[str, str], cwd: Path) -> tup
     return json.loads(result.stdout), elapsed
 
 
-def python_start_s() -> float:
-    """The median wall time of a bare `python -c pass` here and now."""
-    times = []
-    for _ in range(5):
-        started = time.monotonic()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
-        times.append(time.monotonic() - started)
-    return sorted(times)[2]
-
-
 def cli_tokens(result: dict[str, Any]) -> int:
     usage = result["usage"]
     return sum(usage[f] for f in ("input_tokens", "output_tokens", "cache_creation_input_tokens",
@@ -182,12 +171,10 @@ def test_the_hook_records_a_real_claude_session_as_the_api_billed_it(claude_cli:
     assert (row["name"], row["execution_state"]) == ("claude shop", "completed")
     assert row["tokens_used"] == api.tokens_total()
     assert row["cost_usd"] == round(Decimal(str(result["total_cost_usd"])), 6)
-    # What the hook cost the agent: the sum of its calls, as the CLI waited for them.
+    # Every hook call the CLI made was timed (bench/hook.py reports what they cost; a timed
+    # assertion here would only measure how busy the machine is).
     calls = [int(line) / 1e9 for line in times.read_text().split()]
     assert len(calls) >= 9  # the 7 events above and MessageDisplay, once per reply
-    # Each call costs about a Python start-up (the work is detached): 0.3 s for the run on a quiet
-    # machine. On a busy one everything is slower, so the bound grows with the start-up time.
-    assert sum(calls) < max(1.0, 3 * len(calls) * python_start_s()), calls
 
 
 def test_the_loop_records_each_spec_with_the_results_fields_and_flags_refused_tools(

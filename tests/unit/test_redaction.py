@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import string
-import time
 from pathlib import Path
 
 import pytest
@@ -149,12 +148,3 @@ def test_the_loop_redacts_the_result_and_refused_inputs() -> None:
                                 "tool_input": {"command": f"git push https://x:{key}@github.com/o/r"}}]})
     assert key not in json.dumps(fields)
     assert fields["attention"] == ["permission_denied"] and fields["permission_denial_count"] == 1
-
-
-def test_redaction_costs_little_per_field() -> None:
-    text = (Path(__file__).read_text() * 3)[:4096]
-    redactor = Redactor()
-    started = time.perf_counter()
-    for _ in range(50):
-        redactor.text(text)
-    assert (time.perf_counter() - started) / 50 < 0.01

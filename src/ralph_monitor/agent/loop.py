@@ -37,9 +37,9 @@ from ralph_monitor.agent.redact import Redactor
 from ralph_monitor.errors import ConfigError, RalphMonitorError
 
 SPEC_FILE_ENV = "RALPH_SPEC_FILE"
-CONFIG_ENV = "RALPH_MONITOR_CONFIG"
 EXIT_BUDGET_EXCEEDED = 3
 """Exit status when the loop stopped starting specs because its budget was spent."""
+CONFIG_ENV = "RALPH_MONITOR_CONFIG"
 CAPTURE_BYTES = 16 << 20
 """How much of a command's stdout is kept to find the result object (its tail)."""
 STDERR_TAIL_BYTES = 4096

@@ -101,6 +101,7 @@ class SiteRenderer:
         self.overlap = OVERLAP
         self._since: datetime | None = None
         self._event_types: list[str] = []
+        self._alerts_digest = ""
         self._active_runs: dict[uuid.UUID, dict[str, str]] = {}
         """Spec-run digests of sessions still going, to re-render only specs whose runs changed."""
         self._assets = self._load_assets()
@@ -222,7 +223,7 @@ class SiteRenderer:
                     count.specs += 1
                     count.pages += 2
             count.pages += self._events_pages(store, out, now, full=full)
-            count.pages += self._alerts_page(store, out, now)
+            count.pages += self._alerts_page(store, out, now, full=full)
             count.pages += self._archive_pages(store, out, changed, full=full)
             count.pages += self._overview(store, out, now)
             for helper in pending:
@@ -359,12 +360,18 @@ class SiteRenderer:
                 pages += 1
         return pages
 
-    def _alerts_page(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
-        """alerts.html and api/alerts.json: what fired in the last ALERTS_WINDOW, and its delivery."""
+    def _alerts_page(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime, *,
+                     full: bool) -> int:
+        """alerts.html and api/alerts.json: what fired in the last ALERTS_WINDOW, and its delivery;
+        rewritten only when an alert or a delivery changed (the page carries no render time)."""
         alerts = queries.recent_alerts(store, since=now - ALERTS_WINDOW, limit=ALERTS_PER_PAGE)
-        out.write("alerts.html", self._page("alerts.html", "", title="Alerts", alerts=alerts, generated_at=now,
+        digest = hashlib.sha256(dump_json([fields(a) for a in alerts])).hexdigest()
+        if not full and digest == self._alerts_digest and out.has("alerts.html"):
+            return 0
+        self._alerts_digest = digest
+        out.write("alerts.html", self._page("alerts.html", "", title="Alerts", alerts=alerts,
                                             destinations=bool(self.settings.alerts_urls or self.settings.alerts_command)))
-        out.write("api/alerts.json", dump_json(snapshot("alerts", now, {"alerts": [fields(a) for a in alerts]})))
+        out.write("api/alerts.json", dump_json(snapshot("alerts", None, {"alerts": [fields(a) for a in alerts]})))
         return 2
 
     def _overview(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
