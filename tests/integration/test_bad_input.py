@@ -424,7 +424,10 @@ def test_connections_beyond_max_are_refused_and_slots_come_back(daemon_factory: 
     while len(accepted) < 5:
         assert time.monotonic() < deadline, "closed connections did not free their slots"
         c = connect(d)
-        c.send(b'{"type":"spec_started"}\n')
+        try:
+            c.send(b'{"type":"spec_started"}\n')
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused and closed before the line went out: the refusal is still there to read
         reply = c.reply()
         if reply.get("ok"):
             accepted.append(c)

@@ -28,7 +28,7 @@ from ralph_monitor.store import open_read_store
 from ralph_monitor.textfmt import money, percent
 from tests.conftest import Daemon, LineClient, query
 from tests.integration.test_overnight import BIN, overnight, wait_until_settled  # noqa: F401 (fixture)
-from tests.scenario import A, B, C, overnight_events
+from tests.scenario import A, B, C, overnight_events, scenario_zone
 from tests.site_helpers import SCRIPT_TAG, keep_live_run_alive, read_json, read_page, site_files
 
 
@@ -299,9 +299,10 @@ def test_files_are_world_readable_whatever_the_umask(overnight: Daemon, tmp_path
 @pytest.fixture
 def calm_overnight(daemon_factory: Any) -> Daemon:
     """The scripted run on a daemon that marks nothing stalled while a test runs."""
-    d = daemon_factory(aggregates={"stall_after_s": 86400.0})
+    now = datetime.now(timezone.utc)
+    d = daemon_factory(aggregates={"stall_after_s": 86400.0}, reports={"timezone": scenario_zone(now)})
     d.start()
-    send(d, overnight_events(datetime.now(timezone.utc)))
+    send(d, overnight_events(now))
     wait_until_settled(d.dsn)
     return d
 
@@ -534,7 +535,10 @@ def test_every_session_is_listed_month_by_month(daemon_factory: Any, tmp_path: P
     def session(sid: str, name: str, started: datetime, cost: float) -> list[dict[str, Any]]:
         return [{"type": "session_started", "session_id": sid, "ts": started.isoformat(), "data": {"name": name}},
                 {"type": "spec_completed", "session_id": sid, "spec_id": "CR-01",
-                 "ts": (started + timedelta(minutes=5)).isoformat(), "data": {"cost_usd": cost}}]
+                 "ts": (started + timedelta(minutes=5)).isoformat(), "data": {"cost_usd": cost}},
+                # ended: an open session silent for long is marked stalled (changed) at any moment
+                {"type": "session_ended", "session_id": sid, "ts": (started + timedelta(minutes=6)).isoformat(),
+                 "data": {"status": "completed"}}]
 
     long_ago = now - timedelta(days=70)
     send(d, session(old, "seventy days ago", long_ago, 1.25) + session(new, "this month", now - timedelta(minutes=20), 2))
