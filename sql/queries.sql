@@ -178,6 +178,17 @@ FROM events
 WHERE session_id = %(session_id)s AND event_type = ANY(%(types)s)
 ORDER BY occurred_at, event_id;
 
+-- name: session_recent_activity
+-- The session's latest Claude Code hook events (projections.ACTIVITY_TYPES) for the loop-health
+-- rules and the waiting state: newest first, bounded in time and number.
+SELECT event_id, event_type, occurred_at, payload->'data'->>'tool_name' AS tool_name,
+       left(payload->'data'->>'tool_input', 2000) AS tool_input,
+       payload->'data'->>'notification_type' AS notification_type
+FROM events
+WHERE session_id = %(session_id)s AND event_type = ANY(%(types)s) AND occurred_at >= %(since)s
+ORDER BY occurred_at DESC
+LIMIT %(limit)s;
+
 -- name: session_activity
 SELECT count(*) AS event_count,
        max(occurred_at) FILTER (WHERE event_type <> 'session_stalled') AS last_event_at,
@@ -187,11 +198,12 @@ FROM events WHERE session_id = %(session_id)s;
 -- name: upsert_session
 INSERT INTO sessions AS s (id, name, host, start_time, end_time, last_event_at, total_specs,
     specs_completed, specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used,
-    cost_usd, event_count, interventions_pending, final_result, metadata, value_problems, updated_at)
+    cost_usd, event_count, interventions_pending, final_result, metadata, value_problems, waiting_since,
+    loop_findings, updated_at)
 VALUES (%(id)s, %(name)s, %(host)s, %(start_time)s, %(end_time)s, %(last_event_at)s, %(total_specs)s,
     %(specs_completed)s, %(specs_failed)s, %(specs_timed_out)s, %(specs_fixed_on_retry)s, %(execution_state)s,
     %(tokens_used)s, %(cost_usd)s, %(event_count)s, %(interventions_pending)s, %(final_result)s, %(metadata)s,
-    %(value_problems)s, now())
+    %(value_problems)s, %(waiting_since)s, %(loop_findings)s, now())
 ON CONFLICT (id) DO UPDATE SET
     name = EXCLUDED.name, host = EXCLUDED.host, start_time = EXCLUDED.start_time,
     end_time = EXCLUDED.end_time, last_event_at = EXCLUDED.last_event_at,
@@ -200,7 +212,8 @@ ON CONFLICT (id) DO UPDATE SET
     specs_fixed_on_retry = EXCLUDED.specs_fixed_on_retry, execution_state = EXCLUDED.execution_state, tokens_used = EXCLUDED.tokens_used,
     cost_usd = EXCLUDED.cost_usd, event_count = EXCLUDED.event_count,
     interventions_pending = EXCLUDED.interventions_pending, final_result = EXCLUDED.final_result,
-    metadata = EXCLUDED.metadata, value_problems = EXCLUDED.value_problems, updated_at = now();
+    metadata = EXCLUDED.metadata, value_problems = EXCLUDED.value_problems,
+    waiting_since = EXCLUDED.waiting_since, loop_findings = EXCLUDED.loop_findings, updated_at = now();
 
 -- name: delete_session_spec_runs
 DELETE FROM spec_runs WHERE session_id = %(session_id)s;
@@ -252,8 +265,8 @@ SELECT s.*, (SELECT r.spec_id FROM spec_runs r
              WHERE r.session_id = s.id AND r.status = 'running'
              ORDER BY r.start_time DESC LIMIT 1) AS current_spec
 FROM sessions s
-WHERE s.execution_state IN ('running', 'stalled')
-ORDER BY s.start_time DESC;
+WHERE s.execution_state IN ('running', 'stalled', 'waiting_for_human')
+ORDER BY s.execution_state = 'waiting_for_human' DESC, s.start_time DESC;
 
 -- name: pending_interventions
 SELECT i.event_id, i.session_id, s.name AS session_name, i.spec_id, i.requested_at, i.message
@@ -735,6 +748,20 @@ WHERE i.answered_at IS NULL AND s.end_time IS NULL
   AND i.requested_at < now() - make_interval(secs => %(after_s)s)
   AND i.requested_at > now() - interval '2 days'
 ORDER BY i.requested_at;
+
+-- name: alert_stuck_sessions
+-- Open loop-health episodes of sessions still going (an ended session's are history).
+SELECT s.id, s.name, s.loop_findings FROM sessions s
+WHERE s.execution_state IN ('running', 'stalled', 'waiting_for_human') AND s.loop_findings <> '[]'
+  AND s.last_event_at > now() - interval '1 day';
+
+-- name: flagged_sessions
+-- Sessions a guard must stop: open loop-health episodes while going, or ended as stuck
+-- (the daemon answers `session_flags` from these).
+SELECT s.id, s.execution_state, s.loop_findings, s.final_result->>'reason' AS reason FROM sessions s
+WHERE (s.execution_state IN ('running', 'stalled', 'waiting_for_human') AND s.loop_findings <> '[]'
+       AND s.last_event_at > now() - interval '2 days')
+   OR (s.execution_state = 'stuck' AND s.end_time > now() - interval '2 days');
 
 -- name: alert_stalled_sessions
 SELECT s.id, s.name, s.last_event_at,

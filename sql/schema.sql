@@ -198,7 +198,9 @@ CREATE TABLE public.sessions (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     value_problems text[] DEFAULT '{}'::text[] NOT NULL,
     specs_fixed_on_retry integer DEFAULT 0 NOT NULL,
-    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text, 'budget_exceeded'::text])))
+    waiting_since timestamp with time zone,
+    loop_findings jsonb DEFAULT '[]'::jsonb NOT NULL,
+    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'waiting_for_human'::text, 'completed'::text, 'failed'::text, 'interrupted'::text, 'budget_exceeded'::text, 'stuck'::text])))
 );
 CREATE TABLE public.spec_runs (
     id bigint NOT NULL,
@@ -286,7 +288,7 @@ CREATE INDEX events_default_spec_id_occurred_at_idx ON public.events_default USI
 CREATE INDEX interventions_open_idx ON public.interventions USING btree (requested_at DESC) WHERE (answered_at IS NULL);
 CREATE INDEX interventions_session_idx ON public.interventions USING btree (session_id);
 CREATE INDEX rejects_received_at_idx ON public.rejects USING btree (received_at DESC);
-CREATE INDEX sessions_active_idx ON public.sessions USING btree (last_event_at) WHERE (execution_state = ANY (ARRAY['running'::text, 'stalled'::text]));
+CREATE INDEX sessions_active_idx ON public.sessions USING btree (last_event_at) WHERE (execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'waiting_for_human'::text]));
 CREATE INDEX sessions_name_start_idx ON public.sessions USING btree (name, start_time DESC);
 CREATE INDEX sessions_start_idx ON public.sessions USING btree (start_time DESC);
 CREATE INDEX spec_runs_end_idx ON public.spec_runs USING btree (end_time DESC) INCLUDE (status, outcome, tokens_used, cost_usd, duration_seconds) WHERE (end_time IS NOT NULL);

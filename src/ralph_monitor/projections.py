@@ -14,20 +14,32 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ralph_monitor import outcomes, values
+from ralph_monitor import loop_health, outcomes, values
 
 SESSION_TYPES = (
     "session_started", "session_ended", "session_heartbeat", "session_stalled",
     "spec_started", "spec_completed", "spec_failed", "timeout_triggered",
-    "intervention_request", "user_feedback",
+    "intervention_request", "user_feedback", "loop_stuck", "loop_recovered",
 )
-"""The event types the projection reads; other types only count as signs of life."""
+"""The event types the projection reads; other types only count as signs of life (and the
+recent ones of ACTIVITY_TYPES feed the loop-health rules and the waiting state)."""
+ACTIVITY_TYPES = (
+    "cc.PreToolUse", "cc.PostToolUse", "cc.PostToolUseFailure", "cc.PermissionRequest", "cc.PermissionDenied",
+    "cc.Notification", "cc.UserPromptSubmit", "cc.Stop", "cc.StopFailure", "cc.SessionEnd",
+)
+"""Claude Code hook events the projection reads the recent ones of (store: session_recent_activity)."""
+HELP_NOTIFICATIONS = frozenset({"permission_prompt", "elicitation_dialog"})
+ASK_TOOLS = frozenset({"AskUserQuestion"})
+WAIT_CLOSERS = frozenset({
+    "cc.PostToolUse", "cc.PostToolUseFailure", "cc.PermissionDenied", "cc.UserPromptSubmit", "cc.Stop",
+    "cc.StopFailure", "cc.SessionEnd"})
+"""Signs that the agent went on after it asked (besides spec and feedback events)."""
 
 SPEC_TERMINAL = {"spec_completed": "completed", "spec_failed": "failed", "timeout_triggered": "timeout"}
-SESSION_END_STATES = ("completed", "failed", "interrupted", "budget_exceeded")
+SESSION_END_STATES = ("completed", "failed", "interrupted", "budget_exceeded", "stuck")
 _RANK = {"session_started": 0, "spec_started": 1, "session_heartbeat": 2, "intervention_request": 2,
          "user_feedback": 3, "spec_completed": 4, "spec_failed": 4, "timeout_triggered": 4,
-         "session_stalled": 5, "session_ended": 6}
+         "session_stalled": 5, "loop_stuck": 5, "loop_recovered": 5, "session_ended": 6}
 MAX_PROBLEMS = 20
 """Reasons kept per session or spec run for values the aggregates skipped."""
 
@@ -100,6 +112,10 @@ class SessionTotals:
     metadata: Any
     value_problems: list[str] = field(default_factory=list)
     """Values the aggregates skipped (values.py), e.g. "tokens_used=1e30 ignored: out of range"."""
+    waiting_since: datetime | None = None
+    """While waiting_for_human: since when (the first request or prompt still open)."""
+    loop_findings: list[dict[str, Any]] = field(default_factory=list)
+    """Open loop-health episodes (loop_health.py): each loop_stuck's data and event_id."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,8 @@ class SessionProjection(SessionTotals):
 
     spec_runs: list[SpecRun] = field(default_factory=list)
     interventions: list[Intervention] = field(default_factory=list)
+    loop_due: list[tuple[str, uuid.UUID, datetime, dict[str, Any]]] = field(default_factory=list)
+    """loop_stuck / loop_recovered events to record (loop_health.episodes_due); not a column."""
 
 
 def _duration(run: SpecRun, reported: Decimal | None = None) -> float | None:
@@ -164,15 +182,22 @@ def _total(field: str, total: Any, problems: list[str]) -> Any:
 
 
 def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_count: int,
-                    last_event_at: datetime) -> SessionProjection:
+                    last_event_at: datetime, activity: list[loop_health.Activity] | None = None,
+                    limits: loop_health.Thresholds | None = None) -> SessionProjection:
     """The aggregates of one session. `events` are its events of SESSION_TYPES (any order);
-    `event_count` and `last_event_at` cover all its events (tool events included)."""
+    `event_count` and `last_event_at` cover all its events (tool events included); `activity`
+    its recent events of ACTIVITY_TYPES, in time order; `limits` the loop-health thresholds
+    (None: no rule is evaluated)."""
     ordered = sorted(events, key=lambda e: e.sort_key)
     runs: list[SpecRun] = []
     open_runs: dict[str, SpecRun] = {}
     last_run: dict[str, SpecRun] = {}
     attempts: dict[str, int] = {}
     interventions: list[Intervention] = []
+    closings: list[loop_health.Closing] = []
+    episodes: dict[uuid.UUID, loop_health.Episode] = {}
+    waits: list[tuple[datetime, bool]] = []
+    """(when, True: a request opened / False: the agent went on), for waiting_for_human."""
     problems: list[str] = []
     read = _Reader(problems)
     started = ended = stalled_at = None
@@ -207,12 +232,25 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
                 runs.append(run)
                 last_run[event.spec_id] = run
             _close(run, event, SPEC_TERMINAL[kind])
+            closings.append(loop_health.Closing(
+                event.event_id, event.spec_id, event.occurred_at, run.status != "completed", run.error_message,
+                run.cost_usd, event.data.get("git") if isinstance(event.data.get("git"), dict) else None))
         elif kind == "intervention_request":
             interventions.append(Intervention(
                 event.event_id, event.spec_id, event.occurred_at,
                 read.text(event.data, "message", "question", "reason")))
         elif kind == "user_feedback":
             _answer(interventions, event, read)
+        elif kind == "loop_stuck" and isinstance(event.data.get("rule"), str):
+            episodes[event.event_id] = loop_health.Episode(
+                event.event_id, event.data["rule"], event.data, event.occurred_at)
+        elif kind == "loop_recovered":
+            stuck = episodes.get(_uuid(event.data.get("stuck_event_id")))
+            if stuck is not None and stuck.recovered_at is None:
+                episodes[stuck.event_id] = loop_health.Episode(
+                    stuck.event_id, stuck.rule, stuck.data, stuck.at, event.occurred_at)
+        if kind in ("spec_started", "user_feedback") or kind in SPEC_TERMINAL:
+            waits.append((event.occurred_at, False))
 
     if ended is not None:
         for run in open_runs.values():
@@ -233,8 +271,18 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         cost = read.number(end_data, "cost_usd") or Decimal(0)
     tokens = _total("tokens_used", tokens, problems)
     cost = _total("cost_usd", cost, problems)
+    waiting_since = None
+    loop_due: list[tuple[str, uuid.UUID, datetime, dict[str, Any]]] = []
+    if ended is None:
+        waiting_since = _waiting_since(waits, interventions, activity or [])
+        if limits is not None:
+            current = loop_health.findings(closings, activity or [], now=last_event_at,
+                                           started=started.occurred_at if started else last_event_at, limits=limits)
+            loop_due = loop_health.episodes_due(session_id, current, list(episodes.values()), now=last_event_at)
     if ended is not None:
         state = end_data.get("status") if end_data.get("status") in SESSION_END_STATES else "completed"
+    elif waiting_since is not None:
+        state = "waiting_for_human"
     elif stalled_at is not None and stalled_at >= last_event_at:
         state = "stalled"
     else:
@@ -260,9 +308,41 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         final_result=end_data or None,
         metadata=metadata or {},
         value_problems=problems[:MAX_PROBLEMS],
+        waiting_since=waiting_since,
+        loop_findings=[{**e.data, "event_id": str(e.event_id)} for e in episodes.values() if e.recovered_at is None],
         spec_runs=runs,
         interventions=interventions,
+        loop_due=loop_due,
     )
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _waiting_since(waits: list[tuple[datetime, bool]], interventions: list[Intervention],
+                   activity: list[loop_health.Activity]) -> datetime | None:
+    """Since when the session waits for a human: a request unanswered, a permission prompt, an
+    AskUserQuestion or a Notification of a help kind, with no sign since that the agent went on."""
+    marks = list(waits)
+    marks += [(i.requested_at, True) for i in interventions if i.answered_at is None]
+    for a in activity:
+        if (a.event_type == "cc.PermissionRequest"
+                or (a.event_type == "cc.Notification" and a.notification_type in HELP_NOTIFICATIONS)
+                or (a.event_type == "cc.PreToolUse" and a.tool_name in ASK_TOOLS)):
+            marks.append((a.at, True))
+        elif a.event_type in WAIT_CLOSERS or a.event_type == "cc.PreToolUse":
+            marks.append((a.at, False))
+    since = None
+    for at, opens in sorted(marks, key=lambda m: (m[0], m[1])):
+        if opens:
+            since = since or at
+        else:
+            since = None
+    return since
 
 
 def _settle_outcomes(runs: list[SpecRun]) -> outcomes.Counts:

@@ -33,6 +33,7 @@ TOOL_EVENT_PREFIX = "cc."
 
 MONITOR_TYPES = frozenset({
     "session_stalled", "backup_completed", "backup_failed", "prune_completed", "prune_failed",
+    "loop_stuck", "loop_recovered",
 })
 """Types the monitor itself records."""
 
@@ -340,11 +341,13 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
 
 
 def internal_event(event_type: str, *, origin: Origin, data: dict[str, object],
-                   session_id: uuid.UUID | str | None = None, event_id: uuid.UUID | None = None) -> Event:
+                   session_id: uuid.UUID | str | None = None, event_id: uuid.UUID | None = None,
+                   ts: datetime | None = None) -> Event:
     """An event the monitor itself records (a stall, a backup, a prune), validated like any
-    other so it is stored and spooled the same way. Give `event_id` to make it idempotent."""
+    other so it is stored and spooled the same way. Give `event_id` to make it idempotent,
+    `ts` when it happened before now (a finding about earlier events)."""
     now = datetime.now(timezone.utc)
-    fields: dict[str, object] = {"type": event_type, "ts": now.isoformat(), "data": data}
+    fields: dict[str, object] = {"type": event_type, "ts": (ts or now).isoformat(), "data": data}
     if session_id is not None:
         fields["session_id"] = str(session_id)
     if event_id is not None:
