@@ -18,7 +18,7 @@ from ralph_monitor import __version__, alert_cli, dashboard_users, ops_cli
 from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option, run_command
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, render_default_config
-from ralph_monitor.errors import ConfigError
+from ralph_monitor.errors import ClientError, ConfigError
 
 MONITOR_EPILOG = """\
 Quick use:
@@ -142,13 +142,30 @@ def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
     """Only for callers of `monitor_main` itself: `launcher` runs the hook before argparse."""
-    from ralph_monitor.agent.hook_start import FOREGROUND_OPTION
+    from ralph_monitor.agent.hook_start import FOREGROUND_OPTION, GUARD_OPTION
     from ralph_monitor.agent.hook_start import main as hook_main
 
     options = {"--socket": args.socket, "--config": args.config,
                "--max-field-bytes": args.max_field_bytes, "--timeout": args.timeout}
     argv = [f"{name}={value}" for name, value in options.items() if value is not None]
-    return hook_main(argv + ([FOREGROUND_OPTION] if args.foreground else []))
+    return hook_main(argv + ([FOREGROUND_OPTION] if args.foreground else []) + ([GUARD_OPTION] if args.guard else []))
+
+
+def _cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.agent.guard import guard_session
+
+    try:
+        flagged, message = guard_session(_socket_path(args, settings), args.session, timeout_s=args.timeout)
+    except ClientError as exc:
+        print(f"ralph-monitor guard: cannot tell: {exc}" + ("" if args.strict else "; going on (--strict stops)"),
+              file=sys.stderr)
+        return alert_cli.EXIT_CANNOT_CHECK if args.strict else EXIT_OK
+    if flagged:
+        print(f"{message}\nStop here (`ralph-query session` shows the evidence).", file=sys.stderr)
+        return EXIT_FAILURE
+    if not args.quiet:
+        print(message)
+    return EXIT_OK
 
 
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
@@ -170,6 +187,7 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
             client, command, specs, iterations=args.iterations, name=args.name, session_id=args.session,
             timeout_s=args.timeout, heartbeat_s=args.heartbeat, kill_grace_s=args.kill_grace,
             stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet,
+            stop_on_stuck=args.stop_on == "stuck" or settings.loop_health_stop_loop,
             max_cost_usd=settings.budget_session_usd if args.max_cost is None else args.max_cost,
             max_tokens=settings.budget_session_tokens if args.max_tokens is None else args.max_tokens,
             redactor=Redactor(enabled=settings.redaction_enabled, extra_patterns=settings.redaction_patterns),
@@ -351,6 +369,10 @@ def _add_agent_parsers(sub: Any) -> None:
     loop.add_argument("--kill-grace", type=float, default=10.0, metavar="S",
                       help="seconds between the stop signal and SIGKILL (default 10)")
     loop.add_argument("--stop-on-failure", action="store_true", help="stop at the first failed or timed-out spec")
+    loop.add_argument("--stop-on", choices=["stuck"],
+                      help="stuck: stop when the monitor flags the session (loop health: the same error again and "
+                      "again, the same tool call, no progress, ...); the session ends as stuck and the loop exits 4 "
+                      "(default: [loop_health] stop_loop)")
     loop.add_argument("--max-cost", type=float, metavar="USD",
                       help="start no further spec once the session spent more than USD; the session ends as "
                       "budget_exceeded and the loop exits 3 (default: [budget] session_usd; 0: no limit)")
@@ -362,6 +384,19 @@ def _add_agent_parsers(sub: Any) -> None:
     loop.add_argument("--no-spool", action="store_true", help="do not spool events while the daemon is unreachable")
     loop.add_argument("agent_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     loop.set_defaults(func=_cmd_loop)
+
+    guard = sub.add_parser(
+        "guard", help="exit 1 when a session is flagged stuck (for `while ralph-monitor guard; do ...; done`)",
+        description="Ask the daemon whether the session is flagged by a loop-health rule (or ended as stuck); "
+        "exit 1 with the reason if so, 0 if not. If the daemon cannot be asked it says so and exits 0, so a "
+        "monitoring outage does not stop the night's work; --strict exits 2 instead.")
+    add_config_option(guard)
+    guard.add_argument("--session", metavar="UUID", help="the session (default: $RALPH_SESSION_ID)")
+    guard.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    guard.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the daemon (default 2)")
+    guard.add_argument("--strict", action="store_true", help="exit 2 when the daemon cannot be asked")
+    guard.add_argument("--quiet", action="store_true", help="print nothing while the session is not flagged")
+    guard.set_defaults(func=_cmd_guard)
 
     demo = sub.add_parser("demo", help="record a simulated overnight run, to see the views populated",
                           description="Send the daemon a realistic night of events (sessions with passes, "
