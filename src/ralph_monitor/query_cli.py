@@ -116,6 +116,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     stalled = [s for s in status.active if s.execution_state == "stalled"]
     for s in stalled:
         print(f"! stalled: {s.label} — no event since {relative_time(s.last_event_at, now)}")
+    for s in status.active:
+        if s.execution_state == "waiting_for_human" and s.waiting_since is not None:
+            print(f"! waiting for a human: {s.label} — since {relative_time(s.waiting_since, now)}")
+        for finding in s.loop_findings:
+            print(f"! stuck ({str(finding.get('rule')).replace('_', ' ')}): {s.label} — {shorten(finding.get('summary'), 90)} "
+                  f"(first {finding.get('first_at')}, last {finding.get('last_at')})")
     print()
     if status.pending_interventions:
         print(f"Waiting for a human ({len(status.pending_interventions)}):")

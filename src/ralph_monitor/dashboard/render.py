@@ -62,7 +62,7 @@ ASSETS = ("style.css", "app.js", "favicon.svg")
 ALERTS_WINDOW = timedelta(days=7)
 ALERTS_PER_PAGE = 200
 TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html", "alerts.html")
-ACTIVE_STATES = ("running", "stalled")
+ACTIVE_STATES = ("running", "stalled", "waiting_for_human")
 
 
 @dataclass
@@ -393,6 +393,8 @@ class SiteRenderer:
         days = [today - timedelta(days=n) for n in range(DAYS_CHARTED - 1, -1, -1)]
         running = [s for s in status.active if s.execution_state == "running"]
         stalled = [s for s in status.active if s.execution_state == "stalled"]
+        waiting_sessions = [s for s in status.active if s.execution_state == "waiting_for_human"]
+        stuck = [s for s in status.active if s.loop_findings]
         live = live_numbers(status, night, compare, spend)
         charts_ = {
             "spend": charts.spend_per_day(spend.per_day, days),
@@ -401,7 +403,7 @@ class SiteRenderer:
         }
         html = self._page(
             "overview.html", "", title="Overview", now=now, generated_at=now, zone=str(zone), status=status,
-            running=running, stalled=stalled, night=night, compare=compare, spend=spend, top_failing=top_failing,
+            running=running, stalled=stalled, waiting_sessions=waiting_sessions, stuck=stuck, night=night, compare=compare, spend=spend, top_failing=top_failing,
             recent_failures=recent_failures, recent_sessions=recent_sessions, rejects=rejects, live=live,
             charts=charts_, stale_hosts=[h for h in status.hosts if (now - h.last_seen).total_seconds() > 60])
         status_snapshot = snapshot("status", now, {
