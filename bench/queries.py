@@ -18,6 +18,11 @@ Data (built with SQL on a private cluster under /tmp, then VACUUM ANALYZE), at -
 A few recent sessions are re-projected from their events with the daemon's own projection code
 and compared with the generated rows (the data is what live maintenance would have written).
 
+The "loop" row times what the loop-health rules (loop_health.py) add to one projector pass at
+this volume: for each session a pass would recompute (the running ones, at most a pass's 50),
+the query of its recent hook events (session_recent_activity) and the rules themselves; the
+closing events they also read come with the projection's own query, which is not counted.
+
 Timing: each row calls a query-layer function through a read-only ReadStore (what the CLI
 and the dashboard do: SQL, transfer, and building the dataclasses), --warmup times first
 (so the server's plan cache has settled on the plan a long-lived connection keeps: psycopg
@@ -68,10 +73,12 @@ import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
 from ingest import children_cpu, system_busy, wait_quiet  # noqa: E402
-from ralph_monitor import queries, resources  # noqa: E402
+from ralph_monitor import loop_health, queries, resources  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
-from ralph_monitor.projections import SESSION_TYPES, SessionEvent, project_session  # noqa: E402
+from ralph_monitor.projections import (  # noqa: E402
+    ACTIVITY_TYPES, SESSION_TYPES, SPEC_TERMINAL, SessionEvent, project_session)
+from ralph_monitor.store.projection import ACTIVITY_LIMIT, ACTIVITY_WINDOW  # noqa: E402
 from ralph_monitor.store import ReadStore, ensure_database, migrate, open_read_store  # noqa: E402
 
 DBNAME = "bench"
@@ -81,8 +88,8 @@ EVENT_DAYS = 30
 HEARTBEAT_SHARE = 0.22
 """Share of all events that are heartbeats; the heartbeat interval is derived from it."""
 
-TARGETS = {"events": 10.0, "summary": 20.0, "compare": 50.0, "dashboard": 5.0, "info": None}
-TARGET_NAMES = {"events": "last 100 events", "summary": "session summary",
+TARGETS = {"events": 10.0, "summary": 20.0, "compare": 50.0, "dashboard": 5.0, "loop": 5.0, "info": None}
+TARGET_NAMES = {"events": "last 100 events", "summary": "session summary", "loop": "loop-health rules per pass",
                 "compare": "compare two sessions / weeks", "dashboard": "dashboard metrics", "info": "-"}
 
 
@@ -444,7 +451,7 @@ def check_projection(dsn: str, session_ids: list[uuid.UUID]) -> list[str]:
                                 last_event_at=activity["last_event_at"] or activity["last_any_at"])
             stored = conn.execute("SELECT * FROM sessions WHERE id = %s", (sid,)).fetchone()
             for key, value in vars(p).items():
-                if key in ("spec_runs", "interventions"):
+                if key in ("spec_runs", "interventions", "loop_due"):
                     continue
                 if stored[key] != value:
                     problems.append(f"{sid} {key}: stored {stored[key]!r}, projected {value!r}")
@@ -574,7 +581,43 @@ def cases(p: dict[str, Any], zone: ZoneInfo, dsn: str) -> list[Case]:
     now: datetime = p["now"]
     big, typical, spec = p["big"]["id"], p["typical"]["id"], p["spec"]["spec_id"]
     night = queries.night_window(now, zone, start=dtime(18), end=dtime(9))
-    return [*targets(now, zone, night, big, typical, spec, p, dsn), *dashboard_batches(now)]
+    running = running_sessions(dsn)
+    return [*targets(now, zone, night, big, typical, spec, p, dsn), *dashboard_batches(now),
+            Case("loop", f"loop-health rules, one projector pass ({len(running)} running sessions)",
+                 lambda s: loop_health_pass(s, running))]
+
+
+RunningSession = tuple[uuid.UUID, datetime, datetime, list[loop_health.Closing]]
+
+
+def running_sessions(dsn: str) -> list[RunningSession]:
+    """The sessions a projector pass recomputes (the running ones, at most 50), with their spec
+    runs' closing events (read by the projection's own query, so not timed here)."""
+    found = []
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        for s in conn.execute("SELECT id, start_time, last_event_at FROM sessions WHERE execution_state IN "
+                              "('running', 'stalled', 'waiting_for_human') ORDER BY last_event_at DESC LIMIT 50"):
+            rows = conn.execute(resources.query("session_events"),
+                                {"session_id": s["id"], "types": list(SPEC_TERMINAL)}).fetchall()
+            closings = [loop_health.Closing(
+                r["event_id"], r["spec_id"], r["occurred_at"], r["event_type"] != "spec_completed",
+                (r["data"] or {}).get("error"), None, (r["data"] or {}).get("git")) for r in rows]
+            found.append((s["id"], s["start_time"], s["last_event_at"], closings))
+    return found
+
+
+def loop_health_pass(store: Any, running: list[RunningSession]) -> int:
+    """What the rules add to a projector pass: each session's recent hook events, then the rules."""
+    limits, read = loop_health.Thresholds(), 0
+    for session_id, start, last, closings in running:
+        rows = store.fetch("session_recent_activity", {"session_id": session_id, "types": list(ACTIVITY_TYPES),
+                                                       "since": last - ACTIVITY_WINDOW, "limit": ACTIVITY_LIMIT})
+        activity = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"],
+                                         r["tool_input"], r["notification_type"]) for r in reversed(rows)]
+        current = loop_health.findings(closings, activity, now=last, started=start, limits=limits)
+        loop_health.episodes_due(session_id, current, [], now=last)
+        read += len(rows)
+    return read
 
 
 def dashboard_batches(now: datetime) -> list[Case]:

@@ -202,9 +202,10 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
     events = [SessionEvent(r["event_id"], r["event_type"], r["spec_id"], r["occurred_at"], r["host"],
                            r["data"] if isinstance(r["data"], dict) else {}) for r in rows]
     last_event_at = activity["last_event_at"] or activity["last_any_at"]
-    recent = await (await conn.execute(resources.query("session_recent_activity"), {
-        **params, "types": list(ACTIVITY_TYPES), "since": last_event_at - ACTIVITY_WINDOW,
-        "limit": ACTIVITY_LIMIT})).fetchall()
+    recent = [] if any(e.event_type == "session_ended" for e in events) else await (await conn.execute(
+        resources.query("session_recent_activity"), {
+            **params, "types": list(ACTIVITY_TYPES), "since": last_event_at - ACTIVITY_WINDOW,
+            "limit": ACTIVITY_LIMIT})).fetchall()   # an ended session is neither waiting nor checked
     hooks = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"], r["tool_input"],
                                   r["notification_type"]) for r in reversed(recent)]
     projection = compute(session_id, events, event_count=activity["event_count"], last_event_at=last_event_at,
