@@ -253,7 +253,8 @@ GROUP BY d.b, e.event_type;
 
 -- name: stalled_candidates
 SELECT id, last_event_at FROM sessions
-WHERE execution_state = 'running' AND last_event_at < now() - make_interval(secs => %(stall_after_s)s);
+WHERE execution_state IN ('running', 'waiting_for_human')
+  AND last_event_at < now() - make_interval(secs => %(stall_after_s)s);
 
 -- name: dirty_backlog
 SELECT (SELECT count(*) FROM dirty_sessions) AS sessions, (SELECT count(*) FROM dirty_buckets) AS buckets;

@@ -281,10 +281,10 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
             loop_due = loop_health.episodes_due(session_id, current, list(episodes.values()), now=last_event_at)
     if ended is not None:
         state = end_data.get("status") if end_data.get("status") in SESSION_END_STATES else "completed"
+    elif stalled_at is not None and stalled_at >= last_event_at:
+        state, waiting_since = "stalled", None   # silent past stall_after_s, waiting or not
     elif waiting_since is not None:
         state = "waiting_for_human"
-    elif stalled_at is not None and stalled_at >= last_event_at:
-        state = "stalled"
     else:
         state = "running"
     first = ordered[0].occurred_at if ordered else last_event_at

@@ -145,7 +145,7 @@ class ProjectionStore:
         await self._run(work)
 
     async def stalled_candidates(self, stall_after_s: float) -> list[tuple[uuid.UUID, datetime]]:
-        """Running sessions with no sign of life for longer than `stall_after_s`."""
+        """Running (or waiting) sessions with no sign of life for longer than `stall_after_s`."""
 
         async def work(conn: psycopg.AsyncConnection[Any]) -> list[tuple[uuid.UUID, datetime]]:
             cur = await conn.execute(resources.query("stalled_candidates"), {"stall_after_s": stall_after_s})
