@@ -19,7 +19,8 @@ A few recent sessions are re-projected from their events with the daemon's own p
 and compared with the generated rows (the data is what live maintenance would have written).
 
 The "loop" row times what the loop-health rules (loop_health.py) add to one projector pass at
-this volume: for each session a pass would recompute (the running ones, at most a pass's 50),
+this volume: for each session a pass would recompute (the running ones, at most a pass's 50;
+at least the latest one),
 the query of its recent hook events (session_recent_activity) and the rules themselves; the
 closing events they also read come with the projection's own query, which is not counted.
 
@@ -583,7 +584,7 @@ def cases(p: dict[str, Any], zone: ZoneInfo, dsn: str) -> list[Case]:
     night = queries.night_window(now, zone, start=dtime(18), end=dtime(9))
     running = running_sessions(dsn)
     return [*targets(now, zone, night, big, typical, spec, p, dsn), *dashboard_batches(now),
-            Case("loop", f"loop-health rules, one projector pass ({len(running)} running sessions)",
+            Case("loop", f"loop-health rules, one projector pass ({len(running)} sessions)",
                  lambda s: loop_health_pass(s, running))]
 
 
@@ -591,12 +592,14 @@ RunningSession = tuple[uuid.UUID, datetime, datetime, list[loop_health.Closing]]
 
 
 def running_sessions(dsn: str) -> list[RunningSession]:
-    """The sessions a projector pass recomputes (the running ones, at most 50), with their spec
-    runs' closing events (read by the projection's own query, so not timed here)."""
+    """The sessions a projector pass recomputes (the running ones, at most 50; at least the
+    latest, so a small --scale has one), with their spec runs' closing events (read by the
+    projection's own query, so not timed here)."""
     found = []
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        for s in conn.execute("SELECT id, start_time, last_event_at FROM sessions WHERE execution_state IN "
-                              "('running', 'stalled', 'waiting_for_human') ORDER BY last_event_at DESC LIMIT 50"):
+        for s in conn.execute("SELECT id, start_time, last_event_at FROM sessions ORDER BY execution_state IN "
+                              "('running', 'stalled', 'waiting_for_human') DESC, last_event_at DESC LIMIT greatest("
+                              "1, (SELECT count(*) FROM sessions WHERE end_time IS NULL))").fetchall()[:50]:
             rows = conn.execute(resources.query("session_events"),
                                 {"session_id": s["id"], "types": list(SPEC_TERMINAL)}).fetchall()
             closings = [loop_health.Closing(
@@ -611,7 +614,8 @@ def loop_health_pass(store: Any, running: list[RunningSession]) -> int:
     limits, read = loop_health.Thresholds(), 0
     for session_id, start, last, closings in running:
         rows = store.fetch("session_recent_activity", {"session_id": session_id, "types": list(ACTIVITY_TYPES),
-                                                       "since": last - ACTIVITY_WINDOW, "limit": ACTIVITY_LIMIT})
+                                                       "since": last - ACTIVITY_WINDOW, "until": last,
+                                                       "limit": ACTIVITY_LIMIT})
         activity = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"],
                                          r["tool_input"], r["notification_type"]) for r in reversed(rows)]
         current = loop_health.findings(closings, activity, now=last, started=start, limits=limits)

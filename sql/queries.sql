@@ -180,12 +180,14 @@ ORDER BY occurred_at, event_id;
 
 -- name: session_recent_activity
 -- The session's latest Claude Code hook events (projections.ACTIVITY_TYPES) for the loop-health
--- rules and the waiting state: newest first, bounded in time and number.
+-- rules and the waiting state: newest first, bounded in time and number (tool inputs cut to what
+-- loop_health.FINGERPRINT_CHARS compares).
 SELECT event_id, event_type, occurred_at, payload->'data'->>'tool_name' AS tool_name,
-       left(payload->'data'->>'tool_input', 2000) AS tool_input,
+       left(payload->'data'->>'tool_input', 400) AS tool_input,
        payload->'data'->>'notification_type' AS notification_type
 FROM events
-WHERE session_id = %(session_id)s AND event_type = ANY(%(types)s) AND occurred_at >= %(since)s
+WHERE session_id = %(session_id)s AND event_type = ANY(%(types)s)
+  AND occurred_at BETWEEN %(since)s AND %(until)s
 ORDER BY occurred_at DESC
 LIMIT %(limit)s;
 

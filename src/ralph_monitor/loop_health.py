@@ -19,6 +19,7 @@ daemon computes it. Each rule has a setting in `[loop_health]` (0 turns it off):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -52,6 +53,15 @@ _MASKS = (
     (re.compile(r"\d+(\.\d+)?"), "<n>"),
     (re.compile(r"\s+"), " "),
 )
+"""What changes between two runs of one failure, masked in this order (a timestamp before its numbers)."""
+FINGERPRINT_CHARS = 400
+"""Characters of an error or a tool input that are compared: enough to tell two failures or two
+calls apart, and it bounds the masking's cost."""
+FINGERPRINTS_CACHED = 4096
+"""Texts whose fingerprint is kept: each pass re-reads a session's recent events, so only the
+new ones are masked again."""
+MAX_STREAK = 50
+"""Repeats counted back from the latest (a streak this long is an episode long open)."""
 
 
 def normalise(text: str) -> str:
@@ -61,8 +71,9 @@ def normalise(text: str) -> str:
     return text.strip()
 
 
+@functools.lru_cache(maxsize=FINGERPRINTS_CACHED)
 def fingerprint(text: str) -> str:
-    return hashlib.sha256(normalise(text).encode()).hexdigest()[:16]
+    return hashlib.sha256(normalise(text[:FINGERPRINT_CHARS]).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -146,14 +157,14 @@ def findings(closings: list[Closing], activity: list[Activity], *, now: datetime
 
 
 def _streak(items: list[Any], same: Any) -> list[Any]:
-    """The longest tail of `items` whose elements all give the last one's `same` value."""
+    """The longest tail of `items` (at most MAX_STREAK) whose elements all give the last one's `same` value."""
     if not items:
         return []
     last = same(items[-1])
     if last is None:
         return []
     n = 0
-    for item in reversed(items):
+    for item in reversed(items[-MAX_STREAK:]):
         if same(item) != last:
             break
         n += 1
@@ -195,7 +206,7 @@ def _repeated_tool_call(activity: list[Activity], limits: Thresholds, now: datet
     if n <= 0 or len(streak) < n:
         return None
     first, last = streak[0], streak[-1]
-    shown = normalise(last.tool_input or "")[:120]
+    shown = normalise((last.tool_input or "")[:FINGERPRINT_CHARS])[:120]
     return Finding("repeated_tool_call", f"the same {last.tool_name} call {len(streak)} times in a row: {shown}",
                    str(first.event_id), first.at, last.at, len(streak),
                    {"tool_name": last.tool_name, "input": (last.tool_input or "")[:MAX_EVIDENCE_CHARS]})

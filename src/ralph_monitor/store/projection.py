@@ -26,7 +26,7 @@ T = TypeVar("T")
 MAX_FAILURE_CHARS = 2000
 """Characters of a projection error kept in projection_failures."""
 ACTIVITY_WINDOW = timedelta(days=1)
-ACTIVITY_LIMIT = 200
+ACTIVITY_LIMIT = 100
 """The recent hook events a projection reads (loop-health rules, waiting state): at most this many,
 of the last day before the session's last event."""
 Due = Callable[[uuid.UUID, SessionProjection], None]
@@ -205,7 +205,7 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
     recent = [] if any(e.event_type == "session_ended" for e in events) else await (await conn.execute(
         resources.query("session_recent_activity"), {
             **params, "types": list(ACTIVITY_TYPES), "since": last_event_at - ACTIVITY_WINDOW,
-            "limit": ACTIVITY_LIMIT})).fetchall()   # an ended session is neither waiting nor checked
+            "until": last_event_at, "limit": ACTIVITY_LIMIT})).fetchall()   # an ended session is neither waiting nor checked
     hooks = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"], r["tool_input"],
                                   r["notification_type"]) for r in reversed(recent)]
     projection = compute(session_id, events, event_count=activity["event_count"], last_event_at=last_event_at,
