@@ -19,12 +19,9 @@ flagged stuck and, if so, prints `{"continue": false, "stopReason": ...}` so Cla
 the parent exits. Without `--guard` the hook prints nothing.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time
-from collections.abc import Sequence
 
 MAX_STDIN_BYTES = 64 << 20
 FOREGROUND_OPTION = "--foreground"
@@ -32,7 +29,7 @@ GUARD_OPTION = "--guard"
 DEBUG_ENV = "RALPH_MONITOR_HOOK_DEBUG"
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: list[str]) -> int:
     """Entry point of `ralph-monitor hook ARGS`; always returns 0 (the parent exits at once)."""
     called_ns = time.time_ns()
     stdin = sys.stdin
@@ -55,7 +52,7 @@ def main(argv: Sequence[str]) -> int:
     return run([a for a in argv if a != FOREGROUND_OPTION], raw, called_ns=called_ns)
 
 
-def _guard(argv: Sequence[str], raw: bytes) -> None:
+def _guard(argv: list[str], raw: bytes) -> None:
     """--guard: print the output that stops Claude Code if the session is flagged (never fails)."""
     try:
         from ralph_monitor.agent.guard import hook_verdict
