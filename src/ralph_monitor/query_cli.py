@@ -233,6 +233,10 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
           f"{s.tokens_used:,} tokens; {money(s.cost_usd)}; {s.event_count} events")
     for problem in s.value_problems:
         print(f"  ! not counted: {problem}")
+    if s.waiting_since is not None:
+        print(f"  ! waiting for a human since {local_time(s.waiting_since, zone)}")
+    for finding in s.loop_findings:
+        print(f"  ! stuck ({str(finding.get('rule')).replace('_', ' ')}): {shorten(finding.get('summary'), 100)}")
     if detail.spec_runs:
         print()
         print(table(["spec", "try", "outcome", "started", "took", "tokens", "cost", "error"], [

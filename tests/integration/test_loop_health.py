@@ -112,6 +112,9 @@ def test_each_rule_fires_once_and_resolves_and_a_retry_that_passes_fires_nothing
                             capture_output=True, text=True, check=True, timeout=60).stdout
     assert "! stuck (repeated error): errors — the same error 3 times in a row (spec CR-1)" in status
     assert "! stuck (no progress): no-progress — alive but no progress for 40 min" in status
+    detail = subprocess.run([str(BIN / "ralph-query"), "session", errors, "--config", str(daemon.config_path)],
+                            capture_output=True, text=True, check=True, timeout=60).stdout
+    assert "! stuck (repeated error): the same error 3 times in a row (spec CR-1)" in detail
     subprocess.run([str(BIN / "ralph-monitor"), "render", "--full", "--config", str(daemon.config_path)],
                    check=True, capture_output=True, timeout=120)
     page = (daemon.root / "state" / "site" / "current" / "sessions" / f"{errors}.html").read_text()
