@@ -144,13 +144,13 @@ def recovery_id(stuck_event_id: uuid.UUID) -> uuid.UUID:
 
 
 def findings(closings: list[Closing], activity: list[Activity], *, now: datetime, started: datetime,
-             limits: Thresholds) -> list[Finding]:
+             limits: Thresholds, waiting: bool = False) -> list[Finding]:
     """The rules that hold at `now` (the session's last event). `closings` and `activity` are in
-    time order."""
+    time order. A session `waiting` for a human is not "making no progress": it is waiting."""
     found = [f for f in (_repeated_error(closings, limits.repeated_error),
                          _repeated_tool_call(activity, limits, now),
                          _no_change(closings, limits.no_change),
-                         _no_progress(closings, activity, limits.no_progress, now, started),
+                         None if waiting else _no_progress(closings, activity, limits.no_progress, now, started),
                          _burn_rate(closings, limits.burn_factor, now, started),
                          _projected_budget(closings, limits, now, started)) if f is not None]
     return [f for group in found for f in (group if isinstance(group, list) else [group])]

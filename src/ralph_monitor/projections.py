@@ -277,7 +277,8 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         waiting_since = _waiting_since(waits, interventions, activity or [])
         if limits is not None:
             current = loop_health.findings(closings, activity or [], now=last_event_at,
-                                           started=started.occurred_at if started else last_event_at, limits=limits)
+                                           started=started.occurred_at if started else last_event_at, limits=limits,
+                                           waiting=waiting_since is not None)
             loop_due = loop_health.episodes_due(session_id, current, list(episodes.values()), now=last_event_at)
     if ended is not None:
         state = end_data.get("status") if end_data.get("status") in SESSION_END_STATES else "completed"

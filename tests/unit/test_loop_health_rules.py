@@ -73,6 +73,8 @@ def test_tool_calls_no_change_and_no_progress() -> None:
     assert rules(project([ev("session_started", 0), *beats])) == ["no_progress"]
     done = Activity(uuid.uuid4(), "cc.PostToolUse", T0 + timedelta(minutes=20), "Bash")
     assert rules(project([ev("session_started", 0), *beats], [done])) == []
+    asking = ev("intervention_request", 5, None, message="which schema?")
+    assert rules(project([ev("session_started", 0), asking, *beats])) == []   # waiting, not stuck
 
 
 def test_burn_rate_and_projected_budget() -> None:
