@@ -221,6 +221,12 @@ def test_guard_and_the_hook_mode_stop_a_loop_the_project_does_not_run(daemon: Da
     assert hook.returncode == 0 and hook.stdout == b""   # not flagged: nothing printed
     unguarded = monitor(daemon, "hook", env=env, input=hook_input)
     assert unguarded.returncode == 0 and unguarded.stdout == b""
+    # No daemon to ask: nothing is stopped (and --strict says it could not tell).
+    away = str(tmp_path / "no-daemon.sock")
+    assert monitor(daemon, "hook", "--guard", "--socket", away, env=env, input=hook_input).stdout == b""
+    unknown = monitor(daemon, "guard", "--socket", away, env=env)
+    assert unknown.returncode == 0 and b"cannot tell" in unknown.stderr
+    assert monitor(daemon, "guard", "--socket", away, "--strict", env=env).returncode == 2
 
     done = subprocess.run([str(script)], capture_output=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
