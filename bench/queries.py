@@ -631,7 +631,7 @@ def running_sessions(dsn: str) -> list[RunningSession]:
 
 def loop_health_pass(store: Any, running: list[RunningSession]) -> int:
     """What the rules add to a projector pass: each session's recent hook events, then the rules."""
-    limits, read = loop_health.Thresholds(), 0
+    limits, read = loop_health.thresholds(Settings()), 0
     for session_id, start, last, closings in running:
         rows = store.fetch("session_recent_activity", {"session_id": session_id, "types": list(ACTIVITY_TYPES),
                                                        "since": last - ACTIVITY_WINDOW, "until": last,

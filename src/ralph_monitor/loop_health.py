@@ -30,7 +30,6 @@ from typing import Any
 
 from ralph_monitor.config import Settings, report_zone
 
-RULES = ("repeated_error", "repeated_tool_call", "no_change", "no_progress", "burn_rate", "projected_budget")
 EPISODE_NAMESPACE = uuid.UUID("0c7b6a2e-4f1d-4e8a-9b3c-5d2e1f0a9c47")
 MAX_EVIDENCE_CHARS = 300
 BURN_WINDOW = timedelta(hours=1)
@@ -78,18 +77,18 @@ def fingerprint(text: str) -> str:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """[loop_health] and the budget settings the rules read (0 turns a rule off)."""
+    """[loop_health] and the budget settings the rules read (0 turns a rule off): `thresholds`."""
 
-    repeated_error: int = 3
-    repeated_tool_call: int = 5
-    tool_window: timedelta = timedelta(minutes=10)
-    no_change: int = 3
-    no_progress: timedelta = timedelta(minutes=30)
-    burn_factor: float = 3.0
-    session_usd: Decimal = Decimal(0)
-    night_usd: Decimal = Decimal(0)
-    night_end: time = time(9, 0)
-    zone: tzinfo | None = None
+    repeated_error: int
+    repeated_tool_call: int
+    tool_window: timedelta
+    no_change: int
+    no_progress: timedelta
+    burn_factor: float
+    session_usd: Decimal
+    night_usd: Decimal
+    night_end: time
+    zone: tzinfo | None
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,16 @@ from datetime import datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from dataclasses import replace
+
 from ralph_monitor import loop_health
+from ralph_monitor.config import Settings
 from ralph_monitor.loop_health import Activity, Thresholds, fingerprint
 from ralph_monitor.projections import SessionEvent, SessionProjection, project_session
 
 T0 = datetime(2026, 11, 28, 22, 0, tzinfo=timezone.utc)
 SID = uuid.UUID("6f1c2b4e-1111-4000-8000-000000000001")
+DEFAULTS = loop_health.thresholds(Settings())
 
 
 def ev(kind: str, minutes: float, spec: str | None = None, **data: Any) -> SessionEvent:
@@ -24,7 +28,7 @@ def project(events: list[SessionEvent], activity: list[Activity] | None = None,
             limits: Thresholds | None = None) -> SessionProjection:
     everything = [e.occurred_at for e in events] + [a.at for a in activity or []]
     return project_session(SID, events, event_count=len(events), last_event_at=max(everything),
-                           activity=activity or [], limits=limits or Thresholds())
+                           activity=activity or [], limits=limits or DEFAULTS)
 
 
 def rules(p: SessionProjection) -> list[str]:
@@ -87,11 +91,11 @@ def test_burn_rate_and_projected_budget() -> None:
     assert rules(project(events + spike)) == ["burn_rate"]
     costly = [ev("session_started", 0)] + [e for n in range(4) for e in (
         ev("spec_started", 15 * n, f"C-{n}"), ev("spec_completed", 15 * n + 10, f"C-{n}", cost_usd=1.0))]
-    limits = Thresholds(burn_factor=0, session_usd=Decimal(10), night_end=time(9, 0), zone=timezone.utc)
+    limits = replace(DEFAULTS, burn_factor=0, session_usd=Decimal(10), night_end=time(9, 0), zone=timezone.utc)
     p = project(costly, limits=limits)
     assert rules(p) == ["projected_budget"]
     assert "over [budget] session_usd $10.00 ($4.00 so far)" in p.loop_due[0][3]["summary"]
-    assert rules(project(costly, limits=Thresholds(burn_factor=0))) == []
+    assert rules(project(costly, limits=replace(DEFAULTS, burn_factor=0))) == []
 
 
 def test_waiting_for_human_until_the_agent_goes_on() -> None:
@@ -111,8 +115,6 @@ def test_waiting_for_human_until_the_agent_goes_on() -> None:
 
 
 def test_the_rules_read_their_thresholds_from_the_settings() -> None:
-    from ralph_monitor.config import Settings
-
     limits = loop_health.thresholds(Settings(loop_health_repeated_error_runs=5, budget_session_usd=2.5,
                                              loop_health_projected_budget=False))
     assert limits.repeated_error == 5 and limits.session_usd == 0
