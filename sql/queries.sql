@@ -207,10 +207,10 @@ DELETE FROM spec_runs WHERE session_id = %(session_id)s;
 
 -- name: insert_spec_run
 INSERT INTO spec_runs (session_id, spec_id, attempt, start_time, end_time, duration_seconds, status,
-                       outcome, tokens_used, cost_usd, error_message, output_summary, value_problems)
+                       outcome, tokens_used, cost_usd, error_message, output_summary, value_problems, git)
 VALUES (%(session_id)s, %(spec_id)s, %(attempt)s, %(start_time)s, %(end_time)s, %(duration_seconds)s,
         %(status)s, %(outcome)s, %(tokens_used)s, %(cost_usd)s, %(error_message)s, %(output_summary)s,
-        %(value_problems)s);
+        %(value_problems)s, %(git)s);
 
 -- name: delete_session_interventions
 DELETE FROM interventions WHERE session_id = %(session_id)s;
@@ -824,3 +824,9 @@ LIMIT %(limit)s;
 
 -- name: budget_session_spend
 SELECT name, cost_usd, tokens_used FROM sessions WHERE id = %(session_id)s;
+
+-- name: git_runs_between
+-- Spec runs that ended in a window and recorded what they changed in git (the night's changes).
+SELECT r.*, s.name AS session_name FROM spec_runs r JOIN sessions s ON s.id = r.session_id
+WHERE r.end_time >= %(since)s AND r.end_time < %(until)s AND r.git_commits IS NOT NULL
+ORDER BY r.end_time, r.id;

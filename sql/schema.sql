@@ -215,6 +215,12 @@ CREATE TABLE public.spec_runs (
     output_summary jsonb,
     value_problems text[] DEFAULT '{}'::text[] NOT NULL,
     outcome text NOT NULL,
+    git jsonb,
+    git_commits integer GENERATED ALWAYS AS (((git ->> 'commit_count'::text))::integer) STORED,
+    git_files_changed integer GENERATED ALWAYS AS (((git ->> 'files_changed'::text))::integer) STORED,
+    git_insertions bigint GENERATED ALWAYS AS (((git ->> 'insertions'::text))::bigint) STORED,
+    git_deletions bigint GENERATED ALWAYS AS (((git ->> 'deletions'::text))::bigint) STORED,
+    git_dirty boolean GENERATED ALWAYS AS (((git ->> 'dirty'::text))::boolean) STORED,
     CONSTRAINT spec_runs_outcome_check CHECK ((outcome = ANY (ARRAY['passed'::text, 'fixed_on_retry'::text, 'failed'::text, 'timed_out'::text, 'running'::text, 'interrupted'::text, 'later_passed'::text, 'retried'::text]))),
     CONSTRAINT spec_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text, 'timeout'::text, 'interrupted'::text])))
 );

@@ -63,6 +63,8 @@ class SpecRun:
     error_message: str | None = None
     output_summary: Any = None
     value_problems: list[str] = field(default_factory=list)
+    git: dict[str, Any] | None = None
+    """What the run changed in its git repository (agent.gitstate), as values.git keeps it."""
 
 
 @dataclass
@@ -152,6 +154,9 @@ def _close(run: SpecRun, event: SessionEvent, status: str) -> None:
     run.cost_usd = read.number(data, "cost_usd")
     run.error_message = read.text(data, "error", "error_message", "reason")
     run.output_summary = data.get("output_summary")
+    run.git, problems = values.git(data.get("git"))
+    for problem in problems:
+        read.keep(None, problem)
     run.duration_seconds = _duration(run, read.number(data, "duration_s"))
 
 

@@ -130,11 +130,61 @@ class SpecRunRow:
     output_summary: Any
     session_name: str | None = None
     value_problems: list[str] = field(default_factory=list)
+    git: Any = None
+    """What the run changed in its git repository (values.git); the counts below come from it."""
+    git_commits: int | None = None
+    git_files_changed: int | None = None
+    git_insertions: int | None = None
+    git_deletions: int | None = None
+    git_dirty: bool | None = None
 
     @property
     def fixed_later(self) -> bool:
         """A failure that a later attempt of the spec fixed."""
         return fixed_later(self.status, self.outcome)
+
+    @property
+    def changes(self) -> str:
+        """What the run changed, in words ("3 commits, +120 −40 in 6 files"); "" when not recorded."""
+        if not isinstance(self.git, dict):
+            return ""
+        if self.git.get("repo") is None:
+            return f"no repository ({self.git.get('reason') or 'not recorded'})"
+        if self.git_commits is None:
+            return f"unknown ({self.git['reason']})" if self.git.get("reason") else ""
+        return GitTotals.of([self]).text
+
+
+@dataclass(frozen=True)
+class GitTotals:
+    """What spec runs changed in their repositories, summed (runs that recorded it)."""
+
+    runs: int = 0
+    commits: int = 0
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    left_dirty: int = 0
+    """Runs that left uncommitted changes behind."""
+
+    @classmethod
+    def of(cls, runs: Sequence[SpecRunRow]) -> GitTotals:
+        counted = [r for r in runs if r.git_commits is not None]
+        return cls(runs=len(counted), commits=sum(r.git_commits or 0 for r in counted),
+                   files_changed=sum(r.git_files_changed or 0 for r in counted),
+                   insertions=sum(r.git_insertions or 0 for r in counted),
+                   deletions=sum(r.git_deletions or 0 for r in counted),
+                   left_dirty=sum(1 for r in counted if r.git_dirty))
+
+    @property
+    def text(self) -> str:
+        """`3 commits, +120 −40 in 6 files` (`, left dirty` when uncommitted changes remained)."""
+        commits = f"{self.commits:,} commit{'' if self.commits == 1 else 's'}"
+        lines = (f", +{self.insertions:,} \u2212{self.deletions:,} in {self.files_changed:,} "
+                 f"file{'' if self.files_changed == 1 else 's'}") if self.files_changed else ""
+        dirty = ("" if not self.left_dirty else ", left dirty" if self.runs == 1
+                 else f", {self.left_dirty} left dirty")
+        return commits + lines + dirty
 
 
 @dataclass(frozen=True)
@@ -265,6 +315,12 @@ class NightSummary:
     """The specs decided in the window (their last attempt ended in it), in the order they were."""
     retrying: list[SpecResult]
     """Specs of these sessions that failed and are being tried again now (not decided yet)."""
+    changes: list[SpecRunRow] = field(default_factory=list)
+    """The runs that ended in the window having recorded their git changes (oldest first)."""
+
+    @property
+    def git(self) -> GitTotals:
+        return GitTotals.of(self.changes)
 
     @property
     def still_failing(self) -> list[SpecResult]:
@@ -561,6 +617,8 @@ def night_summary(store: ReadStore, window: Window) -> NightSummary:
                           avg_duration_seconds=sum(durations) / len(durations) if durations else None),
         results=sorted(decided, key=lambda r: r.ended_at or window.until),
         retrying=[r for r in results if r.outcome == RUNNING and r.error is not None],
+        changes=[SpecRunRow(**r) for r in store.fetch("git_runs_between", {"since": window.since,
+                                                                           "until": window.until})],
     )
 
 

@@ -160,7 +160,7 @@ def cmd_night(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _emit_json({"window": night.window, "sessions": night.sessions, "outcomes": night.outcomes.as_json(),
                     "still_failing": night.still_failing, "fixed_on_retry": night.fixed_on_retry,
-                    "retrying": night.retrying})
+                    "retrying": night.retrying, "git": night.git, "changes": night.changes})
         return 0
     o = night.outcomes
     print(f"Night of {local_time(window.since, zone)} to {local_time(window.until, zone)} ({zone}):")
@@ -176,6 +176,12 @@ def cmd_night(args: argparse.Namespace, settings: Settings) -> int:
             print()
             print(f"{title} ({len(results)}):")
             print(_results_table(results, zone))
+    if night.changes:
+        print()
+        print(f"What the spec runs changed: {night.git.text}")
+        for r in night.changes:
+            print(f"  {r.spec_id}: {r.changes}, {money(r.cost_usd)}"
+                  + (f" ({shorten(r.session_name, 20)})" if r.session_name else ""))
     return 0
 
 
@@ -225,15 +231,18 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
           f"ended {local_time(s.end_time, zone)}; last event {local_time(s.last_event_at, zone)}")
     print(f"  specs{f' (of {s.total_specs})' if s.total_specs else ''}: {s.counts.sentence()}; "
           f"{s.tokens_used:,} tokens; {money(s.cost_usd)}; {s.event_count} events")
+    git = queries.GitTotals.of(detail.spec_runs)
+    if git.runs:
+        print(f"  changed: {git.text} ({git.runs} spec run{'' if git.runs == 1 else 's'} recorded it)")
     for problem in s.value_problems:
         print(f"  ! not counted: {problem}")
     if detail.spec_runs:
         print()
-        print(table(["spec", "try", "outcome", "started", "took", "tokens", "cost", "error"], [
+        print(table(["spec", "try", "outcome", "started", "took", "tokens", "cost", "changed", "error"], [
             [r.spec_id, str(r.attempt), attempt_word(r.status, r.outcome), local_time(r.start_time, zone),
              duration(r.duration_seconds),
              f"{r.tokens_used:,}" if r.tokens_used is not None else "-", money(r.cost_usd),
-             shorten(r.error_message, 60)] for r in detail.spec_runs]))
+             shorten(r.changes, 40) or "-", shorten(r.error_message, 60)] for r in detail.spec_runs]))
     if detail.interventions:
         print()
         print(table(["asked", "spec", "message", "answered"], [

@@ -82,7 +82,7 @@ def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -
     by_spec: dict[str, list[str]] = {}
     for r in runs:
         by_spec.setdefault(r.spec_id, []).append(repr((r.attempt, r.start_time, r.end_time, r.status, r.tokens_used,
-                                                        r.cost_usd, r.error_message, session_name)))
+                                                        r.cost_usd, r.error_message, r.git, session_name)))
     return {spec: hashlib.sha1("|".join(rows).encode()).hexdigest() for spec, rows in by_spec.items()}
 
 
@@ -288,7 +288,7 @@ class SiteRenderer:
             runs=runs, more_runs=len(detail.spec_runs) - len(runs),
             timeline=detail.timeline, timeline_complete=complete,
             interventions=detail.interventions, gantt=charts.session_gantt(s, detail.spec_runs, detail.interventions),
-            spec_pages=spec_pages, diff=diff))
+            spec_pages=spec_pages, diff=diff, git=queries.GitTotals.of(detail.spec_runs)))
         out.write(f"api/sessions/{s.id}.json", dump_json(snapshot("session", None, {
             "session": s, "spec_runs": detail.spec_runs, "interventions": detail.interventions,
             "timeline_complete": complete,

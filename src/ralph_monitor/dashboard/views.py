@@ -153,6 +153,7 @@ def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str) -> Markup:
                    f'<td data-label="Duration">{duration(r.duration_seconds)}</td>'
                    f'<td data-label="Tokens" class="n">{number(r.tokens_used)}</td>'
                    f'<td data-label="Cost" class="n">{money(r.cost_usd)}</td>'
+                   f'<td data-label="Changed">{escape(r.changes) or "–"}</td>'
                    f'<td data-label="Error" class="msg">{error_html(r.error_message)}</td></tr>\n')
     return Markup("".join(out))
 

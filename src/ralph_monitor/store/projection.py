@@ -192,7 +192,8 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
         if projection.spec_runs:
             await cur.executemany(resources.query("insert_spec_run"), [
                 {**vars(run), "session_id": session_id,
-                 "output_summary": Jsonb(run.output_summary) if run.output_summary is not None else None}
+                 "output_summary": Jsonb(run.output_summary) if run.output_summary is not None else None,
+                 "git": Jsonb(run.git) if run.git is not None else None}
                 for run in projection.spec_runs])
         await cur.execute(resources.query("delete_session_interventions"), params)
         if projection.interventions:
