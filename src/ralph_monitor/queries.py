@@ -148,11 +148,11 @@ class SpecRunRow:
         """What the run changed, in words ("3 commits, +120 −40 in 6 files"); "" when not recorded."""
         if not isinstance(self.git, dict):
             return ""
+        if self.git_commits is not None:
+            return GitTotals.of([self]).text
         if self.git.get("repo") is None:
             return f"no repository ({self.git.get('reason') or 'not recorded'})"
-        if self.git_commits is None:
-            return f"unknown ({self.git['reason']})" if self.git.get("reason") else ""
-        return GitTotals.of([self]).text
+        return f"unknown ({self.git['reason']})" if self.git.get("reason") else ""
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ def cmd_night(args: argparse.Namespace, settings: Settings) -> int:
         print()
         print(f"What the spec runs changed: {night.git.text}")
         for r in night.changes:
-            print(f"  {r.spec_id}: {r.changes}, {money(r.cost_usd)}"
+            print(f"  {r.spec_id}: {r.changes}" + (f", {money(r.cost_usd)}" if r.cost_usd is not None else "")
                   + (f" ({shorten(r.session_name, 20)})" if r.session_name else ""))
     return 0
 
@@ -242,7 +242,7 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
             [r.spec_id, str(r.attempt), attempt_word(r.status, r.outcome), local_time(r.start_time, zone),
              duration(r.duration_seconds),
              f"{r.tokens_used:,}" if r.tokens_used is not None else "-", money(r.cost_usd),
-             shorten(r.changes, 40) or "-", shorten(r.error_message, 60)] for r in detail.spec_runs]))
+             shorten(r.changes, 48) or "-", shorten(r.error_message, 60)] for r in detail.spec_runs]))
     if detail.interventions:
         print()
         print(table(["asked", "spec", "message", "answered"], [

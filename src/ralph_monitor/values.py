@@ -154,7 +154,7 @@ def git(value: Any) -> tuple[dict[str, Any] | None, list[str]]:
         return None, []
     if not isinstance(value, dict):
         return None, [f"git={shown(value)} ignored: {_json_kind(value)}, not an object"]
-    kept: dict[str, Any] = {}
+    kept: dict[str, Any] = {"repo": None}
     problems: list[str] = []
     for key in ("repo", "head_before", "head_after", "reason"):
         item = value.get(key)

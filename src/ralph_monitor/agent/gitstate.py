@@ -152,5 +152,5 @@ def for_emit(event_type: str, directory: str, *, session_id: str | None, spec_id
         return now.as_data()
     if not isinstance(noted, dict) or noted.get("repo") != now.repo:
         return {"repo": now.repo, "head_before": None, "head_after": now.head,
-                "reason": "HEAD at the spec's start unknown: send spec_started with --git too"}
+                "reason": "no HEAD noted at its start: send spec_started with --git too"}
     return changes(Before(now.repo, noted.get("head")))
