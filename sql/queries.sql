@@ -181,17 +181,18 @@ ORDER BY occurred_at, event_id;
 -- name: session_activity
 SELECT count(*) AS event_count,
        max(occurred_at) FILTER (WHERE event_type <> 'session_stalled') AS last_event_at,
-       max(occurred_at) AS last_any_at
+       max(occurred_at) AS last_any_at,
+       max(occurred_at) FILTER (WHERE event_type <> ALL(%(not_activity)s::text[])) AS last_active_at
 FROM events WHERE session_id = %(session_id)s;
 
 -- name: upsert_session
 INSERT INTO sessions AS s (id, name, host, start_time, end_time, last_event_at, total_specs,
     specs_completed, specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used,
-    cost_usd, event_count, interventions_pending, final_result, metadata, value_problems, updated_at)
+    cost_usd, event_count, interventions_pending, final_result, metadata, value_problems, paused_until, updated_at)
 VALUES (%(id)s, %(name)s, %(host)s, %(start_time)s, %(end_time)s, %(last_event_at)s, %(total_specs)s,
     %(specs_completed)s, %(specs_failed)s, %(specs_timed_out)s, %(specs_fixed_on_retry)s, %(execution_state)s,
     %(tokens_used)s, %(cost_usd)s, %(event_count)s, %(interventions_pending)s, %(final_result)s, %(metadata)s,
-    %(value_problems)s, now())
+    %(value_problems)s, %(paused_until)s, now())
 ON CONFLICT (id) DO UPDATE SET
     name = EXCLUDED.name, host = EXCLUDED.host, start_time = EXCLUDED.start_time,
     end_time = EXCLUDED.end_time, last_event_at = EXCLUDED.last_event_at,
@@ -200,7 +201,8 @@ ON CONFLICT (id) DO UPDATE SET
     specs_fixed_on_retry = EXCLUDED.specs_fixed_on_retry, execution_state = EXCLUDED.execution_state, tokens_used = EXCLUDED.tokens_used,
     cost_usd = EXCLUDED.cost_usd, event_count = EXCLUDED.event_count,
     interventions_pending = EXCLUDED.interventions_pending, final_result = EXCLUDED.final_result,
-    metadata = EXCLUDED.metadata, value_problems = EXCLUDED.value_problems, updated_at = now();
+    metadata = EXCLUDED.metadata, value_problems = EXCLUDED.value_problems,
+    paused_until = EXCLUDED.paused_until, updated_at = now();
 
 -- name: delete_session_spec_runs
 DELETE FROM spec_runs WHERE session_id = %(session_id)s;
@@ -242,6 +244,11 @@ GROUP BY d.b, e.event_type;
 SELECT id, last_event_at FROM sessions
 WHERE execution_state = 'running' AND last_event_at < now() - make_interval(secs => %(stall_after_s)s);
 
+-- name: usage_resets_due
+-- Sessions paused for their usage limit whose window has reset (the projector records usage_limit_reset).
+SELECT id, paused_until FROM sessions
+WHERE execution_state = 'paused_for_usage_limit' AND paused_until <= now();
+
 -- name: dirty_backlog
 SELECT (SELECT count(*) FROM dirty_sessions) AS sessions, (SELECT count(*) FROM dirty_buckets) AS buckets;
 
@@ -252,7 +259,7 @@ SELECT s.*, (SELECT r.spec_id FROM spec_runs r
              WHERE r.session_id = s.id AND r.status = 'running'
              ORDER BY r.start_time DESC LIMIT 1) AS current_spec
 FROM sessions s
-WHERE s.execution_state IN ('running', 'stalled')
+WHERE s.execution_state IN ('running', 'stalled', 'paused_for_usage_limit')
 ORDER BY s.start_time DESC;
 
 -- name: pending_interventions

@@ -157,6 +157,14 @@ def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
     return hook_main(argv + ([FOREGROUND_OPTION] if args.foreground else []))
 
 
+def _cmd_statusline(args: argparse.Namespace, settings: Settings) -> int:
+    """Only for callers of `monitor_main` itself: `launcher` runs the status line before argparse."""
+    from ralph_monitor.agent.statusline import main as statusline_main
+
+    options = {"--socket": args.socket, "--config": args.config, "--every": args.every}
+    return statusline_main([f"{name}={value}" for name, value in options.items() if value is not None])
+
+
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
     import uuid
 
@@ -317,6 +325,19 @@ def _add_agent_parsers(sub: Any) -> None:
                           "prints nothing, and gives up after --timeout seconds.")
     add_hook_arguments(hook)
     hook.set_defaults(func=_cmd_hook, no_settings=True)
+
+    statusline = sub.add_parser(
+        "statusline", help="Claude Code status line: print a short line, forward the usage windows",
+        description="For .claude/settings.json: \"statusLine\": {\"type\": \"command\", \"command\": "
+        "\"ralph-monitor statusline\"}. Prints the model, the 5-hour and 7-day usage windows (with their reset "
+        "times) and the session's cost from the JSON Claude Code gives on stdin, at once; then, in a detached "
+        "child, records the windows as a rate_limits event (when they changed, or every --every seconds). "
+        "Always exits 0.")
+    statusline.add_argument("--socket", help="daemon socket (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    statusline.add_argument("--config", metavar="FILE", help="config file to read the socket path from")
+    statusline.add_argument("--every", type=float, metavar="S",
+                            help="forward unchanged windows at most every S seconds (default 60)")
+    statusline.set_defaults(func=_cmd_statusline, no_settings=True)
 
     imports = sub.add_parser(
         "import", help="record the Claude Code sessions already on disk (its transcripts)",

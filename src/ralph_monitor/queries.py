@@ -13,7 +13,7 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from ralph_monitor import changes
+from ralph_monitor import changes, values
 from ralph_monitor.errors import UnknownSession
 from ralph_monitor.outcomes import (FIXED_ON_RETRY, RUNNING, STILL_FAILING, Attempt, Counts, RunLike, SpecResult,
                                     fixed_later, spec_results)
@@ -292,6 +292,40 @@ class ProjectionFailure:
 
 
 @dataclass(frozen=True)
+class UsageWindow:
+    name: str
+    """five_hour or seven_day, as Claude Code names them."""
+    label: str
+    used_percentage: float
+    resets_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """The subscription's usage windows as a status line last reported them (`rate_limits`)."""
+
+    reported_at: datetime
+    host: str
+    windows: list[UsageWindow]
+
+
+USAGE_LABELS = {"five_hour": "5-hour window", "seven_day": "7-day window"}
+
+
+def usage(store: ReadStore) -> UsageReport | None:
+    """The last `rate_limits` event's windows (values.window decides what is usable)."""
+    latest = _latest(store, "rate_limits")
+    if latest is None or not isinstance(latest.data, dict):
+        return None
+    windows = []
+    for name in values.USAGE_WINDOWS:
+        found, _ = values.window(name, latest.data.get(name))
+        if found is not None:
+            windows.append(UsageWindow(name, USAGE_LABELS[name], float(found[0]), found[1]))
+    return UsageReport(latest.occurred_at, latest.host, windows) if windows else None
+
+
+@dataclass(frozen=True)
 class Status:
     active: list[SessionSummary]
     pending_interventions: list[InterventionRow]
@@ -304,6 +338,8 @@ class Status:
     projection_failures_total: int = 0
     reads: ReadSource | None = None
     """Where this was read: the primary or a replica (its lag), or why not the configured replica."""
+    usage: UsageReport | None = None
+    """The usage windows last reported by a Claude Code status line (`ralph-monitor statusline`)."""
 
 
 @dataclass(frozen=True)
@@ -648,6 +684,7 @@ def status(store: ReadStore, now: datetime) -> Status:
             "projection_failures", {"limit": FAILURES_SHOWN})],
         projection_failures_total=store.fetch("projection_failure_count")[0]["failing"],
         reads=store.source(),
+        usage=usage(store),
     )
 
 

@@ -116,6 +116,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     stalled = [s for s in status.active if s.execution_state == "stalled"]
     for s in stalled:
         print(f"! stalled: {s.label} — no event since {relative_time(s.last_event_at, now)}")
+    for s in status.active:
+        if s.execution_state == "paused_for_usage_limit":
+            print(f"~ paused for the usage limit: {s.label} — until {local_time(s.paused_until, _zone(settings))} "
+                  f"({relative_time(s.paused_until, now)})")
+    if status.usage is not None:
+        print(f"Usage windows (reported {relative_time(status.usage.reported_at, now)} from {status.usage.host}): "
+              + "; ".join(f"{w.label} {w.used_percentage:g}% used, resets "
+                          + (f"{local_time(w.resets_at, _zone(settings))} ({relative_time(w.resets_at, now)})"
+                             if w.resets_at else "-") for w in status.usage.windows))
     print()
     if status.pending_interventions:
         print(f"Waiting for a human ({len(status.pending_interventions)}):")

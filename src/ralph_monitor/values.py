@@ -48,6 +48,10 @@ MAX_GIT_COMMITS_KEPT = 50
 MAX_GIT_TEXT = 200
 """Characters of a repository path, a commit hash or a subject kept."""
 GIT_COUNTS = ("commit_count", "files_changed", "insertions", "deletions")
+MAX_EPOCH_S = 4_102_444_800
+"""A reset time (Unix seconds, as Claude Code gives `resets_at`) before 2100."""
+USAGE_WINDOWS = ("five_hour", "seven_day")
+"""The usage windows of a `rate_limits` event (Claude Code's status-line input)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,9 @@ RULES: dict[str, Rule] = {
     "name": Rule("text", MAX_NAME_CHARS),
     "metadata": Rule("object"),
     "git": Rule("git"),
+    **{name: Rule("window") for name in USAGE_WINDOWS},
+    "used_percentage": Rule("amount", 1000),
+    "resets_at": Rule("count", MAX_EPOCH_S),
     **{f"git.{name}": Rule("count", MAX_GIT_LINES if name in ("insertions", "deletions") else MAX_GIT_COUNT)
        for name in GIT_COUNTS},
     **{field: Rule("text", MAX_TEXT_CHARS)
@@ -78,6 +85,8 @@ READS: dict[str, tuple[str, ...]] = {
     "spec_completed": ("tokens_used", "cost_usd", "duration_s", "error", "error_message", "reason", "git"),
     "intervention_request": ("message", "question", "reason"),
     "user_feedback": ("message", "answer"),
+    "rate_limits": USAGE_WINDOWS,
+    "usage_limit": ("resets_at", "message"),
 }
 """The data fields the projection reads from each event type."""
 READS["spec_failed"] = READS["timeout_triggered"] = READS["spec_completed"]
@@ -184,9 +193,30 @@ def git(value: Any) -> tuple[dict[str, Any] | None, list[str]]:
     return kept, problems
 
 
+def epoch(field: str, value: Any) -> tuple[datetime | None, str | None]:
+    """A Unix time in seconds (Claude Code's `resets_at`) as a UTC datetime, if it fits."""
+    seconds, problem = number(field, value)
+    return (None if seconds is None else datetime.fromtimestamp(float(seconds), timezone.utc)), problem
+
+
+def window(field: str, value: Any) -> tuple[tuple[Decimal, datetime | None] | None, list[str]]:
+    """A usage window (`{"used_percentage": 42, "resets_at": 1781290000}`) as (percent used,
+    reset time), and the reasons for what did not fit. Without a usable percentage: None."""
+    if value is None:
+        return None, []
+    if not isinstance(value, dict):
+        return None, [f"{field}={shown(value)} ignored: {_json_kind(value)}, not an object"]
+    used, problem = number("used_percentage", value.get("used_percentage"))
+    resets, reset_problem = epoch("resets_at", value.get("resets_at"))
+    problems = [f"{field}.{p}" for p in (problem, reset_problem) if p is not None]
+    return (None if used is None else (used, resets)), problems
+
+
 def check(field: str, value: Any) -> str | None:
     """The reason `value` does not fit `field`'s rule, or None."""
     kind = RULES[field].kind
+    if kind == "window":
+        return "; ".join(window(field, value)[1]) or None
     if kind == "git":
         return "; ".join(git(value)[1]) or None
     if kind == "object":

@@ -62,7 +62,7 @@ ASSETS = ("style.css", "app.js", "favicon.svg")
 ALERTS_WINDOW = timedelta(days=7)
 ALERTS_PER_PAGE = 200
 TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html", "alerts.html")
-ACTIVE_STATES = ("running", "stalled")
+ACTIVE_STATES = ("running", "stalled", "paused_for_usage_limit")
 
 
 @dataclass

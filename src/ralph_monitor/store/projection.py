@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from ralph_monitor import resources
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreError, StoreUnavailable
-from ralph_monitor.projections import SESSION_TYPES, SessionEvent, SessionProjection
+from ralph_monitor.projections import NOT_ACTIVITY, SESSION_TYPES, SessionEvent, SessionProjection
 from ralph_monitor.store.connect import conninfo, describe_error
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,15 @@ class ProjectionStore:
 
         return await self._run(work)
 
+    async def usage_resets_due(self) -> list[tuple[uuid.UUID, datetime]]:
+        """Sessions paused for their usage limit whose window has reset by now."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> list[tuple[uuid.UUID, datetime]]:
+            cur = await conn.execute(resources.query("usage_resets_due"))
+            return [(r["id"], r["paused_until"]) for r in await cur.fetchall()]
+
+        return await self._run(work)
+
     async def backlog(self) -> tuple[int, int]:
         """Dirty sessions and buckets still waiting."""
 
@@ -172,7 +181,8 @@ async def _try_lock(conn: psycopg.AsyncConnection[Any], key: str) -> bool:
 async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
                        compute: Callable[..., SessionProjection]) -> None:
     params = {"session_id": session_id}
-    activity = await (await conn.execute(resources.query("session_activity"), params)).fetchone()
+    activity = await (await conn.execute(resources.query("session_activity"),
+                                         {**params, "not_activity": list(NOT_ACTIVITY)})).fetchone()
     if activity is None or activity["event_count"] == 0:
         # All its events were pruned: the aggregate goes with them.
         await conn.execute(resources.query("delete_session_aggregate"), params)
@@ -182,7 +192,8 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
     events = [SessionEvent(r["event_id"], r["event_type"], r["spec_id"], r["occurred_at"], r["host"],
                            r["data"] if isinstance(r["data"], dict) else {}) for r in rows]
     projection = compute(session_id, events, event_count=activity["event_count"],
-                         last_event_at=activity["last_event_at"] or activity["last_any_at"])
+                         last_event_at=activity["last_event_at"] or activity["last_any_at"],
+                         last_active_at=activity["last_active_at"])
     values = {k: v for k, v in vars(projection).items() if k not in ("spec_runs", "interventions")}
     values["final_result"] = Jsonb(values["final_result"]) if values["final_result"] is not None else None
     values["metadata"] = Jsonb(values["metadata"] or {})

@@ -10,3 +10,12 @@ ALTER TABLE spec_runs
     ADD COLUMN git_insertions bigint GENERATED ALWAYS AS ((git->>'insertions')::bigint) STORED,
     ADD COLUMN git_deletions bigint GENERATED ALWAYS AS ((git->>'deletions')::bigint) STORED,
     ADD COLUMN git_dirty boolean GENERATED ALWAYS AS ((git->>'dirty')::boolean) STORED;
+
+-- Usage windows (issue 16): a session whose agent hit its usage limit is paused until the
+-- window resets (sessions.paused_until), not failed and not stalled. The states of the
+-- loop-health branch (waiting_for_human, stuck) are allowed here too, whichever lands first.
+ALTER TABLE sessions ADD COLUMN paused_until timestamptz;
+ALTER TABLE sessions DROP CONSTRAINT sessions_state_check;
+ALTER TABLE sessions ADD CONSTRAINT sessions_state_check CHECK (
+    execution_state IN ('running', 'stalled', 'completed', 'failed', 'interrupted', 'budget_exceeded',
+                        'paused_for_usage_limit', 'waiting_for_human', 'stuck'));
