@@ -120,6 +120,8 @@ def test_the_loop_records_commits_files_lines_and_a_dirty_tree_per_spec_run(
     html, values, _ = read_page(site, f"sessions/{session_id}.html")
     assert values["git_changes"] == "2 commits, +5 \u22122 in 3 files, 2 left dirty"
     assert "<td data-label=\"Changed\">2 commits, +5 \u22122 in 3 files</td>" in html
+    _, overview, _ = read_page(site, "index.html")
+    assert overview["night-git"] == "Changed in git: 2 commits, +5 \u22122 in 3 files, 2 left dirty (3 spec runs)."
 
 
 def test_no_repository_and_no_git_are_recorded_as_such(daemon: Daemon, tmp_path: Path) -> None:
