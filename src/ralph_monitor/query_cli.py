@@ -236,7 +236,8 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     s = detail.session
     print(f"Session {s.id}  {s.name or ''}".rstrip())
-    print(f"  state {s.execution_state}; host {s.host or '-'}; started {local_time(s.start_time, zone)}; "
+    paused = f" until {local_time(s.paused_until, zone)}" if s.paused_until else ""
+    print(f"  state {s.execution_state}{paused}; host {s.host or '-'}; started {local_time(s.start_time, zone)}; "
           f"ended {local_time(s.end_time, zone)}; last event {local_time(s.last_event_at, zone)}")
     print(f"  specs{f' (of {s.total_specs})' if s.total_specs else ''}: {s.counts.sentence()}; "
           f"{s.tokens_used:,} tokens; {money(s.cost_usd)}; {s.event_count} events")

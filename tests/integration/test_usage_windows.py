@@ -137,6 +137,9 @@ def test_a_session_at_its_usage_limit_is_paused_until_the_reset_then_running(
     assert "~ paused for the usage limit: limited — until" in shown.stdout
     assert "Usage windows (reported" in shown.stdout
     assert "5-hour window 97.5% used, resets" in shown.stdout  # the latest report (session b's)
+    one = subprocess.run([str(BIN / "ralph-query"), "session", a, "--config", str(d.config_path)],
+                         capture_output=True, text=True, timeout=30, env=agent_env(tmp_path / "spool"))
+    assert "  state paused_for_usage_limit until " in one.stdout, one.stderr
 
     site = tmp_path / "site"
     render_once(load_settings(d.config_path), dsn=d.dsn, site_dir=site, full=True)
