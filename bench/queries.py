@@ -24,7 +24,8 @@ and the dashboard do: SQL, transfer, and building the dataclasses), --warmup tim
 prepares a statement on its 5th execution and PostgreSQL may switch to a generic plan
 after 5 more), then --repeats times; median and p95 (nearest rank) in ms. Targets (design
 note, PRODUCT.md "Performance targets"): last 100 events < 10 ms, session summary < 20 ms,
-compare two sessions / weeks < 50 ms, dashboard metrics < 5 ms. Rows marked "info" have no
+compare two sessions / weeks < 50 ms, dashboard metrics < 5 ms; one pass of the alert rules
+(the issue "Wake-up") < 5 ms. Rows marked "info" have no
 target of their own; the "new connection" rows show what one `ralph-query` run pays on top
 (a new backend plans its first query on `events` with cold catalog caches: ~40 partitions).
 
@@ -54,7 +55,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ from ralph_monitor import queries, resources  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
 from ralph_monitor.projections import SESSION_TYPES, SessionEvent, project_session  # noqa: E402
-from ralph_monitor.store import ReadStore, ensure_database, migrate, open_read_store  # noqa: E402
+from ralph_monitor.store import AlertStore, ReadStore, ensure_database, migrate, open_read_store  # noqa: E402
 
 DBNAME = "bench"
 SESSIONS_PER_YEAR = 3_650
@@ -81,9 +82,10 @@ EVENT_DAYS = 30
 HEARTBEAT_SHARE = 0.22
 """Share of all events that are heartbeats; the heartbeat interval is derived from it."""
 
-TARGETS = {"events": 10.0, "summary": 20.0, "compare": 50.0, "dashboard": 5.0, "info": None}
+TARGETS = {"events": 10.0, "summary": 20.0, "compare": 50.0, "dashboard": 5.0, "alerts": 5.0, "info": None}
 TARGET_NAMES = {"events": "last 100 events", "summary": "session summary",
-                "compare": "compare two sessions / weeks", "dashboard": "dashboard metrics", "info": "-"}
+                "compare": "compare two sessions / weeks", "dashboard": "dashboard metrics",
+                "alerts": "one alert evaluation pass", "info": "-"}
 
 
 # ---------------------------------------------------------------------------- data
@@ -570,11 +572,28 @@ def on_new_connection(dsn: str, call: Callable[[Any], Any]) -> Any:
         return call(store)
 
 
-def cases(p: dict[str, Any], zone: ZoneInfo, dsn: str) -> list[Case]:
+class AlertPass:
+    """One evaluation of every alert rule (budgets set, so their rules read too), as the
+    daemon's alerts feature runs it every [alerts] check_interval_s: the facts, the open
+    alerts, and nothing to write once the first pass has fired what holds."""
+
+    def __init__(self, dsn: str, night: queries.Window) -> None:
+        settings = replace(Settings(), budget_session_usd=5.0, budget_session_tokens=2_000_000,
+                           budget_night_usd=50.0, budget_night_tokens=20_000_000)
+        self.store = AlertStore(settings, dsn=dsn)
+        self.night = (night.since, night.until)
+
+    def __call__(self, _: Any) -> int:
+        fired, resolved = self.store.evaluate(night=self.night, destinations=["json://127.0.0.1:9/"])
+        return fired + resolved
+
+
+def cases(p: dict[str, Any], zone: ZoneInfo, dsn: str, alerts: AlertPass) -> list[Case]:
     now: datetime = p["now"]
     big, typical, spec = p["big"]["id"], p["typical"]["id"], p["spec"]["spec_id"]
     night = queries.night_window(now, zone, start=dtime(18), end=dtime(9))
-    return [*targets(now, zone, night, big, typical, spec, p, dsn), *dashboard_batches(now)]
+    return [*targets(now, zone, night, big, typical, spec, p, dsn), *dashboard_batches(now),
+            Case("alerts", "alerts: evaluate every rule (one pass)", alerts)]
 
 
 def dashboard_batches(now: datetime) -> list[Case]:
@@ -769,9 +788,13 @@ def main() -> int:
             print(f"projection check: {len(sample)} sessions re-projected from their events, "
                   + ("all equal" if not problems else f"{len(problems)} differences:\n  " + "\n  ".join(problems[:20])),
                   flush=True)
-        todo = [c for c in cases(p, ZoneInfo(args.tz), dsn) if not args.only or args.only in c.label]
+        alerts = AlertPass(dsn, queries.night_window(p["now"], ZoneInfo(args.tz), start=dtime(18), end=dtime(9)))
+        todo = [c for c in cases(p, ZoneInfo(args.tz), dsn, alerts) if not args.only or args.only in c.label]
         postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
-        run_cases(dsn, todo, args.warmup, args.repeats, args.quiet_wait, postmaster)
+        try:
+            run_cases(dsn, todo, args.warmup, args.repeats, args.quiet_wait, postmaster)
+        finally:
+            alerts.store.close()
         print(f"\nmedian / p95 of {args.repeats} calls after {args.warmup} warm-up calls, ms "
               f"(targets: {', '.join(f'{TARGET_NAMES[g]} < {t:g}' for g, t in TARGETS.items() if t)})")
         print_table(todo)

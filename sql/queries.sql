@@ -767,7 +767,18 @@ SELECT coalesce(sum(cost_usd), 0) AS cost_usd, coalesce(sum(tokens_used), 0)::bi
 FROM spec_runs WHERE end_time >= %(start)s AND end_time < %(end)s;
 
 -- name: alert_latest_backup
-SELECT event_type FROM events WHERE event_type IN ('backup_completed', 'backup_failed')
+-- The newest of each type by events_type_occurred_at_idx (see latest_event_of_type), then the
+-- newer of the two: "IN (...) ORDER BY occurred_at" walked every partition (37 ms at 1/20 of
+-- the benchmark's volume).
+SELECT event_type FROM (
+    (SELECT event_type, occurred_at FROM events
+     WHERE event_type >= 'backup_completed' AND event_type <= 'backup_completed'
+     ORDER BY event_type, occurred_at DESC LIMIT 1)
+    UNION ALL
+    (SELECT event_type, occurred_at FROM events
+     WHERE event_type >= 'backup_failed' AND event_type <= 'backup_failed'
+     ORDER BY event_type, occurred_at DESC LIMIT 1)
+) AS latest
 ORDER BY occurred_at DESC LIMIT 1;
 
 -- name: open_alerts

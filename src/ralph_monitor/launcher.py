@@ -8,13 +8,10 @@ call), so its start-up time is the agent's time; `ralph-monitor statusline` like
 This is the only way in: the console script and `python -m ralph_monitor` both call `main`.
 """
 
-from __future__ import annotations
-
 import sys
-from collections.abc import Sequence
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run `ralph-monitor ARGS` (default: this process's arguments); return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["hook"] and not {"-h", "--help"} & set(args):

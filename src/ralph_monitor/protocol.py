@@ -285,16 +285,19 @@ SPEC_ENDS = frozenset({"spec_completed", "spec_failed", "timeout_triggered"})
 """Events that close a spec run: without their spec and session, their outcome and cost are lost."""
 
 
+_TOP_LEVEL_MISPLACED = frozenset(DATA_FIELDS_AT_TOP)
+
+
 def _placement_hints(obj: dict[str, object], event_type: str, spec_id: object) -> list[str]:
     """Well-formed events that count for nothing as sent: a field outside `data`, a spec
-    event without its spec or session."""
-    hints = [f"{field} is at the top level, where nothing reads it; put it in \"data\""
-             for field in DATA_FIELDS_AT_TOP if field in obj]
-    if event_type in SPEC_ENDS:
+    event without its spec or session. (Every known event asks: the common answer is cheap.)"""
+    hints = [] if _TOP_LEVEL_MISPLACED.isdisjoint(obj) else [
+        f"{field} is at the top level, where nothing reads it; put it in \"data\""
+        for field in DATA_FIELDS_AT_TOP if field in obj]
+    if event_type in SPEC_ENDS and (spec_id is None or obj.get("session_id") is None):
         missing = [name for name, value in (("session_id", obj.get("session_id")), ("spec_id", spec_id))
                    if value is None]
-        if missing:
-            hints.append(f"{event_type} without {' and '.join(missing)}: stored, but not counted in any spec run")
+        hints.append(f"{event_type} without {' and '.join(missing)}: stored, but not counted in any spec run")
     return hints
 
 

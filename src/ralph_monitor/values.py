@@ -79,6 +79,8 @@ RULES: dict[str, Rule] = {
        for field in ("error", "error_message", "reason", "message", "question", "answer")},
 }
 
+NUMERIC_KINDS = frozenset({"count", "amount"})
+
 READS: dict[str, tuple[str, ...]] = {
     "session_started": ("name", "total_specs", "metadata"),
     "session_ended": ("tokens_used", "cost_usd"),
@@ -212,9 +214,24 @@ def window(field: str, value: Any) -> tuple[tuple[Decimal, datetime | None] | No
     return (None if used is None else (used, resets)), problems
 
 
+def _plainly_fits(rule: Rule, value: Any) -> bool:
+    """True for the common case, decided without Decimal: a non-negative int or float below
+    the rule's bound (whole, for a count). Anything else takes the exact path in `number`."""
+    kind = type(value)
+    if kind is int:
+        return 0 <= value < rule.maximum
+    if kind is float:
+        return 0.0 <= value < float(rule.maximum) and (rule.kind != "count" or value.is_integer())
+    return False
+
+
 def check(field: str, value: Any) -> str | None:
-    """The reason `value` does not fit `field`'s rule, or None."""
-    kind = RULES[field].kind
+    """The reason `value` does not fit `field`'s rule, or None. Runs on every event that
+    carries a field a projection reads, so the common case is answered cheaply."""
+    rule = RULES[field]
+    kind = rule.kind
+    if kind in NUMERIC_KINDS and _plainly_fits(rule, value):
+        return None
     if kind == "window":
         return "; ".join(window(field, value)[1]) or None
     if kind == "git":
@@ -235,12 +252,15 @@ def data_warnings(event_type: str, data: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
+_MAX_AHEAD = timedelta(seconds=MAX_TS_AHEAD_S)
+
+
 def timestamp_problem(ts: datetime, received_at: datetime) -> str | None:
     """Why an agent's `ts` cannot be the event's time (the receive time is used instead)."""
     try:
         if ts < EARLIEST_TS:
             return f"ts={ts.isoformat()} ignored: before {EARLIEST_TS.year}; stored with the time received"
-        if ts > received_at + timedelta(seconds=MAX_TS_AHEAD_S):
+        if ts > received_at + _MAX_AHEAD:
             return (f"ts={ts.isoformat()} ignored: more than {MAX_TS_AHEAD_S // 3600} h ahead of the "
                     "monitor's clock; stored with the time received")
     except OverflowError:

@@ -14,19 +14,16 @@ keep the order in which Claude Code fired them whatever order the children finis
 stderr) keeps everything in the one process, as does a failed fork.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time
-from collections.abc import Sequence
 
 MAX_STDIN_BYTES = 64 << 20
 FOREGROUND_OPTION = "--foreground"
 DEBUG_ENV = "RALPH_MONITOR_HOOK_DEBUG"
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: list[str]) -> int:
     """Entry point of `ralph-monitor hook ARGS`; always returns 0 (the parent exits at once)."""
     called_ns = time.time_ns()
     stdin = sys.stdin
