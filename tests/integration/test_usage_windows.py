@@ -110,8 +110,10 @@ def paused_daemon(daemon_factory: Any) -> Daemon:
 def test_a_session_at_its_usage_limit_is_paused_until_the_reset_then_running(
         paused_daemon: Daemon, tmp_path: Path) -> None:
     d = paused_daemon
-    a, b = "6f1c2b4e-1619-4000-8000-00000000001a", "6f1c2b4e-1619-4000-8000-00000000001b"
-    resets = datetime.now(timezone.utc) + timedelta(seconds=6)
+    a, b, c = ("6f1c2b4e-1619-4000-8000-00000000001a", "6f1c2b4e-1619-4000-8000-00000000001b",
+               "6f1c2b4e-1619-4000-8000-00000000001c")
+    resets = datetime.now(timezone.utc) + timedelta(hours=1)
+    soon = datetime.now(timezone.utc) + timedelta(seconds=3)
     far = datetime.now(timezone.utc) + timedelta(hours=3)
     client = LineClient(d.connect())
     for event in (
@@ -123,7 +125,10 @@ def test_a_session_at_its_usage_limit_is_paused_until_the_reset_then_running(
             {"type": "session_started", "session_id": b, "data": {"name": "interactive"}},
             {"type": "rate_limits", "session_id": b,
              "data": {"five_hour": {"used_percentage": 97.5, "resets_at": int(far.timestamp())}}},
-            {"type": "cc.StopFailure", "session_id": b, "data": {"error": "rate_limit", "hook_event_name": "StopFailure"}}):
+            {"type": "cc.StopFailure", "session_id": b, "data": {"error": "rate_limit", "hook_event_name": "StopFailure"}},
+            {"type": "session_started", "session_id": c, "data": {"name": "short window"}},
+            {"type": "rate_limits", "session_id": c,
+             "data": {"five_hour": {"used_percentage": 100, "resets_at": int(soon.timestamp())}}}):
         assert client.request(event)["ok"]
     settle(d.dsn, lambda: _state(d.dsn, a).get("execution_state") == "paused_for_usage_limit")
     assert abs((_state(d.dsn, a)["paused_until"] - resets).total_seconds()) < 1
@@ -136,7 +141,7 @@ def test_a_session_at_its_usage_limit_is_paused_until_the_reset_then_running(
     assert shown.returncode == 0, shown.stderr
     assert "~ paused for the usage limit: limited — until" in shown.stdout
     assert "Usage windows (reported" in shown.stdout
-    assert "5-hour window 97.5% used, resets" in shown.stdout  # the latest report (session b's)
+    assert "5-hour window 100% used, resets" in shown.stdout  # the latest report (session c's)
     one = subprocess.run([str(BIN / "ralph-query"), "session", a, "--config", str(d.config_path)],
                          capture_output=True, text=True, timeout=30, env=agent_env(tmp_path / "spool"))
     assert "  state paused_for_usage_limit until " in one.stdout, one.stderr
@@ -144,18 +149,19 @@ def test_a_session_at_its_usage_limit_is_paused_until_the_reset_then_running(
     site = tmp_path / "site"
     render_once(load_settings(d.config_path), dsn=d.dsn, site_dir=site, full=True)
     _, values, _ = read_page(site, "index.html")
-    assert values["usage-five_hour"].startswith("5-hour window: 97.5% used, resets ")
+    assert values["usage-five_hour"].startswith("5-hour window: 100% used, resets ")
     _, page, _ = read_page(site, f"sessions/{a}.html")
     assert page["paused"].startswith("Paused for the usage limit until ")
 
-    # Work again (a tool call) ends b's pause; the reset time ends a's.
+    # Work again (a tool call) ends b's pause; the reset time ends c's.
     assert client.request({"type": "cc.PostToolUse", "session_id": b, "data": {"tool_name": "Bash"}})["ok"]
     settle(d.dsn, lambda: _state(d.dsn, b).get("execution_state") == "running")
     assert _state(d.dsn, b)["paused_until"] is None
-    settle(d.dsn, lambda: _state(d.dsn, a).get("execution_state") == "running")
+    settle(d.dsn, lambda: _state(d.dsn, c).get("execution_state") == "running")
     reset = events(d.dsn, "event_type = 'usage_limit_reset'")
-    assert [e["session_id"] for e in reset] == [a]
-    assert reset[0]["occurred_at"] >= resets
+    assert [e["session_id"] for e in reset] == [c]
+    assert reset[0]["occurred_at"] >= soon
+    assert _state(d.dsn, a)["execution_state"] == "paused_for_usage_limit"  # its window has not reset yet
     client.close()
 
 
