@@ -284,10 +284,10 @@ def cmd_spec(args: argparse.Namespace, settings: Settings) -> int:
         raise QueryFailed(f"no runs of spec {args.spec_id!r}")
     if _answered_plainly(args, runs, ""):
         return 0
-    print(table(["started", "session", "try", "outcome", "took", "cost", "error"], [
+    print(table(["started", "session", "try", "outcome", "took", "cost", "changed", "error"], [
         [local_time(r.start_time or r.end_time, zone), shorten(r.session_name, 20) or str(r.session_id)[:8],
          str(r.attempt), attempt_word(r.status, r.outcome), duration(r.duration_seconds), money(r.cost_usd),
-         shorten(r.error_message, 60)]
+         shorten(r.changes, 48) or "-", shorten(r.error_message, 60)]
         for r in runs]))
     return 0
 

@@ -108,6 +108,7 @@ def test_the_loop_records_commits_files_lines_and_a_dirty_tree_per_spec_run(
     assert "2 commits, +5 \u22122 in 3 files" in next(line for line in shown.splitlines()
                                                      if line.startswith("two-commits"))
     assert "0 commits, left dirty" in next(line for line in shown.splitlines() if line.startswith("dirty"))
+    assert "2 commits, +5 \u22122 in 3 files" in ralph_query(night_daemon, "spec", "two-commits")
     night = ralph_query(night_daemon, "night")
     assert "What the spec runs changed: 2 commits, +5 \u22122 in 3 files, 2 left dirty" in night
     assert "  two-commits: 2 commits, +5 \u22122 in 3 files (gitty)" in night
@@ -119,7 +120,9 @@ def test_the_loop_records_commits_files_lines_and_a_dirty_tree_per_spec_run(
     render_once(load_settings(night_daemon.config_path), dsn=night_daemon.dsn, site_dir=site, full=True)
     html, values, _ = read_page(site, f"sessions/{session_id}.html")
     assert values["git_changes"] == "2 commits, +5 \u22122 in 3 files, 2 left dirty"
-    assert "<td data-label=\"Changed\">2 commits, +5 \u22122 in 3 files</td>" in html
+    cell = html[html.index('<tr id="run-two-commits-1"'):]
+    assert f'<td data-label="Changed" title="{head[:10]} CR-04: edit one, drop base' in cell
+    assert ">2 commits, +5 \u22122 in 3 files</td>" in cell
     _, overview, _ = read_page(site, "index.html")
     assert overview["night-git"] == "Changed in git: 2 commits, +5 \u22122 in 3 files, 2 left dirty (3 spec runs)."
 
