@@ -162,7 +162,8 @@ def _cmd_statusline(args: argparse.Namespace, settings: Settings) -> int:
     from ralph_monitor.agent.statusline import main as statusline_main
 
     options = {"--socket": args.socket, "--config": args.config, "--every": args.every}
-    return statusline_main([f"{name}={value}" for name, value in options.items() if value is not None])
+    return statusline_main([f"{name}={value}" for name, value in options.items() if value is not None]
+                           + (["--no-session"] if args.no_session else []))
 
 
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
@@ -337,6 +338,8 @@ def _add_agent_parsers(sub: Any) -> None:
     statusline.add_argument("--config", metavar="FILE", help="config file to read the socket path from")
     statusline.add_argument("--every", type=float, metavar="S",
                             help="forward unchanged windows at most every S seconds (default 60)")
+    statusline.add_argument("--no-session", action="store_true",
+                            help="record the windows in no session (for a status line without the hook)")
     statusline.set_defaults(func=_cmd_statusline, no_settings=True)
 
     imports = sub.add_parser(

@@ -79,8 +79,13 @@ def test_statusline_prints_a_line_and_forwards_the_rate_limits(daemon: Daemon, t
     joined = wait_for(lambda: events(daemon.dsn, "event_type = 'rate_limits' AND spec_id = 'CR-11'"),
                       what="the loop's rate_limits event")
     assert joined[0]["session_id"] == "6f1c2b4e-1618-4000-8000-000000000018"
+    alone = subprocess.run([str(BIN / "ralph-monitor"), "statusline", "--no-session", "--config", str(daemon.config_path)],
+                           input=json.dumps(status_input(five_hour={"used_percentage": 61, "resets_at": resets})).encode(),
+                           capture_output=True, env=env, timeout=30)
+    assert alone.returncode == 0 and alone.stdout.startswith(b"[Opus 4.6]")
+    wait_for(lambda: events(daemon.dsn, "event_type = 'rate_limits' AND session_id IS NULL"), what="the sessionless event")
     time.sleep(0.5)  # nothing else was sent meanwhile
-    assert len(events(daemon.dsn, "event_type = 'rate_limits'")) == 3
+    assert len(events(daemon.dsn, "event_type = 'rate_limits'")) == 4
 
 
 def test_statusline_is_quick_when_the_daemon_is_away(daemon: Daemon, tmp_path: Path) -> None:

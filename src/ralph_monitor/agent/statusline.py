@@ -9,6 +9,9 @@ prints at once, from the input alone, and only then, in a detached child, sends 
 the status line never waits for the monitor. The event goes out when the windows changed
 (whole percents, reset times) or `--every` seconds (60) passed, not on every refresh; when the
 daemon is away it goes to the client spool, and anything else that goes wrong drops it.
+The event belongs to the loop's session (RALPH_SESSION_ID), else to Claude Code's, as the hook's
+events do; `--no-session` records the windows alone (without the hook, Claude Code's sessions
+would otherwise appear with nothing but these reports).
 
     "statusLine": {"type": "command", "command": "ralph-monitor statusline"}
 """
@@ -56,12 +59,14 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _options(argv: Sequence[str]) -> dict[str, str]:
-    """--socket, --config, --every (NAME VALUE or NAME=VALUE); anything else is ignored."""
+    """--socket, --config, --every (NAME VALUE or NAME=VALUE), --no-session; anything else is ignored."""
     options: dict[str, str] = {}
     args = list(argv)
     while args:
         name, eq, value = args.pop(0).partition("=")
-        if name in ("--socket", "--config", "--every"):
+        if name == "--no-session":
+            options[name] = "1"
+        elif name in ("--socket", "--config", "--every"):
             if not eq and args:
                 value = args.pop(0)
             options[name] = value
@@ -150,7 +155,7 @@ def _forward(payload: dict[str, Any], windows: dict[str, Any], options: dict[str
         from ralph_monitor.agent.spool import ClientSpool
 
         hook_options = Options([f"{k}={v}" for k, v in options.items() if k in ("--socket", "--config")])
-        session_id, spec_id, _ = _ids(payload, os.environ)
+        session_id, spec_id, _ = (None, None, False) if "--no-session" in options else _ids(payload, os.environ)
         data: dict[str, Any] = dict(windows)
         for key, value in (("cc_session_id", payload.get("session_id")),
                            ("model", (payload.get("model") or {}).get("id") if isinstance(payload.get("model"), dict)
