@@ -443,13 +443,14 @@ ORDER BY occurred_at, id;
 -- name: export_sessions
 SELECT id, name, host, start_time, end_time, last_event_at, total_specs, specs_completed,
        specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used, cost_usd, event_count,
-       interventions_pending, final_result, metadata
+       interventions_pending, final_result, metadata, paused_until
 FROM sessions WHERE start_time >= %(since)s AND start_time < %(until)s
 ORDER BY start_time, id;
 
 -- name: export_spec_runs
 SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds, status, outcome,
-       tokens_used, cost_usd, error_message, output_summary
+       tokens_used, cost_usd, error_message, output_summary, git_commits, git_files_changed, git_insertions,
+       git_deletions, git_dirty, git
 FROM spec_runs WHERE coalesce(start_time, end_time) >= %(since)s AND coalesce(start_time, end_time) < %(until)s
 ORDER BY coalesce(start_time, end_time), id;
 
