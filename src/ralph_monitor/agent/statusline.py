@@ -52,7 +52,7 @@ def main(argv: Sequence[str]) -> int:
     except (OSError, ValueError):
         pass
     windows = rate_limits(payload)
-    if windows and _due(payload, windows, options) and not _detach():
+    if payload is not None and windows and _due(payload, windows, options) and not _detach():
         _forward(payload, windows, options)  # the detached child (or this process if fork failed)
         os._exit(0)
     return 0
