@@ -194,18 +194,19 @@ LIMIT %(limit)s;
 -- name: session_activity
 SELECT count(*) AS event_count,
        max(occurred_at) FILTER (WHERE event_type <> 'session_stalled') AS last_event_at,
-       max(occurred_at) AS last_any_at
+       max(occurred_at) AS last_any_at,
+       max(occurred_at) FILTER (WHERE event_type <> ALL(%(not_activity)s::text[])) AS last_active_at
 FROM events WHERE session_id = %(session_id)s;
 
 -- name: upsert_session
 INSERT INTO sessions AS s (id, name, host, start_time, end_time, last_event_at, total_specs,
     specs_completed, specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used,
     cost_usd, event_count, interventions_pending, final_result, metadata, value_problems, waiting_since,
-    loop_findings, updated_at)
+    loop_findings, paused_until, updated_at)
 VALUES (%(id)s, %(name)s, %(host)s, %(start_time)s, %(end_time)s, %(last_event_at)s, %(total_specs)s,
     %(specs_completed)s, %(specs_failed)s, %(specs_timed_out)s, %(specs_fixed_on_retry)s, %(execution_state)s,
     %(tokens_used)s, %(cost_usd)s, %(event_count)s, %(interventions_pending)s, %(final_result)s, %(metadata)s,
-    %(value_problems)s, %(waiting_since)s, %(loop_findings)s, now())
+    %(value_problems)s, %(waiting_since)s, %(loop_findings)s, %(paused_until)s, now())
 ON CONFLICT (id) DO UPDATE SET
     name = EXCLUDED.name, host = EXCLUDED.host, start_time = EXCLUDED.start_time,
     end_time = EXCLUDED.end_time, last_event_at = EXCLUDED.last_event_at,
@@ -215,17 +216,18 @@ ON CONFLICT (id) DO UPDATE SET
     cost_usd = EXCLUDED.cost_usd, event_count = EXCLUDED.event_count,
     interventions_pending = EXCLUDED.interventions_pending, final_result = EXCLUDED.final_result,
     metadata = EXCLUDED.metadata, value_problems = EXCLUDED.value_problems,
-    waiting_since = EXCLUDED.waiting_since, loop_findings = EXCLUDED.loop_findings, updated_at = now();
+    waiting_since = EXCLUDED.waiting_since, loop_findings = EXCLUDED.loop_findings,
+    paused_until = EXCLUDED.paused_until, updated_at = now();
 
 -- name: delete_session_spec_runs
 DELETE FROM spec_runs WHERE session_id = %(session_id)s;
 
 -- name: insert_spec_run
 INSERT INTO spec_runs (session_id, spec_id, attempt, start_time, end_time, duration_seconds, status,
-                       outcome, tokens_used, cost_usd, error_message, output_summary, value_problems)
+                       outcome, tokens_used, cost_usd, error_message, output_summary, value_problems, git)
 VALUES (%(session_id)s, %(spec_id)s, %(attempt)s, %(start_time)s, %(end_time)s, %(duration_seconds)s,
         %(status)s, %(outcome)s, %(tokens_used)s, %(cost_usd)s, %(error_message)s, %(output_summary)s,
-        %(value_problems)s);
+        %(value_problems)s, %(git)s);
 
 -- name: delete_session_interventions
 DELETE FROM interventions WHERE session_id = %(session_id)s;
@@ -258,6 +260,11 @@ SELECT id, last_event_at FROM sessions
 WHERE execution_state IN ('running', 'waiting_for_human')
   AND last_event_at < now() - make_interval(secs => %(stall_after_s)s);
 
+-- name: usage_resets_due
+-- Sessions paused for their usage limit whose window has reset (the projector records usage_limit_reset).
+SELECT id, paused_until FROM sessions
+WHERE execution_state = 'paused_for_usage_limit' AND paused_until <= now();
+
 -- name: dirty_backlog
 SELECT (SELECT count(*) FROM dirty_sessions) AS sessions, (SELECT count(*) FROM dirty_buckets) AS buckets;
 
@@ -268,7 +275,7 @@ SELECT s.*, (SELECT r.spec_id FROM spec_runs r
              WHERE r.session_id = s.id AND r.status = 'running'
              ORDER BY r.start_time DESC LIMIT 1) AS current_spec
 FROM sessions s
-WHERE s.execution_state IN ('running', 'stalled', 'waiting_for_human')
+WHERE s.execution_state IN ('running', 'stalled', 'waiting_for_human', 'paused_for_usage_limit')
 ORDER BY s.execution_state = 'waiting_for_human' DESC, s.start_time DESC;
 
 -- name: pending_interventions
@@ -452,13 +459,14 @@ ORDER BY occurred_at, id;
 -- name: export_sessions
 SELECT id, name, host, start_time, end_time, last_event_at, total_specs, specs_completed,
        specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used, cost_usd, event_count,
-       interventions_pending, final_result, metadata
+       interventions_pending, final_result, metadata, paused_until
 FROM sessions WHERE start_time >= %(since)s AND start_time < %(until)s
 ORDER BY start_time, id;
 
 -- name: export_spec_runs
 SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds, status, outcome,
-       tokens_used, cost_usd, error_message, output_summary
+       tokens_used, cost_usd, error_message, output_summary, git_commits, git_files_changed, git_insertions,
+       git_deletions, git_dirty, git
 FROM spec_runs WHERE coalesce(start_time, end_time) >= %(since)s AND coalesce(start_time, end_time) < %(until)s
 ORDER BY coalesce(start_time, end_time), id;
 
@@ -865,3 +873,9 @@ LIMIT %(limit)s;
 
 -- name: budget_session_spend
 SELECT name, cost_usd, tokens_used FROM sessions WHERE id = %(session_id)s;
+
+-- name: git_runs_between
+-- Spec runs that ended in a window and recorded what they changed in git (the night's changes).
+SELECT r.*, s.name AS session_name FROM spec_runs r JOIN sessions s ON s.id = r.session_id
+WHERE r.end_time >= %(since)s AND r.end_time < %(until)s AND r.git_commits IS NOT NULL
+ORDER BY r.end_time, r.id;

@@ -101,10 +101,16 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("--data must be a JSON object")
         data.update(loaded)
     data.update(_key_values(args.items))
-    event = new_event(
-        args.type, session_id=args.session or os.environ.get("RALPH_SESSION_ID"),
-        spec_id=args.spec or os.environ.get("RALPH_SPEC_ID"), data=data or None,
-        ts=args.ts, event_id=args.event_id)
+    session_id = args.session or os.environ.get("RALPH_SESSION_ID")
+    spec_id = args.spec or os.environ.get("RALPH_SPEC_ID")
+    if args.git is not None:
+        from ralph_monitor.agent import gitstate
+        from ralph_monitor.agent.spool import default_base_dir
+
+        data["git"] = gitstate.for_emit(args.type, args.git, session_id=session_id, spec_id=spec_id,
+                                        state_dir=default_base_dir() / "git-heads")
+    event = new_event(args.type, session_id=session_id, spec_id=spec_id, data=data or None,
+                      ts=args.ts, event_id=args.event_id)
     socket_path = _socket_path(args, settings)
     spool = None if args.no_spool else ClientSpool.for_socket(socket_path)
     try:
@@ -168,6 +174,15 @@ def _cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_statusline(args: argparse.Namespace, settings: Settings) -> int:
+    """Only for callers of `monitor_main` itself: `launcher` runs the status line before argparse."""
+    from ralph_monitor.agent.statusline import main as statusline_main
+
+    options = {"--socket": args.socket, "--config": args.config, "--every": args.every}
+    return statusline_main([f"{name}={value}" for name, value in options.items() if value is not None]
+                           + (["--no-session"] if args.no_session else []))
+
+
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
     import uuid
 
@@ -191,7 +206,8 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
             max_cost_usd=settings.budget_session_usd if args.max_cost is None else args.max_cost,
             max_tokens=settings.budget_session_tokens if args.max_tokens is None else args.max_tokens,
             redactor=Redactor(enabled=settings.redaction_enabled, extra_patterns=settings.redaction_patterns),
-            config_path=os.path.abspath(args.config) if args.config else None).run()
+            config_path=os.path.abspath(args.config) if args.config else None,
+            git_dir=None if args.no_git else args.git).run()
 
 
 def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -299,6 +315,10 @@ def monitor_parser() -> argparse.ArgumentParser:
     emit.add_argument("--event-id", help="event UUID (default: a new one); the same id is stored once")
     emit.add_argument("--no-spool", action="store_true",
                       help="fail (exit 1) instead of spooling the event when the daemon is unreachable")
+    emit.add_argument("--git", nargs="?", const=".", metavar="DIR",
+                      help="add data.git, the git state of the repository holding DIR (default: the current "
+                      "directory): on spec_started its HEAD; on spec_completed / spec_failed / timeout_triggered "
+                      "the commits, files and lines since that spec_started, and whether the tree is dirty")
     emit.set_defaults(func=_cmd_emit)
     _add_agent_parsers(sub)
     ops_cli.add_commands(sub)
@@ -324,6 +344,21 @@ def _add_agent_parsers(sub: Any) -> None:
                           "prints nothing, and gives up after --timeout seconds.")
     add_hook_arguments(hook)
     hook.set_defaults(func=_cmd_hook, no_settings=True)
+
+    statusline = sub.add_parser(
+        "statusline", help="Claude Code status line: print a short line, forward the usage windows",
+        description="For .claude/settings.json: \"statusLine\": {\"type\": \"command\", \"command\": "
+        "\"ralph-monitor statusline\"}. Prints the model, the 5-hour and 7-day usage windows (with their reset "
+        "times) and the session's cost from the JSON Claude Code gives on stdin, at once; then, in a detached "
+        "child, records the windows as a rate_limits event (when they changed, or every --every seconds). "
+        "Always exits 0.")
+    statusline.add_argument("--socket", help="daemon socket (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    statusline.add_argument("--config", metavar="FILE", help="config file to read the socket path from")
+    statusline.add_argument("--every", type=float, metavar="S",
+                            help="forward unchanged windows at most every S seconds (default 60)")
+    statusline.add_argument("--no-session", action="store_true",
+                            help="record the windows in no session (for a status line without the hook)")
+    statusline.set_defaults(func=_cmd_statusline, no_settings=True)
 
     imports = sub.add_parser(
         "import", help="record the Claude Code sessions already on disk (its transcripts)",
@@ -379,6 +414,10 @@ def _add_agent_parsers(sub: Any) -> None:
     loop.add_argument("--max-tokens", type=int, metavar="N",
                       help="the same for tokens (default: [budget] session_tokens; 0: no limit)")
     loop.add_argument("--stdin-spec", action="store_true", help="give each spec's file to the command on stdin")
+    loop.add_argument("--git", metavar="DIR", default=".",
+                      help="record what each spec run changed in the git repository holding DIR: commits, "
+                      "files, lines, a dirty tree (default: the current directory)")
+    loop.add_argument("--no-git", action="store_true", help="do not read git state around the spec runs")
     loop.add_argument("--quiet", action="store_true", help="do not echo the command's output")
     loop.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
     loop.add_argument("--no-spool", action="store_true", help="do not spool events while the daemon is unreachable")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +20,7 @@ SESSION_TYPES = (
     "session_started", "session_ended", "session_heartbeat", "session_stalled",
     "spec_started", "spec_completed", "spec_failed", "timeout_triggered",
     "intervention_request", "user_feedback", "loop_stuck", "loop_recovered",
+    "rate_limits", "usage_limit", "usage_limit_reset", "cc.StopFailure",
 )
 """The event types the projection reads; other types only count as signs of life (and the
 recent ones of ACTIVITY_TYPES feed the loop-health rules and the waiting state)."""
@@ -34,6 +35,16 @@ WAIT_CLOSERS = frozenset({
     "cc.PostToolUse", "cc.PostToolUseFailure", "cc.PermissionDenied", "cc.UserPromptSubmit", "cc.Stop",
     "cc.StopFailure", "cc.SessionEnd"})
 """Signs that the agent went on after it asked (besides spec and feedback events)."""
+
+PAUSED = "paused_for_usage_limit"
+"""The state of a session whose agent hit its usage limit: waiting for the reset, not failed."""
+NOT_ACTIVITY = ("session_heartbeat", "session_stalled", "rate_limits", "usage_limit", "usage_limit_reset",
+                "loop_stuck", "loop_recovered", "cc.StopFailure", "cc.Stop", "cc.SubagentStop", "cc.Notification")
+"""Events that do not end a usage-limit pause: signs of life, limit reports, the monitor's own
+findings and the agent stopping. Anything else after the pause (a tool call, a prompt, a spec run) is work again."""
+PROGRESS_TYPES = frozenset(SESSION_TYPES) - frozenset(NOT_ACTIVITY) - {"session_ended"}
+USAGE_PAUSE_FALLBACK = timedelta(hours=5)
+"""How long a usage-limit pause lasts when no reset time is known: the shorter window's length."""
 
 SPEC_TERMINAL = {"spec_completed": "completed", "spec_failed": "failed", "timeout_triggered": "timeout"}
 SESSION_END_STATES = ("completed", "failed", "interrupted", "budget_exceeded", "stuck")
@@ -75,6 +86,8 @@ class SpecRun:
     error_message: str | None = None
     output_summary: Any = None
     value_problems: list[str] = field(default_factory=list)
+    git: dict[str, Any] | None = None
+    """What the run changed in its git repository (agent.gitstate), as values.git keeps it."""
 
 
 @dataclass
@@ -116,6 +129,9 @@ class SessionTotals:
     """While waiting_for_human: since when (the first request or prompt still open)."""
     loop_findings: list[dict[str, Any]] = field(default_factory=list)
     """Open loop-health episodes (loop_health.py): each loop_stuck's data and event_id."""
+    paused_until: datetime | None = None
+    """While paused_for_usage_limit: when the usage window resets (the projector then records
+    usage_limit_reset, and the session is running again)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +186,9 @@ def _close(run: SpecRun, event: SessionEvent, status: str) -> None:
     run.cost_usd = read.number(data, "cost_usd")
     run.error_message = read.text(data, "error", "error_message", "reason")
     run.output_summary = data.get("output_summary")
+    run.git, problems = values.git(data.get("git"))
+    for problem in problems:
+        read.keep(None, problem)
     run.duration_seconds = _duration(run, read.number(data, "duration_s"))
 
 
@@ -181,12 +200,50 @@ def _total(field: str, total: Any, problems: list[str]) -> Any:
     return total
 
 
+def _usage_pause(ordered: list[SessionEvent], read: _Reader) -> tuple[datetime | None, datetime | None]:
+    """(since when, until when) the session is paused for its usage limit, or (None, None).
+
+    A `rate_limits` report with a window at 100% pauses it until that window resets (a later
+    report below 100% ends the pause); so does a `usage_limit` event (until its `resets_at`) or
+    a Claude Code turn that failed with `rate_limit` (until the fullest window's reset last
+    reported, else for USAGE_PAUSE_FALLBACK). Work after it (PROGRESS_TYPES) or the projector's
+    `usage_limit_reset` once the time has come ends it."""
+    paused_at = until = last_reset = None
+    for event in ordered:
+        kind, at = event.event_type, event.occurred_at
+        if kind == "rate_limits":
+            windows = []
+            for name in values.USAGE_WINDOWS:
+                found, problems = values.window(name, event.data.get(name))
+                for problem in problems:
+                    read.keep(None, problem)
+                if found is not None:
+                    windows.append(found)
+            full = [resets for used, resets in windows if used >= 100 and resets is not None and resets > at]
+            fullest = max(windows, default=None, key=lambda w: w[0])
+            last_reset = fullest[1] if fullest is not None else None
+            if full:
+                paused_at, until = paused_at or at, max(full)
+            else:
+                paused_at = until = None
+        elif kind == "usage_limit" or (kind == "cc.StopFailure" and event.data.get("error") == "rate_limit"):
+            resets = read.keep(*values.epoch("resets_at", event.data.get("resets_at"))) if kind == "usage_limit" else None
+            resets = resets if resets is not None and resets > at else last_reset
+            paused_at, until = paused_at or at, resets if resets is not None and resets > at else at + USAGE_PAUSE_FALLBACK
+        elif paused_at is not None and ((kind == "usage_limit_reset" and until is not None and at >= until)
+                                        or (kind in PROGRESS_TYPES and at > paused_at)):
+            paused_at = until = None
+    return paused_at, until
+
+
 def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_count: int,
-                    last_event_at: datetime, activity: list[loop_health.Activity] | None = None,
+                    last_event_at: datetime, last_active_at: datetime | None = None,
+                    activity: list[loop_health.Activity] | None = None,
                     limits: loop_health.Thresholds | None = None) -> SessionProjection:
     """The aggregates of one session. `events` are its events of SESSION_TYPES (any order);
-    `event_count` and `last_event_at` cover all its events (tool events included); `activity`
-    its recent events of ACTIVITY_TYPES, in time order; `limits` the loop-health thresholds
+    `event_count` and `last_event_at` cover all its events (tool events included), and
+    `last_active_at` the last of them that is work (not in NOT_ACTIVITY); `activity` its
+    recent events of ACTIVITY_TYPES, in time order; `limits` the loop-health thresholds
     (None: no rule is evaluated)."""
     ordered = sorted(events, key=lambda e: e.sort_key)
     runs: list[SpecRun] = []
@@ -271,17 +328,22 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         cost = read.number(end_data, "cost_usd") or Decimal(0)
     tokens = _total("tokens_used", tokens, problems)
     cost = _total("cost_usd", cost, problems)
+    paused_at, paused_until = _usage_pause(ordered, read)
+    if paused_at is not None and last_active_at is not None and last_active_at > paused_at:
+        paused_at = paused_until = None
     waiting_since = None
     loop_due: list[tuple[str, uuid.UUID, datetime, dict[str, Any]]] = []
     if ended is None:
-        waiting_since = _waiting_since(waits, interventions, activity or [])
+        waiting_since = None if paused_at is not None else _waiting_since(waits, interventions, activity or [])
         if limits is not None:
             current = loop_health.findings(closings, activity or [], now=last_event_at,
                                            started=started.occurred_at if started else last_event_at, limits=limits,
-                                           waiting=waiting_since is not None)
+                                           waiting=waiting_since is not None or paused_at is not None)
             loop_due = loop_health.episodes_due(session_id, current, list(episodes.values()), now=last_event_at)
     if ended is not None:
         state = end_data.get("status") if end_data.get("status") in SESSION_END_STATES else "completed"
+    elif paused_at is not None:
+        state = PAUSED
     elif stalled_at is not None and stalled_at >= last_event_at:
         state, waiting_since = "stalled", None   # silent past stall_after_s, waiting or not
     elif waiting_since is not None:
@@ -311,6 +373,7 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         value_problems=problems[:MAX_PROBLEMS],
         waiting_since=waiting_since,
         loop_findings=[{**e.data, "event_id": str(e.event_id)} for e in episodes.values() if e.recovered_at is None],
+        paused_until=paused_until if ended is None else None,
         spec_runs=runs,
         interventions=interventions,
         loop_due=loop_due,

@@ -52,6 +52,7 @@ FLAGS_INTERVAL_S = 1.0
 RECENTLY_EMITTED_S = 60.0
 """A loop-health event sent this recently is not sent again while the projection does not show
 it yet (the same episode, seen from a later event, could get a second id)."""
+USAGE_RESET_NAMESPACE = uuid.UUID("3c9e1d47-52a8-4f0b-b6e1-0d7a4e2c9b16")
 
 
 def stall_event(session_id: uuid.UUID, last_seen: datetime, *, stall_after_s: float, origin: Origin) -> Event:
@@ -62,6 +63,15 @@ def stall_event(session_id: uuid.UUID, last_seen: datetime, *, stall_after_s: fl
         event_id=uuid.uuid5(STALL_NAMESPACE, f"{session_id}/{last_seen.isoformat()}"),
         data={"last_seen": last_seen.isoformat(), "stalled_after_s": stall_after_s,
               "silent_for_s": round((datetime.now(timezone.utc) - last_seen).total_seconds(), 1)})
+
+
+def usage_reset_event(session_id: uuid.UUID, paused_until: datetime, *, origin: Origin) -> Event:
+    """The `usage_limit_reset` event that ends a usage-limit pause once its window has reset;
+    its id comes from the session and the reset time, so it is recorded once."""
+    return internal_event(
+        "usage_limit_reset", origin=origin, session_id=session_id,
+        event_id=uuid.uuid5(USAGE_RESET_NAMESPACE, f"{session_id}/{paused_until.isoformat()}"),
+        data={"resets_at": paused_until.isoformat()})
 
 
 class Projector:
@@ -113,6 +123,7 @@ class Projector:
                 self._stall_due = time.monotonic() + min(
                     STALL_CHECK_INTERVAL_S, self._settings.aggregates_stall_after_s / 10)
                 await self._check_stalls()
+                await self._check_usage_resets()
             if time.monotonic() >= self._flags_due:
                 self._flags_due = time.monotonic() + FLAGS_INTERVAL_S
                 self.flags = {str(r["id"]): _flag(r) for r in await self._store.flagged_sessions()}
@@ -185,6 +196,11 @@ class Projector:
         for session_id, last_seen in await self._store.stalled_candidates(stall_after_s):
             log.warning("session %s stalled: no event since %s", session_id, last_seen.isoformat())
             self._emit(stall_event(session_id, last_seen, stall_after_s=stall_after_s, origin=self._origin))
+
+    async def _check_usage_resets(self) -> None:
+        for session_id, paused_until in await self._store.usage_resets_due():
+            log.info("session %s: its usage window reset at %s; running again", session_id, paused_until.isoformat())
+            self._emit(usage_reset_event(session_id, paused_until, origin=self._origin))
 
 
 def _flag(row: dict[str, object]) -> dict[str, object]:

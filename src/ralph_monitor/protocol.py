@@ -24,6 +24,7 @@ KNOWN_TYPES = frozenset({
     "session_started", "session_ended", "session_heartbeat",
     "spec_started", "spec_completed", "spec_failed",
     "timeout_triggered", "intervention_request", "user_feedback",
+    "rate_limits", "usage_limit",
 })
 """Types agents send that the aggregates understand. Others (e.g. `cc.PreToolUse`) are stored
 as they are, with a warning in the reply."""
@@ -33,7 +34,7 @@ TOOL_EVENT_PREFIX = "cc."
 
 MONITOR_TYPES = frozenset({
     "session_stalled", "backup_completed", "backup_failed", "prune_completed", "prune_failed",
-    "loop_stuck", "loop_recovered",
+    "loop_stuck", "loop_recovered", "usage_limit_reset",
 })
 """Types the monitor itself records."""
 

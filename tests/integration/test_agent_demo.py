@@ -68,10 +68,12 @@ def test_demo_shows_sessions_failures_a_stall_and_a_pending_request(daemon_facto
     status = ralph_query("status")
     assert "live: api-migration" in status and "refactor: payments" in status
     assert "Migration 0042 drops the column orders.legacy_id" in status
+    assert "Usage windows (reported" in status and "5-hour window 64% used" in status
     night = json.loads(ralph_query("night", "--json"))
     assert {"nightly: shop-backend", "nightly: docs-site"} <= {s["name"] for s in night["sessions"]}
     assert {f["spec_id"] for f in night["still_failing"]} >= {"CR-105", "CR-107"}
     assert "CR-103" in {f["spec_id"] for f in night["fixed_on_retry"]}  # failed, then passed on its retry
+    assert night["git"]["commits"] > 0 and night["git"]["left_dirty"] >= 3  # the failed runs left work behind
     assert "CR-107" in ralph_query("failures")
     since = datetime.now(timezone.utc) - timedelta(days=2)
     assert query(d.dsn, "SELECT count(*) AS n FROM events WHERE occurred_at > %s", (since,))[0]["n"] > 100

@@ -14,8 +14,11 @@ signal to its process group, SIGKILL after `--kill-grace`), and `session_ended` 
 summary. SIGINT / SIGTERM stop the command the same way and end the session as
 `interrupted`. With `--stop-on stuck` the wrapper asks the daemon (`session_flags`) before
 each spec and every few seconds during one; once the session is flagged by a loop-health rule
-it stops the command the same way and ends the session as `stuck`, with the reason. The command sees RALPH_SESSION_ID, RALPH_SPEC_ID, RALPH_SPEC_FILE and
-RALPH_MONITOR_SOCKET, so the Claude Code hook files its events under the same spec.
+it stops the command the same way and ends the session as `stuck`, with the reason. The
+command sees RALPH_SESSION_ID, RALPH_SPEC_ID, RALPH_SPEC_FILE and RALPH_MONITOR_SOCKET, so
+the Claude Code hook files its events under the same spec.
+Unless `--no-git`, each spec run's closing event also says what it changed in the git
+repository of the working directory (`data.git`, see `agent.gitstate`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ralph_monitor.agent import gitstate
 from ralph_monitor.agent.client import SESSION_ENV, SOCKET_ENV, SPEC_ENV, Client, session_flags, utc_now
 from ralph_monitor.agent.guard import flag_reason
 from ralph_monitor.agent.redact import Redactor
@@ -218,7 +222,8 @@ class LoopRunner:
                  stop_on_failure: bool = False, stop_on_stuck: bool = False, stdin_spec: bool = False,
                  quiet: bool = False,
                  metadata: dict[str, Any] | None = None, max_cost_usd: float = 0.0, max_tokens: int = 0,
-                 redactor: Redactor | None = None, config_path: str | None = None) -> None:
+                 redactor: Redactor | None = None, config_path: str | None = None,
+                 git_dir: str | None = None) -> None:
         if not command:
             raise ConfigError("no command to run; put it after --, e.g. ralph-monitor loop --specs specs -- claude -p ...")
         self.client = client
@@ -246,6 +251,9 @@ class LoopRunner:
         self.redactor = redactor or Redactor()
         self.config_path = config_path
         """Exported to the command as RALPH_MONITOR_CONFIG, so its hook reads the same settings."""
+        self.git_dir = git_dir
+        """The directory whose repository each spec run's changes are read from (None: not read)."""
+        self._git_start: gitstate.Before | None = None
         self.counts = {"completed": 0, "failed": 0, "timeout": 0}
         self.tokens_used = 0
         self.cost_usd = 0.0
@@ -379,6 +387,9 @@ class LoopRunner:
         start_data: dict[str, Any] = {"command": self.redactor.text(shlex.join(argv)[:1000])}
         if spec.file:
             start_data["spec_file"] = spec.file
+        self._git_start = gitstate.before(self.git_dir) if self.git_dir is not None else None
+        if self._git_start is not None:
+            start_data["git"] = self._git_start.as_data()
         if self.redactor.count:
             start_data["redactions"] = self.redactor.count
             self.redactor.count = 0
@@ -474,6 +485,8 @@ class LoopRunner:
         data = outcome.data
         if self.redactor.count:
             data["redactions"] = self.redactor.count
+        if self._git_start is not None:
+            data["git"] = gitstate.changes(self._git_start)
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         if isinstance(data.get("tokens_used"), int):
             self.tokens_used += data["tokens_used"]

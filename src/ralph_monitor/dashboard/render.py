@@ -62,7 +62,7 @@ ASSETS = ("style.css", "app.js", "favicon.svg")
 ALERTS_WINDOW = timedelta(days=7)
 ALERTS_PER_PAGE = 200
 TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html", "alerts.html")
-ACTIVE_STATES = ("running", "stalled", "waiting_for_human")
+ACTIVE_STATES = ("running", "stalled", "waiting_for_human", "paused_for_usage_limit")
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -
     by_spec: dict[str, list[str]] = {}
     for r in runs:
         by_spec.setdefault(r.spec_id, []).append(repr((r.attempt, r.start_time, r.end_time, r.status, r.tokens_used,
-                                                        r.cost_usd, r.error_message, session_name)))
+                                                        r.cost_usd, r.error_message, r.git, session_name)))
     return {spec: hashlib.sha1("|".join(rows).encode()).hexdigest() for spec, rows in by_spec.items()}
 
 
@@ -288,7 +288,7 @@ class SiteRenderer:
             runs=runs, more_runs=len(detail.spec_runs) - len(runs),
             timeline=detail.timeline, timeline_complete=complete,
             interventions=detail.interventions, gantt=charts.session_gantt(s, detail.spec_runs, detail.interventions),
-            spec_pages=spec_pages, diff=diff))
+            spec_pages=spec_pages, diff=diff, git=queries.GitTotals.of(detail.spec_runs)))
         out.write(f"api/sessions/{s.id}.json", dump_json(snapshot("session", None, {
             "session": s, "spec_runs": detail.spec_runs, "interventions": detail.interventions,
             "timeline_complete": complete,
@@ -411,7 +411,7 @@ class SiteRenderer:
             "active": status.active, "pending_interventions": status.pending_interventions,
             "night": {"since": night.window.since, "until": night.window.until, "sessions": night.sessions,
                       "outcomes": night.outcomes.as_json(), "still_failing": night.still_failing,
-                      "fixed_on_retry": night.fixed_on_retry, "retrying": night.retrying},
+                      "fixed_on_retry": night.fixed_on_retry, "retrying": night.retrying, "git": night.git},
             "week": {"this_week": {"since": compare.this_week.since, "until": compare.this_week.until,
                                    "outcomes": compare.current.as_json()},
                      "last_week": {"since": compare.last_week.since, "until": compare.last_week.until,
@@ -419,7 +419,7 @@ class SiteRenderer:
             "spend": {"today": spend.today.as_json(), "week": spend.week.as_json(),
                       "month": spend.month.as_json(), "per_day": spend.per_day},
             "top_failing_specs": top_failing, "recent_failures": recent_failures,
-            "recent_sessions": recent_sessions,
+            "recent_sessions": recent_sessions, "usage": status.usage,
             "monitor": {"hosts": status.hosts, "last_backup": status.last_backup, "last_prune": status.last_prune,
                         "rejects_last_24h": status.rejects_last_24h, "recent_rejects": rejects,
                         "reads": status.reads},

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from ralph_monitor import loop_health, resources
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreError, StoreUnavailable
-from ralph_monitor.projections import ACTIVITY_TYPES, SESSION_TYPES, SessionEvent, SessionProjection
+from ralph_monitor.projections import ACTIVITY_TYPES, NOT_ACTIVITY, SESSION_TYPES, SessionEvent, SessionProjection
 from ralph_monitor.store.connect import conninfo, describe_error
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,15 @@ class ProjectionStore:
         """Sessions with open loop-health episodes, or ended as stuck (rows of flagged_sessions)."""
         return await self._run(lambda conn: _fetch(conn, "flagged_sessions", {}))
 
+    async def usage_resets_due(self) -> list[tuple[uuid.UUID, datetime]]:
+        """Sessions paused for their usage limit whose window has reset by now."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> list[tuple[uuid.UUID, datetime]]:
+            cur = await conn.execute(resources.query("usage_resets_due"))
+            return [(r["id"], r["paused_until"]) for r in await cur.fetchall()]
+
+        return await self._run(work)
+
     async def backlog(self) -> tuple[int, int]:
         """Dirty sessions and buckets still waiting."""
 
@@ -192,7 +201,8 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
                        compute: Callable[..., SessionProjection],
                        limits: loop_health.Thresholds) -> SessionProjection | None:
     params = {"session_id": session_id}
-    activity = await (await conn.execute(resources.query("session_activity"), params)).fetchone()
+    activity = await (await conn.execute(resources.query("session_activity"),
+                                         {**params, "not_activity": list(NOT_ACTIVITY)})).fetchone()
     if activity is None or activity["event_count"] == 0:
         # All its events were pruned: the aggregate goes with them.
         await conn.execute(resources.query("delete_session_aggregate"), params)
@@ -209,7 +219,7 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
     hooks = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"], r["tool_input"],
                                   r["notification_type"]) for r in reversed(recent)]
     projection = compute(session_id, events, event_count=activity["event_count"], last_event_at=last_event_at,
-                         activity=hooks, limits=limits)
+                         last_active_at=activity["last_active_at"], activity=hooks, limits=limits)
     values = {k: v for k, v in vars(projection).items() if k not in ("spec_runs", "interventions", "loop_due")}
     values["final_result"] = Jsonb(values["final_result"]) if values["final_result"] is not None else None
     values["metadata"] = Jsonb(values["metadata"] or {})
@@ -220,7 +230,8 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
         if projection.spec_runs:
             await cur.executemany(resources.query("insert_spec_run"), [
                 {**vars(run), "session_id": session_id,
-                 "output_summary": Jsonb(run.output_summary) if run.output_summary is not None else None}
+                 "output_summary": Jsonb(run.output_summary) if run.output_summary is not None else None,
+                 "git": Jsonb(run.git) if run.git is not None else None}
                 for run in projection.spec_runs])
         await cur.execute(resources.query("delete_session_interventions"), params)
         if projection.interventions:
