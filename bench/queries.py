@@ -493,6 +493,9 @@ class Recorder:
         self.calls.append((name, params))
         return self.store.stream(name, params)
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)  # what else a query function asks the store (its source, ...)
+
 
 @dataclass
 class Case:

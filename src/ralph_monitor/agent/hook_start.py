@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     argv = [a for a in argv if a != GUARD_OPTION]
     if guard:
         _guard(argv, raw)
-    if FOREGROUND_OPTION not in argv and not debug and _detach():
+    if FOREGROUND_OPTION not in argv and not debug and detach():
         os._exit(0)  # the parent: Claude Code goes on now
     from ralph_monitor.agent.hook import run  # only here: the parent never pays for it
 
@@ -66,7 +66,7 @@ def _guard(argv: list[str], raw: bytes) -> None:
             print(f"ralph-monitor hook --guard: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
-def _detach() -> bool:
+def detach() -> bool:
     """Fork; True in the parent. The child leaves the agent's process group (a loop stopping
     the agent's group must not kill a delivery under way) and lets go of the agent's pipes."""
     try:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from ralph_monitor.agent.hook_start import _detach
+from ralph_monitor.agent.hook_start import detach
 
 MAX_STDIN_BYTES = 1 << 20
 WINDOWS = (("five_hour", "5h"), ("seven_day", "7d"))
@@ -52,7 +52,7 @@ def main(argv: Sequence[str]) -> int:
     except (OSError, ValueError):
         pass
     windows = rate_limits(payload)
-    if payload is not None and windows and _due(payload, windows, options) and not _detach():
+    if payload is not None and windows and _due(payload, windows, options) and not detach():
         _forward(payload, windows, options)  # the detached child (or this process if fork failed)
         os._exit(0)
     return 0
@@ -151,11 +151,11 @@ def _forward(payload: dict[str, Any], windows: dict[str, Any], options: dict[str
     signal.setitimer(signal.ITIMER_REAL, SEND_TIMEOUT_S + 1.0)
     try:
         from ralph_monitor.agent.client import deliver, encode_event, new_event
-        from ralph_monitor.agent.hook import Options, _ids, read_config, socket_path_for
+        from ralph_monitor.agent.hook import Options, read_config, session_ids, socket_path_for
         from ralph_monitor.agent.spool import ClientSpool
 
         hook_options = Options([f"{k}={v}" for k, v in options.items() if k in ("--socket", "--config")])
-        session_id, spec_id, _ = (None, None, False) if "--no-session" in options else _ids(payload, os.environ)
+        session_id, spec_id, _ = (None, None, False) if "--no-session" in options else session_ids(payload, os.environ)
         data: dict[str, Any] = dict(windows)
         for key, value in (("cc_session_id", payload.get("session_id")),
                            ("model", (payload.get("model") or {}).get("id") if isinstance(payload.get("model"), dict)
