@@ -50,7 +50,8 @@ def test_demo_shows_sessions_failures_a_stall_and_a_pending_request(daemon_facto
     settle(d.dsn, lambda: query(d.dsn, "SELECT 1 FROM sessions WHERE execution_state = 'stalled'"))
     states = {r["name"]: r["execution_state"] for r in query(d.dsn, "SELECT name, execution_state FROM sessions")}
     assert states == {"nightly: shop-backend": "completed", "nightly: docs-site": "completed",
-                      "refactor: payments": "stalled", "live: api-migration": "running"}
+                      "refactor: payments": "stalled",
+                      "live: api-migration": "waiting_for_human"}  # its permission prompt is open
     runs = query(
         d.dsn, "SELECT r.spec_id, r.attempt, r.status, r.error_message FROM spec_runs r "
                "JOIN sessions s ON s.id = r.session_id WHERE s.name = 'nightly: shop-backend' ORDER BY r.spec_id, r.attempt")
