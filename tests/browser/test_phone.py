@@ -85,7 +85,7 @@ def site(daemon_factory: Any) -> Iterator[Nginx]:
     assert client.request({"type": "session_heartbeat", "session_id": LIVE})["ok"]
     client.close()
     wait_until_settled(d.dsn, lambda: session_state(d.dsn, STALLED) == "stalled"
-                       and session_state(d.dsn, LIVE) == "running")
+                       and session_state(d.dsn, LIVE) == "waiting_for_human")  # its request is open
     root = short_tempdir("rm-phone-")
     render_once(load_settings(d.config_path), dsn=d.dsn, site_dir=root / "site", full=True)
     server = start_nginx(root / "site", root / "nginx")

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from decimal import Decimal
@@ -66,7 +67,7 @@ def fake_claude(tmp_path: Path) -> Path:
 
 def loop(daemon: Daemon, env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([str(BIN / "ralph-monitor"), "loop", "--config", str(daemon.config_path), *args],
-                          capture_output=True, env=env, timeout=timeout)
+                          capture_output=True, env=env, timeout=timeout, cwd=tempfile.gettempdir())  # not a git checkout
 
 
 def the_session(dsn: str) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def test_sigterm_ends_the_session_as_interrupted_and_stops_the_command(daemon: D
     proc = subprocess.Popen([str(BIN / "ralph-monitor"), "loop", "--config", str(daemon.config_path),
                              "--spec", "ok-1", "--spec", "slow-2", "--spec", "ok-3", "--kill-grace", "1", "--quiet",
                              "--", str(fake_claude), "{spec}", "-p", "--output-format", "json"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     wait_for(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(), timeout=20, what="slow spec running")
     child = int((tmp_path / "pid").read_text())
     started = time.monotonic()

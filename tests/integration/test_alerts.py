@@ -353,7 +353,7 @@ def test_a_loop_over_budget_stops_at_the_right_spec_and_the_alert_goes_out(
     result = subprocess.run(
         [str(BIN / "ralph-monitor"), "loop", "--config", str(daemon.config_path), "--specs", str(specs),
          "--name", "capped", "--", str(fake_claude), "{spec}", "-p", "--output-format", "json"],
-        capture_output=True, env=agent_env(tmp_path / "spool"), timeout=120)
+        capture_output=True, env=agent_env(tmp_path / "spool"), timeout=120, cwd=tmp_path)
     assert result.returncode == 3, result.stderr
     assert b"stopping after ok-2: spent $0.75 of --max-cost $0.60; no further spec is started" in result.stderr
     deadline = time.monotonic() + WAIT_S

@@ -180,9 +180,9 @@ def test_the_loop_wrapper_stops_an_agent_that_repeats_one_error(daemon: Daemon, 
     env = agent_env(tmp_path / "spool")
     done = subprocess.run([str(BIN / "ralph-monitor"), "loop", "--config", str(daemon.config_path), "--iterations",
                            "0", "--stop-on", "stuck", "--name", "spinner", "--quiet", "--", str(agent)],
-                          capture_output=True, env=env, timeout=120)
+                          capture_output=True, env=env, timeout=120, cwd=tmp_path)  # no git: the error rule fires
     assert done.returncode == 4, done.stderr.decode()
-    assert b"stopping: flagged stuck: the same error" in done.stderr
+    assert b"stopping: flagged stuck: the same error" in done.stderr, done.stderr.decode()
     wait_for(lambda: query(daemon.dsn, "SELECT 1 FROM sessions WHERE execution_state = 'stuck'"), what="stuck")
     session = query(daemon.dsn, "SELECT * FROM sessions")[0]
     assert session["final_result"]["status"] == "stuck"
