@@ -692,6 +692,8 @@ def explain(dsn: str, case: Case, warmup: int) -> str:
 
 
 def print_table(todo: list[Case]) -> None:
+    if not todo:
+        return
     width = max(len(c.label) for c in todo)
     print(f"{'query':<{width}} {'rows':>6} {'median':>8} {'p95':>8} {'target':>8}  verdict  other%  named queries")
     for c in todo:

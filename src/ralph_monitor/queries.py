@@ -545,20 +545,15 @@ def _in(window: Window, moment: datetime | None) -> bool:
 
 
 def night_summary(store: ReadStore, window: Window) -> NightSummary:
-    """Sessions active in the window, the specs decided in it (outcomes.py), what its runs cost,
-    and the specs that failed and are being tried again."""
+    """Sessions active in the window, the specs decided in it (outcomes.py), what its runs cost
+    (the window's totals, as `outcomes` adds them up), and the specs that failed and are being
+    tried again."""
     sessions = [_session(r) for r in store.fetch("sessions_overlapping", {"since": window.since, "until": window.until})]
     runs = _attempts(store, [s.id for s in sessions])
     results = spec_results(runs, {s.id: s.name for s in sessions})
     decided = [r for r in results if _in(window, r.ended_at)]
-    ended = [r for r in runs if _in(window, r.end_time)]
-    durations = [r.duration_seconds for r in ended if r.duration_seconds is not None]
     return NightSummary(
-        window=window, sessions=sessions,
-        outcomes=Outcomes(counts=Counts.tally(r.outcome for r in decided), runs=len(ended),
-                          cost_usd=sum((r.cost_usd or Decimal(0) for r in ended), Decimal(0)),
-                          tokens_used=sum(r.tokens_used or 0 for r in ended),
-                          avg_duration_seconds=sum(durations) / len(durations) if durations else None),
+        window=window, sessions=sessions, outcomes=outcomes(store, window),
         results=sorted(decided, key=lambda r: r.ended_at or window.until),
         retrying=[r for r in results if r.outcome == RUNNING and r.error is not None],
     )
@@ -634,6 +629,16 @@ def database_now(store: ReadStore) -> datetime:
 def sessions_changed_since(store: ReadStore, since: datetime | None) -> list[SessionSummary]:
     """Sessions whose aggregates were recomputed at or after `since` (all when None), newest first."""
     return [_session(r) for r in store.fetch("sessions_changed_since", {"since": since})]
+
+
+def sessions_active_since(store: ReadStore, since: datetime) -> list[SessionSummary]:
+    """Sessions whose activity (end, or last event while open) is at or after `since`, newest first."""
+    return [_session(r) for r in store.fetch("sessions_active_since", {"since": since})]
+
+
+def session_ids_active_since(store: ReadStore, since: datetime) -> set[uuid.UUID]:
+    """The ids of `sessions_active_since`."""
+    return {r["id"] for r in store.fetch("session_ids_active_since", {"since": since})}
 
 
 def session_details(store: ReadStore, sessions: list[SessionSummary], *, whole_timeline_max: int,

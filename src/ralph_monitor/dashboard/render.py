@@ -3,7 +3,14 @@ through publish.py.
 
 Incremental: only the sessions whose aggregate changed since the previous render (by the
 database's clock, with an overlap for transactions in flight), the specs whose runs changed
-in them, the events pages and the overview are rendered. A full rebuild runs at start-up,
+in them, the events pages and the overview are rendered.
+
+The site follows the events retention window: a session has a page (timeline, events) only
+while its events are kept (its activity ended after the window's start, retention.Cutoffs);
+older sessions are listed in the month pages (sessions/YYYY-MM.html, api/sessions/YYYY-MM.json)
+and in their specs' history, and links go to a session page only where there is one. When the
+window moves on (once a UTC day), the next render is a full one, which leaves the pages of
+sessions that left it out of the new release. A full rebuild runs at start-up,
 every FULL_EVERY_S (service.py), and on `ralph-monitor render --full`; on a big site it
 spreads the session pages over helper processes (worker.py).
 """
@@ -31,6 +38,7 @@ from ralph_monitor.dashboard.views import (SCHEMA_VERSION, bounded_data, dump_js
 from ralph_monitor.errors import RalphMonitorError, RenderFailed
 from ralph_monitor.outcomes import Counts
 from ralph_monitor.resources import resource_dir
+from ralph_monitor.retention import Cutoffs
 from ralph_monitor.store import ReadStore, open_read_store
 from ralph_monitor.textfmt import money, percent
 
@@ -77,6 +85,12 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
+def _kept(session: queries.SessionSummary, since: datetime) -> bool:
+    """Whether the session has a page: its activity ended at or after the window's start (as
+    queries.sessions_active_since selects them)."""
+    return (session.end_time or session.last_event_at) >= since
+
+
 def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -> dict[str, str]:
     """Per spec: a digest of what its page shows about these runs."""
     by_spec: dict[str, list[str]] = {}
@@ -95,7 +109,11 @@ class SiteRenderer:
         self.dsn = dsn
         self.site = SiteDir(site_dir or settings.site_dir)
         self.zone = report_zone(settings.reports_timezone)
-        self.env = template_environment()
+        self._pages: set[uuid.UUID] = set()
+        """Sessions that have a page in the release being rendered (their events are kept)."""
+        self._pages_since: datetime | None = None
+        """The start of the retention window the published release's session pages follow."""
+        self.env = template_environment(self._pages)
         self._stack: ExitStack | None = None
         self._store: ReadStore | None = None
         self.overlap = OVERLAP
@@ -150,17 +168,30 @@ class SiteRenderer:
             full = True
         if not full and self._since is None:  # a new process: continue from the last render's state
             state = self.site.read_state()
-            if published is not None and state.get("release") == published.name and state.get("since"):
+            if (published is not None and state.get("release") == published.name and state.get("since")
+                    and state.get("pages_since")):
                 self._since = datetime.fromisoformat(state["since"])
+                self._pages_since = datetime.fromisoformat(state["pages_since"])
             else:
                 full = True
         store = self._connect()
         db_now = queries.database_now(store)
         now = now or datetime.now(timezone.utc)
-        changed = queries.sessions_changed_since(store, None if full else self._since)
-        if len(changed) > INCREMENTAL_MAX_SESSIONS:
-            full = True  # e.g. after rebuild-aggregates: stream to a new release, not via memory
-            changed = queries.sessions_changed_since(store, None)
+        pages_since = Cutoffs.at(self.settings, now).events
+        if pages_since != self._pages_since:
+            full = True  # the window moved on: a new release without the pages of sessions that left it
+        if full:
+            changed = queries.sessions_active_since(store, pages_since)
+        else:
+            changed = [s for s in queries.sessions_changed_since(store, self._since) if _kept(s, pages_since)]
+            if len(changed) > INCREMENTAL_MAX_SESSIONS:
+                full = True  # e.g. after rebuild-aggregates: stream to a new release, not via memory
+                changed = queries.sessions_active_since(store, pages_since)
+        self._pages.clear()
+        if full:
+            self._pages.update(s.id for s in changed)
+        else:
+            self._pages.update(queries.session_ids_active_since(store, pages_since))
         out: FullRelease | IncrementalRelease = (FullRelease(self.site) if full or published is None
                                                  else IncrementalRelease(self.site, published))
         count = _Counter()
@@ -172,9 +203,11 @@ class SiteRenderer:
             raise
         release = out.name if isinstance(out, FullRelease) else published.name  # type: ignore[union-attr]
         self._since = db_now - self.overlap
+        self._pages_since = pages_since
         seconds = time.monotonic() - started
         state = self.site.read_state()
         state.update({"version": SCHEMA_VERSION, "release": release, "since": self._since.isoformat(),
+                      "pages_since": pages_since.isoformat(),
                       "last_render_at": iso(now), "last_render_seconds": round(seconds, 3),
                       "last_render_full": full, "last_error": None})
         if full:
@@ -212,7 +245,8 @@ class SiteRenderer:
                 for i, session in enumerate(changed):
                     shares[pattern[i % len(pattern)]].append(session)
                 pending = [worker.start_share(stack, self.site, type(self).render_share,
-                                              (self.settings, self.dsn, self.site.path, out.name, share))
+                                              (self.settings, self.dsn, self.site.path, out.name, share,
+                                               set(self._pages)))
                            for share in shares[1:]]
                 changed = shares[0]
             spec_todo = self._render_sessions(store, out, count, changed, full=full)
@@ -235,10 +269,13 @@ class SiteRenderer:
 
     @classmethod
     def render_share(cls, settings: Settings, dsn: str | None, site_dir: Path, release: str,
-                     sessions: list[queries.SessionSummary]) -> tuple[int, dict[uuid.UUID, dict[str, str]]]:
+                     sessions: list[queries.SessionSummary],
+                     pages: set[uuid.UUID]) -> tuple[int, dict[uuid.UUID, dict[str, str]]]:
         """In a helper process (worker.start_share): the pages of `sessions`, written into the
-        release being built; how many, and the spec-run digests of those still going."""
+        release being built (`pages`: the sessions that have one, for links); how many, and
+        the spec-run digests of those still going."""
         renderer = cls(settings, dsn=dsn, site_dir=site_dir)
+        renderer._pages.update(pages)
         try:
             count = _Counter()
             renderer._render_sessions(renderer._connect(), FullRelease(renderer.site, release), count, sessions,
@@ -311,10 +348,14 @@ class SiteRenderer:
         out.write("sessions/index.html", self._page(
             "archive.html", "../", title="Sessions", month=None, months=months, sessions=[], zone=zone))
         for month in todo:
+            sessions = queries.sessions_of_month(store, month, self.zone)
             out.write(f"sessions/{month:%Y-%m}.html", self._page(
                 "archive.html", "../", title=f"Sessions of {month:%B %Y}", month=month, months=months,
-                sessions=queries.sessions_of_month(store, month, self.zone), zone=zone))
-        return 1 + len(todo)
+                sessions=sessions, zone=zone))
+            out.write(f"api/sessions/{month:%Y-%m}.json", dump_json(snapshot("sessions_of_month", None, {
+                "month": month, "timezone": zone, "sessions": [
+                    {**fields(s), "page": s.id in self._pages} for s in sessions]})))
+        return 1 + 2 * len(todo)
 
     def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
         name = page_name(history.spec_id)
