@@ -576,6 +576,10 @@ DELETE FROM interventions WHERE session_id = ANY(%(ids)s::uuid[]) RETURNING row_
 -- name: prune_spec_runs_of
 DELETE FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(spec_runs)::text;
 
+-- name: prune_empty_spec_run_totals
+-- After prune_spec_runs_of (whose trigger took the totals' advisory lock in this transaction).
+DELETE FROM spec_run_totals WHERE runs = 0;
+
 -- name: prune_sessions_of
 DELETE FROM sessions WHERE id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(sessions)::text;
 
