@@ -91,6 +91,13 @@ HEARTBEAT_SHARE = 0.22
 """Share of all events that are heartbeats; the heartbeat interval is derived from it."""
 
 TARGETS = {"events": 10.0, "summary": 20.0, "compare": 50.0, "dashboard": 5.0, "info": None}
+WINDOW_ROWS = ("recent_events limit 100", "recent_events --since 8h --type spec_failed", "sessions_since 7d",
+               "compare_weeks", "spend (today/week/month + 30 days)", "top_failing_specs 7d", "night_summary",
+               "event_counts 24h", "outcomes (one week)", "active_sessions", "pending_interventions",
+               "dashboard: sessions_changed_since 1 min", "dashboard: recent_failed_runs 10")
+"""Rows that read a window of time or the newest rows (last night, this week, the last 100
+events): --compare checks that each stays within WINDOW_GROWTH between two scales."""
+WINDOW_GROWTH = 1.5
 TARGET_NAMES = {"events": "last 100 events", "summary": "session summary",
                 "compare": "compare two sessions / weeks", "dashboard": "dashboard metrics", "info": "-"}
 
@@ -528,6 +535,13 @@ class Case:
             return "info"
         return "PASS" if self.median < self.target else "FAIL"
 
+    @property
+    def half(self) -> str:
+        """Against half the target (issue 17's headroom)."""
+        if self.error or self.target is None:
+            return "-"
+        return "ok" if self.median < self.target / 2 else "MISS"
+
 
 def size_of(result: Any) -> int:
     if isinstance(result, list):
@@ -707,15 +721,42 @@ def print_table(todo: list[Case]) -> None:
     if not todo:
         return
     width = max(len(c.label) for c in todo)
-    print(f"{'query':<{width}} {'rows':>6} {'median':>8} {'p95':>8} {'target':>8}  verdict  other%  named queries")
+    print(f"{'query':<{width}} {'rows':>6} {'median':>8} {'p95':>8} {'target':>8}  verdict  half  other%  named queries")
     for c in todo:
         target = f"< {c.target:g}" if c.target else "-"
         if c.error:
-            print(f"{c.label:<{width}} {'':>6} {'':>8} {'':>8} {target:>8}  error            {c.error[:100]}")
+            print(f"{c.label:<{width}} {'':>6} {'':>8} {'':>8} {target:>8}  error                  {c.error[:100]}")
             continue
         names = ",".join(dict.fromkeys(n for n, _ in c.calls))
-        print(f"{c.label:<{width}} {c.rows:>6} {c.median:>8.2f} {c.p95:>8.2f} {target:>8}  {c.verdict:<7} "
+        print(f"{c.label:<{width}} {c.rows:>6} {c.median:>8.2f} {c.p95:>8.2f} {target:>8}  {c.verdict:<7} {c.half:<5} "
               f"{c.other_cpu:>6.0f}  {names}")
+
+
+def compare(first: Path, second: Path) -> int:
+    """Two runs' --json side by side (e.g. 10x and 100x): medians, their ratio, each row against
+    half its target at the first scale, and the window rows' growth (at most WINDOW_GROWTH)."""
+    a, b = (json.loads(p.read_text()) for p in (first, second))
+    scale_a, scale_b = (rows[0].get("scale", "?") if rows else "?" for rows in (a, b))
+    later = {r["label"]: r for r in b}
+    width = max(len(r["label"]) for r in a)
+    print(f"{'query':<{width}} {'target':>7} {f'{scale_a}x ms':>9} {f'{scale_b}x ms':>9} {'ratio':>6}  half@{scale_a}x  "
+          f"window  (load {a[0].get('load', '?') if a else '?'} | {b[0].get('load', '?') if b else '?'})")
+    bad = 0
+    for r in a:
+        other = later.get(r["label"])
+        m1, m2 = r.get("median_ms"), other.get("median_ms") if other else None
+        target = f"< {r['target_ms']:g}" if r.get("target_ms") else "-"
+        half = "-" if not r.get("target_ms") or m1 is None else ("ok" if m1 < r["target_ms"] / 2 else "MISS")
+        ratio = m2 / m1 if m1 and m2 else None
+        window = "-"
+        if r["label"] in WINDOW_ROWS and ratio is not None:
+            window = "ok" if ratio <= WINDOW_GROWTH else "GREW"
+            bad += window == "GREW"
+        cells = [f"{m:>9.2f}" if m is not None else f"{'-':>9}" for m in (m1, m2)]
+        print(f"{r['label']:<{width}} {target:>7} {cells[0]} {cells[1]} "
+              f"{f'{ratio:.2f}' if ratio is not None else '-':>6}  {half:<9} {window}")
+    print(f"\nwindow rows grown more than {WINDOW_GROWTH}x: {bad}")
+    return 0
 
 
 # ---------------------------------------------------------------------------- main
@@ -737,7 +778,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the cluster (see --reuse)")
     parser.add_argument("--reuse", metavar="DIR", help="run on a cluster kept by --keep, without rebuilding")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                        help="print two runs' --json side by side (e.g. --scale 10 and --scale 100) and exit")
     args = parser.parse_args()
+    if args.compare:
+        return compare(Path(args.compare[0]), Path(args.compare[1]))
 
     if args.reuse:
         root = Path(args.reuse)
@@ -767,7 +812,9 @@ def main() -> int:
                   + f" (heartbeat every {built['heartbeat_s']:.1f} s)", flush=True)
         n = counts(dsn)
         p = pick(dsn)
-        print(f"PostgreSQL {version}, {os.cpu_count()} cores; " + ", ".join(f"{k} {v:,}" for k, v in n.items())
+        scale = round(n["sessions"] / SESSIONS_PER_YEAR, 1)  # what the data is, whatever --scale said
+        print(f"scale {scale:g}x; PostgreSQL {version}, {os.cpu_count()} cores; "
+              + ", ".join(f"{k} {v:,}" for k, v in n.items())
               + f"; now = {p['now']:%Y-%m-%d %H:%M} UTC; total {time.monotonic() - started:.0f} s", flush=True)
         problems: list[str] = []
         if not exists:
@@ -802,7 +849,8 @@ def main() -> int:
                 "group": c.group, "label": c.label, "rows": c.rows, "error": c.error,
                 "median_ms": c.median if c.samples else None, "p95_ms": c.p95 if c.samples else None,
                 "target_ms": c.target, "verdict": c.verdict, "samples_ms": c.samples, "other_cpu_pct": c.other_cpu,
-                "queries": [n for n, _ in c.calls]} for c in todo], indent=1))
+                "queries": [n for n, _ in c.calls], "scale": scale, "half": c.half,
+                "load": " ".join(f"{x:.2f}" for x in os.getloadavg())} for c in todo], indent=1))
         return 1 if problems else 0
     finally:
         if not was_running:

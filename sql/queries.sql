@@ -268,9 +268,12 @@ ORDER BY s.start_time DESC
 LIMIT %(limit)s;
 
 -- name: sessions_of_month
--- The month as session_months computes it (a scan of all sessions: a few thousand rows a year).
+-- The month as session_months computes it; the range (a day wider on each side, whatever the
+-- offset) reads only that month's sessions from sessions_start_idx.
 SELECT s.*, NULL::text AS current_spec FROM sessions s
-WHERE date_trunc('month', s.start_time AT TIME ZONE %(tz)s)::date = %(month)s
+WHERE s.start_time >= (%(month)s::date - 1)::timestamp AT TIME ZONE %(tz)s
+  AND s.start_time < ((%(month)s::date + interval '1 month')::date + 1)::timestamp AT TIME ZONE %(tz)s
+  AND date_trunc('month', s.start_time AT TIME ZONE %(tz)s)::date = %(month)s
 ORDER BY s.start_time DESC;
 
 -- name: session_months
@@ -334,22 +337,30 @@ LIMIT %(limit)s;
 -- Specs with runs that failed or timed out since `since`: how many, and how their sessions
 -- decided them (spec_runs.outcome of the last attempt, outcomes.py). Specs still failing
 -- somewhere come first, then those that failed most often.
-SELECT spec_id,
-       count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failures,
-       count(*) AS runs,
-       count(*) FILTER (WHERE outcome = 'passed') AS passed,
-       count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
-       count(*) FILTER (WHERE outcome = 'failed') AS failed,
-       count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
-       max(end_time) FILTER (WHERE status IN ('failed', 'timeout')) AS last_failed_at,
-       (array_agg(error_message ORDER BY end_time DESC)
-            FILTER (WHERE status IN ('failed', 'timeout') AND error_message IS NOT NULL))[1] AS last_error
-FROM spec_runs
-WHERE end_time >= %(since)s
-GROUP BY spec_id
-HAVING count(*) FILTER (WHERE status IN ('failed', 'timeout')) > 0
-ORDER BY count(*) FILTER (WHERE outcome IN ('failed', 'timed_out')) DESC, failures DESC, last_failed_at DESC
-LIMIT %(limit)s;
+-- Counted with a hash (no sort of the window's runs by spec, nor an ordered aggregate); the
+-- last error is then looked up for the few specs shown.
+WITH top AS (
+    SELECT spec_id,
+           count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failures,
+           count(*) AS runs,
+           count(*) FILTER (WHERE outcome = 'passed') AS passed,
+           count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
+           count(*) FILTER (WHERE outcome = 'failed') AS failed,
+           count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
+           max(end_time) FILTER (WHERE status IN ('failed', 'timeout')) AS last_failed_at
+    FROM spec_runs
+    WHERE end_time >= %(since)s
+    GROUP BY spec_id
+    HAVING count(*) FILTER (WHERE status IN ('failed', 'timeout')) > 0
+    ORDER BY count(*) FILTER (WHERE outcome IN ('failed', 'timed_out')) DESC, failures DESC, last_failed_at DESC
+    LIMIT %(limit)s
+)
+SELECT top.*, (SELECT r.error_message FROM spec_runs r
+               WHERE r.spec_id = top.spec_id AND r.end_time >= %(since)s AND r.status IN ('failed', 'timeout')
+                 AND r.error_message IS NOT NULL
+               ORDER BY r.end_time DESC LIMIT 1) AS last_error
+FROM top
+ORDER BY failed + timed_out DESC, failures DESC, last_failed_at DESC;
 
 -- name: run_outcomes_between
 -- The specs decided in the window by outcome (their last attempt ended in it: outcomes.py), and
@@ -679,21 +690,31 @@ SELECT DISTINCT spec_id FROM spec_runs ORDER BY spec_id;
 
 -- name: spec_histories
 -- Per spec: its newest `limit` runs, plus how many runs and failures it has in all, and how its
--- sessions decided it (outcome of each last attempt, outcomes.py).
-SELECT * FROM (
-    SELECT r.*, s.name AS session_name,
-           row_number() OVER (PARTITION BY r.spec_id ORDER BY coalesce(r.start_time, r.end_time) DESC, r.id DESC) AS n,
-           count(*) OVER (PARTITION BY r.spec_id) AS total_runs,
-           count(*) FILTER (WHERE r.status IN ('failed', 'timeout')) OVER (PARTITION BY r.spec_id) AS total_failures,
-           count(*) FILTER (WHERE r.outcome = 'passed') OVER (PARTITION BY r.spec_id) AS passed,
-           count(*) FILTER (WHERE r.outcome = 'fixed_on_retry') OVER (PARTITION BY r.spec_id) AS fixed_on_retry,
-           count(*) FILTER (WHERE r.outcome = 'failed') OVER (PARTITION BY r.spec_id) AS failed,
-           count(*) FILTER (WHERE r.outcome = 'timed_out') OVER (PARTITION BY r.spec_id) AS timed_out
-    FROM spec_runs r JOIN sessions s ON s.id = r.session_id
-    WHERE r.spec_id = ANY(%(spec_ids)s::text[])
+-- sessions decided it (outcome of each last attempt, outcomes.py). The totals are counted from
+-- spec_runs_spec_recent_idx alone, and only the newest runs are read whole (a spec of a busy
+-- year has thousands of runs).
+WITH totals AS (
+    SELECT spec_id, count(*) AS total_runs,
+           count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS total_failures,
+           count(*) FILTER (WHERE outcome = 'passed') AS passed,
+           count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
+           count(*) FILTER (WHERE outcome = 'failed') AS failed,
+           count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out
+    FROM spec_runs WHERE spec_id = ANY(%(spec_ids)s::text[])
+    GROUP BY spec_id
+)
+SELECT r.*, s.name AS session_name, h.n, t.total_runs, t.total_failures, t.passed, t.fixed_on_retry, t.failed,
+       t.timed_out
+FROM totals t
+CROSS JOIN LATERAL (
+    SELECT x.id, row_number() OVER (ORDER BY coalesce(x.start_time, x.end_time) DESC, x.id DESC) AS n
+    FROM spec_runs x WHERE x.spec_id = t.spec_id
+    ORDER BY coalesce(x.start_time, x.end_time) DESC, x.id DESC
+    LIMIT %(limit)s
 ) h
-WHERE n <= %(limit)s
-ORDER BY spec_id, n;
+JOIN spec_runs r ON r.id = h.id
+JOIN sessions s ON s.id = r.session_id
+ORDER BY t.spec_id, h.n;
 
 -- name: recent_failed_runs
 SELECT r.*, s.name AS session_name FROM spec_runs r JOIN sessions s ON s.id = r.session_id

@@ -103,3 +103,16 @@ FROM spec_runs WHERE end_time IS NOT NULL GROUP BY 1;
 -- Sessions active in a window (the night summary): those whose activity ended after its
 -- start, found without reading every older session.
 CREATE INDEX sessions_activity_end_idx ON sessions ((coalesce(end_time, last_event_at)));
+
+-- A spec's last error (top_failing_specs): its newest failure, one index probe.
+CREATE INDEX spec_runs_spec_failed_idx ON spec_runs (spec_id, end_time DESC)
+    WHERE status IN ('failed', 'timeout');
+
+-- The week's failing specs (top_failing_specs) counted from the index alone.
+DROP INDEX spec_runs_end_idx;
+CREATE INDEX spec_runs_end_idx ON spec_runs (end_time DESC)
+    INCLUDE (status, outcome, tokens_used, cost_usd, duration_seconds, spec_id) WHERE end_time IS NOT NULL;
+
+-- A spec's page (spec_histories): its newest runs in order, and its totals from the index alone.
+CREATE INDEX spec_runs_spec_recent_idx ON spec_runs (spec_id, (coalesce(start_time, end_time)) DESC, id DESC)
+    INCLUDE (status, outcome);
