@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
-from datetime import datetime, time as dtime, timedelta, timezone
+from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,9 @@ CHUNK = 200
 INCREMENTAL_MAX_SESSIONS = 300
 """An incremental render holds its pages in memory; with more changed sessions than this
 (e.g. after rebuild-aggregates) a full rebuild, which streams to disk, is cheaper anyway."""
-PARALLEL_MIN_SESSIONS = 400
-"""A full rebuild of at least this many sessions spreads them over several processes."""
+PARALLEL_MIN_SESSIONS = 100
+"""A full rebuild of at least this many sessions spreads them over several processes (a
+session page with its timeline takes ~15 ms: 100 of them are worth a helper's start-up)."""
 WHOLE_TIMELINE_MAX = 500
 """A session with at most this many events lists every one; bigger ones list all but
 heartbeats and tool-level hook events (which the CLI still lists)."""
@@ -60,6 +61,14 @@ SESSION_RUNS_LIMIT = 1000
 SPEC_RUNS_LIMIT = 100
 EVENTS_PER_PAGE = 100
 EVENT_TYPES_WINDOW = timedelta(days=7)
+LIST_REFRESH = timedelta(minutes=5)
+"""Lists that change with every minute of a busy night, which nobody reads minute by minute,
+are rewritten by incremental renders at most this often: a month's page (at once when one of
+its sessions starts or changes state) and the page of a busy event type (BUSY_TYPE_EVENTS)."""
+BUSY_TYPE_EVENTS = 1000
+"""An event type with at least this many events in EVENT_TYPES_WINDOW is busy (tool calls,
+heartbeats); a rarer one (failures, requests for a human) has its page rewritten at once."""
+NEVER = datetime.min.replace(tzinfo=timezone.utc)
 LATE_EVENTS = timedelta(hours=6)
 """An incremental render notices new events of a type only if they happened at most this long
 before the previous render; later ones (a long spool replay) wait for the next full rebuild,
@@ -119,6 +128,12 @@ class SiteRenderer:
         self.overlap = OVERLAP
         self._since: datetime | None = None
         self._event_types: list[str] = []
+        self._types_at: dict[str, datetime] = {}
+        """When each event type's page was last rewritten (by the render's clock)."""
+        self._listed: dict[uuid.UUID, str] = {}
+        """Each session's state as its month's page shows it."""
+        self._months_at: dict[date, datetime] = {}
+        """When each month's page was last rewritten (by the render's clock)."""
         self._alerts_digest = ""
         self._active_runs: dict[uuid.UUID, dict[str, str]] = {}
         """Spec-run digests of sessions still going, to re-render only specs whose runs changed."""
@@ -258,7 +273,7 @@ class SiteRenderer:
                     count.pages += 2
             count.pages += self._events_pages(store, out, now, full=full)
             count.pages += self._alerts_page(store, out, now, full=full)
-            count.pages += self._archive_pages(store, out, changed, full=full)
+            count.pages += self._archive_pages(store, out, changed, now, full=full)
             count.pages += self._overview(store, out, now)
             for helper in pending:
                 sessions, active_runs = worker.finish_share(helper)
@@ -333,22 +348,31 @@ class SiteRenderer:
         })))
 
     def _archive_pages(self, store: ReadStore, out: FullRelease | IncrementalRelease,
-                       changed: list[queries.SessionSummary], *, full: bool) -> int:
+                       changed: list[queries.SessionSummary], now: datetime, *, full: bool) -> int:
         """sessions/index.html (every month, with totals) and a page per local month listing
-        its sessions: every month in a full render, else those the changed sessions started in.
-        (A session whose start moves to another month leaves the old page at the next full one.)"""
-        if not (full or changed):
+        its sessions: every month in a full render, else those the changed sessions started in,
+        when one of them is new to its page or changed state, or LIST_REFRESH after the page
+        was last written. (A session whose start moves to another month leaves the old page at
+        the next full one.)"""
+        if full:
+            self._listed.clear()
+            self._months_at.clear()
+        todo_months = set()
+        for s in changed:
+            month = s.start_time.astimezone(self.zone).date().replace(day=1)
+            if self._listed.get(s.id) != s.execution_state or now - self._months_at.get(month, NEVER) >= LIST_REFRESH:
+                todo_months.add(month)
+        if not (full or todo_months):
             return 0
         months = queries.session_months(store, self.zone)
-        if full:
-            todo = [m.month for m in months]
-        else:
-            todo = sorted({s.start_time.astimezone(self.zone).date().replace(day=1) for s in changed})
+        todo = [m.month for m in months] if full else sorted(todo_months)
         zone = str(self.zone)
         out.write("sessions/index.html", self._page(
             "archive.html", "../", title="Sessions", month=None, months=months, sessions=[], zone=zone))
         for month in todo:
             sessions = queries.sessions_of_month(store, month, self.zone)
+            self._listed.update((s.id, s.execution_state) for s in sessions)
+            self._months_at[month] = now
             out.write(f"sessions/{month:%Y-%m}.html", self._page(
                 "archive.html", "../", title=f"Sessions of {month:%B %Y}", month=month, months=months,
                 sessions=sessions, zone=zone))
@@ -381,8 +405,10 @@ class SiteRenderer:
             todo = names
         else:
             fresh = queries.event_types_created_since(store, self._since, happened_after=self._since - LATE_EVENTS)
-            todo = [t for t in names if t in fresh]
+            todo = [t for t, n in types if t in fresh
+                    and (n < BUSY_TYPE_EVENTS or now - self._types_at.get(t, NEVER) >= LIST_REFRESH)]
         self._event_types = names
+        self._types_at.update((t, now) for t in todo)
         pages = 0
         for event_type in [None, *todo]:
             events = queries.recent_events(store, event_type=event_type, limit=EVENTS_PER_PAGE)
