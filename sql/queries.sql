@@ -383,12 +383,12 @@ WITH w AS (
     SELECT (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
            (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
            coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
-    FROM q JOIN spec_runs r ON r.end_time >= q.low AND r.end_time < q.a
+    FROM q JOIN spec_runs r ON r.end_time >= q.low AND r.end_time < q.a AND q.low < q.a
     UNION ALL
     SELECT (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
            (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
            coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
-    FROM q JOIN spec_runs r ON r.end_time >= q.b AND r.end_time < q.high
+    FROM q JOIN spec_runs r ON r.end_time >= q.b AND r.end_time < q.high AND q.b < q.high
 )
 SELECT coalesce(sum(passed), 0)::bigint AS passed, coalesce(sum(fixed_on_retry), 0)::bigint AS fixed_on_retry,
        coalesce(sum(failed), 0)::bigint AS failed, coalesce(sum(timed_out), 0)::bigint AS timed_out,
@@ -398,33 +398,18 @@ SELECT coalesce(sum(passed), 0)::bigint AS passed, coalesce(sum(fixed_on_retry),
 FROM parts;
 
 -- name: daily_runs
--- Per local day: the specs decided that day by outcome (outcomes.py) and the spec runs that
--- ended that day; the duration sums let spend() add whole days up into today, this week and
--- this month. Each day's whole quarter hours come from spec_run_totals, what is left of the day
--- (a historical offset, the window's ends) from spec_runs, as run_outcomes_between does:
--- the same rows in every time zone, and ~3,000 rows for 30 days whatever the volume.
--- A day starts at local midnight; where the clocks go back across midnight, AT TIME ZONE reads
--- midnight as the later of the two instants, so the earlier one (midnight at the offset in
--- force three hours before) is taken when it still falls on that day.
-WITH bounds AS (
-    SELECT d::date AS day,
-           CASE WHEN e.t < c.t AND (e.t AT TIME ZONE %(tz)s)::date = d::date THEN e.t ELSE c.t END AS starts_at
-    FROM generate_series(date_trunc('day', %(since)s::timestamptz AT TIME ZONE %(tz)s),
-                         (%(until)s::timestamptz AT TIME ZONE %(tz)s) + interval '1 day', interval '1 day') AS d
-    CROSS JOIN LATERAL (SELECT d AT TIME ZONE %(tz)s AS t) AS c
-    CROSS JOIN LATERAL (SELECT c.t - interval '3 hours' AS t) AS before
-    CROSS JOIN LATERAL (SELECT (d - ((before.t AT TIME ZONE %(tz)s) - (before.t AT TIME ZONE 'UTC')))
-                                   AT TIME ZONE 'UTC' AS t) AS e
-), days AS (
-    SELECT day, greatest(starts_at, %(since)s) AS low,
-           least(lead(starts_at) OVER (ORDER BY day), %(until)s) AS high
-    FROM bounds
-), w AS (
-    SELECT day, low, high,
-           date_bin('15 minutes', low - interval '1 microsecond', TIMESTAMPTZ '2000-01-01 00:00:00+00')
+-- Per local day (queries._daily_rows gives each day's bounds, cut to the window): the specs
+-- decided that day by outcome (outcomes.py) and the spec runs that ended that day; the duration
+-- sums let spend() add whole days up into today, this week and this month. Each day's whole
+-- quarter hours come from spec_run_totals, what is left of it (the window's ends, a historical
+-- offset) from spec_runs, as run_outcomes_between does: ~3,000 rows for 30 days whatever the
+-- volume, and the same rows in every time zone.
+WITH w AS (
+    SELECT d.day, d.low, d.high,
+           date_bin('15 minutes', d.low - interval '1 microsecond', TIMESTAMPTZ '2000-01-01 00:00:00+00')
                + interval '15 minutes' AS a,
-           date_bin('15 minutes', high, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
-    FROM days WHERE low < high
+           date_bin('15 minutes', d.high, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
+    FROM unnest(%(days)s::date[], %(lows)s::timestamptz[], %(highs)s::timestamptz[]) AS d(day, low, high)
 ), q AS (
     SELECT day, low, high, CASE WHEN a < b THEN a ELSE high END AS a, CASE WHEN a < b THEN b ELSE high END AS b
     FROM w
@@ -436,12 +421,12 @@ WITH bounds AS (
     SELECT q.day, (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
            (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
            coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
-    FROM q JOIN spec_runs r ON r.end_time >= q.low AND r.end_time < q.a
+    FROM (SELECT * FROM q WHERE low < a) AS q JOIN spec_runs r ON r.end_time >= q.low AND r.end_time < q.a
     UNION ALL
     SELECT q.day, (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
            (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
            coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
-    FROM q JOIN spec_runs r ON r.end_time >= q.b AND r.end_time < q.high
+    FROM (SELECT * FROM q WHERE b < high) AS q JOIN spec_runs r ON r.end_time >= q.b AND r.end_time < q.high
 )
 SELECT day, sum(passed)::bigint AS passed, sum(fixed_on_retry)::bigint AS fixed_on_retry,
        sum(failed)::bigint AS failed, sum(timed_out)::bigint AS timed_out, sum(interrupted)::bigint AS interrupted,

@@ -270,7 +270,8 @@ CREATE TABLE public.spec_run_totals (
     tokens_used bigint NOT NULL,
     duration_sum numeric NOT NULL,
     duration_count integer NOT NULL
-);
+)
+WITH (fillfactor='50');
 CREATE TABLE public.spec_runs (
     id bigint NOT NULL,
     session_id uuid NOT NULL,

@@ -25,7 +25,9 @@ CREATE TABLE spec_run_totals (
     tokens_used     bigint        NOT NULL,
     duration_sum    numeric       NOT NULL,
     duration_count  integer       NOT NULL
-);
+) WITH (fillfactor = 50);
+-- Half-empty pages: the trigger's updates stay on their row's page (HOT), so a month's rows
+-- stay a few dozen pages in time order, and spend() reads ~3,000 of them from those.
 
 CREATE FUNCTION spec_run_totals_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -98,7 +100,7 @@ SELECT date_bin('15 minutes', end_time, TIMESTAMPTZ '2000-01-01 00:00:00+00'), c
        count(*) FILTER (WHERE outcome = 'failed'), count(*) FILTER (WHERE outcome = 'timed_out'),
        count(*) FILTER (WHERE outcome = 'interrupted'), coalesce(sum(cost_usd), 0),
        coalesce(sum(tokens_used), 0), coalesce(sum(duration_seconds::numeric), 0), count(duration_seconds)
-FROM spec_runs WHERE end_time IS NOT NULL GROUP BY 1;
+FROM spec_runs WHERE end_time IS NOT NULL GROUP BY 1 ORDER BY 1;
 
 -- Sessions active in a window (the night summary): those whose activity ended after its
 -- start, found without reading every older session.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -500,7 +500,23 @@ def compare_weeks(store: ReadStore, now: datetime, zone: tzinfo) -> Comparison:
 
 
 def _daily_rows(store: ReadStore, window: Window, zone: tzinfo) -> list[dict[str, Any]]:
-    return store.fetch("daily_runs", {"since": window.since, "until": window.until, "tz": str(zone)})
+    """daily_runs for each local day of the window, cut to it. A day starts at local midnight
+    as _local_midnight has it (where the clocks go back across midnight, the earlier instant),
+    so the days add up to what `outcomes` counts over the same windows."""
+    since, until = window.since.astimezone(timezone.utc), window.until.astimezone(timezone.utc)
+    day, last = since.astimezone(zone).date(), until.astimezone(zone).date()
+    days: list[date] = []
+    lows: list[datetime] = []
+    highs: list[datetime] = []
+    while day <= last:
+        low = max(datetime.combine(day, time(0), tzinfo=zone).astimezone(timezone.utc), since)
+        high = min(datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone).astimezone(timezone.utc), until)
+        if low < high:
+            days.append(day)
+            lows.append(low)
+            highs.append(high)
+        day += timedelta(days=1)
+    return store.fetch("daily_runs", {"days": days, "lows": lows, "highs": highs}) if days else []
 
 
 def _daily(row: dict[str, Any]) -> DailyRuns:
