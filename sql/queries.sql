@@ -289,7 +289,11 @@ WHERE s.start_time < %(until)s AND coalesce(s.end_time, s.last_event_at) >= %(si
 ORDER BY s.start_time;
 
 -- name: session_ids_by_prefix
-SELECT id FROM sessions WHERE id::text LIKE %(prefix)s || '%%' ORDER BY id LIMIT 2;
+-- The ids between the prefix padded with 0s and with fs (the primary key's range: a year of
+-- sessions is not read), spelled with the prefix's dashes where it has some.
+SELECT id FROM sessions
+WHERE id >= %(low)s AND id <= %(high)s AND id::text LIKE %(prefix)s || '%%'
+ORDER BY id LIMIT 2;
 
 -- name: session
 SELECT s.*, NULL::text AS current_spec FROM sessions s WHERE s.id = %(session_id)s;

@@ -118,3 +118,6 @@ CREATE INDEX spec_runs_end_idx ON spec_runs (end_time DESC)
 -- A spec's page (spec_histories): its newest runs in order, and its totals from the index alone.
 CREATE INDEX spec_runs_spec_recent_idx ON spec_runs (spec_id, (coalesce(start_time, end_time)) DESC, id DESC)
     INCLUDE (status, outcome);
+
+-- The dashboard's incremental render: the sessions recomputed since the last one.
+CREATE INDEX sessions_updated_idx ON sessions (updated_at);

@@ -360,7 +360,11 @@ def resolve_session(store: ReadStore, prefix: str) -> uuid.UUID:
     cleaned = prefix.strip().lower()
     if not cleaned or any(c not in "0123456789abcdef-" for c in cleaned):
         raise UnknownSession(f"{prefix!r} is not a session id (hex digits and dashes)")
-    rows = store.fetch("session_ids_by_prefix", {"prefix": cleaned})
+    digits = cleaned.replace("-", "")
+    if len(digits) > 32:
+        raise UnknownSession(f"no session id starts with {prefix!r}")
+    rows = store.fetch("session_ids_by_prefix", {"prefix": cleaned, "low": uuid.UUID(digits.ljust(32, "0")),
+                                                 "high": uuid.UUID(digits.ljust(32, "f"))})
     if not rows:
         raise UnknownSession(f"no session id starts with {prefix!r}")
     if len(rows) > 1:
