@@ -55,6 +55,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -736,14 +737,19 @@ def compare(first: Path, second: Path) -> int:
     """Two runs' --json side by side (e.g. 10x and 100x): medians, their ratio, each row against
     half its target at the first scale, and the window rows' growth (at most WINDOW_GROWTH)."""
     a, b = (json.loads(p.read_text()) for p in (first, second))
-    scale_a, scale_b = (rows[0].get("scale", "?") if rows else "?" for rows in (a, b))
-    later = {r["label"]: r for r in b}
+    scale_a, scale_b = (f"{rows[0]['scale']:g}" if rows and "scale" in rows[0] else "?" for rows in (a, b))
+
+    def key(label: str) -> str:  # "session_detail typical (5262 events)": the count differs by scale
+        return re.sub(r" \(\d+ events\)", "", label)
+
+    later = {key(r["label"]): r for r in b}
     width = max(len(r["label"]) for r in a)
-    print(f"{'query':<{width}} {'target':>7} {f'{scale_a}x ms':>9} {f'{scale_b}x ms':>9} {'ratio':>6}  half@{scale_a}x  "
+    print(f"{'query':<{width}} {'target':>7} {'rows':>13} {f'{scale_a}x ms':>9} {f'{scale_b}x ms':>9} {'ratio':>6}  "
+          f"half@{scale_a}x  "
           f"window  (load {a[0].get('load', '?') if a else '?'} | {b[0].get('load', '?') if b else '?'})")
     bad = 0
     for r in a:
-        other = later.get(r["label"])
+        other = later.get(key(r["label"]))
         m1, m2 = r.get("median_ms"), other.get("median_ms") if other else None
         target = f"< {r['target_ms']:g}" if r.get("target_ms") else "-"
         half = "-" if not r.get("target_ms") or m1 is None else ("ok" if m1 < r["target_ms"] / 2 else "MISS")
@@ -753,7 +759,8 @@ def compare(first: Path, second: Path) -> int:
             window = "ok" if ratio <= WINDOW_GROWTH else "GREW"
             bad += window == "GREW"
         cells = [f"{m:>9.2f}" if m is not None else f"{'-':>9}" for m in (m1, m2)]
-        print(f"{r['label']:<{width}} {target:>7} {cells[0]} {cells[1]} "
+        rows = f"{r.get('rows', '')}/{other.get('rows', '') if other else ''}"
+        print(f"{r['label']:<{width}} {target:>7} {rows:>13} {cells[0]} {cells[1]} "
               f"{f'{ratio:.2f}' if ratio is not None else '-':>6}  {half:<9} {window}")
     print(f"\nwindow rows grown more than {WINDOW_GROWTH}x: {bad}")
     return 0
