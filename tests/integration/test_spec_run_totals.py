@@ -117,14 +117,14 @@ def test_totals_equal_spec_runs_after_ingest_reprojection_rebuild_and_pruning(da
     wait_until_settled(d.dsn)
     assert_totals_equal_spec_runs(d.dsn)
 
-    # Retention: a year and a bit later, every ended session goes with its spec runs; the
-    # session still running stays.
+    # Retention: a year and a bit later, every ended session goes with its spec runs (the one
+    # still open stays if it is still `running`, goes if it was marked stalled meanwhile).
     client.close()
     d.stop()
     report = retention.prune(settings, d.dsn, now=now + timedelta(days=366))
     assert not report.errors and report.removed["spec_runs"] > 70
     left = assert_totals_equal_spec_runs(d.dsn)
-    assert sum(r["runs"] for r in left) == 2  # CR-900's two attempts
+    assert sum(r["runs"] for r in left) == query(d.dsn, "SELECT count(end_time) AS n FROM spec_runs")[0]["n"] <= 2
     assert query(d.dsn, "SELECT count(*) AS n FROM spec_run_totals WHERE runs = 0")[0]["n"] == 0  # pruned too
 
 
