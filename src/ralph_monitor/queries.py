@@ -459,6 +459,11 @@ def session_diff(store: ReadStore, first: uuid.UUID | None = None, second: uuid.
                                                           threshold_percent=threshold_percent))
 
 
+def previous_sessions(store: ReadStore, ids: list[uuid.UUID]) -> dict[uuid.UUID, SessionSummary]:
+    """For each of these sessions that has one, the previous run of its name."""
+    return {r.pop("of_id"): _session(r) for r in store.fetch("previous_sessions_of", {"ids": ids})} if ids else {}
+
+
 def diffs_against_previous(store: ReadStore, sessions: list[SessionSummary], *,
                            runs_of: Mapping[uuid.UUID, Sequence[RunLike]] | None = None,
                            threshold_percent: float = changes.THRESHOLD_PERCENT) -> dict[uuid.UUID, SessionDiff]:

@@ -650,3 +650,32 @@ def assert_every_link_resolves(site: Path) -> None:
             if not resolved.is_file() or root not in resolved.parents:
                 missing.add((str(path.relative_to(root)), target))
     assert not missing
+
+
+def test_a_full_rebuild_links_the_pages_that_did_not_change(calm_overnight: Daemon, tmp_path: Path) -> None:
+    """A second full rebuild takes unchanged session and spec pages over from the published
+    release (same inode) and gives byte for byte the site a fresh render gives; a session
+    whose aggregate changed is rendered again."""
+    calm_overnight.stop()
+    now = datetime.now(timezone.utc)
+    settings = load_settings(calm_overnight.config_path)
+    renderer = SiteRenderer(settings, dsn=calm_overnight.dsn, site_dir=tmp_path / "site")
+    try:
+        renderer.render(full=True, now=now)
+        first = (tmp_path / "site" / "current").resolve()
+        query(calm_overnight.dsn, "UPDATE sessions SET name = 'renamed batch', updated_at = now() WHERE id = %s "
+                                  "RETURNING id", (A,))
+        renderer.render(full=True, now=now)
+        second = (tmp_path / "site" / "current").resolve()
+        assert first != second
+        assert (first / f"sessions/{B}.html").stat().st_ino == (second / f"sessions/{B}.html").stat().st_ino
+        assert (first / "specs/CR-10.html").stat().st_ino == (second / "specs/CR-10.html").stat().st_ino
+        assert (first / f"sessions/{A}.html").stat().st_ino != (second / f"sessions/{A}.html").stat().st_ino
+        assert "renamed batch" in (second / f"sessions/{A}.html").read_text()
+    finally:
+        renderer.close()
+    render(calm_overnight, tmp_path / "fresh", full=True, now=now)
+    fresh = (tmp_path / "fresh" / "current").resolve()
+    mine = {p.relative_to(second).as_posix(): p.read_bytes() for p in second.rglob("*") if p.is_file()}
+    theirs = {p.relative_to(fresh).as_posix(): p.read_bytes() for p in fresh.rglob("*") if p.is_file()}
+    assert mine.keys() == theirs.keys() and [k for k in mine if mine[k] != theirs[k]] == []

@@ -122,6 +122,8 @@ class SiteRenderer:
         """Sessions that have a page in the release being rendered (their events are kept)."""
         self._pages_since: datetime | None = None
         """The start of the retention window the published release's session pages follow."""
+        self._window_start: datetime | None = None
+        """The same, for the render under way."""
         self.env = template_environment(self._pages)
         self._stack: ExitStack | None = None
         self._store: ReadStore | None = None
@@ -135,6 +137,11 @@ class SiteRenderer:
         self._months_at: dict[date, datetime] = {}
         """When each month's page was last rewritten (by the render's clock)."""
         self._alerts_digest = ""
+        self._digests: dict[str, str] = {}
+        """Session and spec pages of the published release: a digest of what each was rendered
+        from (its data, and which of the sessions it names have a page). A full rebuild links
+        a page whose digest did not change from the published release instead of rendering it
+        again; an incremental render leaves it alone."""
         self._active_runs: dict[uuid.UUID, dict[str, str]] = {}
         """Spec-run digests of sessions still going, to re-render only specs whose runs changed."""
         self._assets = self._load_assets()
@@ -172,6 +179,7 @@ class SiteRenderer:
                 result = self._render_locked(full=full, now=now, started=started)
         except BaseException:
             self.close()  # reconnect next time
+            self._digests.clear()  # what the published release holds is not known for sure now
             raise
         if self._store is not None and self._store.fallback:
             self.close()  # read from the primary for want of the replica: try the replica again next time
@@ -202,13 +210,15 @@ class SiteRenderer:
             if len(changed) > INCREMENTAL_MAX_SESSIONS:
                 full = True  # e.g. after rebuild-aggregates: stream to a new release, not via memory
                 changed = queries.sessions_active_since(store, pages_since)
+        self._window_start = pages_since
         self._pages.clear()
         if full:
             self._pages.update(s.id for s in changed)
         else:
             self._pages.update(queries.session_ids_active_since(store, pages_since))
-        out: FullRelease | IncrementalRelease = (FullRelease(self.site) if full or published is None
-                                                 else IncrementalRelease(self.site, published))
+        out: FullRelease | IncrementalRelease = (
+            FullRelease(self.site, previous=published) if full or published is None
+            else IncrementalRelease(self.site, published))
         count = _Counter()
         try:
             self._render_all(store, out, count, changed, full=full, now=now)
@@ -261,7 +271,8 @@ class SiteRenderer:
                     shares[pattern[i % len(pattern)]].append(session)
                 pending = [worker.start_share(stack, self.site, type(self).render_share,
                                               (self.settings, self.dsn, self.site.path, out.name, share,
-                                               set(self._pages)))
+                                               set(self._pages), self._window_start, out.previous,
+                                               self._digests_of(share)))
                            for share in shares[1:]]
                 changed = shares[0]
             spec_todo = self._render_sessions(store, out, count, changed, full=full)
@@ -276,26 +287,31 @@ class SiteRenderer:
             count.pages += self._archive_pages(store, out, changed, now, full=full)
             count.pages += self._overview(store, out, now)
             for helper in pending:
-                sessions, active_runs = worker.finish_share(helper)
+                sessions, active_runs, digests = worker.finish_share(helper)
                 count.sessions += sessions
                 count.pages += 2 * sessions
                 out.written += 2 * sessions
                 self._active_runs.update(active_runs)
+                self._digests.update(digests)
 
     @classmethod
     def render_share(cls, settings: Settings, dsn: str | None, site_dir: Path, release: str,
-                     sessions: list[queries.SessionSummary],
-                     pages: set[uuid.UUID]) -> tuple[int, dict[uuid.UUID, dict[str, str]]]:
+                     sessions: list[queries.SessionSummary], pages: set[uuid.UUID], window_start: datetime,
+                     previous: Path | None,
+                     digests: dict[str, str]) -> tuple[int, dict[uuid.UUID, dict[str, str]], dict[str, str]]:
         """In a helper process (worker.start_share): the pages of `sessions`, written into the
-        release being built (`pages`: the sessions that have one, for links); how many, and
-        the spec-run digests of those still going."""
+        release being built (`pages`: the sessions that have one, for links; unchanged ones
+        linked from `previous` by their `digests`); how many, the spec-run digests of those
+        still going, and the pages' digests."""
         renderer = cls(settings, dsn=dsn, site_dir=site_dir)
         renderer._pages.update(pages)
+        renderer._window_start = window_start
+        renderer._digests.update(digests)
         try:
             count = _Counter()
-            renderer._render_sessions(renderer._connect(), FullRelease(renderer.site, release), count, sessions,
-                                      full=True)
-            return count.sessions, renderer._active_runs
+            renderer._render_sessions(renderer._connect(), FullRelease(renderer.site, release, previous=previous),
+                                      count, sessions, full=True)
+            return count.sessions, renderer._active_runs, renderer._digests_of(sessions)
         finally:
             renderer.close()
 
@@ -304,11 +320,25 @@ class SiteRenderer:
         """Session pages; the specs whose runs changed in them (incremental renders)."""
         spec_todo: set[str] = set()
         for chunk in _chunks(sessions, CHUNK):
-            details = queries.session_details(store, chunk, whole_timeline_max=WHOLE_TIMELINE_MAX,
+            previous = queries.previous_sessions(store, [s.id for s in chunk])
+            digests = {s.id: self._session_digest(s, previous.get(s.id)) for s in chunk}
+            todo = []
+            for s in chunk:
+                relpaths = (f"sessions/{s.id}.html", f"api/sessions/{s.id}.json")
+                if self._digests.get(relpaths[0]) == digests[s.id] and (
+                        isinstance(out, IncrementalRelease) or out.link(relpaths)):
+                    count.sessions += 1
+                    count.pages += 2
+                else:
+                    todo.append(s)
+            if not todo:
+                continue
+            details = queries.session_details(store, todo, whole_timeline_max=WHOLE_TIMELINE_MAX,
                                               timeline_limit=TIMELINE_LIMIT)
-            diffs = queries.diffs_against_previous(store, chunk, runs_of={i: d.spec_runs for i, d in details.items()})
+            diffs = queries.diffs_against_previous(store, todo, runs_of={i: d.spec_runs for i, d in details.items()})
             for detail in details.values():
                 self._session_pages(out, detail, diffs.get(detail.session.id))
+                self._digests[f"sessions/{detail.session.id}.html"] = digests[detail.session.id]
                 count.sessions += 1
                 count.pages += 2
                 if not full:
@@ -316,6 +346,31 @@ class SiteRenderer:
                 elif detail.session.execution_state in ACTIVE_STATES:
                     self._active_runs[detail.session.id] = _run_fingerprint(detail.spec_runs, detail.session.name)
         return spec_todo
+
+    def _digests_of(self, sessions: list[queries.SessionSummary]) -> dict[str, str]:
+        paths = {f"sessions/{s.id}.html" for s in sessions}
+        return {p: d for p, d in self._digests.items() if p in paths}
+
+    def _session_digest(self, session: queries.SessionSummary, baseline: queries.SessionSummary | None) -> str:
+        """What a session page is rendered from, in short: the session's aggregate (recomputed,
+        with a new updated_at, whenever one of its events arrives), its baseline's, whether the
+        baseline has a page, and, for a session that began before the events window, the
+        window (its first events go with the window's start)."""
+        early = self._window_start is not None and session.start_time < self._window_start
+        source = repr((session, baseline and (baseline.id, baseline.updated_at, baseline.id in self._pages),
+                       self._window_start if early else None))
+        return hashlib.sha1(source.encode()).hexdigest()
+
+    def _unchanged(self, out: FullRelease | IncrementalRelease, relpaths: tuple[str, ...], source: str) -> bool:
+        """Whether the published release has these pages from the same `source` (the repr of
+        what they are rendered from): a full rebuild links them, an incremental render keeps
+        them. Otherwise the caller renders them, and their digest is noted now."""
+        digest = hashlib.sha1(source.encode()).hexdigest()
+        if self._digests.get(relpaths[0]) == digest:
+            if isinstance(out, IncrementalRelease) or out.link(relpaths):
+                return True
+        self._digests[relpaths[0]] = digest
+        return False
 
     def _changed_specs(self, detail: queries.SessionDetail) -> set[str]:
         session = detail.session
@@ -383,6 +438,9 @@ class SiteRenderer:
 
     def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
         name = page_name(history.spec_id)
+        if self._unchanged(out, (f"specs/{name}.html", f"api/specs/{name}.json"),
+                           repr((history, [r.session_id in self._pages for r in history.runs]))):
+            return
         durations = [r.duration_seconds for r in history.runs if r.status != "running" and r.duration_seconds is not None]
         stats = {
             "recent": Counts.tally(r.outcome for r in history.runs),
