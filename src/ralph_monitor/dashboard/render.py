@@ -256,8 +256,9 @@ class SiteRenderer:
         for path, data in self._assets.values():
             if full or not out.has(path):
                 out.write(path, data)
-        if full:
-            self._active_runs.clear()
+        if full:  # a linked (unchanged) session page keeps its runs' digests from before
+            active = {s.id for s in changed if s.execution_state in ACTIVE_STATES}
+            self._active_runs = {i: runs for i, runs in self._active_runs.items() if i in active}
         helpers = worker.processes() - 1 if full and len(changed) >= PARALLEL_MIN_SESSIONS else 0
         with ExitStack() as stack:
             pending = []
