@@ -1,2 +1,0 @@
--- Placeholder on branch headroom for migration 0009 (another branch's); the lead drops this file when merging.
-SELECT 1;
