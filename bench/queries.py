@@ -26,13 +26,20 @@ Data (built with SQL on a private cluster under /tmp, then VACUUM ANALYZE), at -
 A few recent sessions are re-projected from their events with the daemon's own projection code
 and compared with the generated rows (the data is what live maintenance would have written).
 
+The "loop" row times what the loop-health rules (loop_health.py) add to one projector pass at
+this volume: for each session a pass would recompute (the running ones, at most a pass's 50;
+at least the latest one),
+the query of its recent hook events (session_recent_activity) and the rules themselves; the
+closing events they also read come with the projection's own query, which is not counted.
+
 Timing: each row calls a query-layer function through a read-only ReadStore (what the CLI
 and the dashboard do: SQL, transfer, and building the dataclasses), --warmup times first
 (so the server's plan cache has settled on the plan a long-lived connection keeps: psycopg
 prepares a statement on its 5th execution and PostgreSQL may switch to a generic plan
 after 5 more), then --repeats times; median and p95 (nearest rank) in ms. Targets (design
 note, PRODUCT.md "Performance targets"): last 100 events < 10 ms, session summary < 20 ms,
-compare two sessions / weeks < 50 ms, dashboard metrics < 5 ms. Rows marked "info" have no
+compare two sessions / weeks < 50 ms, dashboard metrics < 5 ms; one pass of the alert rules
+(the issue "Wake-up") < 5 ms. Rows marked "info" have no
 target of their own; the "new connection" rows show what one `ralph-query` run pays on top
 (a new backend plans its first query on `events` with cold catalog caches: ~40 partitions).
 
@@ -63,7 +70,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -77,11 +84,13 @@ import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
 from ingest import children_cpu, system_busy, wait_quiet  # noqa: E402
-from ralph_monitor import queries, resources  # noqa: E402
+from ralph_monitor import loop_health, queries, resources  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
-from ralph_monitor.projections import SESSION_TYPES, SessionEvent, project_session  # noqa: E402
-from ralph_monitor.store import ReadStore, ensure_database, migrate, open_read_store  # noqa: E402
+from ralph_monitor.projections import (  # noqa: E402
+    ACTIVITY_TYPES, SESSION_TYPES, SPEC_TERMINAL, SessionEvent, project_session)
+from ralph_monitor.store import AlertStore, ReadStore, ensure_database, migrate, open_read_store  # noqa: E402
+from ralph_monitor.store.projection import ACTIVITY_LIMIT, ACTIVITY_WINDOW  # noqa: E402
 
 DBNAME = "bench"
 SESSIONS_PER_YEAR = 365
@@ -91,7 +100,8 @@ EVENT_DAYS = 30
 HEARTBEAT_SHARE = 0.22
 """Share of all events that are heartbeats; the heartbeat interval is derived from it."""
 
-TARGETS = {"events": 10.0, "summary": 20.0, "compare": 50.0, "dashboard": 5.0, "info": None}
+TARGETS = {"events": 10.0, "summary": 20.0, "compare": 50.0, "dashboard": 5.0, "alerts": 5.0, "loop": 5.0,
+           "info": None}
 WINDOW_ROWS = ("recent_events limit 100", "recent_events --since 8h --type spec_failed", "sessions_since 7d",
                "compare_weeks", "spend (today/week/month + 30 days)", "top_failing_specs 7d", "night_summary",
                "event_counts 24h", "outcomes (one week)", "active_sessions", "pending_interventions",
@@ -100,7 +110,8 @@ WINDOW_ROWS = ("recent_events limit 100", "recent_events --since 8h --type spec_
 events): --compare checks that each stays within WINDOW_GROWTH between two scales."""
 WINDOW_GROWTH = 1.5
 TARGET_NAMES = {"events": "last 100 events", "summary": "session summary",
-                "compare": "compare two sessions / weeks", "dashboard": "dashboard metrics", "info": "-"}
+                "compare": "compare two sessions / weeks", "dashboard": "dashboard metrics",
+                "alerts": "one alert evaluation pass", "loop": "loop-health rules per pass", "info": "-"}
 
 
 # ---------------------------------------------------------------------------- data
@@ -461,7 +472,7 @@ def check_projection(dsn: str, session_ids: list[uuid.UUID]) -> list[str]:
                                 last_event_at=activity["last_event_at"] or activity["last_any_at"])
             stored = conn.execute("SELECT * FROM sessions WHERE id = %s", (sid,)).fetchone()
             for key, value in vars(p).items():
-                if key in ("spec_runs", "interventions"):
+                if key in ("spec_runs", "interventions", "loop_due"):
                     continue
                 if stored[key] != value:
                     problems.append(f"{sid} {key}: stored {stored[key]!r}, projected {value!r}")
@@ -499,8 +510,8 @@ class Recorder:
         self.calls.append((name, params))
         return self.store.stream(name, params)
 
-    def source(self) -> Any:
-        return self.store.source()
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)  # what else a query function asks the store (its source, ...)
 
 
 @dataclass
@@ -597,11 +608,67 @@ def on_new_connection(dsn: str, call: Callable[[Any], Any]) -> Any:
         return call(store)
 
 
-def cases(p: dict[str, Any], zone: ZoneInfo, dsn: str) -> list[Case]:
+class AlertPass:
+    """One evaluation of every alert rule (budgets set, so their rules read too), as the
+    daemon's alerts feature runs it every [alerts] check_interval_s: the facts, the open
+    alerts, and nothing to write once the first pass has fired what holds."""
+
+    def __init__(self, dsn: str, night: queries.Window) -> None:
+        settings = replace(Settings(), budget_session_usd=5.0, budget_session_tokens=2_000_000,
+                           budget_night_usd=50.0, budget_night_tokens=20_000_000)
+        self.store = AlertStore(settings, dsn=dsn)
+        self.night = (night.since, night.until)
+
+    def __call__(self, _: Any) -> int:
+        fired, resolved = self.store.evaluate(night=self.night, destinations=["json://127.0.0.1:9/"])
+        return fired + resolved
+
+
+def cases(p: dict[str, Any], zone: ZoneInfo, dsn: str, alerts: AlertPass) -> list[Case]:
     now: datetime = p["now"]
     big, typical, spec = p["big"]["id"], p["typical"]["id"], p["spec"]["spec_id"]
     night = queries.night_window(now, zone, start=dtime(18), end=dtime(9))
-    return [*targets(now, zone, night, big, typical, spec, p, dsn), *dashboard_batches(now)]
+    running = running_sessions(dsn)
+    return [*targets(now, zone, night, big, typical, spec, p, dsn), *dashboard_batches(now),
+            Case("alerts", "alerts: evaluate every rule (one pass)", alerts),
+            Case("loop", f"loop-health rules, one projector pass ({len(running)} sessions)",
+                 lambda s: loop_health_pass(s, running))]
+
+
+RunningSession = tuple[uuid.UUID, datetime, datetime, list[loop_health.Closing]]
+
+
+def running_sessions(dsn: str) -> list[RunningSession]:
+    """The sessions a projector pass recomputes (the running ones, at most 50; at least the
+    latest, so a small --scale has one), with their spec runs' closing events (read by the
+    projection's own query, so not timed here)."""
+    found = []
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        for s in conn.execute("SELECT id, start_time, last_event_at FROM sessions ORDER BY execution_state IN "
+                              "('running', 'stalled', 'waiting_for_human') DESC, last_event_at DESC LIMIT greatest("
+                              "1, (SELECT count(*) FROM sessions WHERE end_time IS NULL))").fetchall()[:50]:
+            rows = conn.execute(resources.query("session_events"),
+                                {"session_id": s["id"], "types": list(SPEC_TERMINAL)}).fetchall()
+            closings = [loop_health.Closing(
+                r["event_id"], r["spec_id"], r["occurred_at"], r["event_type"] != "spec_completed",
+                (r["data"] or {}).get("error"), None, (r["data"] or {}).get("git")) for r in rows]
+            found.append((s["id"], s["start_time"], s["last_event_at"], closings))
+    return found
+
+
+def loop_health_pass(store: Any, running: list[RunningSession]) -> int:
+    """What the rules add to a projector pass: each session's recent hook events, then the rules."""
+    limits, read = loop_health.thresholds(Settings()), 0
+    for session_id, start, last, closings in running:
+        rows = store.fetch("session_recent_activity", {"session_id": session_id, "types": list(ACTIVITY_TYPES),
+                                                       "since": last - ACTIVITY_WINDOW, "until": last,
+                                                       "limit": ACTIVITY_LIMIT})
+        activity = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"],
+                                         r["tool_input"], r["notification_type"]) for r in reversed(rows)]
+        current = loop_health.findings(closings, activity, now=last, started=start, limits=limits)
+        loop_health.episodes_due(session_id, current, [], now=last)
+        read += len(rows)
+    return read
 
 
 def dashboard_batches(now: datetime) -> list[Case]:
@@ -838,9 +905,13 @@ def main() -> int:
             print(f"projection check: {len(sample)} sessions re-projected from their events, "
                   + ("all equal" if not problems else f"{len(problems)} differences:\n  " + "\n  ".join(problems[:20])),
                   flush=True)
-        todo = [c for c in cases(p, ZoneInfo(args.tz), dsn) if not args.only or args.only in c.label]
+        alerts = AlertPass(dsn, queries.night_window(p["now"], ZoneInfo(args.tz), start=dtime(18), end=dtime(9)))
+        todo = [c for c in cases(p, ZoneInfo(args.tz), dsn, alerts) if not args.only or args.only in c.label]
         postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
-        run_cases(dsn, todo, args.warmup, args.repeats, args.quiet_wait, postmaster)
+        try:
+            run_cases(dsn, todo, args.warmup, args.repeats, args.quiet_wait, postmaster)
+        finally:
+            alerts.store.close()
         print(f"\nmedian / p95 of {args.repeats} calls after {args.warmup} warm-up calls, ms "
               f"(targets: {', '.join(f'{TARGET_NAMES[g]} < {t:g}' for g, t in TARGETS.items() if t)})")
         print_table(todo)

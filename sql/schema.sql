@@ -256,7 +256,10 @@ CREATE TABLE public.sessions (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     value_problems text[] DEFAULT '{}'::text[] NOT NULL,
     specs_fixed_on_retry integer DEFAULT 0 NOT NULL,
-    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text, 'budget_exceeded'::text])))
+    waiting_since timestamp with time zone,
+    loop_findings jsonb DEFAULT '[]'::jsonb NOT NULL,
+    paused_until timestamp with time zone,
+    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text, 'budget_exceeded'::text, 'paused_for_usage_limit'::text, 'waiting_for_human'::text, 'stuck'::text])))
 );
 CREATE TABLE public.spec_run_totals (
     period_start timestamp with time zone NOT NULL,
@@ -287,6 +290,12 @@ CREATE TABLE public.spec_runs (
     output_summary jsonb,
     value_problems text[] DEFAULT '{}'::text[] NOT NULL,
     outcome text NOT NULL,
+    git jsonb,
+    git_commits integer GENERATED ALWAYS AS (((git ->> 'commit_count'::text))::integer) STORED,
+    git_files_changed integer GENERATED ALWAYS AS (((git ->> 'files_changed'::text))::integer) STORED,
+    git_insertions bigint GENERATED ALWAYS AS (((git ->> 'insertions'::text))::bigint) STORED,
+    git_deletions bigint GENERATED ALWAYS AS (((git ->> 'deletions'::text))::bigint) STORED,
+    git_dirty boolean GENERATED ALWAYS AS (((git ->> 'dirty'::text))::boolean) STORED,
     CONSTRAINT spec_runs_outcome_check CHECK ((outcome = ANY (ARRAY['passed'::text, 'fixed_on_retry'::text, 'failed'::text, 'timed_out'::text, 'running'::text, 'interrupted'::text, 'later_passed'::text, 'retried'::text]))),
     CONSTRAINT spec_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'failed'::text, 'timeout'::text, 'interrupted'::text])))
 );
@@ -360,7 +369,7 @@ CREATE INDEX events_default_spec_id_occurred_at_idx ON public.events_default USI
 CREATE INDEX interventions_open_idx ON public.interventions USING btree (requested_at DESC) WHERE (answered_at IS NULL);
 CREATE INDEX interventions_session_idx ON public.interventions USING btree (session_id);
 CREATE INDEX rejects_received_at_idx ON public.rejects USING btree (received_at DESC);
-CREATE INDEX sessions_active_idx ON public.sessions USING btree (last_event_at) WHERE (execution_state = ANY (ARRAY['running'::text, 'stalled'::text]));
+CREATE INDEX sessions_active_idx ON public.sessions USING btree (last_event_at) WHERE (execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'waiting_for_human'::text, 'paused_for_usage_limit'::text]));
 CREATE INDEX sessions_activity_end_idx ON public.sessions USING btree (COALESCE(end_time, last_event_at));
 CREATE INDEX sessions_name_start_idx ON public.sessions USING btree (name, start_time DESC);
 CREATE INDEX sessions_start_idx ON public.sessions USING btree (start_time DESC);

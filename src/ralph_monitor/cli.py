@@ -18,7 +18,7 @@ from ralph_monitor import __version__, alert_cli, dashboard_users, ops_cli
 from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option, run_command
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, render_default_config
-from ralph_monitor.errors import ConfigError
+from ralph_monitor.errors import ClientError, ConfigError
 
 MONITOR_EPILOG = """\
 Quick use:
@@ -101,10 +101,16 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("--data must be a JSON object")
         data.update(loaded)
     data.update(_key_values(args.items))
-    event = new_event(
-        args.type, session_id=args.session or os.environ.get("RALPH_SESSION_ID"),
-        spec_id=args.spec or os.environ.get("RALPH_SPEC_ID"), data=data or None,
-        ts=args.ts, event_id=args.event_id)
+    session_id = args.session or os.environ.get("RALPH_SESSION_ID")
+    spec_id = args.spec or os.environ.get("RALPH_SPEC_ID")
+    if args.git is not None:
+        from ralph_monitor.agent import gitstate
+        from ralph_monitor.agent.spool import default_base_dir
+
+        data["git"] = gitstate.for_emit(args.type, args.git, session_id=session_id, spec_id=spec_id,
+                                        state_dir=default_base_dir() / "git-heads")
+    event = new_event(args.type, session_id=session_id, spec_id=spec_id, data=data or None,
+                      ts=args.ts, event_id=args.event_id)
     socket_path = _socket_path(args, settings)
     spool = None if args.no_spool else ClientSpool.for_socket(socket_path)
     try:
@@ -142,13 +148,39 @@ def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
     """Only for callers of `monitor_main` itself: `launcher` runs the hook before argparse."""
-    from ralph_monitor.agent.hook_start import FOREGROUND_OPTION
+    from ralph_monitor.agent.hook_start import FOREGROUND_OPTION, GUARD_OPTION
     from ralph_monitor.agent.hook_start import main as hook_main
 
     options = {"--socket": args.socket, "--config": args.config,
                "--max-field-bytes": args.max_field_bytes, "--timeout": args.timeout}
     argv = [f"{name}={value}" for name, value in options.items() if value is not None]
-    return hook_main(argv + ([FOREGROUND_OPTION] if args.foreground else []))
+    return hook_main(argv + ([FOREGROUND_OPTION] if args.foreground else []) + ([GUARD_OPTION] if args.guard else []))
+
+
+def _cmd_guard(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.agent.guard import guard_session
+
+    try:
+        flagged, message = guard_session(_socket_path(args, settings), args.session, timeout_s=args.timeout)
+    except ClientError as exc:
+        print(f"ralph-monitor guard: cannot tell: {exc}" + ("" if args.strict else "; going on (--strict stops)"),
+              file=sys.stderr)
+        return alert_cli.EXIT_CANNOT_CHECK if args.strict else EXIT_OK
+    if flagged:
+        print(f"{message}\nStop here (`ralph-query session` shows the evidence).", file=sys.stderr)
+        return EXIT_FAILURE
+    if not args.quiet:
+        print(message)
+    return EXIT_OK
+
+
+def _cmd_statusline(args: argparse.Namespace, settings: Settings) -> int:
+    """Only for callers of `monitor_main` itself: `launcher` runs the status line before argparse."""
+    from ralph_monitor.agent.statusline import main as statusline_main
+
+    options = {"--socket": args.socket, "--config": args.config, "--every": args.every}
+    return statusline_main([f"{name}={value}" for name, value in options.items() if value is not None]
+                           + (["--no-session"] if args.no_session else []))
 
 
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
@@ -170,10 +202,12 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
             client, command, specs, iterations=args.iterations, name=args.name, session_id=args.session,
             timeout_s=args.timeout, heartbeat_s=args.heartbeat, kill_grace_s=args.kill_grace,
             stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet,
+            stop_on_stuck=args.stop_on == "stuck" or settings.loop_health_stop_loop,
             max_cost_usd=settings.budget_session_usd if args.max_cost is None else args.max_cost,
             max_tokens=settings.budget_session_tokens if args.max_tokens is None else args.max_tokens,
             redactor=Redactor(enabled=settings.redaction_enabled, extra_patterns=settings.redaction_patterns),
-            config_path=os.path.abspath(args.config) if args.config else None).run()
+            config_path=os.path.abspath(args.config) if args.config else None,
+            git_dir=None if args.no_git else args.git).run()
 
 
 def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -281,6 +315,10 @@ def monitor_parser() -> argparse.ArgumentParser:
     emit.add_argument("--event-id", help="event UUID (default: a new one); the same id is stored once")
     emit.add_argument("--no-spool", action="store_true",
                       help="fail (exit 1) instead of spooling the event when the daemon is unreachable")
+    emit.add_argument("--git", nargs="?", const=".", metavar="DIR",
+                      help="add data.git, the git state of the repository holding DIR (default: the current "
+                      "directory): on spec_started its HEAD; on spec_completed / spec_failed / timeout_triggered "
+                      "the commits, files and lines since that spec_started, and whether the tree is dirty")
     emit.set_defaults(func=_cmd_emit)
     _add_agent_parsers(sub)
     ops_cli.add_commands(sub)
@@ -306,6 +344,21 @@ def _add_agent_parsers(sub: Any) -> None:
                           "prints nothing, and gives up after --timeout seconds.")
     add_hook_arguments(hook)
     hook.set_defaults(func=_cmd_hook, no_settings=True)
+
+    statusline = sub.add_parser(
+        "statusline", help="Claude Code status line: print a short line, forward the usage windows",
+        description="For .claude/settings.json: \"statusLine\": {\"type\": \"command\", \"command\": "
+        "\"ralph-monitor statusline\"}. Prints the model, the 5-hour and 7-day usage windows (with their reset "
+        "times) and the session's cost from the JSON Claude Code gives on stdin, at once; then, in a detached "
+        "child, records the windows as a rate_limits event (when they changed, or every --every seconds). "
+        "Always exits 0.")
+    statusline.add_argument("--socket", help="daemon socket (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    statusline.add_argument("--config", metavar="FILE", help="config file to read the socket path from")
+    statusline.add_argument("--every", type=float, metavar="S",
+                            help="forward unchanged windows at most every S seconds (default 60)")
+    statusline.add_argument("--no-session", action="store_true",
+                            help="record the windows in no session (for a status line without the hook)")
+    statusline.set_defaults(func=_cmd_statusline, no_settings=True)
 
     imports = sub.add_parser(
         "import", help="record the Claude Code sessions already on disk (its transcripts)",
@@ -351,17 +404,38 @@ def _add_agent_parsers(sub: Any) -> None:
     loop.add_argument("--kill-grace", type=float, default=10.0, metavar="S",
                       help="seconds between the stop signal and SIGKILL (default 10)")
     loop.add_argument("--stop-on-failure", action="store_true", help="stop at the first failed or timed-out spec")
+    loop.add_argument("--stop-on", choices=["stuck"],
+                      help="stuck: stop when the monitor flags the session (loop health: the same error again and "
+                      "again, the same tool call, no progress, ...); the session ends as stuck and the loop exits 4 "
+                      "(default: [loop_health] stop_loop)")
     loop.add_argument("--max-cost", type=float, metavar="USD",
                       help="start no further spec once the session spent more than USD; the session ends as "
                       "budget_exceeded and the loop exits 3 (default: [budget] session_usd; 0: no limit)")
     loop.add_argument("--max-tokens", type=int, metavar="N",
                       help="the same for tokens (default: [budget] session_tokens; 0: no limit)")
     loop.add_argument("--stdin-spec", action="store_true", help="give each spec's file to the command on stdin")
+    loop.add_argument("--git", metavar="DIR", default=".",
+                      help="record what each spec run changed in the git repository holding DIR: commits, "
+                      "files, lines, a dirty tree (default: the current directory)")
+    loop.add_argument("--no-git", action="store_true", help="do not read git state around the spec runs")
     loop.add_argument("--quiet", action="store_true", help="do not echo the command's output")
     loop.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
     loop.add_argument("--no-spool", action="store_true", help="do not spool events while the daemon is unreachable")
     loop.add_argument("agent_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     loop.set_defaults(func=_cmd_loop)
+
+    guard = sub.add_parser(
+        "guard", help="exit 1 when a session is flagged stuck (for `while ralph-monitor guard; do ...; done`)",
+        description="Ask the daemon whether the session is flagged by a loop-health rule (or ended as stuck); "
+        "exit 1 with the reason if so, 0 if not. If the daemon cannot be asked it says so and exits 0, so a "
+        "monitoring outage does not stop the night's work; --strict exits 2 instead.")
+    add_config_option(guard)
+    guard.add_argument("--session", metavar="UUID", help="the session (default: $RALPH_SESSION_ID)")
+    guard.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    guard.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the daemon (default 2)")
+    guard.add_argument("--strict", action="store_true", help="exit 2 when the daemon cannot be asked")
+    guard.add_argument("--quiet", action="store_true", help="print nothing while the session is not flagged")
+    guard.set_defaults(func=_cmd_guard)
 
     demo = sub.add_parser("demo", help="record a simulated overnight run, to see the views populated",
                           description="Send the daemon a realistic night of events (sessions with passes, "

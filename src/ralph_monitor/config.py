@@ -158,6 +158,8 @@ class Settings:
     alerts_intervention_after_min: float = _setting(
         "alerts", 5.0, "Alert when a request for a human is unanswered this many minutes (0: never).", minimum=0)
     alerts_on_stall: bool = _setting("alerts", True, "Alert when a session stalls (no sign of life).")
+    alerts_on_stuck: bool = _setting(
+        "alerts", True, "Alert when a running session looks stuck or runaway ([loop_health] rules).")
     alerts_on_failure: bool = _setting("alerts", True, "Alert when a session ends with failed specs.")
     alerts_on_monitor_health: bool = _setting(
         "alerts", True, "Alert when the monitor itself is unhealthy: spool backlog growing, backups failing, "
@@ -180,6 +182,31 @@ class Settings:
         "budget", 0.0, "Spend (USD) of one session (0: no limit). `ralph-monitor loop` stops starting specs "
         "past it.", minimum=0)
     budget_session_tokens: int = _setting("budget", 0, "Tokens of one session (0: no limit).", minimum=0)
+
+    loop_health_repeated_error_runs: int = _setting(
+        "loop_health", 3, "A loop is stuck when this many spec runs in a row (in the session, or of one spec) "
+        "fail with the same error, once numbers, paths, ids, hex and timestamps are masked (0: off). "
+        "A spec that fails twice and then passes does not count.", minimum=0)
+    loop_health_repeated_tool_calls: int = _setting(
+        "loop_health", 5, "... or when the agent makes the same tool call (cc.PreToolUse: tool name and masked "
+        "input) this many times in a row within tool_window_min (0: off).", minimum=0)
+    loop_health_tool_window_min: float = _setting(
+        "loop_health", 10.0, "The window of repeated_tool_calls, in minutes.", minimum=0.1)
+    loop_health_no_change_runs: int = _setting(
+        "loop_health", 3, "... or when this many spec runs in a row left the working tree as it was (their "
+        "data.git: HEAD unchanged, tree not dirty; runs without git data never count) (0: off).", minimum=0)
+    loop_health_no_progress_min: float = _setting(
+        "loop_health", 30.0, "... or when a session alive (heartbeats, events) has ended no spec and had no tool "
+        "call succeed for this many minutes (0: off).", minimum=0)
+    loop_health_burn_rate_factor: float = _setting(
+        "loop_health", 3.0, "A session runs away when its spec runs or spend in the last hour pass this many times "
+        "its own rate over the three hours before (and at least 6 runs or $1 in the hour) (0: off).", minimum=0)
+    loop_health_projected_budget: bool = _setting(
+        "loop_health", True, "Flag a session whose spend, at its last hour's rate, would pass [budget] session_usd "
+        "or night_usd before [reports] night_end.")
+    loop_health_stop_loop: bool = _setting(
+        "loop_health", False, "`ralph-monitor loop` stops on a finding (as with --stop-on stuck) and ends the "
+        "session as stuck.")
 
     redaction_enabled: bool = _setting(
         "redaction", True, "Replace secret-shaped text (API keys, tokens, private keys, password= and "

@@ -110,6 +110,7 @@ async def _serve(settings: Settings, *, dsn: str | None, notifier: Notifier, dat
     projector = Projector(settings, projection_store, host=host,
                           emit=lambda event: ingestor.submit(event, None, None))
     ingestor.on_commit = projector.wake
+    server.flags = lambda: projector.flags
     sock = activated_socket()
     activated = sock is not None
     if sock is None:

@@ -47,6 +47,8 @@ class _Session:
     clock: datetime
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     events: list[dict[str, Any]] = field(default_factory=list)
+    head: str = field(default_factory=lambda: uuid.uuid4().hex + uuid.uuid4().hex[:8])
+    """The repository's HEAD, as the loop wrapper would record it (agent.gitstate)."""
 
     def add(self, kind: str, spec: str | None = None, after_s: float = 0.0, **data: Any) -> None:
         self.clock += timedelta(seconds=after_s)
@@ -98,7 +100,8 @@ class _Session:
                         "by_model": {"claude-sonnet-4-6": {**usage, "requests": tools + 1}}})
         end = {"exit_code": 0 if outcome == "completed" else 1, "tokens_used": sum(usage.values()),
                "cost_usd": cost, "num_turns": tools + 1, "usage": usage,
-               "duration_s": round((self.clock - started).total_seconds() + 2, 1)}
+               "duration_s": round((self.clock - started).total_seconds() + 2, 1),
+               "git": self.git_changes(rng, spec, module, outcome)}
         if outcome == "completed":
             end.update(is_error=False, subtype="success", output_summary=f"{spec}: implemented and tests pass.")
             self.add("spec_completed", spec, 2, **end)
@@ -111,6 +114,21 @@ class _Session:
         else:
             end.update(is_error=True, subtype="error_during_execution", error=error)
             self.add("spec_failed", spec, 2, **end)
+
+
+    def git_changes(self, rng: random.Random, spec: str, module: str, outcome: str) -> dict[str, Any]:
+        """A spec run's `data.git`: a passing run commits, a failing one leaves its work uncommitted."""
+        before = self.head
+        count = rng.randrange(1, 4) if outcome == "completed" else 0
+        commits = []
+        for n in range(count):
+            self.head = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+            commits.insert(0, {"hash": self.head, "subject": f"{spec}: {module} step {n + 1}"})
+        files = rng.randrange(1, 8) if count else 0
+        return {"repo": f"/srv/agents/{self.host_note}", "head_before": before, "head_after": self.head,
+                "commits": commits, "commit_count": count, "files_changed": files,
+                "insertions": files * rng.randrange(5, 40), "deletions": files * rng.randrange(0, 15),
+                "dirty": outcome != "completed"}
 
 
 def _fill(value: Any, module: str) -> Any:
@@ -178,6 +196,10 @@ def demo_events(now: datetime, *, night_since: datetime, night_until: datetime, 
     live.spec_run(rng, "API-2", "migrations", tools=3)
     live.add("spec_started", "API-3", 20, command="claude -p --output-format json 'Implement API-3'")
     live.tools(rng, "API-3", "migrations", 2)
+    resets = live.clock + timedelta(hours=2, minutes=10)
+    live.add("rate_limits", "API-3", 2, cc_session_id=live.session_id, model="claude-sonnet-4-6",
+             five_hour={"used_percentage": 64, "resets_at": int(resets.timestamp())},
+             seven_day={"used_percentage": 31, "resets_at": int((resets + timedelta(days=4)).timestamp())})
     live.add("intervention_request", "API-3", 5, source="claude-code", notification_type="permission_prompt",
              message="Migration 0042 drops the column orders.legacy_id on staging. Proceed?")
     live.shift_to_end_at(now - timedelta(minutes=5), exactly=True)

@@ -2,23 +2,26 @@
 
 `ralph-monitor hook` goes straight to the Claude Code hook (`agent.hook_start`), without
 importing the rest of the command line: Claude Code starts it for every hook event (every tool
-call), so its start-up time is the agent's time. Every other subcommand (and `hook --help`) goes to `cli`.
+call), so its start-up time is the agent's time; `ralph-monitor statusline` likewise goes straight to
+`agent.statusline` (Claude Code runs it on every status-line refresh). Every other subcommand (and
+`--help` of these two) goes to `cli`.
 This is the only way in: the console script and `python -m ralph_monitor` both call `main`.
 """
 
-from __future__ import annotations
-
 import sys
-from collections.abc import Sequence
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run `ralph-monitor ARGS` (default: this process's arguments); return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["hook"] and not {"-h", "--help"} & set(args):
         from ralph_monitor.agent.hook_start import main as hook_main
 
         return hook_main(args[1:])  # never fails the agent: no config errors, no usage errors
+    if args[:1] == ["statusline"] and not {"-h", "--help"} & set(args):
+        from ralph_monitor.agent.statusline import main as statusline_main
+
+        return statusline_main(args[1:])
     from ralph_monitor.cli import monitor_main
 
     return monitor_main(args)

@@ -54,7 +54,8 @@ like its spec."""
 
 
 STATUS_WORDS = {"completed": "completed", "failed": "failed", "timeout": "timed out", "running": "running",
-                "interrupted": "interrupted", "budget_exceeded": "over budget"}
+                "interrupted": "interrupted", "budget_exceeded": "over budget", "stuck": "stuck",
+                "waiting_for_human": "waiting for a human"}
 """How each status of an attempt is written."""
 
 

@@ -10,24 +10,47 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ralph_monitor import outcomes, values
+from ralph_monitor import loop_health, outcomes, values
 
 SESSION_TYPES = (
     "session_started", "session_ended", "session_heartbeat", "session_stalled",
     "spec_started", "spec_completed", "spec_failed", "timeout_triggered",
-    "intervention_request", "user_feedback",
+    "intervention_request", "user_feedback", "loop_stuck", "loop_recovered",
+    "rate_limits", "usage_limit", "usage_limit_reset", "cc.StopFailure",
 )
-"""The event types the projection reads; other types only count as signs of life."""
+"""The event types the projection reads; other types only count as signs of life (and the
+recent ones of ACTIVITY_TYPES feed the loop-health rules and the waiting state)."""
+ACTIVITY_TYPES = (
+    "cc.PreToolUse", "cc.PostToolUse", "cc.PostToolUseFailure", "cc.PermissionRequest", "cc.PermissionDenied",
+    "cc.Notification", "cc.UserPromptSubmit", "cc.Stop", "cc.StopFailure", "cc.SessionEnd",
+)
+"""Claude Code hook events the projection reads the recent ones of (store: session_recent_activity)."""
+HELP_NOTIFICATIONS = frozenset({"permission_prompt", "elicitation_dialog"})
+ASK_TOOLS = frozenset({"AskUserQuestion"})
+WAIT_CLOSERS = frozenset({
+    "cc.PostToolUse", "cc.PostToolUseFailure", "cc.PermissionDenied", "cc.UserPromptSubmit", "cc.Stop",
+    "cc.StopFailure", "cc.SessionEnd"})
+"""Signs that the agent went on after it asked (besides spec and feedback events)."""
+
+PAUSED = "paused_for_usage_limit"
+"""The state of a session whose agent hit its usage limit: waiting for the reset, not failed."""
+NOT_ACTIVITY = ("session_heartbeat", "session_stalled", "rate_limits", "usage_limit", "usage_limit_reset",
+                "loop_stuck", "loop_recovered", "cc.StopFailure", "cc.Stop", "cc.SubagentStop", "cc.Notification")
+"""Events that do not end a usage-limit pause: signs of life, limit reports, the monitor's own
+findings and the agent stopping. Anything else after the pause (a tool call, a prompt, a spec run) is work again."""
+PROGRESS_TYPES = frozenset(SESSION_TYPES) - frozenset(NOT_ACTIVITY) - {"session_ended"}
+USAGE_PAUSE_FALLBACK = timedelta(hours=5)
+"""How long a usage-limit pause lasts when no reset time is known: the shorter window's length."""
 
 SPEC_TERMINAL = {"spec_completed": "completed", "spec_failed": "failed", "timeout_triggered": "timeout"}
-SESSION_END_STATES = ("completed", "failed", "interrupted", "budget_exceeded")
+SESSION_END_STATES = ("completed", "failed", "interrupted", "budget_exceeded", "stuck")
 _RANK = {"session_started": 0, "spec_started": 1, "session_heartbeat": 2, "intervention_request": 2,
          "user_feedback": 3, "spec_completed": 4, "spec_failed": 4, "timeout_triggered": 4,
-         "session_stalled": 5, "session_ended": 6}
+         "session_stalled": 5, "loop_stuck": 5, "loop_recovered": 5, "session_ended": 6}
 MAX_PROBLEMS = 20
 """Reasons kept per session or spec run for values the aggregates skipped."""
 
@@ -63,6 +86,8 @@ class SpecRun:
     error_message: str | None = None
     output_summary: Any = None
     value_problems: list[str] = field(default_factory=list)
+    git: dict[str, Any] | None = None
+    """What the run changed in its git repository (agent.gitstate), as values.git keeps it."""
 
 
 @dataclass
@@ -100,6 +125,13 @@ class SessionTotals:
     metadata: Any
     value_problems: list[str] = field(default_factory=list)
     """Values the aggregates skipped (values.py), e.g. "tokens_used=1e30 ignored: out of range"."""
+    waiting_since: datetime | None = None
+    """While waiting_for_human: since when (the first request or prompt still open)."""
+    loop_findings: list[dict[str, Any]] = field(default_factory=list)
+    """Open loop-health episodes (loop_health.py): each loop_stuck's data and event_id."""
+    paused_until: datetime | None = None
+    """While paused_for_usage_limit: when the usage window resets (the projector then records
+    usage_limit_reset, and the session is running again)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +140,8 @@ class SessionProjection(SessionTotals):
 
     spec_runs: list[SpecRun] = field(default_factory=list)
     interventions: list[Intervention] = field(default_factory=list)
+    loop_due: list[tuple[str, uuid.UUID, datetime, dict[str, Any]]] = field(default_factory=list)
+    """loop_stuck / loop_recovered events to record (loop_health.episodes_due); not a column."""
 
 
 def _duration(run: SpecRun, reported: Decimal | None = None) -> float | None:
@@ -152,6 +186,9 @@ def _close(run: SpecRun, event: SessionEvent, status: str) -> None:
     run.cost_usd = read.number(data, "cost_usd")
     run.error_message = read.text(data, "error", "error_message", "reason")
     run.output_summary = data.get("output_summary")
+    run.git, problems = values.git(data.get("git"))
+    for problem in problems:
+        read.keep(None, problem)
     run.duration_seconds = _duration(run, read.number(data, "duration_s"))
 
 
@@ -163,16 +200,61 @@ def _total(field: str, total: Any, problems: list[str]) -> Any:
     return total
 
 
+def _usage_pause(ordered: list[SessionEvent], read: _Reader) -> tuple[datetime | None, datetime | None]:
+    """(since when, until when) the session is paused for its usage limit, or (None, None).
+
+    A `rate_limits` report with a window at 100% pauses it until that window resets (a later
+    report below 100% ends the pause); so does a `usage_limit` event (until its `resets_at`) or
+    a Claude Code turn that failed with `rate_limit` (until the fullest window's reset last
+    reported, else for USAGE_PAUSE_FALLBACK). Work after it (PROGRESS_TYPES) or the projector's
+    `usage_limit_reset` once the time has come ends it."""
+    paused_at = until = last_reset = None
+    for event in ordered:
+        kind, at = event.event_type, event.occurred_at
+        if kind == "rate_limits":
+            windows = []
+            for name in values.USAGE_WINDOWS:
+                found, problems = values.window(name, event.data.get(name))
+                for problem in problems:
+                    read.keep(None, problem)
+                if found is not None:
+                    windows.append(found)
+            full = [resets for used, resets in windows if used >= 100 and resets is not None and resets > at]
+            fullest = max(windows, default=None, key=lambda w: w[0])
+            last_reset = fullest[1] if fullest is not None else None
+            if full:
+                paused_at, until = paused_at or at, max(full)
+            else:
+                paused_at = until = None
+        elif kind == "usage_limit" or (kind == "cc.StopFailure" and event.data.get("error") == "rate_limit"):
+            resets = read.keep(*values.epoch("resets_at", event.data.get("resets_at"))) if kind == "usage_limit" else None
+            resets = resets if resets is not None and resets > at else last_reset
+            paused_at, until = paused_at or at, resets if resets is not None and resets > at else at + USAGE_PAUSE_FALLBACK
+        elif paused_at is not None and ((kind == "usage_limit_reset" and until is not None and at >= until)
+                                        or (kind in PROGRESS_TYPES and at > paused_at)):
+            paused_at = until = None
+    return paused_at, until
+
+
 def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_count: int,
-                    last_event_at: datetime) -> SessionProjection:
+                    last_event_at: datetime, last_active_at: datetime | None = None,
+                    activity: list[loop_health.Activity] | None = None,
+                    limits: loop_health.Thresholds | None = None) -> SessionProjection:
     """The aggregates of one session. `events` are its events of SESSION_TYPES (any order);
-    `event_count` and `last_event_at` cover all its events (tool events included)."""
+    `event_count` and `last_event_at` cover all its events (tool events included), and
+    `last_active_at` the last of them that is work (not in NOT_ACTIVITY); `activity` its
+    recent events of ACTIVITY_TYPES, in time order; `limits` the loop-health thresholds
+    (None: no rule is evaluated)."""
     ordered = sorted(events, key=lambda e: e.sort_key)
     runs: list[SpecRun] = []
     open_runs: dict[str, SpecRun] = {}
     last_run: dict[str, SpecRun] = {}
     attempts: dict[str, int] = {}
     interventions: list[Intervention] = []
+    closings: list[loop_health.Closing] = []
+    episodes: dict[uuid.UUID, loop_health.Episode] = {}
+    waits: list[tuple[datetime, bool]] = []
+    """(when, True: a request opened / False: the agent went on), for waiting_for_human."""
     problems: list[str] = []
     read = _Reader(problems)
     started = ended = stalled_at = None
@@ -207,12 +289,25 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
                 runs.append(run)
                 last_run[event.spec_id] = run
             _close(run, event, SPEC_TERMINAL[kind])
+            closings.append(loop_health.Closing(
+                event.event_id, event.spec_id, event.occurred_at, run.status != "completed", run.error_message,
+                run.cost_usd, event.data.get("git") if isinstance(event.data.get("git"), dict) else None))
         elif kind == "intervention_request":
             interventions.append(Intervention(
                 event.event_id, event.spec_id, event.occurred_at,
                 read.text(event.data, "message", "question", "reason")))
         elif kind == "user_feedback":
             _answer(interventions, event, read)
+        elif kind == "loop_stuck" and isinstance(event.data.get("rule"), str):
+            episodes[event.event_id] = loop_health.Episode(
+                event.event_id, event.data["rule"], event.data, event.occurred_at)
+        elif kind == "loop_recovered":
+            stuck = episodes.get(_uuid(event.data.get("stuck_event_id")))
+            if stuck is not None and stuck.recovered_at is None:
+                episodes[stuck.event_id] = loop_health.Episode(
+                    stuck.event_id, stuck.rule, stuck.data, stuck.at, event.occurred_at)
+        if kind in ("spec_started", "user_feedback") or kind in SPEC_TERMINAL:
+            waits.append((event.occurred_at, False))
 
     if ended is not None:
         for run in open_runs.values():
@@ -233,10 +328,26 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         cost = read.number(end_data, "cost_usd") or Decimal(0)
     tokens = _total("tokens_used", tokens, problems)
     cost = _total("cost_usd", cost, problems)
+    paused_at, paused_until = _usage_pause(ordered, read)
+    if paused_at is not None and last_active_at is not None and last_active_at > paused_at:
+        paused_at = paused_until = None
+    waiting_since = None
+    loop_due: list[tuple[str, uuid.UUID, datetime, dict[str, Any]]] = []
+    if ended is None:
+        waiting_since = None if paused_at is not None else _waiting_since(waits, interventions, activity or [])
+        if limits is not None:
+            current = loop_health.findings(closings, activity or [], now=last_event_at,
+                                           started=started.occurred_at if started else last_event_at, limits=limits,
+                                           waiting=waiting_since is not None or paused_at is not None)
+            loop_due = loop_health.episodes_due(session_id, current, list(episodes.values()), now=last_event_at)
     if ended is not None:
         state = end_data.get("status") if end_data.get("status") in SESSION_END_STATES else "completed"
+    elif paused_at is not None:
+        state = PAUSED
     elif stalled_at is not None and stalled_at >= last_event_at:
-        state = "stalled"
+        state, waiting_since = "stalled", None   # silent past stall_after_s, waiting or not
+    elif waiting_since is not None:
+        state = "waiting_for_human"
     else:
         state = "running"
     first = ordered[0].occurred_at if ordered else last_event_at
@@ -260,9 +371,42 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         final_result=end_data or None,
         metadata=metadata or {},
         value_problems=problems[:MAX_PROBLEMS],
+        waiting_since=waiting_since,
+        loop_findings=[{**e.data, "event_id": str(e.event_id)} for e in episodes.values() if e.recovered_at is None],
+        paused_until=paused_until if ended is None else None,
         spec_runs=runs,
         interventions=interventions,
+        loop_due=loop_due,
     )
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _waiting_since(waits: list[tuple[datetime, bool]], interventions: list[Intervention],
+                   activity: list[loop_health.Activity]) -> datetime | None:
+    """Since when the session waits for a human: a request unanswered, a permission prompt, an
+    AskUserQuestion or a Notification of a help kind, with no sign since that the agent went on."""
+    marks = list(waits)
+    marks += [(i.requested_at, True) for i in interventions if i.answered_at is None]
+    for a in activity:
+        if (a.event_type == "cc.PermissionRequest"
+                or (a.event_type == "cc.Notification" and a.notification_type in HELP_NOTIFICATIONS)
+                or (a.event_type == "cc.PreToolUse" and a.tool_name in ASK_TOOLS)):
+            marks.append((a.at, True))
+        elif a.event_type in WAIT_CLOSERS or a.event_type == "cc.PreToolUse":
+            marks.append((a.at, False))
+    since = None
+    for at, opens in sorted(marks, key=lambda m: (m[0], m[1])):
+        if opens:
+            since = since or at
+        else:
+            since = None
+    return since
 
 
 def _settle_outcomes(runs: list[SpecRun]) -> outcomes.Counts:

@@ -1,5 +1,7 @@
 """The projector: keeps sessions, spec runs, interventions and metric buckets in step with
-events, and marks sessions whose heartbeats stopped as stalled.
+events, marks sessions whose heartbeats stopped as stalled, records the loop-health episodes
+the projection finds (`loop_stuck` / `loop_recovered`, loop_health.py) and keeps the flagged
+sessions at hand for the server's `session_flags` question.
 
 It works from the durable dirty queues the writer fills in the same transaction as the
 events, so a crash never loses pending work, and several daemons share the queue safely
@@ -19,7 +21,7 @@ from datetime import datetime, timezone
 
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreError
-from ralph_monitor.projections import project_session
+from ralph_monitor.projections import SessionProjection, project_session
 from ralph_monitor.protocol import Event, Origin, internal_event
 from ralph_monitor.store import ProjectionStore, conninfo, migrate
 
@@ -45,6 +47,12 @@ FAILURE_CHECK_INTERVAL_S = 10.0
 FAILURE_LOG_INTERVAL_S = 300.0
 """While any session's projection fails, say so in the log this often (not once, then silence)."""
 STALL_NAMESPACE = uuid.UUID("5a1f3c2e-7d0b-4c59-9e1a-2b8f6d4c3a10")
+FLAGS_INTERVAL_S = 1.0
+"""How often the flagged sessions are read again (other daemons may have flagged some)."""
+RECENTLY_EMITTED_S = 60.0
+"""A loop-health event sent this recently is not sent again while the projection does not show
+it yet (the same episode, seen from a later event, could get a second id)."""
+USAGE_RESET_NAMESPACE = uuid.UUID("3c9e1d47-52a8-4f0b-b6e1-0d7a4e2c9b16")
 
 
 def stall_event(session_id: uuid.UUID, last_seen: datetime, *, stall_after_s: float, origin: Origin) -> Event:
@@ -55,6 +63,15 @@ def stall_event(session_id: uuid.UUID, last_seen: datetime, *, stall_after_s: fl
         event_id=uuid.uuid5(STALL_NAMESPACE, f"{session_id}/{last_seen.isoformat()}"),
         data={"last_seen": last_seen.isoformat(), "stalled_after_s": stall_after_s,
               "silent_for_s": round((datetime.now(timezone.utc) - last_seen).total_seconds(), 1)})
+
+
+def usage_reset_event(session_id: uuid.UUID, paused_until: datetime, *, origin: Origin) -> Event:
+    """The `usage_limit_reset` event that ends a usage-limit pause once its window has reset;
+    its id comes from the session and the reset time, so it is recorded once."""
+    return internal_event(
+        "usage_limit_reset", origin=origin, session_id=session_id,
+        event_id=uuid.uuid5(USAGE_RESET_NAMESPACE, f"{session_id}/{paused_until.isoformat()}"),
+        data={"resets_at": paused_until.isoformat()})
 
 
 class Projector:
@@ -76,6 +93,10 @@ class Projector:
         """Sessions whose projection failed and waits for a retry (projection_failures)."""
         self.listeners: list[Callable[[], None]] = []
         """Called after aggregates changed (e.g. the dashboard's debounced refresh)."""
+        self.flags: dict[str, dict[str, object]] = {}
+        """Flagged sessions (flagged_sessions), by id: what `session_flags` answers."""
+        self._flags_due = 0.0
+        self._emitted: dict[tuple[uuid.UUID, str, str], float] = {}
 
     def wake(self) -> None:
         """New events were committed."""
@@ -102,6 +123,10 @@ class Projector:
                 self._stall_due = time.monotonic() + min(
                     STALL_CHECK_INTERVAL_S, self._settings.aggregates_stall_after_s / 10)
                 await self._check_stalls()
+                await self._check_usage_resets()
+            if time.monotonic() >= self._flags_due:
+                self._flags_due = time.monotonic() + FLAGS_INTERVAL_S
+                self.flags = {str(r["id"]): _flag(r) for r in await self._store.flagged_sessions()}
             if time.monotonic() >= self._failures_due:
                 self._failures_due = time.monotonic() + FAILURE_CHECK_INTERVAL_S
                 await self._check_failures()
@@ -120,7 +145,8 @@ class Projector:
         Passes continue only while full batches come back (a backlog); sessions that keep
         changing under load are picked up again at the next step."""
         changed = 0
-        while (done := await self._store.project_sessions(project_session, limit=SESSIONS_PER_PASS)) > 0:
+        while (done := await self._store.project_sessions(project_session, limit=SESSIONS_PER_PASS,
+                                                          projected=self._record_loop_health)) > 0:
             changed += done
             if done < SESSIONS_PER_PASS:
                 break
@@ -133,6 +159,23 @@ class Projector:
         if changed:
             for listener in self.listeners:
                 listener()
+
+    def _record_loop_health(self, session_id: uuid.UUID, projection: SessionProjection) -> None:
+        """Send the loop_stuck / loop_recovered events the projection found due (their ids are
+        derived from the episode, so a second daemon's copy is stored once)."""
+        now = time.monotonic()
+        self._emitted = {k: t for k, t in self._emitted.items() if now - t < RECENTLY_EMITTED_S}
+        for kind, event_id, at, data in projection.loop_due:
+            key = (session_id, kind, str(data.get("rule")))
+            if key in self._emitted:
+                continue
+            self._emitted[key] = now
+            if kind == "loop_stuck":
+                log.warning("session %s: loop %s: %s", session_id, data.get("rule"), data.get("summary"))
+            self._emit(internal_event(kind, origin=self._origin, session_id=session_id, event_id=event_id,
+                                      ts=at, data=data))
+        if projection.loop_due:
+            self._flags_due = 0.0
 
     async def _check_failures(self) -> None:
         """Count failing sessions; while there are any, log it every FAILURE_LOG_INTERVAL_S."""
@@ -153,6 +196,19 @@ class Projector:
         for session_id, last_seen in await self._store.stalled_candidates(stall_after_s):
             log.warning("session %s stalled: no event since %s", session_id, last_seen.isoformat())
             self._emit(stall_event(session_id, last_seen, stall_after_s=stall_after_s, origin=self._origin))
+
+    async def _check_usage_resets(self) -> None:
+        for session_id, paused_until in await self._store.usage_resets_due():
+            log.info("session %s: its usage window reset at %s; running again", session_id, paused_until.isoformat())
+            self._emit(usage_reset_event(session_id, paused_until, origin=self._origin))
+
+
+def _flag(row: dict[str, object]) -> dict[str, object]:
+    """A flagged session as `session_flags` reports it."""
+    findings = row["loop_findings"] if isinstance(row["loop_findings"], list) else []
+    reason = row["reason"] or "; ".join(str(f.get("summary")) for f in findings if isinstance(f, dict))
+    return {"state": row["execution_state"], "reason": reason,
+            "rules": sorted({str(f.get("rule")) for f in findings if isinstance(f, dict)})}
 
 
 def rebuild_aggregates(settings: Settings, *, dsn: str) -> tuple[int, int]:

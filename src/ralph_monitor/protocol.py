@@ -24,6 +24,7 @@ KNOWN_TYPES = frozenset({
     "session_started", "session_ended", "session_heartbeat",
     "spec_started", "spec_completed", "spec_failed",
     "timeout_triggered", "intervention_request", "user_feedback",
+    "rate_limits", "usage_limit",
 })
 """Types agents send that the aggregates understand. Others (e.g. `cc.PreToolUse`) are stored
 as they are, with a warning in the reply."""
@@ -33,6 +34,7 @@ TOOL_EVENT_PREFIX = "cc."
 
 MONITOR_TYPES = frozenset({
     "session_stalled", "backup_completed", "backup_failed", "prune_completed", "prune_failed",
+    "loop_stuck", "loop_recovered", "usage_limit_reset",
 })
 """Types the monitor itself records."""
 
@@ -283,16 +285,19 @@ SPEC_ENDS = frozenset({"spec_completed", "spec_failed", "timeout_triggered"})
 """Events that close a spec run: without their spec and session, their outcome and cost are lost."""
 
 
+_TOP_LEVEL_MISPLACED = frozenset(DATA_FIELDS_AT_TOP)
+
+
 def _placement_hints(obj: dict[str, object], event_type: str, spec_id: object) -> list[str]:
     """Well-formed events that count for nothing as sent: a field outside `data`, a spec
-    event without its spec or session."""
-    hints = [f"{field} is at the top level, where nothing reads it; put it in \"data\""
-             for field in DATA_FIELDS_AT_TOP if field in obj]
-    if event_type in SPEC_ENDS:
+    event without its spec or session. (Every known event asks: the common answer is cheap.)"""
+    hints = [] if _TOP_LEVEL_MISPLACED.isdisjoint(obj) else [
+        f"{field} is at the top level, where nothing reads it; put it in \"data\""
+        for field in DATA_FIELDS_AT_TOP if field in obj]
+    if event_type in SPEC_ENDS and (spec_id is None or obj.get("session_id") is None):
         missing = [name for name, value in (("session_id", obj.get("session_id")), ("spec_id", spec_id))
                    if value is None]
-        if missing:
-            hints.append(f"{event_type} without {' and '.join(missing)}: stored, but not counted in any spec run")
+        hints.append(f"{event_type} without {' and '.join(missing)}: stored, but not counted in any spec run")
     return hints
 
 
@@ -340,11 +345,13 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
 
 
 def internal_event(event_type: str, *, origin: Origin, data: dict[str, object],
-                   session_id: uuid.UUID | str | None = None, event_id: uuid.UUID | None = None) -> Event:
+                   session_id: uuid.UUID | str | None = None, event_id: uuid.UUID | None = None,
+                   ts: datetime | None = None) -> Event:
     """An event the monitor itself records (a stall, a backup, a prune), validated like any
-    other so it is stored and spooled the same way. Give `event_id` to make it idempotent."""
+    other so it is stored and spooled the same way. Give `event_id` to make it idempotent,
+    `ts` when it happened before now (a finding about earlier events)."""
     now = datetime.now(timezone.utc)
-    fields: dict[str, object] = {"type": event_type, "ts": now.isoformat(), "data": data}
+    fields: dict[str, object] = {"type": event_type, "ts": (ts or now).isoformat(), "data": data}
     if session_id is not None:
         fields["session_id"] = str(session_id)
     if event_id is not None:

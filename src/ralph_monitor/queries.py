@@ -13,7 +13,7 @@ from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from ralph_monitor import changes
+from ralph_monitor import changes, values
 from ralph_monitor.errors import UnknownSession
 from ralph_monitor.outcomes import (FIXED_ON_RETRY, RUNNING, STILL_FAILING, Attempt, Counts, RunLike, SpecResult,
                                     fixed_later, spec_results)
@@ -130,11 +130,61 @@ class SpecRunRow:
     output_summary: Any
     session_name: str | None = None
     value_problems: list[str] = field(default_factory=list)
+    git: Any = None
+    """What the run changed in its git repository (values.git); the counts below come from it."""
+    git_commits: int | None = None
+    git_files_changed: int | None = None
+    git_insertions: int | None = None
+    git_deletions: int | None = None
+    git_dirty: bool | None = None
 
     @property
     def fixed_later(self) -> bool:
         """A failure that a later attempt of the spec fixed."""
         return fixed_later(self.status, self.outcome)
+
+    @property
+    def changes(self) -> str:
+        """What the run changed, in words ("3 commits, +120 −40 in 6 files"); "" when not recorded."""
+        if not isinstance(self.git, dict):
+            return ""
+        if self.git_commits is not None:
+            return GitTotals.of([self]).text
+        if self.git.get("repo") is None:
+            return f"no repository ({self.git.get('reason') or 'not recorded'})"
+        return f"unknown ({self.git['reason']})" if self.git.get("reason") else ""
+
+
+@dataclass(frozen=True)
+class GitTotals:
+    """What spec runs changed in their repositories, summed (runs that recorded it)."""
+
+    runs: int = 0
+    commits: int = 0
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    left_dirty: int = 0
+    """Runs that left uncommitted changes behind."""
+
+    @classmethod
+    def of(cls, runs: Sequence[SpecRunRow]) -> GitTotals:
+        counted = [r for r in runs if r.git_commits is not None]
+        return cls(runs=len(counted), commits=sum(r.git_commits or 0 for r in counted),
+                   files_changed=sum(r.git_files_changed or 0 for r in counted),
+                   insertions=sum(r.git_insertions or 0 for r in counted),
+                   deletions=sum(r.git_deletions or 0 for r in counted),
+                   left_dirty=sum(1 for r in counted if r.git_dirty))
+
+    @property
+    def text(self) -> str:
+        """`3 commits, +120 −40 in 6 files` (`, left dirty` when uncommitted changes remained)."""
+        commits = f"{self.commits:,} commit{'' if self.commits == 1 else 's'}"
+        lines = (f", +{self.insertions:,} \u2212{self.deletions:,} in {self.files_changed:,} "
+                 f"file{'' if self.files_changed == 1 else 's'}") if self.files_changed else ""
+        dirty = ("" if not self.left_dirty else ", left dirty" if self.runs == 1
+                 else f", {self.left_dirty} left dirty")
+        return commits + lines + dirty
 
 
 @dataclass(frozen=True)
@@ -242,6 +292,40 @@ class ProjectionFailure:
 
 
 @dataclass(frozen=True)
+class UsageWindow:
+    name: str
+    """five_hour or seven_day, as Claude Code names them."""
+    label: str
+    used_percentage: float
+    resets_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """The subscription's usage windows as a status line last reported them (`rate_limits`)."""
+
+    reported_at: datetime
+    host: str
+    windows: list[UsageWindow]
+
+
+USAGE_LABELS = {"five_hour": "5-hour window", "seven_day": "7-day window"}
+
+
+def usage(store: ReadStore) -> UsageReport | None:
+    """The last `rate_limits` event's windows (values.window decides what is usable)."""
+    latest = _latest(store, "rate_limits")
+    if latest is None or not isinstance(latest.data, dict):
+        return None
+    windows = []
+    for name in values.USAGE_WINDOWS:
+        found, _ = values.window(name, latest.data.get(name))
+        if found is not None:
+            windows.append(UsageWindow(name, USAGE_LABELS[name], float(found[0]), found[1]))
+    return UsageReport(latest.occurred_at, latest.host, windows) if windows else None
+
+
+@dataclass(frozen=True)
 class Status:
     active: list[SessionSummary]
     pending_interventions: list[InterventionRow]
@@ -254,6 +338,8 @@ class Status:
     projection_failures_total: int = 0
     reads: ReadSource | None = None
     """Where this was read: the primary or a replica (its lag), or why not the configured replica."""
+    usage: UsageReport | None = None
+    """The usage windows last reported by a Claude Code status line (`ralph-monitor statusline`)."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +351,12 @@ class NightSummary:
     """The specs decided in the window (their last attempt ended in it), in the order they were."""
     retrying: list[SpecResult]
     """Specs of these sessions that failed and are being tried again now (not decided yet)."""
+    changes: list[SpecRunRow] = field(default_factory=list)
+    """The runs that ended in the window having recorded their git changes (oldest first)."""
+
+    @property
+    def git(self) -> GitTotals:
+        return GitTotals.of(self.changes)
 
     @property
     def still_failing(self) -> list[SpecResult]:
@@ -581,6 +673,8 @@ def night_summary(store: ReadStore, window: Window) -> NightSummary:
         window=window, sessions=sessions, outcomes=outcomes(store, window),
         results=sorted(decided, key=lambda r: r.ended_at or window.until),
         retrying=[r for r in results if r.outcome == RUNNING and r.error is not None],
+        changes=[SpecRunRow(**r) for r in store.fetch("git_runs_between", {"since": window.since,
+                                                                           "until": window.until})],
     )
 
 
@@ -610,6 +704,7 @@ def status(store: ReadStore, now: datetime) -> Status:
             "projection_failures", {"limit": FAILURES_SHOWN})],
         projection_failures_total=store.fetch("projection_failure_count")[0]["failing"],
         reads=store.source(),
+        usage=usage(store),
     )
 
 

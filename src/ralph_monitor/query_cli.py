@@ -116,6 +116,20 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     stalled = [s for s in status.active if s.execution_state == "stalled"]
     for s in stalled:
         print(f"! stalled: {s.label} — no event since {relative_time(s.last_event_at, now)}")
+    for s in status.active:
+        if s.execution_state == "waiting_for_human" and s.waiting_since is not None:
+            print(f"! waiting for a human: {s.label} — since {relative_time(s.waiting_since, now)}")
+        for finding in s.loop_findings:
+            print(f"! stuck ({str(finding.get('rule')).replace('_', ' ')}): {s.label} — {shorten(finding.get('summary'), 90)} "
+                  f"(first {finding.get('first_at')}, last {finding.get('last_at')})")
+        if s.execution_state == "paused_for_usage_limit":
+            print(f"~ paused for the usage limit: {s.label} — until {local_time(s.paused_until, _zone(settings))} "
+                  f"({relative_time(s.paused_until, now)})")
+    if status.usage is not None:
+        print(f"Usage windows (reported {relative_time(status.usage.reported_at, now)} from {status.usage.host}): "
+              + "; ".join(f"{w.label} {w.used_percentage:g}% used, resets "
+                          + (f"{local_time(w.resets_at, _zone(settings))} ({relative_time(w.resets_at, now)})"
+                             if w.resets_at else "-") for w in status.usage.windows))
     print()
     if status.pending_interventions:
         print(f"Waiting for a human ({len(status.pending_interventions)}):")
@@ -160,7 +174,7 @@ def cmd_night(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _emit_json({"window": night.window, "sessions": night.sessions, "outcomes": night.outcomes.as_json(),
                     "still_failing": night.still_failing, "fixed_on_retry": night.fixed_on_retry,
-                    "retrying": night.retrying})
+                    "retrying": night.retrying, "git": night.git, "changes": night.changes})
         return 0
     o = night.outcomes
     print(f"Night of {local_time(window.since, zone)} to {local_time(window.until, zone)} ({zone}):")
@@ -176,6 +190,12 @@ def cmd_night(args: argparse.Namespace, settings: Settings) -> int:
             print()
             print(f"{title} ({len(results)}):")
             print(_results_table(results, zone))
+    if night.changes:
+        print()
+        print(f"What the spec runs changed: {night.git.text}")
+        for r in night.changes:
+            print(f"  {r.spec_id}: {r.changes}" + (f", {money(r.cost_usd)}" if r.cost_usd is not None else "")
+                  + (f" ({shorten(r.session_name, 20)})" if r.session_name else ""))
     return 0
 
 
@@ -221,19 +241,27 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     s = detail.session
     print(f"Session {s.id}  {s.name or ''}".rstrip())
-    print(f"  state {s.execution_state}; host {s.host or '-'}; started {local_time(s.start_time, zone)}; "
+    paused = f" until {local_time(s.paused_until, zone)}" if s.paused_until else ""
+    print(f"  state {s.execution_state}{paused}; host {s.host or '-'}; started {local_time(s.start_time, zone)}; "
           f"ended {local_time(s.end_time, zone)}; last event {local_time(s.last_event_at, zone)}")
     print(f"  specs{f' (of {s.total_specs})' if s.total_specs else ''}: {s.counts.sentence()}; "
           f"{s.tokens_used:,} tokens; {money(s.cost_usd)}; {s.event_count} events")
+    git = queries.GitTotals.of(detail.spec_runs)
+    if git.runs:
+        print(f"  changed: {git.text} ({git.runs} spec run{'' if git.runs == 1 else 's'} recorded it)")
     for problem in s.value_problems:
         print(f"  ! not counted: {problem}")
+    if s.waiting_since is not None:
+        print(f"  ! waiting for a human since {local_time(s.waiting_since, zone)}")
+    for finding in s.loop_findings:
+        print(f"  ! stuck ({str(finding.get('rule')).replace('_', ' ')}): {shorten(finding.get('summary'), 100)}")
     if detail.spec_runs:
         print()
-        print(table(["spec", "try", "outcome", "started", "took", "tokens", "cost", "error"], [
+        print(table(["spec", "try", "outcome", "started", "took", "tokens", "cost", "changed", "error"], [
             [r.spec_id, str(r.attempt), attempt_word(r.status, r.outcome), local_time(r.start_time, zone),
              duration(r.duration_seconds),
              f"{r.tokens_used:,}" if r.tokens_used is not None else "-", money(r.cost_usd),
-             shorten(r.error_message, 60)] for r in detail.spec_runs]))
+             shorten(r.changes, 48) or "-", shorten(r.error_message, 60)] for r in detail.spec_runs]))
     if detail.interventions:
         print()
         print(table(["asked", "spec", "message", "answered"], [
@@ -265,10 +293,10 @@ def cmd_spec(args: argparse.Namespace, settings: Settings) -> int:
         raise QueryFailed(f"no runs of spec {args.spec_id!r}")
     if _answered_plainly(args, runs, ""):
         return 0
-    print(table(["started", "session", "try", "outcome", "took", "cost", "error"], [
+    print(table(["started", "session", "try", "outcome", "took", "cost", "changed", "error"], [
         [local_time(r.start_time or r.end_time, zone), shorten(r.session_name, 20) or str(r.session_id)[:8],
          str(r.attempt), attempt_word(r.status, r.outcome), duration(r.duration_seconds), money(r.cost_usd),
-         shorten(r.error_message, 60)]
+         shorten(r.changes, 48) or "-", shorten(r.error_message, 60)]
         for r in runs]))
     return 0
 

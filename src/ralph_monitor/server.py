@@ -4,12 +4,17 @@ Each connection splits its byte stream into lines with bounded memory (an oversi
 is discarded up to its newline, keeping only an excerpt), validates each line, queues
 valid events for the group-commit writer and answers in order. Reading pauses while the
 writer's queue is full or the client does not read its replies (backpressure).
+
+A line that starts with `{"query"` is a question, not an event: `{"query": "session_flags",
+"session_id": ID}` is answered (in order, like an event) from what the projector last read,
+without touching the database, so the Claude Code hook and `guard` can ask on every call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import grp
+import json
 import logging
 import os
 import resource
@@ -17,7 +22,9 @@ import socket
 import struct
 import sys
 import time
+import uuid
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from ralph_monitor.config import Settings
@@ -38,6 +45,7 @@ FD_RESERVE = 64
 _PEERCRED = struct.Struct("3i")
 REJECT_WINDOW_S = 60.0
 """The window of [limits] max_rejects_per_minute."""
+QUERY_PREFIX = b'{"query"'
 REFUSAL_LOG_INTERVAL_S = 10.0
 """Refused and evicted connections are logged at most this often (with how many), so a flood
 of connections cannot flood the journal, and is never silent either."""
@@ -238,6 +246,10 @@ class Connection(asyncio.Protocol):
             raw = raw[:-1]
         if not raw or raw.isspace():
             return
+        if raw.startswith(QUERY_PREFIX):
+            self._slots.append(Slot(self._server.answer(bytes(raw))))
+            self.flush_replies()
+            return
         try:
             event = parse_line(raw, received_at=received_at, origin=self.origin)
         except InvalidEvent as exc:
@@ -343,6 +355,27 @@ class EventServer:
         """When a client last connected or sent data (for the quiet period before shutdown)."""
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.flags: Callable[[], dict[str, dict[str, object]]] = dict
+        """The flagged sessions by id (the projector's), for `session_flags`."""
+
+    def answer(self, raw: bytes) -> bytes:
+        """The reply line to a question line (see the module doc)."""
+        try:
+            question = json.loads(raw)
+        except ValueError:
+            question = None
+        if not isinstance(question, dict) or question.get("query") != "session_flags" or not isinstance(
+                question.get("session_id"), str):
+            return error_reply("invalid_query", 'unknown question; ask {"query": "session_flags", "session_id": ID}')
+        try:
+            session_id = str(uuid.UUID(question["session_id"]))
+        except ValueError:
+            return error_reply("invalid_query", f"session_id {question['session_id'][:100]!r} is not a UUID")
+        flag = self.flags().get(session_id)
+        reply: dict[str, object] = {"ok": True, "session_id": session_id, "flagged": flag is not None}
+        if flag is not None:
+            reply.update(flag)
+        return json.dumps(reply).encode() + b"\n"
 
     @property
     def connection_count(self) -> int:

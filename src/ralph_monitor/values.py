@@ -40,6 +40,18 @@ MAX_TS_AHEAD_S = 86_400
 """A `ts` more than a day ahead of the monitor's clock is a broken clock, not the future."""
 SHOWN_CHARS = 40
 """Characters of an offending value quoted in a reason."""
+MAX_GIT_COUNT = 10**9
+"""Commits or files in one spec run's `data.git`."""
+MAX_GIT_LINES = 10**11
+"""Lines added or removed in one spec run (10^11, so a year of runs sums within bigint)."""
+MAX_GIT_COMMITS_KEPT = 50
+MAX_GIT_TEXT = 200
+"""Characters of a repository path, a commit hash or a subject kept."""
+GIT_COUNTS = ("commit_count", "files_changed", "insertions", "deletions")
+MAX_EPOCH_S = 4_102_444_800
+"""A reset time (Unix seconds, as Claude Code gives `resets_at`) before 2100."""
+USAGE_WINDOWS = ("five_hour", "seven_day")
+"""The usage windows of a `rate_limits` event (Claude Code's status-line input)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +69,26 @@ RULES: dict[str, Rule] = {
     "duration_s": Rule("amount", MAX_DURATION_S),
     "name": Rule("text", MAX_NAME_CHARS),
     "metadata": Rule("object"),
+    "git": Rule("git"),
+    **{name: Rule("window") for name in USAGE_WINDOWS},
+    "used_percentage": Rule("amount", 1000),
+    "resets_at": Rule("count", MAX_EPOCH_S),
+    **{f"git.{name}": Rule("count", MAX_GIT_LINES if name in ("insertions", "deletions") else MAX_GIT_COUNT)
+       for name in GIT_COUNTS},
     **{field: Rule("text", MAX_TEXT_CHARS)
        for field in ("error", "error_message", "reason", "message", "question", "answer")},
 }
 
+NUMERIC_KINDS = frozenset({"count", "amount"})
+
 READS: dict[str, tuple[str, ...]] = {
     "session_started": ("name", "total_specs", "metadata"),
     "session_ended": ("tokens_used", "cost_usd"),
-    "spec_completed": ("tokens_used", "cost_usd", "duration_s", "error", "error_message", "reason"),
+    "spec_completed": ("tokens_used", "cost_usd", "duration_s", "error", "error_message", "reason", "git"),
     "intervention_request": ("message", "question", "reason"),
     "user_feedback": ("message", "answer"),
+    "rate_limits": USAGE_WINDOWS,
+    "usage_limit": ("resets_at", "message"),
 }
 """The data fields the projection reads from each event type."""
 READS["spec_failed"] = READS["timeout_triggered"] = READS["spec_completed"]
@@ -134,9 +156,86 @@ def mapping(field: str, value: Any) -> tuple[dict[str, Any] | None, str | None]:
     return None, f"{field}={shown(value)} ignored: {_json_kind(value)}, not an object"
 
 
+def git(value: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """A spec run's `data.git` (agent.gitstate) as the aggregates keep it, and the reasons for
+    what was skipped: counts as any count (a whole number in bounds), `dirty` a boolean, the
+    repository, heads and commits bounded text. `{"repo": null, "reason": ...}` (no repository,
+    no git) is kept as it is: it says why there is nothing to count."""
+    if value is None:
+        return None, []
+    if not isinstance(value, dict):
+        return None, [f"git={shown(value)} ignored: {_json_kind(value)}, not an object"]
+    kept: dict[str, Any] = {"repo": None}
+    problems: list[str] = []
+    for key in ("repo", "head_before", "head_after", "reason"):
+        item = value.get(key)
+        if isinstance(item, str):
+            kept[key] = item[:MAX_GIT_TEXT]
+        elif item is not None:
+            problems.append(f"git.{key}={shown(item)} ignored: {_json_kind(item)}, not a string")
+    for key in GIT_COUNTS:
+        amount, problem = number(f"git.{key}", value.get(key))
+        if problem is not None:
+            problems.append(problem)
+        elif amount is not None:
+            kept[key] = int(amount)
+    commits = value.get("commits")
+    if isinstance(commits, list):
+        kept["commits"] = [{"hash": str(c.get("hash"))[:MAX_GIT_TEXT], "subject": str(c.get("subject"))[:MAX_GIT_TEXT]}
+                           for c in commits[:MAX_GIT_COMMITS_KEPT] if isinstance(c, dict)]
+        if "commit_count" not in value:
+            kept["commit_count"] = len(commits)
+    elif commits is not None:
+        problems.append(f"git.commits={shown(commits)} ignored: {_json_kind(commits)}, not an array")
+    dirty = value.get("dirty")
+    if isinstance(dirty, bool):
+        kept["dirty"] = dirty
+    elif dirty is not None:
+        problems.append(f"git.dirty={shown(dirty)} ignored: {_json_kind(dirty)}, not a boolean")
+    return kept, problems
+
+
+def epoch(field: str, value: Any) -> tuple[datetime | None, str | None]:
+    """A Unix time in seconds (Claude Code's `resets_at`) as a UTC datetime, if it fits."""
+    seconds, problem = number(field, value)
+    return (None if seconds is None else datetime.fromtimestamp(float(seconds), timezone.utc)), problem
+
+
+def window(field: str, value: Any) -> tuple[tuple[Decimal, datetime | None] | None, list[str]]:
+    """A usage window (`{"used_percentage": 42, "resets_at": 1781290000}`) as (percent used,
+    reset time), and the reasons for what did not fit. Without a usable percentage: None."""
+    if value is None:
+        return None, []
+    if not isinstance(value, dict):
+        return None, [f"{field}={shown(value)} ignored: {_json_kind(value)}, not an object"]
+    used, problem = number("used_percentage", value.get("used_percentage"))
+    resets, reset_problem = epoch("resets_at", value.get("resets_at"))
+    problems = [f"{field}.{p}" for p in (problem, reset_problem) if p is not None]
+    return (None if used is None else (used, resets)), problems
+
+
+def _plainly_fits(rule: Rule, value: Any) -> bool:
+    """True for the common case, decided without Decimal: a non-negative int or float below
+    the rule's bound (whole, for a count). Anything else takes the exact path in `number`."""
+    kind = type(value)
+    if kind is int:
+        return 0 <= value < rule.maximum
+    if kind is float:
+        return 0.0 <= value < float(rule.maximum) and (rule.kind != "count" or value.is_integer())
+    return False
+
+
 def check(field: str, value: Any) -> str | None:
-    """The reason `value` does not fit `field`'s rule, or None."""
-    kind = RULES[field].kind
+    """The reason `value` does not fit `field`'s rule, or None. Runs on every event that
+    carries a field a projection reads, so the common case is answered cheaply."""
+    rule = RULES[field]
+    kind = rule.kind
+    if kind in NUMERIC_KINDS and _plainly_fits(rule, value):
+        return None
+    if kind == "window":
+        return "; ".join(window(field, value)[1]) or None
+    if kind == "git":
+        return "; ".join(git(value)[1]) or None
     if kind == "object":
         return mapping(field, value)[1]
     if kind == "text":
@@ -153,12 +252,15 @@ def data_warnings(event_type: str, data: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
+_MAX_AHEAD = timedelta(seconds=MAX_TS_AHEAD_S)
+
+
 def timestamp_problem(ts: datetime, received_at: datetime) -> str | None:
     """Why an agent's `ts` cannot be the event's time (the receive time is used instead)."""
     try:
         if ts < EARLIEST_TS:
             return f"ts={ts.isoformat()} ignored: before {EARLIEST_TS.year}; stored with the time received"
-        if ts > received_at + timedelta(seconds=MAX_TS_AHEAD_S):
+        if ts > received_at + _MAX_AHEAD:
             return (f"ts={ts.isoformat()} ignored: more than {MAX_TS_AHEAD_S // 3600} h ahead of the "
                     "monitor's clock; stored with the time received")
     except OverflowError:

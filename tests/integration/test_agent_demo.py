@@ -50,7 +50,8 @@ def test_demo_shows_sessions_failures_a_stall_and_a_pending_request(daemon_facto
     settle(d.dsn, lambda: query(d.dsn, "SELECT 1 FROM sessions WHERE execution_state = 'stalled'"))
     states = {r["name"]: r["execution_state"] for r in query(d.dsn, "SELECT name, execution_state FROM sessions")}
     assert states == {"nightly: shop-backend": "completed", "nightly: docs-site": "completed",
-                      "refactor: payments": "stalled", "live: api-migration": "running"}
+                      "refactor: payments": "stalled",
+                      "live: api-migration": "waiting_for_human"}  # its permission prompt is open
     runs = query(
         d.dsn, "SELECT r.spec_id, r.attempt, r.status, r.error_message FROM spec_runs r "
                "JOIN sessions s ON s.id = r.session_id WHERE s.name = 'nightly: shop-backend' ORDER BY r.spec_id, r.attempt")
@@ -68,10 +69,12 @@ def test_demo_shows_sessions_failures_a_stall_and_a_pending_request(daemon_facto
     status = ralph_query("status")
     assert "live: api-migration" in status and "refactor: payments" in status
     assert "Migration 0042 drops the column orders.legacy_id" in status
+    assert "Usage windows (reported" in status and "5-hour window 64% used" in status
     night = json.loads(ralph_query("night", "--json"))
     assert {"nightly: shop-backend", "nightly: docs-site"} <= {s["name"] for s in night["sessions"]}
     assert {f["spec_id"] for f in night["still_failing"]} >= {"CR-105", "CR-107"}
     assert "CR-103" in {f["spec_id"] for f in night["fixed_on_retry"]}  # failed, then passed on its retry
+    assert night["git"]["commits"] > 0 and night["git"]["left_dirty"] >= 3  # the failed runs left work behind
     assert "CR-107" in ralph_query("failures")
     since = datetime.now(timezone.utc) - timedelta(days=2)
     assert query(d.dsn, "SELECT count(*) AS n FROM events WHERE occurred_at > %s", (since,))[0]["n"] > 100

@@ -231,6 +231,37 @@ def test_the_loop_records_each_spec_with_the_results_fields_and_flags_refused_to
     assert stops["spec-forbidden"]["tokens_used"] == done["spec-forbidden"]["tokens_used"]
 
 
+def test_a_permission_prompt_puts_the_session_in_waiting_for_human_until_the_agent_goes_on(
+        claude_cli: Path, api: MessagesApiMock, daemon: Daemon, tmp_path: Path) -> None:
+    home, project = tmp_path / "home", tmp_path / "shop"
+    project.mkdir()
+    hook = f"{BIN / 'ralph-monitor'} hook --socket {daemon.socket_path}"
+    install_hooks(home, hook)
+    # The permission request stays open while its hook runs: the person who has not answered yet.
+    settings = home / ".claude" / "settings.json"
+    hooks = json.loads(settings.read_text())
+    hooks["hooks"]["PermissionRequest"] = [{"hooks": [{"type": "command", "command": f"{hook}; sleep 8", "timeout": 20}]}]
+    settings.write_text(json.dumps(hooks))
+    agent = subprocess.Popen([str(claude_cli), "-p", "Work on spec-forbidden", "--output-format", "json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(home, api), cwd=project)
+    try:
+        waiting = wait_for(lambda: query(daemon.dsn, "SELECT * FROM sessions WHERE execution_state = 'waiting_for_human'"),
+                           timeout=RUN_TIMEOUT_S, what="the session waiting for a human")[0]
+        asked = events(daemon.dsn, "event_type = 'cc.PermissionRequest'")
+        assert waiting["waiting_since"] == asked[0]["occurred_at"]
+        assert asked[0]["payload"]["data"]["tool_name"] == "Write"
+        out = subprocess.run([str(BIN / "ralph-query"), "status", "--config", str(daemon.config_path)],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        assert f"! waiting for a human: {waiting['name']} — since" in out
+    finally:
+        stdout, stderr = agent.communicate(timeout=RUN_TIMEOUT_S)
+    assert agent.returncode == 0, stderr.decode(errors="replace")[-2000:]
+    # Claude went on (here: the prompt was refused in -p mode) and finished: no longer waiting.
+    settle(daemon.dsn, lambda: query(daemon.dsn, "SELECT 1 FROM sessions WHERE end_time IS NOT NULL"))
+    session = query(daemon.dsn, "SELECT * FROM sessions")[0]
+    assert (session["execution_state"], session["waiting_since"]) == ("completed", None)
+
+
 def ccusage_daily(ccusage: Path, home: Path) -> dict[str, dict[str, dict[str, int]]]:
     """ccusage's tokens per day (UTC) and model for the transcripts under `home`."""
     result = subprocess.run([str(ccusage), "daily", "--json", "--offline", "--timezone", "UTC"],

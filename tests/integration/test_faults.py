@@ -112,3 +112,23 @@ def test_daemon_started_while_postgres_is_down_spools_and_catches_up(daemon_fact
     assert wait_for_rows(dsn, 400) == 400
     d.stop()
     assert_exactly_once_in_order(dsn, load.acked)
+
+
+def test_postgres_restarted_while_idle_next_events_are_stored_not_spooled(daemon_factory, own_cluster) -> None:
+    """Every writer connection died with the restart; the first write on each finds out, and
+    takes a new connection instead of spooling (an agent sees `spooled` only in an outage)."""
+    cluster, dsn = own_cluster
+    d: Daemon = daemon_factory(dsn=dsn)
+    d.start()
+    warm = Load(d.socket_path, writers=8, per_writer=50).start()  # every writer lane connected
+    warm.join()
+    assert warm.spooled == 0
+    cluster.stop(mode="fast")
+    cluster.start()
+    load = Load(d.socket_path, writers=8, per_writer=50).start()
+    load.join()
+    assert [r.errors for r in load.results if r.errors] == []
+    assert load.spooled == 0, "events were spooled although PostgreSQL was up"
+    assert wait_for_rows(dsn, 800) == 800
+    assert "trying once more on a new connection" in d.log()
+    assert d.stop() == 0

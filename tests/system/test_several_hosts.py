@@ -166,7 +166,9 @@ def test_three_hosts_write_to_one_database_and_the_aggregates_are_the_sum(fleet)
     assert sorted(per_host) == names
     for host in hosts:
         sessions = central.psql(f"SELECT count(DISTINCT session_id) FROM events WHERE host = '{host.name}'")
-        assert sessions == [["4"]]
+        assert sessions == [["4"]], central.psql(
+            f"SELECT session_id, string_agg(DISTINCT event_type, ' '), count(*) FROM events "
+            f"WHERE host = '{host.name}' GROUP BY 1")
     # The aggregates are exactly the sum over the hosts of what their agents sent.
     total = {"sessions": 0, "spec_runs": 0, "cost": Decimal(0), "tokens": 0, "events": 0}
     for host in hosts:
@@ -198,7 +200,7 @@ def test_three_hosts_write_to_one_database_and_the_aggregates_are_the_sum(fleet)
     hosts[0].run("runuser", "-u", "ralph-monitor", "--", f"{BIN}/ralph-monitor", "render", "--full",
                  "--config", CONFIG)
     overview = hosts[0].path("/var/lib/ralph-monitor/site/current/index.html").read_text()
-    assert all(f"<td>{name}</td>" in overview for name in names)
+    assert all(f'<td data-label="Host" class="lead">{name}</td>' in overview for name in names), overview
 
 
 def test_central_database_stopped_every_host_spools_and_all_lands_once(fleet) -> None:

@@ -220,6 +220,18 @@ def send_event(socket_path: str, event: dict[str, Any], *, timeout_s: float = DE
         return conn.exchange([encode_event(event)])[0]
 
 
+def session_flags(socket_path: str, session_id: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """Ask the daemon whether a session is flagged stuck (loop health): its reply, with
+    `flagged`, and when flagged `state`, `reason` and `rules`. Raises ClientError when the
+    daemon cannot be asked (or refuses the question)."""
+    line = json.dumps({"query": "session_flags", "session_id": session_id}).encode() + b"\n"
+    with Connection(socket_path, timeout_s=timeout_s) as conn:
+        reply = conn.exchange([line])[0]
+    if not reply.get("ok"):
+        raise ClientError(f"the daemon at {socket_path} did not answer session_flags: {reply.get('error')}")
+    return reply
+
+
 def flush_spool(spool: ClientSpool, socket_path: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                 deadline: float | None = None, wait: bool = False) -> FlushResult:
     """Deliver a spool on one connection of its own (connected first: nothing moves in the

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from ralph_monitor.agent.client import (
     SESSION_ENV, SOCKET_ENV, SPEC_ENV, Connection, EventRejected, deliver, encode_event, new_event, utc_from_ns,
 )
-from ralph_monitor.agent.hook_start import FOREGROUND_OPTION, MAX_STDIN_BYTES
+from ralph_monitor.agent.hook_start import FOREGROUND_OPTION, GUARD_OPTION, MAX_STDIN_BYTES
 from ralph_monitor.agent.redact import Redactor, redactor_from_config
 from ralph_monitor.agent.spool import ClientSpool
 from ralph_monitor.agent.transcript import TranscriptTally
@@ -101,6 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"cut each string in the hook input to about N bytes (default {DEFAULT_MAX_FIELD_BYTES})")
     parser.add_argument("--timeout", type=float, default=HARD_TIMEOUT_S, metavar="S",
                         help=f"hard limit on the hook's run time in seconds (default {HARD_TIMEOUT_S:g})")
+    parser.add_argument(GUARD_OPTION, action="store_true",
+                        help="first ask the daemon whether the session is flagged stuck and, if so, print "
+                        '{"continue": false, "stopReason": ...} so Claude Code stops (for PreToolUse and '
+                        "UserPromptSubmit; see the README)")
     parser.add_argument(FOREGROUND_OPTION, action="store_true",
                         help="do the work before exiting instead of in a detached child (Claude Code then waits)")
 
@@ -261,8 +265,8 @@ def events_for(raw: bytes, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, re
     an ignored event."""
     env = os.environ if environ is None else environ
     redactor = redactor or Redactor()
-    payload, problem = _parse(raw)
-    session_id, spec_id, unattended = _ids(payload, env)
+    payload, problem = parse_input(raw)
+    session_id, spec_id, unattended = session_ids(payload, env)
     if problem is not None:
         excerpt = shrink(raw[:max_field_bytes + REDACT_MARGIN].decode("utf-8", "replace"), max_field_bytes, redactor)
         data: dict[str, Any] = {"error": problem, "input_bytes": len(raw), "excerpt": excerpt}
@@ -374,7 +378,7 @@ def _without_none(mapping: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if v is not None}
 
 
-def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+def parse_input(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     if len(raw) > MAX_STDIN_BYTES:
         return None, f"hook input longer than {MAX_STDIN_BYTES} bytes"
     if not raw.strip():
@@ -388,7 +392,7 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     return payload, None
 
 
-def _ids(payload: dict[str, Any] | None, env: Any) -> tuple[str | None, str | None, bool]:
+def session_ids(payload: dict[str, Any] | None, env: Any) -> tuple[str | None, str | None, bool]:
     """(session_id, spec_id, unattended): the loop's session if there is one, else Claude's."""
     loop_session = _uuid(env.get(SESSION_ENV))
     if loop_session is not None:

@@ -12,21 +12,24 @@ keep the order in which Claude Code fired them whatever order the children finis
 
 `--foreground` (or `RALPH_MONITOR_HOOK_DEBUG=1`, which also shows the hook's complaints on
 stderr) keeps everything in the one process, as does a failed fork.
-"""
 
-from __future__ import annotations
+`--guard` (for PreToolUse and UserPromptSubmit) first asks the daemon whether the session is
+flagged stuck and, if so, prints `{"continue": false, "stopReason": ...}` so Claude Code stops
+(`agent.guard`); that one round trip, and the import it needs, is the only work done before
+the parent exits. Without `--guard` the hook prints nothing.
+"""
 
 import os
 import sys
 import time
-from collections.abc import Sequence
 
 MAX_STDIN_BYTES = 64 << 20
 FOREGROUND_OPTION = "--foreground"
+GUARD_OPTION = "--guard"
 DEBUG_ENV = "RALPH_MONITOR_HOOK_DEBUG"
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: list[str]) -> int:
     """Entry point of `ralph-monitor hook ARGS`; always returns 0 (the parent exits at once)."""
     called_ns = time.time_ns()
     stdin = sys.stdin
@@ -38,14 +41,32 @@ def main(argv: Sequence[str]) -> int:
     except (OSError, ValueError):
         raw = b""
     debug = bool(os.environ.get(DEBUG_ENV))
-    if FOREGROUND_OPTION not in argv and not debug and _detach():
+    guard = GUARD_OPTION in argv
+    argv = [a for a in argv if a != GUARD_OPTION]
+    if guard:
+        _guard(argv, raw)
+    if FOREGROUND_OPTION not in argv and not debug and detach():
         os._exit(0)  # the parent: Claude Code goes on now
     from ralph_monitor.agent.hook import run  # only here: the parent never pays for it
 
     return run([a for a in argv if a != FOREGROUND_OPTION], raw, called_ns=called_ns)
 
 
-def _detach() -> bool:
+def _guard(argv: list[str], raw: bytes) -> None:
+    """--guard: print the output that stops Claude Code if the session is flagged (never fails)."""
+    try:
+        from ralph_monitor.agent.guard import hook_verdict
+
+        verdict = hook_verdict(argv, raw)
+        if verdict is not None:
+            sys.stdout.buffer.write(verdict)
+            sys.stdout.flush()
+    except Exception as exc:  # noqa: BLE001 - the agent must go on whatever happens here
+        if os.environ.get(DEBUG_ENV):
+            print(f"ralph-monitor hook --guard: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def detach() -> bool:
     """Fork; True in the parent. The child leaves the agent's process group (a loop stopping
     the agent's group must not kill a delivery under way) and lets go of the agent's pipes."""
     try:

@@ -12,8 +12,13 @@ Around the runs: `session_started` (with the number of specs), `session_heartbea
 command runs, `timeout_triggered` when one runs past `--timeout` (it is then stopped: the
 signal to its process group, SIGKILL after `--kill-grace`), and `session_ended` with the
 summary. SIGINT / SIGTERM stop the command the same way and end the session as
-`interrupted`. The command sees RALPH_SESSION_ID, RALPH_SPEC_ID, RALPH_SPEC_FILE and
-RALPH_MONITOR_SOCKET, so the Claude Code hook files its events under the same spec.
+`interrupted`. With `--stop-on stuck` the wrapper asks the daemon (`session_flags`) before
+each spec and every few seconds during one; once the session is flagged by a loop-health rule
+it stops the command the same way and ends the session as `stuck`, with the reason. The
+command sees RALPH_SESSION_ID, RALPH_SPEC_ID, RALPH_SPEC_FILE and RALPH_MONITOR_SOCKET, so
+the Claude Code hook files its events under the same spec.
+Unless `--no-git`, each spec run's closing event also says what it changed in the git
+repository of the working directory (`data.git`, see `agent.gitstate`).
 """
 
 from __future__ import annotations
@@ -32,13 +37,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ralph_monitor.agent.client import SESSION_ENV, SOCKET_ENV, SPEC_ENV, Client, utc_now
+from ralph_monitor.agent import gitstate
+from ralph_monitor.agent.client import SESSION_ENV, SOCKET_ENV, SPEC_ENV, Client, session_flags, utc_now
+from ralph_monitor.agent.guard import flag_reason
 from ralph_monitor.agent.redact import Redactor
 from ralph_monitor.errors import ConfigError, RalphMonitorError
 
 SPEC_FILE_ENV = "RALPH_SPEC_FILE"
 EXIT_BUDGET_EXCEEDED = 3
 """Exit status when the loop stopped starting specs because its budget was spent."""
+EXIT_STUCK = 4
+"""Exit status when the loop stopped because the monitor flagged its session stuck."""
+STUCK_CHECK_S = 2.0
+"""How often a running spec asks whether the session was flagged (--stop-on stuck)."""
 CONFIG_ENV = "RALPH_MONITOR_CONFIG"
 CAPTURE_BYTES = 16 << 20
 """How much of a command's stdout is kept to find the result object (its tail)."""
@@ -208,9 +219,11 @@ class LoopRunner:
     def __init__(self, client: Client, command: Sequence[str], specs: Sequence[Spec] | None, *,
                  iterations: int = 1, name: str | None = None, session_id: str | None = None,
                  timeout_s: float = 0.0, heartbeat_s: float = 60.0, kill_grace_s: float = 10.0,
-                 stop_on_failure: bool = False, stdin_spec: bool = False, quiet: bool = False,
+                 stop_on_failure: bool = False, stop_on_stuck: bool = False, stdin_spec: bool = False,
+                 quiet: bool = False,
                  metadata: dict[str, Any] | None = None, max_cost_usd: float = 0.0, max_tokens: int = 0,
-                 redactor: Redactor | None = None, config_path: str | None = None) -> None:
+                 redactor: Redactor | None = None, config_path: str | None = None,
+                 git_dir: str | None = None) -> None:
         if not command:
             raise ConfigError("no command to run; put it after --, e.g. ralph-monitor loop --specs specs -- claude -p ...")
         self.client = client
@@ -224,6 +237,10 @@ class LoopRunner:
         self.heartbeat_s = heartbeat_s
         self.kill_grace_s = kill_grace_s
         self.stop_on_failure = stop_on_failure
+        self.stop_on_stuck = stop_on_stuck
+        self.stuck: str | None = None
+        """Why the monitor flagged the session, once the loop stopped for it (--stop-on stuck)."""
+        self._flags_unknown = False
         self.stdin_spec = stdin_spec
         self.quiet = quiet
         self.metadata = metadata or {}
@@ -234,6 +251,9 @@ class LoopRunner:
         self.redactor = redactor or Redactor()
         self.config_path = config_path
         """Exported to the command as RALPH_MONITOR_CONFIG, so its hook reads the same settings."""
+        self.git_dir = git_dir
+        """The directory whose repository each spec run's changes are read from (None: not read)."""
+        self._git_start: gitstate.Before | None = None
         self.counts = {"completed": 0, "failed": 0, "timeout": 0}
         self.tokens_used = 0
         self.cost_usd = 0.0
@@ -275,10 +295,10 @@ class LoopRunner:
                 self._emit("session_started", data=data)
             self._say(f"session {self.session_id}" + (f", {total} specs" if total is not None else ""))
             for spec in specs:
-                if self._signal is not None:
+                if self._signal is not None or self._check_stuck():
                     break
                 outcome = self.run_spec(spec)
-                if outcome.status == "interrupted":
+                if outcome.status == "interrupted" or self.stuck is not None:
                     break
                 if outcome.status != "completed" and self.stop_on_failure:
                     self._say(f"stopping after {spec.id} ({outcome.status}): --stop-on-failure")
@@ -292,6 +312,23 @@ class LoopRunner:
                 signal.signal(signum, handler)
         return self._finish(started)
 
+    def _check_stuck(self) -> bool:
+        """With --stop-on stuck: is the session flagged now? (Sets `stuck`; a daemon that cannot
+        be asked is said once and never stops the loop.)"""
+        if not self.stop_on_stuck or self.stuck is not None:
+            return self.stuck is not None
+        try:
+            reply = session_flags(self.client.socket_path, self.session_id, timeout_s=1.0)
+        except RalphMonitorError as exc:
+            if not self._flags_unknown:
+                self._say(f"warning: cannot ask whether the session is flagged ({exc}); going on")
+                self._flags_unknown = True
+            return False
+        if reply.get("flagged"):
+            self.stuck = flag_reason(reply)
+            self._say(f"stopping: {self.stuck} (--stop-on stuck)")
+        return self.stuck is not None
+
     def _budget_spent(self) -> str | None:
         """Why the budget is spent, or None while it is not."""
         if self.max_cost_usd and self.cost_usd > self.max_cost_usd:
@@ -303,7 +340,8 @@ class LoopRunner:
     def _finish(self, started: float) -> int:
         interrupted = self._signal is not None
         failed = self.counts["failed"] + self.counts["timeout"]
-        status = "interrupted" if interrupted else "budget_exceeded" if self.over_budget else "completed"
+        status = ("interrupted" if interrupted else "stuck" if self.stuck else
+                  "budget_exceeded" if self.over_budget else "completed")
         summary: dict[str, Any] = {
             "status": status, "specs_completed": self.counts["completed"], "specs_failed": failed,
             "specs_timed_out": self.counts["timeout"], "duration_s": round(time.monotonic() - started, 3)}
@@ -316,6 +354,8 @@ class LoopRunner:
             summary["signal"] = signal.Signals(self._signal).name
         if self.over_budget:
             summary["reason"] = self.over_budget
+        if self.stuck:
+            summary["reason"] = self.stuck
         if not self.joined:
             self._emit("session_ended", data=summary)
         self._say(f"{status}: {self.counts['completed']} completed, {failed} failed "
@@ -324,6 +364,8 @@ class LoopRunner:
         if interrupted:
             assert self._signal is not None
             return 128 + self._signal
+        if self.stuck:
+            return EXIT_STUCK
         if self.over_budget:
             return EXIT_BUDGET_EXCEEDED
         return 0 if failed == 0 else 1
@@ -345,6 +387,9 @@ class LoopRunner:
         start_data: dict[str, Any] = {"command": self.redactor.text(shlex.join(argv)[:1000])}
         if spec.file:
             start_data["spec_file"] = spec.file
+        self._git_start = gitstate.before(self.git_dir) if self.git_dir is not None else None
+        if self._git_start is not None:
+            start_data["git"] = self._git_start.as_data()
         if self.redactor.count:
             start_data["redactions"] = self.redactor.count
             self.redactor.count = 0
@@ -369,6 +414,7 @@ class LoopRunner:
         err.start()
         timed_out_at: str | None = None
         next_beat = started + self.heartbeat_s if self.heartbeat_s > 0 else None
+        next_flag_check = started + STUCK_CHECK_S
         while proc.poll() is None:
             try:
                 proc.wait(timeout=POLL_S)
@@ -384,6 +430,11 @@ class LoopRunner:
                 self._say(f"{spec.id}: no result after {self.timeout_s:g} s; stopping it")
                 self._stop(proc, signal.SIGTERM)
                 break
+            if self.stop_on_stuck and now >= next_flag_check:
+                next_flag_check = now + STUCK_CHECK_S
+                if self._check_stuck():
+                    self._stop(proc, signal.SIGTERM)
+                    break
             if next_beat is not None and now >= next_beat:
                 self._emit("session_heartbeat", spec_id=spec.id,
                            data={"spec_id": spec.id, "elapsed_s": round(now - started, 1), "pid": proc.pid})
@@ -400,6 +451,9 @@ class LoopRunner:
             data.update(result_fields(result, self.redactor))
         if self._signal is not None and timed_out_at is None:
             self._say(f"{spec.id}: interrupted ({signal.Signals(self._signal).name})")
+            return RunOutcome("interrupted", data)
+        if self.stuck is not None:
+            self._say(f"{spec.id}: stopped (the session is {self.stuck})")
             return RunOutcome("interrupted", data)
         if timed_out_at is not None:
             data["timeout_s"] = self.timeout_s
@@ -431,6 +485,8 @@ class LoopRunner:
         data = outcome.data
         if self.redactor.count:
             data["redactions"] = self.redactor.count
+        if self._git_start is not None:
+            data["git"] = gitstate.changes(self._git_start)
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         if isinstance(data.get("tokens_used"), int):
             self.tokens_used += data["tokens_used"]

@@ -78,6 +78,8 @@ def morning_report(store: ReadStore, settings: Settings, *, now: datetime, zone:
                  f"{c.decided} specs decided in {o.runs} spec runs ({c.sentence()}), "
                  f"{percent(c.success_rate)} success, {money(o.cost_usd)}, {o.tokens_used:,} tokens "
                  f"({window.since.astimezone(zone):%H:%M} to {window.until.astimezone(zone):%H:%M} {zone}).")
+    if night.changes:
+        lines.append(f"Changed in git: {night.git.text} ({night.git.runs} spec runs).")
     lines += _results("Still failing", night.still_failing, settings)
     lines += _results("Fixed on retry", night.fixed_on_retry, settings)
     lines += _results("Failed, being retried now", night.retrying, settings)

@@ -77,6 +77,24 @@ def stalled_sessions(rows: list[dict[str, Any]]) -> list[Condition]:
         r["id"], session_path(r["id"])) for r in rows]
 
 
+def stuck_sessions(rows: list[dict[str, Any]]) -> list[Condition]:
+    """Open loop-health episodes (rows of alert_stuck_sessions): one alert per session and rule,
+    resolved when the rule no longer holds (loop_recovered) or the session ends."""
+    found = []
+    for r in rows:
+        for finding in r["loop_findings"] if isinstance(r["loop_findings"], list) else []:
+            if not isinstance(finding, dict):
+                continue
+            rule = str(finding.get("rule"))
+            found.append(Condition(
+                "loop_stuck", f"session:{r['id']}:{rule}",
+                f"Loop stuck ({rule.replace('_', ' ')}): {_label(r['name'], r['id'])}",
+                f"{str(finding.get('summary'))[:500]}\nFirst seen {finding.get('first_at')}, last {finding.get('last_at')}. "
+                "Stop it with `ralph-monitor loop --stop-on stuck`, `ralph-monitor guard` or the hook's --guard.",
+                r["id"], session_path(r["id"], "loop-health")))
+    return found
+
+
 def failed_sessions(rows: list[dict[str, Any]]) -> list[Condition]:
     return [Condition(
         "session_failed", f"session:{r['id']}",

@@ -79,7 +79,7 @@ ASSETS = ("style.css", "app.js", "favicon.svg")
 ALERTS_WINDOW = timedelta(days=7)
 ALERTS_PER_PAGE = 200
 TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html", "alerts.html")
-ACTIVE_STATES = ("running", "stalled")
+ACTIVE_STATES = ("running", "stalled", "waiting_for_human", "paused_for_usage_limit")
 
 
 @dataclass
@@ -105,7 +105,7 @@ def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -
     by_spec: dict[str, list[str]] = {}
     for r in runs:
         by_spec.setdefault(r.spec_id, []).append(repr((r.attempt, r.start_time, r.end_time, r.status, r.tokens_used,
-                                                        r.cost_usd, r.error_message, session_name)))
+                                                        r.cost_usd, r.error_message, r.git, session_name)))
     return {spec: hashlib.sha1("|".join(rows).encode()).hexdigest() for spec, rows in by_spec.items()}
 
 
@@ -396,7 +396,7 @@ class SiteRenderer:
             runs=runs, more_runs=len(detail.spec_runs) - len(runs),
             timeline=detail.timeline, timeline_complete=complete,
             interventions=detail.interventions, gantt=charts.session_gantt(s, detail.spec_runs, detail.interventions),
-            spec_pages=spec_pages, diff=diff))
+            spec_pages=spec_pages, diff=diff, git=queries.GitTotals.of(detail.spec_runs)))
         out.write(f"api/sessions/{s.id}.json", dump_json(snapshot("session", None, {
             "session": s, "spec_runs": detail.spec_runs, "interventions": detail.interventions,
             "timeline_complete": complete,
@@ -519,6 +519,8 @@ class SiteRenderer:
         days = [today - timedelta(days=n) for n in range(DAYS_CHARTED - 1, -1, -1)]
         running = [s for s in status.active if s.execution_state == "running"]
         stalled = [s for s in status.active if s.execution_state == "stalled"]
+        waiting_sessions = [s for s in status.active if s.execution_state == "waiting_for_human"]
+        stuck = [s for s in status.active if s.loop_findings]
         live = live_numbers(status, night, compare, spend)
         charts_ = {
             "spend": charts.spend_per_day(spend.per_day, days),
@@ -527,7 +529,7 @@ class SiteRenderer:
         }
         html = self._page(
             "overview.html", "", title="Overview", now=now, generated_at=now, zone=str(zone), status=status,
-            running=running, stalled=stalled, night=night, compare=compare, spend=spend, top_failing=top_failing,
+            running=running, stalled=stalled, waiting_sessions=waiting_sessions, stuck=stuck, night=night, compare=compare, spend=spend, top_failing=top_failing,
             recent_failures=recent_failures, recent_sessions=recent_sessions, rejects=rejects, live=live,
             charts=charts_, stale_hosts=[h for h in status.hosts if (now - h.last_seen).total_seconds() > 60])
         status_snapshot = snapshot("status", now, {
@@ -535,7 +537,7 @@ class SiteRenderer:
             "active": status.active, "pending_interventions": status.pending_interventions,
             "night": {"since": night.window.since, "until": night.window.until, "sessions": night.sessions,
                       "outcomes": night.outcomes.as_json(), "still_failing": night.still_failing,
-                      "fixed_on_retry": night.fixed_on_retry, "retrying": night.retrying},
+                      "fixed_on_retry": night.fixed_on_retry, "retrying": night.retrying, "git": night.git},
             "week": {"this_week": {"since": compare.this_week.since, "until": compare.this_week.until,
                                    "outcomes": compare.current.as_json()},
                      "last_week": {"since": compare.last_week.since, "until": compare.last_week.until,
@@ -543,7 +545,7 @@ class SiteRenderer:
             "spend": {"today": spend.today.as_json(), "week": spend.week.as_json(),
                       "month": spend.month.as_json(), "per_day": spend.per_day},
             "top_failing_specs": top_failing, "recent_failures": recent_failures,
-            "recent_sessions": recent_sessions,
+            "recent_sessions": recent_sessions, "usage": status.usage,
             "monitor": {"hosts": status.hosts, "last_backup": status.last_backup, "last_prune": status.last_prune,
                         "rejects_last_24h": status.rejects_last_24h, "recent_rejects": rejects,
                         "reads": status.reads},

@@ -164,8 +164,23 @@ def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str,
                    f'<td data-label="Duration">{duration(r.duration_seconds)}</td>'
                    f'<td data-label="Tokens" class="n">{number(r.tokens_used)}</td>'
                    f'<td data-label="Cost" class="n">{money(r.cost_usd)}</td>'
+                   f'<td data-label="Changed"{commit_titles(r.git)}>{escape(r.changes) or "–"}</td>'
                    f'<td data-label="Error" class="msg">{error_html(r.error_message)}</td></tr>\n')
     return Markup("".join(out))
+
+
+COMMITS_IN_TITLE = 10
+
+
+def commit_titles(git: Any) -> str:
+    """A ` title="..."` attribute listing a run's commits (short hash and subject), or ""."""
+    commits = git.get("commits") if isinstance(git, dict) else None
+    if not commits:
+        return ""
+    lines = [f"{str(c.get('hash'))[:10]} {c.get('subject')}" for c in commits[:COMMITS_IN_TITLE]]
+    if len(commits) > COMMITS_IN_TITLE:
+        lines.append(f"and {len(commits) - COMMITS_IN_TITLE} more")
+    return f' title="{escape(chr(10).join(lines))}"'
 
 
 def number(value: int | float | None) -> str:

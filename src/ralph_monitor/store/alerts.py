@@ -132,6 +132,8 @@ class AlertStore:
                 "after_s": s.alerts_intervention_after_min * 60}).fetchall(), now)
         if s.alerts_on_stall:
             found += rules.stalled_sessions(conn.execute(resources.query("alert_stalled_sessions")).fetchall())
+        if s.alerts_on_stuck:
+            found += rules.stuck_sessions(conn.execute(resources.query("alert_stuck_sessions")).fetchall())
         if s.alerts_on_failure:
             found += rules.failed_sessions(conn.execute(resources.query("alert_failed_sessions")).fetchall())
         if s.budget_session_usd or s.budget_session_tokens:

@@ -197,8 +197,21 @@ class EventStore:
         """Commit events and rejects in one transaction; one outcome per event.
 
         Raises StoreUnavailable when the database cannot be reached or the commit's fate is
-        unknown; the caller then spools the batch (replay is idempotent by event_id).
+        unknown; the caller then spools the batch (replay is idempotent by event_id). A
+        connection that was open before this call may have died while idle (PostgreSQL
+        restarted): that one failure is answered by one new connection and one more attempt.
         """
+        reused = self.connected
+        try:
+            return await self._write_batch(events, rejects, excerpt_bytes=excerpt_bytes)
+        except StoreUnavailable as exc:
+            if not reused:
+                raise
+            log.info("%s; trying once more on a new connection", exc)
+            return await self._write_batch(events, rejects, excerpt_bytes=excerpt_bytes)
+
+    async def _write_batch(self, events: Sequence[Event], rejects: Sequence[Reject], *,
+                           excerpt_bytes: int) -> list[Outcome]:
         await self.connect()
         await self._ensure_partitions()
         assert self._conn is not None

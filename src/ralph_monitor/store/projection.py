@@ -7,17 +7,17 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ralph_monitor import resources
+from ralph_monitor import loop_health, resources
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreError, StoreUnavailable
-from ralph_monitor.projections import SESSION_TYPES, SessionEvent, SessionProjection
+from ralph_monitor.projections import ACTIVITY_TYPES, NOT_ACTIVITY, SESSION_TYPES, SessionEvent, SessionProjection
 from ralph_monitor.store.connect import conninfo, describe_error
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,11 @@ T = TypeVar("T")
 
 MAX_FAILURE_CHARS = 2000
 """Characters of a projection error kept in projection_failures."""
+ACTIVITY_WINDOW = timedelta(days=1)
+ACTIVITY_LIMIT = 100
+"""The recent hook events a projection reads (loop-health rules, waiting state): at most this many,
+of the last day before the session's last event."""
+Due = Callable[[uuid.UUID, SessionProjection], None]
 
 
 class ProjectionStore:
@@ -61,32 +66,42 @@ class ProjectionStore:
         except psycopg.Error as exc:
             raise StoreError(f"projection failed: {describe_error(exc)}") from exc
 
-    async def project_sessions(self, compute: Callable[..., SessionProjection], *, limit: int) -> int:
+    async def project_sessions(self, compute: Callable[..., SessionProjection], *, limit: int,
+                               projected: Due | None = None) -> int:
         """Recompute up to `limit` dirty sessions, each in its own short transaction; how many
         were recomputed (sessions another projector is working on are skipped, and a session
-        whose projection fails is recorded in projection_failures and skipped until its retry)."""
+        whose projection fails is recorded in projection_failures and skipped until its retry).
+        `projected` is told of each projection once committed (the projector records its
+        loop-health events)."""
         batch = await self._run(lambda conn: _fetch(conn, "dirty_sessions_batch", {"limit": limit}))
         done = 0
         for row in batch:
-            done += await self._project(row["session_id"], row["version"], compute)
+            done += await self._project(row["session_id"], row["version"], compute, projected)
         return done
 
     async def _project(self, session_id: uuid.UUID, version: int,
-                       compute: Callable[..., SessionProjection]) -> bool:
+                       compute: Callable[..., SessionProjection], projected: Due | None) -> bool:
         """One session in its own transaction. The database being away stops the pass (the
         caller retries); any other error is this session's alone: recorded, and the pass goes on."""
+
+        result: list[SessionProjection] = []
 
         async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
             if not await _try_lock(conn, f"session:{session_id}"):
                 return False
-            await _project_one(conn, session_id, compute)
+            projection = await _project_one(conn, session_id, compute, loop_health.thresholds(self._settings))
+            if projection is not None:
+                result.append(projection)
             params = {"session_id": session_id, "version": version}
             await conn.execute(resources.query("delete_dirty_session_version"), params)
             await conn.execute(resources.query("clear_projection_failure"), params)
             return True
 
         try:
-            return await self._run(work)
+            done = await self._run(work)
+            if projected is not None and result:
+                projected(session_id, result[0])
+            return done
         except StoreUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of one session must not stop the others
@@ -130,11 +145,24 @@ class ProjectionStore:
         await self._run(work)
 
     async def stalled_candidates(self, stall_after_s: float) -> list[tuple[uuid.UUID, datetime]]:
-        """Running sessions with no sign of life for longer than `stall_after_s`."""
+        """Running (or waiting) sessions with no sign of life for longer than `stall_after_s`."""
 
         async def work(conn: psycopg.AsyncConnection[Any]) -> list[tuple[uuid.UUID, datetime]]:
             cur = await conn.execute(resources.query("stalled_candidates"), {"stall_after_s": stall_after_s})
             return [(r["id"], r["last_event_at"]) for r in await cur.fetchall()]
+
+        return await self._run(work)
+
+    async def flagged_sessions(self) -> list[dict[str, Any]]:
+        """Sessions with open loop-health episodes, or ended as stuck (rows of flagged_sessions)."""
+        return await self._run(lambda conn: _fetch(conn, "flagged_sessions", {}))
+
+    async def usage_resets_due(self) -> list[tuple[uuid.UUID, datetime]]:
+        """Sessions paused for their usage limit whose window has reset by now."""
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> list[tuple[uuid.UUID, datetime]]:
+            cur = await conn.execute(resources.query("usage_resets_due"))
+            return [(r["id"], r["paused_until"]) for r in await cur.fetchall()]
 
         return await self._run(work)
 
@@ -170,31 +198,43 @@ async def _try_lock(conn: psycopg.AsyncConnection[Any], key: str) -> bool:
 
 
 async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
-                       compute: Callable[..., SessionProjection]) -> None:
+                       compute: Callable[..., SessionProjection],
+                       limits: loop_health.Thresholds) -> SessionProjection | None:
     params = {"session_id": session_id}
-    activity = await (await conn.execute(resources.query("session_activity"), params)).fetchone()
+    activity = await (await conn.execute(resources.query("session_activity"),
+                                         {**params, "not_activity": list(NOT_ACTIVITY)})).fetchone()
     if activity is None or activity["event_count"] == 0:
         # All its events were pruned: the aggregate goes with them.
         await conn.execute(resources.query("delete_session_aggregate"), params)
-        return
+        return None
     rows = await (await conn.execute(resources.query("session_events"),
                                      {**params, "types": list(SESSION_TYPES)})).fetchall()
     events = [SessionEvent(r["event_id"], r["event_type"], r["spec_id"], r["occurred_at"], r["host"],
                            r["data"] if isinstance(r["data"], dict) else {}) for r in rows]
-    projection = compute(session_id, events, event_count=activity["event_count"],
-                         last_event_at=activity["last_event_at"] or activity["last_any_at"])
-    values = {k: v for k, v in vars(projection).items() if k not in ("spec_runs", "interventions")}
+    last_event_at = activity["last_event_at"] or activity["last_any_at"]
+    recent = [] if any(e.event_type == "session_ended" for e in events) else await (await conn.execute(
+        resources.query("session_recent_activity"), {
+            **params, "types": list(ACTIVITY_TYPES), "since": last_event_at - ACTIVITY_WINDOW,
+            "until": last_event_at, "limit": ACTIVITY_LIMIT})).fetchall()   # an ended session is neither waiting nor checked
+    hooks = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"], r["tool_input"],
+                                  r["notification_type"]) for r in reversed(recent)]
+    projection = compute(session_id, events, event_count=activity["event_count"], last_event_at=last_event_at,
+                         last_active_at=activity["last_active_at"], activity=hooks, limits=limits)
+    values = {k: v for k, v in vars(projection).items() if k not in ("spec_runs", "interventions", "loop_due")}
     values["final_result"] = Jsonb(values["final_result"]) if values["final_result"] is not None else None
     values["metadata"] = Jsonb(values["metadata"] or {})
+    values["loop_findings"] = Jsonb(values["loop_findings"])
     await conn.execute(resources.query("upsert_session"), values)
     await conn.execute(resources.query("delete_session_spec_runs"), params)
     async with conn.cursor() as cur:
         if projection.spec_runs:
             await cur.executemany(resources.query("insert_spec_run"), [
                 {**vars(run), "session_id": session_id,
-                 "output_summary": Jsonb(run.output_summary) if run.output_summary is not None else None}
+                 "output_summary": Jsonb(run.output_summary) if run.output_summary is not None else None,
+                 "git": Jsonb(run.git) if run.git is not None else None}
                 for run in projection.spec_runs])
         await cur.execute(resources.query("delete_session_interventions"), params)
         if projection.interventions:
             await cur.executemany(resources.query("insert_intervention"), [
                 {**vars(i), "session_id": session_id} for i in projection.interventions])
+    return projection
