@@ -1,10 +1,18 @@
 #!/usr/bin/env python3
 """Query benchmark: every function of the query layer (src/ralph_monitor/queries.py) timed
-at 10x the design note's volume, against the design note's figures.
+at 10x the design note's volume (or --scale N: N times it), against the design note's figures.
 
-    python bench/queries.py [--scale 1.0] [--repeats 7] [--warmup 10] [--explain]
+    python bench/queries.py [--scale 10] [--repeats 7] [--warmup 10] [--explain] [--keep | --reuse DIR]
+    python bench/queries.py --scale 100 --keep        # 100x: ~20 min to build, ~15 GB under /tmp
+    python bench/queries.py --compare A.json B.json   # two runs' tables side by side (10x | 100x)
 
-Data (built with SQL on a private cluster under /tmp, then VACUUM ANALYZE), at --scale 1.0:
+--scale is a multiple of the design note's volume (365 sessions a year, 150,000 events kept
+over 30 days): 10 (the default) is what the design note calls 10x, 100 is 100x. The data grows
+with it (sessions a day, spec runs, events); the time spans stay (a year of sessions, 30 days
+of events), so a query over a window (last night, this week, the last 100 events) reads more
+rows only where the window itself holds more.
+
+Data (built with SQL on a private cluster under /tmp, then VACUUM ANALYZE), at --scale 10:
   sessions       ~3,650 over one year (10 a day, 1-10 h each, 20-80 specs each, ~5% failed,
                  the newest few still running), ~10% with an intervention request
   spec_runs      ~180,000 (85% completed, 11% failed, 4% timeout, 6% of runs a retry: attempt 2)
@@ -54,6 +62,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -84,14 +93,22 @@ from ralph_monitor.store import AlertStore, ReadStore, ensure_database, migrate,
 from ralph_monitor.store.projection import ACTIVITY_LIMIT, ACTIVITY_WINDOW  # noqa: E402
 
 DBNAME = "bench"
-SESSIONS_PER_YEAR = 3_650
-EVENTS = 1_500_000
+SESSIONS_PER_YEAR = 365
+"""The design note's volume (--scale 1); the default scale is 10."""
+EVENTS = 150_000
 EVENT_DAYS = 30
 HEARTBEAT_SHARE = 0.22
 """Share of all events that are heartbeats; the heartbeat interval is derived from it."""
 
 TARGETS = {"events": 10.0, "summary": 20.0, "compare": 50.0, "dashboard": 5.0, "alerts": 5.0, "loop": 5.0,
            "info": None}
+WINDOW_ROWS = ("recent_events limit 100", "recent_events --since 8h --type spec_failed", "sessions_since 7d",
+               "compare_weeks", "spend (today/week/month + 30 days)", "top_failing_specs 7d", "night_summary",
+               "event_counts 24h", "outcomes (one week)", "active_sessions", "pending_interventions",
+               "dashboard: sessions_changed_since 1 min", "dashboard: recent_failed_runs 10")
+"""Rows that read a window of time or the newest rows (last night, this week, the last 100
+events): --compare checks that each stays within WINDOW_GROWTH between two scales."""
+WINDOW_GROWTH = 1.5
 TARGET_NAMES = {"events": "last 100 events", "summary": "session summary",
                 "compare": "compare two sessions / weeks", "dashboard": "dashboard metrics",
                 "alerts": "one alert evaluation pass", "loop": "loop-health rules per pass", "info": "-"}
@@ -530,6 +547,13 @@ class Case:
             return "info"
         return "PASS" if self.median < self.target else "FAIL"
 
+    @property
+    def half(self) -> str:
+        """Against half the target (issue 17's headroom)."""
+        if self.error or self.target is None:
+            return "-"
+        return "ok" if self.median < self.target / 2 else "MISS"
+
 
 def size_of(result: Any) -> int:
     if isinstance(result, list):
@@ -762,23 +786,59 @@ def explain(dsn: str, case: Case, warmup: int) -> str:
 
 
 def print_table(todo: list[Case]) -> None:
+    if not todo:
+        return
     width = max(len(c.label) for c in todo)
-    print(f"{'query':<{width}} {'rows':>6} {'median':>8} {'p95':>8} {'target':>8}  verdict  other%  named queries")
+    print(f"{'query':<{width}} {'rows':>6} {'median':>8} {'p95':>8} {'target':>8}  verdict  half  other%  named queries")
     for c in todo:
         target = f"< {c.target:g}" if c.target else "-"
         if c.error:
-            print(f"{c.label:<{width}} {'':>6} {'':>8} {'':>8} {target:>8}  error            {c.error[:100]}")
+            print(f"{c.label:<{width}} {'':>6} {'':>8} {'':>8} {target:>8}  error                  {c.error[:100]}")
             continue
         names = ",".join(dict.fromkeys(n for n, _ in c.calls))
-        print(f"{c.label:<{width}} {c.rows:>6} {c.median:>8.2f} {c.p95:>8.2f} {target:>8}  {c.verdict:<7} "
+        print(f"{c.label:<{width}} {c.rows:>6} {c.median:>8.2f} {c.p95:>8.2f} {target:>8}  {c.verdict:<7} {c.half:<5} "
               f"{c.other_cpu:>6.0f}  {names}")
+
+
+def compare(first: Path, second: Path) -> int:
+    """Two runs' --json side by side (e.g. 10x and 100x): medians, their ratio, each row against
+    half its target at the first scale, and the window rows' growth (at most WINDOW_GROWTH)."""
+    a, b = (json.loads(p.read_text()) for p in (first, second))
+    scale_a, scale_b = (f"{rows[0]['scale']:g}" if rows and "scale" in rows[0] else "?" for rows in (a, b))
+
+    def key(label: str) -> str:  # "session_detail typical (5262 events)": the count differs by scale
+        return re.sub(r" \(\d+ events\)", "", label)
+
+    later = {key(r["label"]): r for r in b}
+    width = max(len(r["label"]) for r in a)
+    print(f"{'query':<{width}} {'target':>7} {'rows':>13} {f'{scale_a}x ms':>9} {f'{scale_b}x ms':>9} {'ratio':>6}  "
+          f"half@{scale_a}x  "
+          f"window  (load {a[0].get('load', '?') if a else '?'} | {b[0].get('load', '?') if b else '?'})")
+    bad = 0
+    for r in a:
+        other = later.get(key(r["label"]))
+        m1, m2 = r.get("median_ms"), other.get("median_ms") if other else None
+        target = f"< {r['target_ms']:g}" if r.get("target_ms") else "-"
+        half = "-" if not r.get("target_ms") or m1 is None else ("ok" if m1 < r["target_ms"] / 2 else "MISS")
+        ratio = m2 / m1 if m1 and m2 else None
+        window = "-"
+        if r["label"] in WINDOW_ROWS and ratio is not None:
+            window = "ok" if ratio <= WINDOW_GROWTH else "GREW"
+            bad += window == "GREW"
+        cells = [f"{m:>9.2f}" if m is not None else f"{'-':>9}" for m in (m1, m2)]
+        rows = f"{r.get('rows', '')}/{other.get('rows', '') if other else ''}"
+        print(f"{r['label']:<{width}} {target:>7} {rows:>13} {cells[0]} {cells[1]} "
+              f"{f'{ratio:.2f}' if ratio is not None else '-':>6}  {half:<9} {window}")
+    print(f"\nwindow rows grown more than {WINDOW_GROWTH}x: {bad}")
+    return 0
 
 
 # ---------------------------------------------------------------------------- main
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0, help="data volume, 1.0 = 10x the design note")
+    parser.add_argument("--scale", type=float, default=10.0,
+                        help="data volume as a multiple of the design note's: 10 (default) = 10x, 100 = 100x")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per query; default 7")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls first; default 10")
     parser.add_argument("--tz", default="UTC", help="reporting time zone for days and weeks; default UTC")
@@ -792,7 +852,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the cluster (see --reuse)")
     parser.add_argument("--reuse", metavar="DIR", help="run on a cluster kept by --keep, without rebuilding")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                        help="print two runs' --json side by side (e.g. --scale 10 and --scale 100) and exit")
     args = parser.parse_args()
+    if args.compare:
+        return compare(Path(args.compare[0]), Path(args.compare[1]))
 
     if args.reuse:
         root = Path(args.reuse)
@@ -822,7 +886,9 @@ def main() -> int:
                   + f" (heartbeat every {built['heartbeat_s']:.1f} s)", flush=True)
         n = counts(dsn)
         p = pick(dsn)
-        print(f"PostgreSQL {version}, {os.cpu_count()} cores; " + ", ".join(f"{k} {v:,}" for k, v in n.items())
+        scale = round(n["sessions"] / SESSIONS_PER_YEAR, 1)  # what the data is, whatever --scale said
+        print(f"scale {scale:g}x; PostgreSQL {version}, {os.cpu_count()} cores; "
+              + ", ".join(f"{k} {v:,}" for k, v in n.items())
               + f"; now = {p['now']:%Y-%m-%d %H:%M} UTC; total {time.monotonic() - started:.0f} s", flush=True)
         problems: list[str] = []
         if not exists:
@@ -861,7 +927,8 @@ def main() -> int:
                 "group": c.group, "label": c.label, "rows": c.rows, "error": c.error,
                 "median_ms": c.median if c.samples else None, "p95_ms": c.p95 if c.samples else None,
                 "target_ms": c.target, "verdict": c.verdict, "samples_ms": c.samples, "other_cpu_pct": c.other_cpu,
-                "queries": [n for n, _ in c.calls]} for c in todo], indent=1))
+                "queries": [n for n, _ in c.calls], "scale": scale, "half": c.half,
+                "load": " ".join(f"{x:.2f}" for x in os.getloadavg())} for c in todo], indent=1))
         return 1 if problems else 0
     finally:
         if not was_running:

@@ -2,7 +2,10 @@
 """Dashboard benchmark: a full rebuild and incremental regenerations of the static site at 10x
 the design note's volume, and the weight of the overview page.
 
-    python bench/render.py [--scale 1.0] [--fulls 3] [--rounds 5] [--nice -10] [--keep | --reuse DIR]
+    python bench/render.py [--scale 10] [--fulls 3] [--rounds 5] [--nice -10] [--keep | --reuse DIR]
+
+--scale: a multiple of the design note's volume, as in bench/queries.py (10, the default, is
+10x; 100 is 100x: ~36,500 sessions, ~1.8 M spec runs, 15 M events).
 
 Data: the query benchmark's generator (bench/queries.py: ~3,650 sessions over a year, ~180,000
 spec runs, 1.5 M events over 30 days, 5-minute buckets), on a private cluster under /tmp.
@@ -10,13 +13,17 @@ spec runs, 1.5 M events over 30 days, 5-minute buckets), on a private cluster un
 
 Measured, in this process, through the daemon's own code (SiteRenderer, the same class
 the daemon runs in a worker thread):
-  full rebuild     every session, spec and events page plus the overview and the JSON
+  full rebuild     every session page (of the sessions within the events retention window,
+                   30 days), spec, month and events page plus the overview and the JSON
                    snapshots, written into a new release and published; --fulls times, the
-                   first into an empty site dir; median (target < 10 s). A site this big
+                   first into an empty site dir, the others next to the published release (whose
+                   unchanged session and spec pages they link instead of rendering again, as the
+                   daemon's periodic and daily full rebuilds do); median (target < 5 s at 10x,
+                   < 30 s at 100x), and the first on its own. A site this big
                    spreads its session pages over helper processes (one per CPU, at most 4).
   incremental      after "a minute of typical events" for the running sessions, written with
                    the daemon's writer (EventStore: COPY + dirty queues) and projected with the
-                   daemon's projector code; only what changed is rendered (target < 300 ms).
+                   daemon's projector code; only what changed is rendered (target < 150 ms).
                    --rounds times; median and max. The minute: for each running session,
                    tool-level hook events (cc.PreToolUse / cc.PostToolUse with 200-600 byte
                    payloads) at the data's rate, heartbeats, and one spec ending and the next
@@ -61,8 +68,11 @@ from ralph_monitor.protocol import Origin, parse_line  # noqa: E402
 from ralph_monitor.store import EventStore, ProjectionStore, ensure_database, migrate  # noqa: E402
 
 DBNAME = "bench"
-FULL_TARGET_S = 10.0
-INCREMENTAL_TARGET_S = 0.300
+FULL_TARGET_S = {10: 5.0, 100: 30.0}
+"""Issue 17: a full rebuild under 5 s at 10x, under 30 s at 100x (the larger scale's for any other)."""
+INCREMENTAL_TARGET_S = 0.150
+SITE_TARGET_BYTES = 60e6
+"""At 10x: session pages only within the events window, so the site follows it, not a year of sessions."""
 PAGE_TARGET_BYTES = 150 * 1024
 ORIGIN = Origin("bench-host", 1000, 4242)
 
@@ -155,7 +165,8 @@ def weight(site_dir: Path) -> dict[str, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0, help="data volume, 1.0 = 10x the design note")
+    parser.add_argument("--scale", type=float, default=10.0,
+                        help="data volume as a multiple of the design note's: 10 (default) = 10x, 100 = 100x")
     parser.add_argument("--fulls", type=int, default=3, help="full rebuilds; default 3")
     parser.add_argument("--rounds", type=int, default=5, help="incremental regenerations; default 5")
     parser.add_argument("--nice", type=int, default=0,
@@ -192,7 +203,9 @@ def main() -> int:
         with psycopg.connect(dsn) as conn:
             data_now = conn.execute("SELECT now FROM bench_meta").fetchone()[0]
         n = generator.counts(dsn)
-        print(f"{os.cpu_count()} cores; " + ", ".join(f"{k} {v:,}" for k, v in n.items())
+        scale = round(n["sessions"] / generator.SESSIONS_PER_YEAR, 1)  # what the data is, whatever --scale said
+        full_target = FULL_TARGET_S[10] if scale <= 10 else FULL_TARGET_S[100]
+        print(f"scale {scale:g}x; {os.cpu_count()} cores; " + ", ".join(f"{k} {v:,}" for k, v in n.items())
               + f"; data now = {data_now:%Y-%m-%d %H:%M} UTC; setup {time.monotonic() - started:.0f} s", flush=True)
 
         settings = Settings(reports_timezone="UTC")
@@ -206,8 +219,10 @@ def main() -> int:
                 print(f"  full rebuild {i + 1}: {full.seconds:.2f} s — {full.sessions:,} sessions, {full.specs:,} specs, "
                       f"{full.pages:,} pages, {full.written:,} files", flush=True)
             full_median = statistics.median(fulls)
-            print(f"full rebuild: median {full_median:.2f} s, best {min(fulls):.2f} s  "
-                  f"[{'PASS' if full_median < FULL_TARGET_S else 'FAIL'}: target < {FULL_TARGET_S:g} s]", flush=True)
+            print(f"full rebuild: median {full_median:.2f} s, first (into an empty site) {fulls[0]:.2f} s, "
+                  f"best {min(fulls):.2f} s  "
+                  f"[{'PASS' if full_median < full_target else 'FAIL'}: target at {scale:g}x < {full_target:g} s]",
+                  flush=True)
             quiet = renderer.render(now=data_now)
             print(f"incremental, nothing changed: {quiet.seconds * 1000:.0f} ms "
                   f"({quiet.pages} pages rendered, {quiet.written} files changed)")
@@ -230,11 +245,14 @@ def main() -> int:
             print(f"overview page: {w['index_bytes'] / 1024:.1f} KB uncompressed, {w['index_gzip_bytes'] / 1024:.1f} KB "
                   f"gzipped  [{'PASS' if w['index_bytes'] < PAGE_TARGET_BYTES else 'FAIL'}: target < 150 KB]; "
                   f"api/status.json {w['status_json_bytes'] / 1024:.1f} KB ({w['status_json_gzip_bytes'] / 1024:.1f} KB "
-                  f"gzipped); whole site {w['files']:,} files, {w['site_bytes'] / 1e6:.1f} MB")
+                  f"gzipped); whole site {w['files']:,} files, {w['site_bytes'] / 1e6:.1f} MB"
+                  + (f"  [{'PASS' if w['site_bytes'] < SITE_TARGET_BYTES else 'FAIL'}: target at 10x < 60 MB]"
+                     if scale <= 10 else ""))
         finally:
             renderer.close()
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        ok = full_median < FULL_TARGET_S and median < INCREMENTAL_TARGET_S and w["index_bytes"] < PAGE_TARGET_BYTES
+        ok = (full_median < full_target and median < INCREMENTAL_TARGET_S and w["index_bytes"] < PAGE_TARGET_BYTES
+              and (scale > 10 or w["site_bytes"] < SITE_TARGET_BYTES))
         if args.json:
             Path(args.json).write_text(json.dumps({
                 "counts": n, "full_s": fulls, "full_median_s": full_median, "full_pages": full.pages,

@@ -291,9 +291,12 @@ ORDER BY s.start_time DESC
 LIMIT %(limit)s;
 
 -- name: sessions_of_month
--- The month as session_months computes it (a scan of all sessions: a few thousand rows a year).
+-- The month as session_months computes it; the range (a day wider on each side, whatever the
+-- offset) reads only that month's sessions from sessions_start_idx.
 SELECT s.*, NULL::text AS current_spec FROM sessions s
-WHERE date_trunc('month', s.start_time AT TIME ZONE %(tz)s)::date = %(month)s
+WHERE s.start_time >= (%(month)s::date - 1)::timestamp AT TIME ZONE %(tz)s
+  AND s.start_time < ((%(month)s::date + interval '1 month')::date + 1)::timestamp AT TIME ZONE %(tz)s
+  AND date_trunc('month', s.start_time AT TIME ZONE %(tz)s)::date = %(month)s
 ORDER BY s.start_time DESC;
 
 -- name: session_months
@@ -309,7 +312,11 @@ WHERE s.start_time < %(until)s AND coalesce(s.end_time, s.last_event_at) >= %(si
 ORDER BY s.start_time;
 
 -- name: session_ids_by_prefix
-SELECT id FROM sessions WHERE id::text LIKE %(prefix)s || '%%' ORDER BY id LIMIT 2;
+-- The ids between the prefix padded with 0s and with fs (the primary key's range: a year of
+-- sessions is not read), spelled with the prefix's dashes where it has some.
+SELECT id FROM sessions
+WHERE id >= %(low)s AND id <= %(high)s AND id::text LIKE %(prefix)s || '%%'
+ORDER BY id LIMIT 2;
 
 -- name: session
 SELECT s.*, NULL::text AS current_spec FROM sessions s WHERE s.id = %(session_id)s;
@@ -357,78 +364,104 @@ LIMIT %(limit)s;
 -- Specs with runs that failed or timed out since `since`: how many, and how their sessions
 -- decided them (spec_runs.outcome of the last attempt, outcomes.py). Specs still failing
 -- somewhere come first, then those that failed most often.
-SELECT spec_id,
-       count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failures,
-       count(*) AS runs,
-       count(*) FILTER (WHERE outcome = 'passed') AS passed,
-       count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
-       count(*) FILTER (WHERE outcome = 'failed') AS failed,
-       count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
-       max(end_time) FILTER (WHERE status IN ('failed', 'timeout')) AS last_failed_at,
-       (array_agg(error_message ORDER BY end_time DESC)
-            FILTER (WHERE status IN ('failed', 'timeout') AND error_message IS NOT NULL))[1] AS last_error
-FROM spec_runs
-WHERE end_time >= %(since)s
-GROUP BY spec_id
-HAVING count(*) FILTER (WHERE status IN ('failed', 'timeout')) > 0
-ORDER BY count(*) FILTER (WHERE outcome IN ('failed', 'timed_out')) DESC, failures DESC, last_failed_at DESC
-LIMIT %(limit)s;
-
--- name: run_outcomes_between
--- The specs decided in the window by outcome (their last attempt ended in it: outcomes.py), and
--- every run that ended in it (retries cost too).
-SELECT count(*) FILTER (WHERE outcome = 'passed') AS passed,
-       count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
-       count(*) FILTER (WHERE outcome = 'failed') AS failed,
-       count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
-       count(*) FILTER (WHERE outcome = 'interrupted') AS interrupted,
-       count(*) AS runs,
-       coalesce(sum(cost_usd), 0) AS cost_usd,
-       coalesce(sum(tokens_used), 0)::bigint AS tokens_used,
-       avg(duration_seconds) AS avg_duration_seconds
-FROM spec_runs
-WHERE end_time >= %(since)s AND end_time < %(until)s;
-
--- name: daily_runs
--- Per local day: the specs decided that day by outcome (outcomes.py) and the spec runs that
--- ended that day; the duration sums let spend() add whole days up into today, this week and
--- this month instead of scanning the month's runs again for each.
--- One index-only range scan per local day, from the instant that day starts to the next day's,
--- rather than converting every run's end_time to local time and sorting 15,000 runs by their
--- local day (bench/queries.py, 30 days: 9 ms -> 3 ms; the same rows in every time zone).
--- A day starts at local midnight; where the clocks go back across midnight, AT TIME ZONE reads
--- midnight as the later of the two instants, so the earlier one (midnight at the offset in
--- force three hours before) is taken when it still falls on that day.
-WITH bounds AS (
-    SELECT d::date AS day,
-           CASE WHEN e.t < c.t AND (e.t AT TIME ZONE %(tz)s)::date = d::date THEN e.t ELSE c.t END AS starts_at
-    FROM generate_series(date_trunc('day', %(since)s::timestamptz AT TIME ZONE %(tz)s),
-                         (%(until)s::timestamptz AT TIME ZONE %(tz)s) + interval '1 day', interval '1 day') AS d
-    CROSS JOIN LATERAL (SELECT d AT TIME ZONE %(tz)s AS t) AS c
-    CROSS JOIN LATERAL (SELECT c.t - interval '3 hours' AS t) AS before
-    CROSS JOIN LATERAL (SELECT (d - ((before.t AT TIME ZONE %(tz)s) - (before.t AT TIME ZONE 'UTC')))
-                                   AT TIME ZONE 'UTC' AS t) AS e
-), days AS (
-    SELECT day, greatest(starts_at, %(since)s) AS low,
-           least(lead(starts_at) OVER (ORDER BY day), %(until)s) AS high
-    FROM bounds
-)
-SELECT days.day, r.passed, r.fixed_on_retry, r.failed, r.timed_out, r.interrupted, r.runs, r.cost_usd,
-       r.tokens_used, r.duration_sum, r.duration_count
-FROM days CROSS JOIN LATERAL (
-    SELECT count(*) AS runs,
+-- Counted with a hash (no sort of the window's runs by spec, nor an ordered aggregate); the
+-- last error is then looked up for the few specs shown.
+WITH top AS (
+    SELECT spec_id,
+           count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failures,
+           count(*) AS runs,
            count(*) FILTER (WHERE outcome = 'passed') AS passed,
            count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
            count(*) FILTER (WHERE outcome = 'failed') AS failed,
            count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
-           count(*) FILTER (WHERE outcome = 'interrupted') AS interrupted,
-           coalesce(sum(cost_usd), 0) AS cost_usd,
-           coalesce(sum(tokens_used), 0)::bigint AS tokens_used,
-           sum(duration_seconds) AS duration_sum,
-           count(duration_seconds) AS duration_count
-    FROM spec_runs WHERE end_time >= days.low AND end_time < days.high) AS r
-WHERE r.runs > 0
-ORDER BY days.day;
+           max(end_time) FILTER (WHERE status IN ('failed', 'timeout')) AS last_failed_at
+    FROM spec_runs
+    WHERE end_time >= %(since)s
+    GROUP BY spec_id
+    HAVING count(*) FILTER (WHERE status IN ('failed', 'timeout')) > 0
+    ORDER BY count(*) FILTER (WHERE outcome IN ('failed', 'timed_out')) DESC, failures DESC, last_failed_at DESC
+    LIMIT %(limit)s
+)
+SELECT top.*, (SELECT r.error_message FROM spec_runs r
+               WHERE r.spec_id = top.spec_id AND r.end_time >= %(since)s AND r.status IN ('failed', 'timeout')
+                 AND r.error_message IS NOT NULL
+               ORDER BY r.end_time DESC LIMIT 1) AS last_error
+FROM top
+ORDER BY failed + timed_out DESC, failures DESC, last_failed_at DESC;
+
+-- name: run_outcomes_between
+-- The specs decided in the window by outcome (their last attempt ended in it: outcomes.py), and
+-- every run that ended in it (retries cost too): the window's whole quarter hours from
+-- spec_run_totals (migration 0010), the rest of it (before its first and after its last whole
+-- quarter hour, or all of a window shorter than that) from spec_runs. A week is ~700 rows
+-- whatever the volume.
+WITH w AS (
+    SELECT %(since)s::timestamptz AS low, %(until)s::timestamptz AS high,
+           date_bin('15 minutes', %(since)s::timestamptz - interval '1 microsecond',
+                    TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '15 minutes' AS a,
+           date_bin('15 minutes', %(until)s::timestamptz, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
+), q AS (
+    SELECT low, high, CASE WHEN a < b THEN a ELSE high END AS a, CASE WHEN a < b THEN b ELSE high END AS b FROM w
+), parts AS (
+    SELECT t.passed, t.fixed_on_retry, t.failed, t.timed_out, t.interrupted, t.runs, t.cost_usd, t.tokens_used,
+           t.duration_sum, t.duration_count
+    FROM q JOIN spec_run_totals t ON t.period_start >= q.a AND t.period_start < q.b
+    UNION ALL
+    SELECT (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
+           (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
+           coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
+    FROM q JOIN spec_runs r ON r.end_time >= q.low AND r.end_time < q.a AND q.low < q.a
+    UNION ALL
+    SELECT (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
+           (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
+           coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
+    FROM q JOIN spec_runs r ON r.end_time >= q.b AND r.end_time < q.high AND q.b < q.high
+)
+SELECT coalesce(sum(passed), 0)::bigint AS passed, coalesce(sum(fixed_on_retry), 0)::bigint AS fixed_on_retry,
+       coalesce(sum(failed), 0)::bigint AS failed, coalesce(sum(timed_out), 0)::bigint AS timed_out,
+       coalesce(sum(interrupted), 0)::bigint AS interrupted, coalesce(sum(runs), 0)::bigint AS runs,
+       coalesce(sum(cost_usd), 0) AS cost_usd, coalesce(sum(tokens_used), 0)::bigint AS tokens_used,
+       (sum(duration_sum) / nullif(sum(duration_count), 0))::double precision AS avg_duration_seconds
+FROM parts;
+
+-- name: daily_runs
+-- Per local day (queries._daily_rows gives each day's bounds, cut to the window): the specs
+-- decided that day by outcome (outcomes.py) and the spec runs that ended that day; the duration
+-- sums let spend() add whole days up into today, this week and this month. Each day's whole
+-- quarter hours come from spec_run_totals, what is left of it (the window's ends, a historical
+-- offset) from spec_runs, as run_outcomes_between does: ~3,000 rows for 30 days whatever the
+-- volume, and the same rows in every time zone.
+WITH w AS (
+    SELECT d.day, d.low, d.high,
+           date_bin('15 minutes', d.low - interval '1 microsecond', TIMESTAMPTZ '2000-01-01 00:00:00+00')
+               + interval '15 minutes' AS a,
+           date_bin('15 minutes', d.high, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
+    FROM unnest(%(days)s::date[], %(lows)s::timestamptz[], %(highs)s::timestamptz[]) AS d(day, low, high)
+), q AS (
+    SELECT day, low, high, CASE WHEN a < b THEN a ELSE high END AS a, CASE WHEN a < b THEN b ELSE high END AS b
+    FROM w
+), parts AS (
+    SELECT q.day, t.passed, t.fixed_on_retry, t.failed, t.timed_out, t.interrupted, t.runs, t.cost_usd,
+           t.tokens_used, t.duration_sum, t.duration_count
+    FROM q JOIN spec_run_totals t ON t.period_start >= q.a AND t.period_start < q.b
+    UNION ALL
+    SELECT q.day, (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
+           (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
+           coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
+    FROM (SELECT * FROM q WHERE low < a) AS q JOIN spec_runs r ON r.end_time >= q.low AND r.end_time < q.a
+    UNION ALL
+    SELECT q.day, (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
+           (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
+           coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
+    FROM (SELECT * FROM q WHERE b < high) AS q JOIN spec_runs r ON r.end_time >= q.b AND r.end_time < q.high
+)
+SELECT day, sum(passed)::bigint AS passed, sum(fixed_on_retry)::bigint AS fixed_on_retry,
+       sum(failed)::bigint AS failed, sum(timed_out)::bigint AS timed_out, sum(interrupted)::bigint AS interrupted,
+       sum(runs)::bigint AS runs, sum(cost_usd) AS cost_usd, sum(tokens_used)::bigint AS tokens_used,
+       sum(duration_sum)::double precision AS duration_sum, sum(duration_count)::bigint AS duration_count
+FROM parts
+GROUP BY day HAVING sum(runs) > 0
+ORDER BY day;
 
 -- name: event_counts_per_bucket
 SELECT bucket_time, sum(count)::bigint AS count FROM metric_buckets
@@ -567,6 +600,10 @@ DELETE FROM interventions WHERE session_id = ANY(%(ids)s::uuid[]) RETURNING row_
 -- name: prune_spec_runs_of
 DELETE FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(spec_runs)::text;
 
+-- name: prune_empty_spec_run_totals
+-- After prune_spec_runs_of (whose trigger took the totals' advisory lock in this transaction).
+DELETE FROM spec_run_totals WHERE runs = 0;
+
 -- name: prune_sessions_of
 DELETE FROM sessions WHERE id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(sessions)::text;
 
@@ -619,6 +656,16 @@ SELECT s.*, NULL::text AS current_spec FROM sessions s
 WHERE %(since)s::timestamptz IS NULL OR s.updated_at >= %(since)s
 ORDER BY s.start_time DESC;
 
+-- name: sessions_active_since
+-- Sessions whose activity ended at or after `since` (the dashboard's session pages: those whose
+-- events are kept), newest first; sessions_activity_end_idx reads only those.
+SELECT s.*, NULL::text AS current_spec FROM sessions s
+WHERE coalesce(s.end_time, s.last_event_at) >= %(since)s
+ORDER BY s.start_time DESC;
+
+-- name: session_ids_active_since
+SELECT s.id FROM sessions s WHERE coalesce(s.end_time, s.last_event_at) >= %(since)s;
+
 -- name: spec_runs_of_sessions
 SELECT * FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[])
 ORDER BY session_id, coalesce(start_time, end_time), spec_id, attempt;
@@ -656,21 +703,31 @@ SELECT DISTINCT spec_id FROM spec_runs ORDER BY spec_id;
 
 -- name: spec_histories
 -- Per spec: its newest `limit` runs, plus how many runs and failures it has in all, and how its
--- sessions decided it (outcome of each last attempt, outcomes.py).
-SELECT * FROM (
-    SELECT r.*, s.name AS session_name,
-           row_number() OVER (PARTITION BY r.spec_id ORDER BY coalesce(r.start_time, r.end_time) DESC, r.id DESC) AS n,
-           count(*) OVER (PARTITION BY r.spec_id) AS total_runs,
-           count(*) FILTER (WHERE r.status IN ('failed', 'timeout')) OVER (PARTITION BY r.spec_id) AS total_failures,
-           count(*) FILTER (WHERE r.outcome = 'passed') OVER (PARTITION BY r.spec_id) AS passed,
-           count(*) FILTER (WHERE r.outcome = 'fixed_on_retry') OVER (PARTITION BY r.spec_id) AS fixed_on_retry,
-           count(*) FILTER (WHERE r.outcome = 'failed') OVER (PARTITION BY r.spec_id) AS failed,
-           count(*) FILTER (WHERE r.outcome = 'timed_out') OVER (PARTITION BY r.spec_id) AS timed_out
-    FROM spec_runs r JOIN sessions s ON s.id = r.session_id
-    WHERE r.spec_id = ANY(%(spec_ids)s::text[])
+-- sessions decided it (outcome of each last attempt, outcomes.py). The totals are counted from
+-- spec_runs_spec_recent_idx alone, and only the newest runs are read whole (a spec of a busy
+-- year has thousands of runs).
+WITH totals AS (
+    SELECT spec_id, count(*) AS total_runs,
+           count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS total_failures,
+           count(*) FILTER (WHERE outcome = 'passed') AS passed,
+           count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
+           count(*) FILTER (WHERE outcome = 'failed') AS failed,
+           count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out
+    FROM spec_runs WHERE spec_id = ANY(%(spec_ids)s::text[])
+    GROUP BY spec_id
+)
+SELECT r.*, s.name AS session_name, h.n, t.total_runs, t.total_failures, t.passed, t.fixed_on_retry, t.failed,
+       t.timed_out
+FROM totals t
+CROSS JOIN LATERAL (
+    SELECT x.id, row_number() OVER (ORDER BY coalesce(x.start_time, x.end_time) DESC, x.id DESC) AS n
+    FROM spec_runs x WHERE x.spec_id = t.spec_id
+    ORDER BY coalesce(x.start_time, x.end_time) DESC, x.id DESC
+    LIMIT %(limit)s
 ) h
-WHERE n <= %(limit)s
-ORDER BY spec_id, n;
+JOIN spec_runs r ON r.id = h.id
+JOIN sessions s ON s.id = r.session_id
+ORDER BY t.spec_id, h.n;
 
 -- name: recent_failed_runs
 SELECT r.*, s.name AS session_name FROM spec_runs r JOIN sessions s ON s.id = r.session_id

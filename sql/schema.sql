@@ -22,6 +22,64 @@ BEGIN
     RETURN created;
 END
 $$;
+CREATE FUNCTION public.spec_run_totals_apply() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('spec_run_totals', 7262686));
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO spec_run_totals AS t
+        SELECT date_bin('15 minutes', end_time, TIMESTAMPTZ '2000-01-01 00:00:00+00'), count(*),
+               count(*) FILTER (WHERE outcome = 'passed'), count(*) FILTER (WHERE outcome = 'fixed_on_retry'),
+               count(*) FILTER (WHERE outcome = 'failed'), count(*) FILTER (WHERE outcome = 'timed_out'),
+               count(*) FILTER (WHERE outcome = 'interrupted'), coalesce(sum(cost_usd), 0),
+               coalesce(sum(tokens_used), 0), coalesce(sum(duration_seconds::numeric), 0), count(duration_seconds)
+        FROM new_runs WHERE end_time IS NOT NULL GROUP BY 1 ORDER BY 1
+        ON CONFLICT (period_start) DO UPDATE SET
+            runs = t.runs + EXCLUDED.runs, passed = t.passed + EXCLUDED.passed,
+            fixed_on_retry = t.fixed_on_retry + EXCLUDED.fixed_on_retry, failed = t.failed + EXCLUDED.failed,
+            timed_out = t.timed_out + EXCLUDED.timed_out, interrupted = t.interrupted + EXCLUDED.interrupted,
+            cost_usd = t.cost_usd + EXCLUDED.cost_usd, tokens_used = t.tokens_used + EXCLUDED.tokens_used,
+            duration_sum = t.duration_sum + EXCLUDED.duration_sum,
+            duration_count = t.duration_count + EXCLUDED.duration_count;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO spec_run_totals AS t
+        SELECT date_bin('15 minutes', end_time, TIMESTAMPTZ '2000-01-01 00:00:00+00'), -count(*),
+               -count(*) FILTER (WHERE outcome = 'passed'), -count(*) FILTER (WHERE outcome = 'fixed_on_retry'),
+               -count(*) FILTER (WHERE outcome = 'failed'), -count(*) FILTER (WHERE outcome = 'timed_out'),
+               -count(*) FILTER (WHERE outcome = 'interrupted'), -coalesce(sum(cost_usd), 0),
+               -coalesce(sum(tokens_used), 0), -coalesce(sum(duration_seconds::numeric), 0), -count(duration_seconds)
+        FROM old_runs WHERE end_time IS NOT NULL GROUP BY 1 ORDER BY 1
+        ON CONFLICT (period_start) DO UPDATE SET
+            runs = t.runs + EXCLUDED.runs, passed = t.passed + EXCLUDED.passed,
+            fixed_on_retry = t.fixed_on_retry + EXCLUDED.fixed_on_retry, failed = t.failed + EXCLUDED.failed,
+            timed_out = t.timed_out + EXCLUDED.timed_out, interrupted = t.interrupted + EXCLUDED.interrupted,
+            cost_usd = t.cost_usd + EXCLUDED.cost_usd, tokens_used = t.tokens_used + EXCLUDED.tokens_used,
+            duration_sum = t.duration_sum + EXCLUDED.duration_sum,
+            duration_count = t.duration_count + EXCLUDED.duration_count;
+    ELSE  -- UPDATE: the new rows' part minus the old rows', in one pass (one lock order)
+        INSERT INTO spec_run_totals AS t
+        SELECT date_bin('15 minutes', end_time, TIMESTAMPTZ '2000-01-01 00:00:00+00'), sum(sign),
+               coalesce(sum(sign) FILTER (WHERE outcome = 'passed'), 0),
+               coalesce(sum(sign) FILTER (WHERE outcome = 'fixed_on_retry'), 0),
+               coalesce(sum(sign) FILTER (WHERE outcome = 'failed'), 0),
+               coalesce(sum(sign) FILTER (WHERE outcome = 'timed_out'), 0),
+               coalesce(sum(sign) FILTER (WHERE outcome = 'interrupted'), 0), coalesce(sum(sign * cost_usd), 0),
+               coalesce(sum(sign * tokens_used), 0), coalesce(sum(sign * duration_seconds::numeric), 0),
+               coalesce(sum(sign) FILTER (WHERE duration_seconds IS NOT NULL), 0)
+        FROM (SELECT 1 AS sign, * FROM new_runs UNION ALL SELECT -1, * FROM old_runs) AS d
+        WHERE end_time IS NOT NULL GROUP BY 1 ORDER BY 1
+        ON CONFLICT (period_start) DO UPDATE SET
+            runs = t.runs + EXCLUDED.runs, passed = t.passed + EXCLUDED.passed,
+            fixed_on_retry = t.fixed_on_retry + EXCLUDED.fixed_on_retry, failed = t.failed + EXCLUDED.failed,
+            timed_out = t.timed_out + EXCLUDED.timed_out, interrupted = t.interrupted + EXCLUDED.interrupted,
+            cost_usd = t.cost_usd + EXCLUDED.cost_usd, tokens_used = t.tokens_used + EXCLUDED.tokens_used,
+            duration_sum = t.duration_sum + EXCLUDED.duration_sum,
+            duration_count = t.duration_count + EXCLUDED.duration_count;
+    END IF;
+    RETURN NULL;
+END
+$$;
 CREATE TABLE public.alert_messages (
     id bigint NOT NULL,
     alert_id bigint,
@@ -203,6 +261,20 @@ CREATE TABLE public.sessions (
     paused_until timestamp with time zone,
     CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text, 'budget_exceeded'::text, 'paused_for_usage_limit'::text, 'waiting_for_human'::text, 'stuck'::text])))
 );
+CREATE TABLE public.spec_run_totals (
+    period_start timestamp with time zone NOT NULL,
+    runs integer NOT NULL,
+    passed integer NOT NULL,
+    fixed_on_retry integer NOT NULL,
+    failed integer NOT NULL,
+    timed_out integer NOT NULL,
+    interrupted integer NOT NULL,
+    cost_usd numeric NOT NULL,
+    tokens_used bigint NOT NULL,
+    duration_sum numeric NOT NULL,
+    duration_count integer NOT NULL
+)
+WITH (fillfactor='50');
 CREATE TABLE public.spec_runs (
     id bigint NOT NULL,
     session_id uuid NOT NULL,
@@ -274,6 +346,8 @@ ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 ALTER TABLE ONLY public.sessions
     ADD CONSTRAINT sessions_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY public.spec_run_totals
+    ADD CONSTRAINT spec_run_totals_pkey PRIMARY KEY (period_start);
 ALTER TABLE ONLY public.spec_runs
     ADD CONSTRAINT spec_runs_attempt_key UNIQUE (session_id, spec_id, attempt);
 ALTER TABLE ONLY public.spec_runs
@@ -296,17 +370,24 @@ CREATE INDEX interventions_open_idx ON public.interventions USING btree (request
 CREATE INDEX interventions_session_idx ON public.interventions USING btree (session_id);
 CREATE INDEX rejects_received_at_idx ON public.rejects USING btree (received_at DESC);
 CREATE INDEX sessions_active_idx ON public.sessions USING btree (last_event_at) WHERE (execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'waiting_for_human'::text, 'paused_for_usage_limit'::text]));
+CREATE INDEX sessions_activity_end_idx ON public.sessions USING btree (COALESCE(end_time, last_event_at));
 CREATE INDEX sessions_name_start_idx ON public.sessions USING btree (name, start_time DESC);
 CREATE INDEX sessions_start_idx ON public.sessions USING btree (start_time DESC);
-CREATE INDEX spec_runs_end_idx ON public.spec_runs USING btree (end_time DESC) INCLUDE (status, outcome, tokens_used, cost_usd, duration_seconds) WHERE (end_time IS NOT NULL);
+CREATE INDEX sessions_updated_idx ON public.sessions USING btree (updated_at);
+CREATE INDEX spec_runs_end_idx ON public.spec_runs USING btree (end_time DESC) INCLUDE (status, outcome, tokens_used, cost_usd, duration_seconds, spec_id) WHERE (end_time IS NOT NULL);
 CREATE INDEX spec_runs_failed_idx ON public.spec_runs USING btree (end_time DESC) WHERE (status = ANY (ARRAY['failed'::text, 'timeout'::text]));
+CREATE INDEX spec_runs_spec_failed_idx ON public.spec_runs USING btree (spec_id, end_time DESC) WHERE (status = ANY (ARRAY['failed'::text, 'timeout'::text]));
 CREATE INDEX spec_runs_spec_idx ON public.spec_runs USING btree (spec_id, start_time DESC);
+CREATE INDEX spec_runs_spec_recent_idx ON public.spec_runs USING btree (spec_id, COALESCE(start_time, end_time) DESC, id DESC) INCLUDE (status, outcome);
 ALTER INDEX public.events_event_id_key ATTACH PARTITION public.events_default_event_id_occurred_at_key;
 ALTER INDEX public.events_type_occurred_at_idx ATTACH PARTITION public.events_default_event_type_occurred_at_idx;
 ALTER INDEX public.events_occurred_at_idx ATTACH PARTITION public.events_default_occurred_at_idx;
 ALTER INDEX public.events_pkey ATTACH PARTITION public.events_default_pkey;
 ALTER INDEX public.events_session_idx ATTACH PARTITION public.events_default_session_id_occurred_at_idx;
 ALTER INDEX public.events_spec_idx ATTACH PARTITION public.events_default_spec_id_occurred_at_idx;
+CREATE TRIGGER spec_run_totals_delete AFTER DELETE ON public.spec_runs REFERENCING OLD TABLE AS old_runs FOR EACH STATEMENT EXECUTE FUNCTION public.spec_run_totals_apply();
+CREATE TRIGGER spec_run_totals_insert AFTER INSERT ON public.spec_runs REFERENCING NEW TABLE AS new_runs FOR EACH STATEMENT EXECUTE FUNCTION public.spec_run_totals_apply();
+CREATE TRIGGER spec_run_totals_update AFTER UPDATE ON public.spec_runs REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs FOR EACH STATEMENT EXECUTE FUNCTION public.spec_run_totals_apply();
 ALTER TABLE ONLY public.alert_messages
     ADD CONSTRAINT alert_messages_alert_id_fkey FOREIGN KEY (alert_id) REFERENCES public.alerts(id) ON DELETE CASCADE;
 ALTER TABLE ONLY public.interventions

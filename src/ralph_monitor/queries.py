@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -452,7 +452,11 @@ def resolve_session(store: ReadStore, prefix: str) -> uuid.UUID:
     cleaned = prefix.strip().lower()
     if not cleaned or any(c not in "0123456789abcdef-" for c in cleaned):
         raise UnknownSession(f"{prefix!r} is not a session id (hex digits and dashes)")
-    rows = store.fetch("session_ids_by_prefix", {"prefix": cleaned})
+    digits = cleaned.replace("-", "")
+    if len(digits) > 32:
+        raise UnknownSession(f"no session id starts with {prefix!r}")
+    rows = store.fetch("session_ids_by_prefix", {"prefix": cleaned, "low": uuid.UUID(digits.ljust(32, "0")),
+                                                 "high": uuid.UUID(digits.ljust(32, "f"))})
     if not rows:
         raise UnknownSession(f"no session id starts with {prefix!r}")
     if len(rows) > 1:
@@ -547,6 +551,11 @@ def session_diff(store: ReadStore, first: uuid.UUID | None = None, second: uuid.
                                                           threshold_percent=threshold_percent))
 
 
+def previous_sessions(store: ReadStore, ids: list[uuid.UUID]) -> dict[uuid.UUID, SessionSummary]:
+    """For each of these sessions that has one, the previous run of its name."""
+    return {r.pop("of_id"): _session(r) for r in store.fetch("previous_sessions_of", {"ids": ids})} if ids else {}
+
+
 def diffs_against_previous(store: ReadStore, sessions: list[SessionSummary], *,
                            runs_of: Mapping[uuid.UUID, Sequence[RunLike]] | None = None,
                            threshold_percent: float = changes.THRESHOLD_PERCENT) -> dict[uuid.UUID, SessionDiff]:
@@ -592,7 +601,23 @@ def compare_weeks(store: ReadStore, now: datetime, zone: tzinfo) -> Comparison:
 
 
 def _daily_rows(store: ReadStore, window: Window, zone: tzinfo) -> list[dict[str, Any]]:
-    return store.fetch("daily_runs", {"since": window.since, "until": window.until, "tz": str(zone)})
+    """daily_runs for each local day of the window, cut to it. A day starts at local midnight
+    as _local_midnight has it (where the clocks go back across midnight, the earlier instant),
+    so the days add up to what `outcomes` counts over the same windows."""
+    since, until = window.since.astimezone(timezone.utc), window.until.astimezone(timezone.utc)
+    day, last = since.astimezone(zone).date(), until.astimezone(zone).date()
+    days: list[date] = []
+    lows: list[datetime] = []
+    highs: list[datetime] = []
+    while day <= last:
+        low = max(datetime.combine(day, time(0), tzinfo=zone).astimezone(timezone.utc), since)
+        high = min(datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone).astimezone(timezone.utc), until)
+        if low < high:
+            days.append(day)
+            lows.append(low)
+            highs.append(high)
+        day += timedelta(days=1)
+    return store.fetch("daily_runs", {"days": days, "lows": lows, "highs": highs}) if days else []
 
 
 def _daily(row: dict[str, Any]) -> DailyRuns:
@@ -637,20 +662,15 @@ def _in(window: Window, moment: datetime | None) -> bool:
 
 
 def night_summary(store: ReadStore, window: Window) -> NightSummary:
-    """Sessions active in the window, the specs decided in it (outcomes.py), what its runs cost,
-    and the specs that failed and are being tried again."""
+    """Sessions active in the window, the specs decided in it (outcomes.py), what its runs cost
+    (the window's totals, as `outcomes` adds them up), and the specs that failed and are being
+    tried again."""
     sessions = [_session(r) for r in store.fetch("sessions_overlapping", {"since": window.since, "until": window.until})]
     runs = _attempts(store, [s.id for s in sessions])
     results = spec_results(runs, {s.id: s.name for s in sessions})
     decided = [r for r in results if _in(window, r.ended_at)]
-    ended = [r for r in runs if _in(window, r.end_time)]
-    durations = [r.duration_seconds for r in ended if r.duration_seconds is not None]
     return NightSummary(
-        window=window, sessions=sessions,
-        outcomes=Outcomes(counts=Counts.tally(r.outcome for r in decided), runs=len(ended),
-                          cost_usd=sum((r.cost_usd or Decimal(0) for r in ended), Decimal(0)),
-                          tokens_used=sum(r.tokens_used or 0 for r in ended),
-                          avg_duration_seconds=sum(durations) / len(durations) if durations else None),
+        window=window, sessions=sessions, outcomes=outcomes(store, window),
         results=sorted(decided, key=lambda r: r.ended_at or window.until),
         retrying=[r for r in results if r.outcome == RUNNING and r.error is not None],
         changes=[SpecRunRow(**r) for r in store.fetch("git_runs_between", {"since": window.since,
@@ -729,6 +749,16 @@ def database_now(store: ReadStore) -> datetime:
 def sessions_changed_since(store: ReadStore, since: datetime | None) -> list[SessionSummary]:
     """Sessions whose aggregates were recomputed at or after `since` (all when None), newest first."""
     return [_session(r) for r in store.fetch("sessions_changed_since", {"since": since})]
+
+
+def sessions_active_since(store: ReadStore, since: datetime) -> list[SessionSummary]:
+    """Sessions whose activity (end, or last event while open) is at or after `since`, newest first."""
+    return [_session(r) for r in store.fetch("sessions_active_since", {"since": since})]
+
+
+def session_ids_active_since(store: ReadStore, since: datetime) -> set[uuid.UUID]:
+    """The ids of `sessions_active_since`."""
+    return {r["id"] for r in store.fetch("session_ids_active_since", {"since": since})}
 
 
 def session_details(store: ReadStore, sessions: list[SessionSummary], *, whole_timeline_max: int,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ralph_monitor import queries
+from ralph_monitor import queries, retention
 from ralph_monitor.config import load_settings, report_zone
 from ralph_monitor.dashboard import charts, worker
 from ralph_monitor.dashboard.publish import KEEP_RELEASES, RenderResult
@@ -560,7 +560,11 @@ def test_every_session_is_listed_month_by_month(daemon_factory: Any, tmp_path: P
         assert f'href="../sessions/{new}.html"' in (root / "sessions" / f"{this_month}.html").read_text()
         overview, _, _ = read_page(tmp_path, "index.html")
         assert 'href="sessions/index.html"' in overview
-        assert f'<a href="{old_month}.html">{long_ago:%B %Y}</a> › Session' in (root / "sessions" / f"{old}.html").read_text()
+        assert f'<a href="{this_month}.html">{now:%B %Y}</a> › Session' in (root / "sessions" / f"{new}.html").read_text()
+        # Seventy days ago is past the events retention window (30 days): listed, no page of its own.
+        assert not (root / "sessions" / f"{old}.html").exists() and f"{old}.html" not in old_page.read_text()
+        month_json = read_json(tmp_path, f"api/sessions/{old_month}.json")
+        assert [(s["id"], s["name"], s["page"]) for s in month_json["sessions"]] == [(old, "seventy days ago", False)]
         before = old_page.stat().st_mtime_ns
 
         send(d, session(newer, "just now", now - timedelta(minutes=1), 0.5))
@@ -572,3 +576,106 @@ def test_every_session_is_listed_month_by_month(daemon_factory: Any, tmp_path: P
         assert "$2.50" in read_page(tmp_path, "sessions/index.html")[0]
     finally:
         renderer.close()
+
+
+def test_session_pages_follow_the_events_retention_window(daemon_factory: Any, tmp_path: Path) -> None:
+    """A session whose events are past the retention window has no page and nothing links to
+    one (it is in its month's page and its spec's history); a session's page goes with its
+    events: the next render after they are pruned, an incremental one included, leaves it out."""
+    d = daemon_factory()
+    d.start()
+    now = datetime.now(timezone.utc)
+    old, recent, fresh = (str(uuid.uuid4()) for _ in range(3))
+
+    def session(sid: str, name: str, started: datetime) -> list[dict[str, Any]]:
+        return [{"type": "session_started", "session_id": sid, "ts": started.isoformat(), "data": {"name": name}},
+                {"type": "spec_started", "session_id": sid, "spec_id": "CR-07", "ts": started.isoformat()},
+                {"type": "spec_failed", "session_id": sid, "spec_id": "CR-07",
+                 "ts": (started + timedelta(minutes=5)).isoformat(), "data": {"error": "boom", "cost_usd": 0.5}},
+                {"type": "session_ended", "session_id": sid, "ts": (started + timedelta(minutes=6)).isoformat(),
+                 "data": {"status": "failed"}}]
+
+    send(d, session(old, "forty days ago", now - timedelta(days=40)) + session(recent, "ten days ago",
+         now - timedelta(days=10)) + session(fresh, "just now", now - timedelta(minutes=20)))
+    wait_until_settled(d.dsn)
+    d.stop()  # nothing changes the pages but what this test does
+    settings = load_settings(d.config_path)
+    renderer = SiteRenderer(settings, dsn=d.dsn, site_dir=tmp_path)
+    try:
+        result = renderer.render(full=True, now=now)
+        assert result.sessions == 2
+        root = (tmp_path / "current").resolve()
+
+        def pages() -> set[str]:
+            return {p.stem for p in (root / "sessions").glob("*.html")} & {old, recent, fresh}
+
+        def links_to(sid: str) -> list[str]:
+            return [p.relative_to(root).as_posix() for p in site_files(tmp_path)
+                    if p.suffix in (".html", ".json") and f"{sid}.html" in p.read_text()]
+
+        assert pages() == {recent, fresh} and links_to(old) == []
+        assert not (root / "api" / "sessions" / f"{old}.json").exists()
+        spec_page = (root / "specs" / "CR-07.html").read_text()
+        assert "forty days ago" in spec_page and f'href="../sessions/{recent}.html"' in spec_page
+        assert "forty days ago" in (root / "sessions" / f"{now - timedelta(days=40):%Y-%m}.html").read_text()
+        assert_every_link_resolves(tmp_path)
+
+        # 25 days later the ten-day-old session's events are pruned: its page goes, and its links.
+        later = now + timedelta(days=25)
+        report = retention.prune(settings, d.dsn, now=later)
+        assert not report.errors and report.removed["events"] >= 4
+        result = renderer.render(now=later)
+        assert result.full, "the window moved on: a new release"
+        root = (tmp_path / "current").resolve()
+        assert pages() == {fresh} and links_to(recent) == [] and links_to(old) == []
+        assert not (root / "api" / "sessions" / f"{recent}.json").exists()
+        assert_every_link_resolves(tmp_path)
+        quiet = renderer.render(now=later + timedelta(minutes=1))
+        assert not quiet.full and pages() == {fresh}
+    finally:
+        renderer.close()
+
+
+def assert_every_link_resolves(site: Path) -> None:
+    """Every href and src of the published site's pages names a file of the site."""
+    import re
+
+    root = (site / "current").resolve()
+    missing = set()
+    for path in site_files(site):
+        if path.suffix != ".html":
+            continue
+        for target in re.findall(r'(?:href|src)="([^"#]+)"', path.read_text()):
+            resolved = (path.parent / target).resolve()
+            if not resolved.is_file() or root not in resolved.parents:
+                missing.add((str(path.relative_to(root)), target))
+    assert not missing
+
+
+def test_a_full_rebuild_links_the_pages_that_did_not_change(calm_overnight: Daemon, tmp_path: Path) -> None:
+    """A second full rebuild takes unchanged session and spec pages over from the published
+    release (same inode) and gives byte for byte the site a fresh render gives; a session
+    whose aggregate changed is rendered again."""
+    calm_overnight.stop()
+    now = datetime.now(timezone.utc)
+    settings = load_settings(calm_overnight.config_path)
+    renderer = SiteRenderer(settings, dsn=calm_overnight.dsn, site_dir=tmp_path / "site")
+    try:
+        renderer.render(full=True, now=now)
+        first = (tmp_path / "site" / "current").resolve()
+        query(calm_overnight.dsn, "UPDATE sessions SET name = 'renamed batch', updated_at = now() WHERE id = %s "
+                                  "RETURNING id", (A,))
+        renderer.render(full=True, now=now)
+        second = (tmp_path / "site" / "current").resolve()
+        assert first != second
+        assert (first / f"sessions/{B}.html").stat().st_ino == (second / f"sessions/{B}.html").stat().st_ino
+        assert (first / "specs/CR-10.html").stat().st_ino == (second / "specs/CR-10.html").stat().st_ino
+        assert (first / f"sessions/{A}.html").stat().st_ino != (second / f"sessions/{A}.html").stat().st_ino
+        assert "renamed batch" in (second / f"sessions/{A}.html").read_text()
+    finally:
+        renderer.close()
+    render(calm_overnight, tmp_path / "fresh", full=True, now=now)
+    fresh = (tmp_path / "fresh" / "current").resolve()
+    mine = {p.relative_to(second).as_posix(): p.read_bytes() for p in second.rglob("*") if p.is_file()}
+    theirs = {p.relative_to(fresh).as_posix(): p.read_bytes() for p in fresh.rglob("*") if p.is_file()}
+    assert mine.keys() == theirs.keys() and [k for k in mine if mine[k] != theirs[k]] == []

@@ -70,3 +70,30 @@ def test_spend_periods_equal_one_scan_each(runs_over_70_days: str, zone_name: st
             series = queries.Window(queries._local_midnight(now - timedelta(days=29), zone), now)
             assert spend.per_day == queries.daily_runs(store, series, zone), now
             assert spend.month.counts.decided > 0
+
+
+SCANNED = """
+SELECT count(*) FILTER (WHERE outcome = 'passed') AS passed,
+       count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
+       count(*) FILTER (WHERE outcome = 'failed') AS failed, count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
+       count(*) FILTER (WHERE outcome = 'interrupted') AS interrupted, count(*) AS runs,
+       coalesce(sum(cost_usd), 0) AS cost_usd, coalesce(sum(tokens_used), 0)::bigint AS tokens_used,
+       avg(duration_seconds) AS avg_duration_seconds
+FROM spec_runs WHERE end_time >= %(since)s AND end_time < %(until)s
+"""
+
+
+def test_outcomes_added_up_from_the_totals_equal_a_scan_of_spec_runs(runs_over_70_days: str) -> None:
+    """Quarter hours from spec_run_totals plus the ragged ends from spec_runs: the same as
+    summing spec_runs over the window, for windows of any length starting anywhere."""
+    rng = random.Random(11)
+    end = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    with psycopg.connect(runs_over_70_days, row_factory=dict_row, autocommit=True) as conn:
+        store = ReadStore(conn)
+        for _ in range(60):
+            since = end - timedelta(seconds=rng.uniform(0, 75 * 86400))
+            since = rng.choice((since, since.replace(minute=15 * rng.randrange(4), second=0, microsecond=0)))
+            length = rng.choice((0, 1, 59, 900, 1799, 3600, 86400, 7 * 86400, rng.uniform(0, 40 * 86400)))
+            window = queries.Window(since, since + timedelta(seconds=length))
+            scanned = queries.Outcomes.of(conn.execute(SCANNED, {"since": window.since, "until": window.until}).fetchone())
+            assert_same(queries.outcomes(store, window), scanned)

@@ -112,11 +112,13 @@ def replace_file(path: Path, data: bytes) -> None:
 class FullRelease:
     """A new release directory, written file by file; published by flipping `current`."""
 
-    def __init__(self, site: SiteDir, name: str | None = None) -> None:
-        """A new release, or (`name`) one being written by another process too."""
+    def __init__(self, site: SiteDir, name: str | None = None, *, previous: Path | None = None) -> None:
+        """A new release, or (`name`) one being written by another process too; `previous`:
+        the published release, whose unchanged files `link` takes over."""
         # Names sort by age (microseconds), which prune() relies on.
         self.name = name or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%f}-{secrets.token_hex(2)}"
         self.root = site.releases / self.name
+        self.previous = previous
         self._site = site
         self._made: set[Path] = set()
         self._chmod = _needs_chmod()
@@ -131,6 +133,18 @@ class FullRelease:
 
     def has(self, relpath: str) -> bool:
         return (self.root / relpath).exists()
+
+    def link(self, relpaths: tuple[str, ...]) -> bool:
+        """Take these files over from the previous release (hard links: no release ever changes
+        a file in place), all or none; False when it lacks one."""
+        if self.previous is None or not all((self.previous / p).is_file() for p in relpaths):
+            return False
+        for relpath in relpaths:
+            path = self.root / relpath
+            _mkdirs(path.parent, self._made)
+            os.link(self.previous / relpath, path)
+            self.written += 1
+        return True
 
     def commit(self) -> None:
         self._site.flip(self.name)  # old releases are pruned after the render (SiteDir.prune)

@@ -3,7 +3,14 @@ through publish.py.
 
 Incremental: only the sessions whose aggregate changed since the previous render (by the
 database's clock, with an overlap for transactions in flight), the specs whose runs changed
-in them, the events pages and the overview are rendered. A full rebuild runs at start-up,
+in them, the events pages and the overview are rendered.
+
+The site follows the events retention window: a session has a page (timeline, events) only
+while its events are kept (its activity ended after the window's start, retention.Cutoffs);
+older sessions are listed in the month pages (sessions/YYYY-MM.html, api/sessions/YYYY-MM.json)
+and in their specs' history, and links go to a session page only where there is one. When the
+window moves on (once a UTC day), the next render is a full one, which leaves the pages of
+sessions that left it out of the new release. A full rebuild runs at start-up,
 every FULL_EVERY_S (service.py), and on `ralph-monitor render --full`; on a big site it
 spreads the session pages over helper processes (worker.py).
 """
@@ -18,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
-from datetime import datetime, time as dtime, timedelta, timezone
+from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,7 @@ from ralph_monitor.dashboard.views import (SCHEMA_VERSION, bounded_data, dump_js
 from ralph_monitor.errors import RalphMonitorError, RenderFailed
 from ralph_monitor.outcomes import Counts
 from ralph_monitor.resources import resource_dir
+from ralph_monitor.retention import Cutoffs
 from ralph_monitor.store import ReadStore, open_read_store
 from ralph_monitor.textfmt import money, percent
 
@@ -42,8 +50,9 @@ CHUNK = 200
 INCREMENTAL_MAX_SESSIONS = 300
 """An incremental render holds its pages in memory; with more changed sessions than this
 (e.g. after rebuild-aggregates) a full rebuild, which streams to disk, is cheaper anyway."""
-PARALLEL_MIN_SESSIONS = 400
-"""A full rebuild of at least this many sessions spreads them over several processes."""
+PARALLEL_MIN_SESSIONS = 100
+"""A full rebuild of at least this many sessions spreads them over several processes (a
+session page with its timeline takes ~15 ms: 100 of them are worth a helper's start-up)."""
 WHOLE_TIMELINE_MAX = 500
 """A session with at most this many events lists every one; bigger ones list all but
 heartbeats and tool-level hook events (which the CLI still lists)."""
@@ -52,6 +61,14 @@ SESSION_RUNS_LIMIT = 1000
 SPEC_RUNS_LIMIT = 100
 EVENTS_PER_PAGE = 100
 EVENT_TYPES_WINDOW = timedelta(days=7)
+LIST_REFRESH = timedelta(minutes=5)
+"""Lists that change with every minute of a busy night, which nobody reads minute by minute,
+are rewritten by incremental renders at most this often: a month's page (at once when one of
+its sessions starts or changes state) and the page of a busy event type (BUSY_TYPE_EVENTS)."""
+BUSY_TYPE_EVENTS = 1000
+"""An event type with at least this many events in EVENT_TYPES_WINDOW is busy (tool calls,
+heartbeats); a rarer one (failures, requests for a human) has its page rewritten at once."""
+NEVER = datetime.min.replace(tzinfo=timezone.utc)
 LATE_EVENTS = timedelta(hours=6)
 """An incremental render notices new events of a type only if they happened at most this long
 before the previous render; later ones (a long spool replay) wait for the next full rebuild,
@@ -77,6 +94,12 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
+def _kept(session: queries.SessionSummary, since: datetime) -> bool:
+    """Whether the session has a page: its activity ended at or after the window's start (as
+    queries.sessions_active_since selects them)."""
+    return (session.end_time or session.last_event_at) >= since
+
+
 def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -> dict[str, str]:
     """Per spec: a digest of what its page shows about these runs."""
     by_spec: dict[str, list[str]] = {}
@@ -95,13 +118,30 @@ class SiteRenderer:
         self.dsn = dsn
         self.site = SiteDir(site_dir or settings.site_dir)
         self.zone = report_zone(settings.reports_timezone)
-        self.env = template_environment()
+        self._pages: set[uuid.UUID] = set()
+        """Sessions that have a page in the release being rendered (their events are kept)."""
+        self._pages_since: datetime | None = None
+        """The start of the retention window the published release's session pages follow."""
+        self._window_start: datetime | None = None
+        """The same, for the render under way."""
+        self.env = template_environment(self._pages)
         self._stack: ExitStack | None = None
         self._store: ReadStore | None = None
         self.overlap = OVERLAP
         self._since: datetime | None = None
         self._event_types: list[str] = []
+        self._types_at: dict[str, datetime] = {}
+        """When each event type's page was last rewritten (by the render's clock)."""
+        self._listed: dict[uuid.UUID, str] = {}
+        """Each session's state as its month's page shows it."""
+        self._months_at: dict[date, datetime] = {}
+        """When each month's page was last rewritten (by the render's clock)."""
         self._alerts_digest = ""
+        self._digests: dict[str, str] = {}
+        """Session and spec pages of the published release: a digest of what each was rendered
+        from (its data, and which of the sessions it names have a page). A full rebuild links
+        a page whose digest did not change from the published release instead of rendering it
+        again; an incremental render leaves it alone."""
         self._active_runs: dict[uuid.UUID, dict[str, str]] = {}
         """Spec-run digests of sessions still going, to re-render only specs whose runs changed."""
         self._assets = self._load_assets()
@@ -139,6 +179,7 @@ class SiteRenderer:
                 result = self._render_locked(full=full, now=now, started=started)
         except BaseException:
             self.close()  # reconnect next time
+            self._digests.clear()  # what the published release holds is not known for sure now
             raise
         if self._store is not None and self._store.fallback:
             self.close()  # read from the primary for want of the replica: try the replica again next time
@@ -150,19 +191,34 @@ class SiteRenderer:
             full = True
         if not full and self._since is None:  # a new process: continue from the last render's state
             state = self.site.read_state()
-            if published is not None and state.get("release") == published.name and state.get("since"):
+            if (published is not None and state.get("release") == published.name and state.get("since")
+                    and state.get("pages_since")):
                 self._since = datetime.fromisoformat(state["since"])
+                self._pages_since = datetime.fromisoformat(state["pages_since"])
             else:
                 full = True
         store = self._connect()
         db_now = queries.database_now(store)
         now = now or datetime.now(timezone.utc)
-        changed = queries.sessions_changed_since(store, None if full else self._since)
-        if len(changed) > INCREMENTAL_MAX_SESSIONS:
-            full = True  # e.g. after rebuild-aggregates: stream to a new release, not via memory
-            changed = queries.sessions_changed_since(store, None)
-        out: FullRelease | IncrementalRelease = (FullRelease(self.site) if full or published is None
-                                                 else IncrementalRelease(self.site, published))
+        pages_since = Cutoffs.at(self.settings, now).events
+        if pages_since != self._pages_since:
+            full = True  # the window moved on: a new release without the pages of sessions that left it
+        if full:
+            changed = queries.sessions_active_since(store, pages_since)
+        else:
+            changed = [s for s in queries.sessions_changed_since(store, self._since) if _kept(s, pages_since)]
+            if len(changed) > INCREMENTAL_MAX_SESSIONS:
+                full = True  # e.g. after rebuild-aggregates: stream to a new release, not via memory
+                changed = queries.sessions_active_since(store, pages_since)
+        self._window_start = pages_since
+        self._pages.clear()
+        if full:
+            self._pages.update(s.id for s in changed)
+        else:
+            self._pages.update(queries.session_ids_active_since(store, pages_since))
+        out: FullRelease | IncrementalRelease = (
+            FullRelease(self.site, previous=published) if full or published is None
+            else IncrementalRelease(self.site, published))
         count = _Counter()
         try:
             self._render_all(store, out, count, changed, full=full, now=now)
@@ -172,9 +228,11 @@ class SiteRenderer:
             raise
         release = out.name if isinstance(out, FullRelease) else published.name  # type: ignore[union-attr]
         self._since = db_now - self.overlap
+        self._pages_since = pages_since
         seconds = time.monotonic() - started
         state = self.site.read_state()
         state.update({"version": SCHEMA_VERSION, "release": release, "since": self._since.isoformat(),
+                      "pages_since": pages_since.isoformat(),
                       "last_render_at": iso(now), "last_render_seconds": round(seconds, 3),
                       "last_render_full": full, "last_error": None})
         if full:
@@ -198,8 +256,9 @@ class SiteRenderer:
         for path, data in self._assets.values():
             if full or not out.has(path):
                 out.write(path, data)
-        if full:
-            self._active_runs.clear()
+        if full:  # a linked (unchanged) session page keeps its runs' digests from before
+            active = {s.id for s in changed if s.execution_state in ACTIVE_STATES}
+            self._active_runs = {i: runs for i, runs in self._active_runs.items() if i in active}
         helpers = worker.processes() - 1 if full and len(changed) >= PARALLEL_MIN_SESSIONS else 0
         with ExitStack() as stack:
             pending = []
@@ -212,7 +271,9 @@ class SiteRenderer:
                 for i, session in enumerate(changed):
                     shares[pattern[i % len(pattern)]].append(session)
                 pending = [worker.start_share(stack, self.site, type(self).render_share,
-                                              (self.settings, self.dsn, self.site.path, out.name, share))
+                                              (self.settings, self.dsn, self.site.path, out.name, share,
+                                               set(self._pages), self._window_start, out.previous,
+                                               self._digests_of(share)))
                            for share in shares[1:]]
                 changed = shares[0]
             spec_todo = self._render_sessions(store, out, count, changed, full=full)
@@ -224,26 +285,34 @@ class SiteRenderer:
                     count.pages += 2
             count.pages += self._events_pages(store, out, now, full=full)
             count.pages += self._alerts_page(store, out, now, full=full)
-            count.pages += self._archive_pages(store, out, changed, full=full)
+            count.pages += self._archive_pages(store, out, changed, now, full=full)
             count.pages += self._overview(store, out, now)
             for helper in pending:
-                sessions, active_runs = worker.finish_share(helper)
+                sessions, active_runs, digests = worker.finish_share(helper)
                 count.sessions += sessions
                 count.pages += 2 * sessions
                 out.written += 2 * sessions
                 self._active_runs.update(active_runs)
+                self._digests.update(digests)
 
     @classmethod
     def render_share(cls, settings: Settings, dsn: str | None, site_dir: Path, release: str,
-                     sessions: list[queries.SessionSummary]) -> tuple[int, dict[uuid.UUID, dict[str, str]]]:
+                     sessions: list[queries.SessionSummary], pages: set[uuid.UUID], window_start: datetime,
+                     previous: Path | None,
+                     digests: dict[str, str]) -> tuple[int, dict[uuid.UUID, dict[str, str]], dict[str, str]]:
         """In a helper process (worker.start_share): the pages of `sessions`, written into the
-        release being built; how many, and the spec-run digests of those still going."""
+        release being built (`pages`: the sessions that have one, for links; unchanged ones
+        linked from `previous` by their `digests`); how many, the spec-run digests of those
+        still going, and the pages' digests."""
         renderer = cls(settings, dsn=dsn, site_dir=site_dir)
+        renderer._pages.update(pages)
+        renderer._window_start = window_start
+        renderer._digests.update(digests)
         try:
             count = _Counter()
-            renderer._render_sessions(renderer._connect(), FullRelease(renderer.site, release), count, sessions,
-                                      full=True)
-            return count.sessions, renderer._active_runs
+            renderer._render_sessions(renderer._connect(), FullRelease(renderer.site, release, previous=previous),
+                                      count, sessions, full=True)
+            return count.sessions, renderer._active_runs, renderer._digests_of(sessions)
         finally:
             renderer.close()
 
@@ -252,11 +321,25 @@ class SiteRenderer:
         """Session pages; the specs whose runs changed in them (incremental renders)."""
         spec_todo: set[str] = set()
         for chunk in _chunks(sessions, CHUNK):
-            details = queries.session_details(store, chunk, whole_timeline_max=WHOLE_TIMELINE_MAX,
+            previous = queries.previous_sessions(store, [s.id for s in chunk])
+            digests = {s.id: self._session_digest(s, previous.get(s.id)) for s in chunk}
+            todo = []
+            for s in chunk:
+                relpaths = (f"sessions/{s.id}.html", f"api/sessions/{s.id}.json")
+                if self._digests.get(relpaths[0]) == digests[s.id] and (
+                        isinstance(out, IncrementalRelease) or out.link(relpaths)):
+                    count.sessions += 1
+                    count.pages += 2
+                else:
+                    todo.append(s)
+            if not todo:
+                continue
+            details = queries.session_details(store, todo, whole_timeline_max=WHOLE_TIMELINE_MAX,
                                               timeline_limit=TIMELINE_LIMIT)
-            diffs = queries.diffs_against_previous(store, chunk, runs_of={i: d.spec_runs for i, d in details.items()})
+            diffs = queries.diffs_against_previous(store, todo, runs_of={i: d.spec_runs for i, d in details.items()})
             for detail in details.values():
                 self._session_pages(out, detail, diffs.get(detail.session.id))
+                self._digests[f"sessions/{detail.session.id}.html"] = digests[detail.session.id]
                 count.sessions += 1
                 count.pages += 2
                 if not full:
@@ -264,6 +347,31 @@ class SiteRenderer:
                 elif detail.session.execution_state in ACTIVE_STATES:
                     self._active_runs[detail.session.id] = _run_fingerprint(detail.spec_runs, detail.session.name)
         return spec_todo
+
+    def _digests_of(self, sessions: list[queries.SessionSummary]) -> dict[str, str]:
+        paths = {f"sessions/{s.id}.html" for s in sessions}
+        return {p: d for p, d in self._digests.items() if p in paths}
+
+    def _session_digest(self, session: queries.SessionSummary, baseline: queries.SessionSummary | None) -> str:
+        """What a session page is rendered from, in short: the session's aggregate (recomputed,
+        with a new updated_at, whenever one of its events arrives), its baseline's, whether the
+        baseline has a page, and, for a session that began before the events window, the
+        window (its first events go with the window's start)."""
+        early = self._window_start is not None and session.start_time < self._window_start
+        source = repr((session, baseline and (baseline.id, baseline.updated_at, baseline.id in self._pages),
+                       self._window_start if early else None))
+        return hashlib.sha1(source.encode()).hexdigest()
+
+    def _unchanged(self, out: FullRelease | IncrementalRelease, relpaths: tuple[str, ...], source: str) -> bool:
+        """Whether the published release has these pages from the same `source` (the repr of
+        what they are rendered from): a full rebuild links them, an incremental render keeps
+        them. Otherwise the caller renders them, and their digest is noted now."""
+        digest = hashlib.sha1(source.encode()).hexdigest()
+        if self._digests.get(relpaths[0]) == digest:
+            if isinstance(out, IncrementalRelease) or out.link(relpaths):
+                return True
+        self._digests[relpaths[0]] = digest
+        return False
 
     def _changed_specs(self, detail: queries.SessionDetail) -> set[str]:
         session = detail.session
@@ -296,28 +404,44 @@ class SiteRenderer:
         })))
 
     def _archive_pages(self, store: ReadStore, out: FullRelease | IncrementalRelease,
-                       changed: list[queries.SessionSummary], *, full: bool) -> int:
+                       changed: list[queries.SessionSummary], now: datetime, *, full: bool) -> int:
         """sessions/index.html (every month, with totals) and a page per local month listing
-        its sessions: every month in a full render, else those the changed sessions started in.
-        (A session whose start moves to another month leaves the old page at the next full one.)"""
-        if not (full or changed):
+        its sessions: every month in a full render, else those the changed sessions started in,
+        when one of them is new to its page or changed state, or LIST_REFRESH after the page
+        was last written. (A session whose start moves to another month leaves the old page at
+        the next full one.)"""
+        if full:
+            self._listed.clear()
+            self._months_at.clear()
+        todo_months = set()
+        for s in changed:
+            month = s.start_time.astimezone(self.zone).date().replace(day=1)
+            if self._listed.get(s.id) != s.execution_state or now - self._months_at.get(month, NEVER) >= LIST_REFRESH:
+                todo_months.add(month)
+        if not (full or todo_months):
             return 0
         months = queries.session_months(store, self.zone)
-        if full:
-            todo = [m.month for m in months]
-        else:
-            todo = sorted({s.start_time.astimezone(self.zone).date().replace(day=1) for s in changed})
+        todo = [m.month for m in months] if full else sorted(todo_months)
         zone = str(self.zone)
         out.write("sessions/index.html", self._page(
             "archive.html", "../", title="Sessions", month=None, months=months, sessions=[], zone=zone))
         for month in todo:
+            sessions = queries.sessions_of_month(store, month, self.zone)
+            self._listed.update((s.id, s.execution_state) for s in sessions)
+            self._months_at[month] = now
             out.write(f"sessions/{month:%Y-%m}.html", self._page(
                 "archive.html", "../", title=f"Sessions of {month:%B %Y}", month=month, months=months,
-                sessions=queries.sessions_of_month(store, month, self.zone), zone=zone))
-        return 1 + len(todo)
+                sessions=sessions, zone=zone))
+            out.write(f"api/sessions/{month:%Y-%m}.json", dump_json(snapshot("sessions_of_month", None, {
+                "month": month, "timezone": zone, "sessions": [
+                    {**fields(s), "page": s.id in self._pages} for s in sessions]})))
+        return 1 + 2 * len(todo)
 
     def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
         name = page_name(history.spec_id)
+        if self._unchanged(out, (f"specs/{name}.html", f"api/specs/{name}.json"),
+                           repr((history, [r.session_id in self._pages for r in history.runs]))):
+            return
         durations = [r.duration_seconds for r in history.runs if r.status != "running" and r.duration_seconds is not None]
         stats = {
             "recent": Counts.tally(r.outcome for r in history.runs),
@@ -340,8 +464,10 @@ class SiteRenderer:
             todo = names
         else:
             fresh = queries.event_types_created_since(store, self._since, happened_after=self._since - LATE_EVENTS)
-            todo = [t for t in names if t in fresh]
+            todo = [t for t, n in types if t in fresh
+                    and (n < BUSY_TYPE_EVENTS or now - self._types_at.get(t, NEVER) >= LIST_REFRESH)]
         self._event_types = names
+        self._types_at.update((t, now) for t in todo)
         pages = 0
         for event_type in [None, *todo]:
             events = queries.recent_events(store, event_type=event_type, limit=EVENTS_PER_PAGE)

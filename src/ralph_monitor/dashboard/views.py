@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Container
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -91,8 +92,12 @@ def spec_link(root: str, spec_id: str) -> Markup:
                   f"{breakable(shorten(spec_id, 48))}</a>")
 
 
-def session_link(root: str, session_id: uuid.UUID, name: str | None) -> Markup:
+def session_link(root: str, session_id: uuid.UUID, name: str | None, pages: Container[uuid.UUID] | None = None) -> Markup:
+    """A link to the session's page; only its name where it has none (`pages`: the sessions that
+    have one, those whose events are kept; older ones are in the month pages)."""
     label = escape(shorten(name or str(session_id)[:8], 48))
+    if pages is not None and session_id not in pages:
+        return Markup(f'<span class="session" title="{session_id}">{label}</span>')
     return Markup(f'<a href="{root}sessions/{session_id}.html">{label}</a>')
 
 
@@ -126,16 +131,22 @@ def run_anchor(spec_id: str, attempt: int) -> str:
     return f"run-{page_name(spec_id)}-{attempt}"
 
 
-def run_href(root: str, session_id: uuid.UUID, spec_id: str, attempt: int) -> str:
+def run_href(root: str, session_id: uuid.UUID, spec_id: str, attempt: int,
+             pages: Container[uuid.UUID] | None = None) -> str:
+    """The run's row on its session's page; the spec's page where the session has none (`pages`)."""
+    if pages is not None and session_id not in pages:
+        return f"{root}specs/{escape(page_name(spec_id))}.html#run-{session_id}-{attempt}"
     return f"{root}sessions/{session_id}.html#{run_anchor(spec_id, attempt)}"
 
 
-def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str) -> Markup:
+def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str,
+             pages: Container[uuid.UUID] | None = None) -> Markup:
     """The <tr> rows of a table of spec runs: of one session (`by="session"`: the spec is the
     link, the row's id is run_anchor) or of one spec (`by="spec"`: the session is, and the row's
     id is `run-<session id>-<attempt>`). A full rebuild renders ~200,000 of these, so this is
     plain Python rather than a template loop (5-10x faster); agent text is escaped. Each cell
-    carries its column's name (data-label), which the phone layout shows beside the value."""
+    carries its column's name (data-label), which the phone layout shows beside the value.
+    `pages`: the sessions that have a page (session_link)."""
     out = []
     for r in runs:
         status, started = status_badge(r.status, r.outcome), when(r.start_time or r.end_time)
@@ -147,7 +158,7 @@ def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str) -> Markup:
         else:
             anchor = f"run-{r.session_id}-{r.attempt}"
             lead = (f'<td data-label="Started">{started}</td>'
-                    f'<td data-label="Session" class="lead">{session_link(root, r.session_id, r.session_name)}</td>'
+                    f'<td data-label="Session" class="lead">{session_link(root, r.session_id, r.session_name, pages)}</td>'
                     f'<td data-label="Attempt" class="n">{r.attempt}</td><td data-label="Outcome">{status}</td>')
         out.append(f'<tr id="{anchor}"{row_class(r.status, r.outcome)}>{lead}'
                    f'<td data-label="Duration">{duration(r.duration_seconds)}</td>'
@@ -186,8 +197,9 @@ def data_summary(data: Any, width: int = 160) -> str:
     return shorten(text, width)
 
 
-def template_environment() -> jinja2.Environment:
-    """The Jinja environment of site_templates/, with these helpers as filters and globals."""
+def template_environment(pages: Container[uuid.UUID] | None = None) -> jinja2.Environment:
+    """The Jinja environment of site_templates/, with these helpers as filters and globals;
+    links go to session pages only for the sessions in `pages` (all when None)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resource_dir("site_templates"))),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -195,9 +207,11 @@ def template_environment() -> jinja2.Environment:
     )
     env.filters.update(money=money, percent=percent, duration=duration, shorten=shorten, when=when,
                        number=number, summary=data_summary, page_name=page_name, iso=iso, breakable=breakable)
-    env.globals.update(version=__version__, error_html=error_html, run_rows=run_rows, spec_link=spec_link,
-                       session_link=session_link, status_badge=status_badge, attempt_word=attempt_word,
-                       row_class=row_class, run_anchor=run_anchor, run_href=run_href, outcome_badge=outcome_badge,
+    env.globals.update(version=__version__, error_html=error_html, run_rows=functools.partial(run_rows, pages=pages),
+                       spec_link=spec_link, session_link=functools.partial(session_link, pages=pages),
+                       status_badge=status_badge, attempt_word=attempt_word, row_class=row_class,
+                       run_anchor=run_anchor, run_href=functools.partial(run_href, pages=pages),
+                       outcome_badge=outcome_badge,
                        stale_after_s=STALE_AFTER_S, poll_interval_s=POLL_INTERVAL_S)
     return env
 

@@ -212,6 +212,9 @@ class MaintenanceSession:
                                             ("spec_runs", "prune_spec_runs_of"), ("sessions", "prune_sessions_of")):
                             rows[kind] = [r[0] for r in self._conn.execute(
                                 resources.query(query), {"ids": ids}).fetchall()]
+                        # Quarter hours left without runs (spec_run_totals); the delete's trigger
+                        # holds the totals' lock in this transaction.
+                        self._conn.execute(resources.query("prune_empty_spec_run_totals"))
                         if on_rows is not None:
                             on_rows(rows)
             except psycopg.Error as exc:
