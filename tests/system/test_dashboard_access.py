@@ -38,6 +38,9 @@ def test_dashboard_on_loopback_and_behind_a_password_over_tls(installed: Contain
         installed.wait_until(lambda: installed.path("/var/lib/ralph-monitor/site/current/index.html").exists(),
                              60, "the first render")
 
+        # A reload returns once nginx is signalled; its old workers answer until the new ones run.
+        installed.wait_until(lambda: "ralph-monitor" in fetch(installed, "http://127.0.0.1/")[1], 30,
+                             "nginx to serve the dashboard after the reload")
         status, page = fetch(installed, "http://127.0.0.1/")
         assert status == 200 and "ralph-monitor" in page
         status, snapshot = fetch(installed, "http://127.0.0.1/api/status.json")

@@ -165,7 +165,11 @@ def test_three_hosts_write_to_one_database_and_the_aggregates_are_the_sum(fleet)
     per_host = dict(central.psql("SELECT coalesce(host, '(none)'), count(*) FROM events GROUP BY 1 ORDER BY 1"))
     assert sorted(per_host) == names
     for host in hosts:
-        sessions = central.psql(f"SELECT count(DISTINCT session_id) FROM events WHERE host = '{host.name}'")
+        # (Not counting the monitor's own events: any daemon may record that a session of another
+        # host stalled, under its own host; the event id makes it once.)
+        sessions = central.psql(f"SELECT count(DISTINCT session_id) FROM events WHERE host = '{host.name}' "
+                                "AND event_type NOT IN ('session_stalled', 'loop_stuck', 'loop_recovered', "
+                                "'usage_limit_reset')")
         assert sessions == [["4"]], central.psql(
             f"SELECT session_id, string_agg(DISTINCT event_type, ' '), count(*) FROM events "
             f"WHERE host = '{host.name}' GROUP BY 1")
@@ -226,7 +230,8 @@ def test_one_host_down_does_not_disturb_the_others(fleet) -> None:
     tag = f"one-down-{uuid.uuid4().hex[:8]}"
     with ThreadPoolExecutor(2) as pool:
         replies = list(pool.map(lambda h: send(h, tag, 300), up))
-    assert all(r["ok"] and not r.get("spooled") for answered in replies for r in answered)
+    assert all(r["ok"] and not r.get("spooled") for answered in replies for r in answered), \
+        [r for answered in replies for r in answered if not r["ok"] or r.get("spooled")][:3]
     central.wait_until(lambda: events_of(central, tag) == {h.name: 300 for h in up}, 30,
                        "the other hosts' events stored")
     status = up[0].run(f"{BIN}/ralph-query", "status").stdout

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -24,6 +24,7 @@ from ralph_monitor.protocol import Event, Origin, Reject, make_reject
 from ralph_monitor.store.connect import apply_migrations, conninfo, describe_error
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PARTITION_DAYS_BEHIND = 1
 PARTITION_DAYS_AHEAD = 7
@@ -201,14 +202,20 @@ class EventStore:
         connection that was open before this call may have died while idle (PostgreSQL
         restarted): that one failure is answered by one new connection and one more attempt.
         """
+        return await self._on_live_connection(
+            lambda: self._write_batch(events, rejects, excerpt_bytes=excerpt_bytes))
+
+    async def _on_live_connection(self, work: Callable[[], Awaitable[T]]) -> T:
+        """`work()`; if it failed on a connection that was open before (it may have died while
+        idle: PostgreSQL restarted), once more on a new one. Raises StoreUnavailable."""
         reused = self.connected
         try:
-            return await self._write_batch(events, rejects, excerpt_bytes=excerpt_bytes)
+            return await work()
         except StoreUnavailable as exc:
             if not reused:
                 raise
             log.info("%s; trying once more on a new connection", exc)
-            return await self._write_batch(events, rejects, excerpt_bytes=excerpt_bytes)
+            return await work()
 
     async def _write_batch(self, events: Sequence[Event], rejects: Sequence[Reject], *,
                            excerpt_bytes: int) -> list[Outcome]:
@@ -289,7 +296,11 @@ class EventStore:
         return await cur.fetchone() is not None
 
     async def record_host(self, values: dict[str, Any]) -> None:
-        """Upsert this daemon's health row (spool backlog, counters)."""
+        """Upsert this daemon's health row (spool backlog, counters). A failure makes the writer
+        spool for a while, so a connection that died while idle gets a second chance first."""
+        await self._on_live_connection(lambda: self._record_host(values))
+
+    async def _record_host(self, values: dict[str, Any]) -> None:
         await self.connect()
         assert self._conn is not None
         try:
