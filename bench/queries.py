@@ -88,7 +88,7 @@ from ralph_monitor import loop_health, queries, resources  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
 from ralph_monitor.projections import (  # noqa: E402
-    ACTIVITY_TYPES, SESSION_TYPES, SPEC_TERMINAL, SessionEvent, project_session)
+    ACTIVITY_TYPES, NOT_ACTIVITY, SESSION_TYPES, SPEC_TERMINAL, SessionEvent, project_session)
 from ralph_monitor.store import AlertStore, ReadStore, ensure_database, migrate, open_read_store  # noqa: E402
 from ralph_monitor.store.projection import ACTIVITY_LIMIT, ACTIVITY_WINDOW  # noqa: E402
 
@@ -464,12 +464,14 @@ def check_projection(dsn: str, session_ids: list[uuid.UUID]) -> list[str]:
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
         for sid in session_ids:
             params = {"session_id": sid}
-            activity = conn.execute(resources.query("session_activity"), params).fetchone()
+            activity = conn.execute(resources.query("session_activity"),
+                                    {**params, "not_activity": list(NOT_ACTIVITY)}).fetchone()
             rows = conn.execute(resources.query("session_events"), {**params, "types": list(SESSION_TYPES)}).fetchall()
             events = [SessionEvent(r["event_id"], r["event_type"], r["spec_id"], r["occurred_at"], r["host"],
                                    r["data"] if isinstance(r["data"], dict) else {}) for r in rows]
             p = project_session(sid, events, event_count=activity["event_count"],
-                                last_event_at=activity["last_event_at"] or activity["last_any_at"])
+                                last_event_at=activity["last_event_at"] or activity["last_any_at"],
+                                last_active_at=activity["last_active_at"])
             stored = conn.execute("SELECT * FROM sessions WHERE id = %s", (sid,)).fetchone()
             for key, value in vars(p).items():
                 if key in ("spec_runs", "interventions", "loop_due"):

@@ -843,7 +843,8 @@ SELECT s.id, s.name, s.specs_completed, s.specs_failed, s.specs_timed_out,
        ARRAY(SELECT DISTINCT r.spec_id FROM spec_runs r
              WHERE r.session_id = s.id AND r.status IN ('failed', 'timeout') ORDER BY 1) AS failed_specs
 FROM sessions s
-WHERE s.end_time > now() - interval '1 day' AND s.specs_failed > 0;
+WHERE coalesce(s.end_time, s.last_event_at) > now() - interval '1 day'   -- sessions_activity_end_idx
+  AND s.end_time > now() - interval '1 day' AND s.specs_failed > 0;
 
 -- name: alert_costly_sessions
 SELECT id, name, cost_usd, tokens_used FROM sessions
@@ -857,14 +858,16 @@ FROM spec_runs WHERE end_time >= %(start)s AND end_time < %(end)s;
 -- name: alert_latest_backup
 -- The newest of each type by events_type_occurred_at_idx (see latest_event_of_type), then the
 -- newer of the two: "IN (...) ORDER BY occurred_at" walked every partition (37 ms at 1/20 of
--- the benchmark's volume).
+-- the benchmark's volume). Backups run nightly: the last 8 days' partitions are enough.
 SELECT event_type FROM (
     (SELECT event_type, occurred_at FROM events
      WHERE event_type >= 'backup_completed' AND event_type <= 'backup_completed'
+       AND occurred_at > now() - interval '8 days'
      ORDER BY event_type, occurred_at DESC LIMIT 1)
     UNION ALL
     (SELECT event_type, occurred_at FROM events
      WHERE event_type >= 'backup_failed' AND event_type <= 'backup_failed'
+       AND occurred_at > now() - interval '8 days'
      ORDER BY event_type, occurred_at DESC LIMIT 1)
 ) AS latest
 ORDER BY occurred_at DESC LIMIT 1;
@@ -874,6 +877,13 @@ SELECT id, rule, subject FROM alerts WHERE resolved_at IS NULL;
 
 -- name: alert_ever_fired
 SELECT 1 AS fired FROM alerts WHERE rule = %(rule)s AND subject = %(subject)s LIMIT 1;
+
+-- name: alerts_ever_fired
+-- Which of these (rule, subject) pairs fired before: one round trip for every one-shot
+-- condition of a pass (a night's failed sessions each are one).
+SELECT DISTINCT a.rule, a.subject FROM alerts a
+JOIN unnest(%(rules)s::text[], %(subjects)s::text[]) AS k(rule, subject)
+  ON a.rule = k.rule AND a.subject = k.subject;
 
 -- name: insert_alert
 INSERT INTO alerts (rule, subject, title, body, link, session_id, resolved_at)

@@ -94,14 +94,15 @@ class AlertStore:
             conditions = {(c.rule, c.subject): c for c in self._conditions(conn, night)}
             open_alerts = {(r["rule"], r["subject"]): r["id"]
                            for r in conn.execute(resources.query("open_alerts")).fetchall()}
+            one_shots = [key for key in conditions if key[0] in rules.ONE_SHOT and key not in open_alerts]
+            done_before = {(r["rule"], r["subject"]) for r in conn.execute(resources.query("alerts_ever_fired"), {
+                "rules": [k[0] for k in one_shots], "subjects": [k[1] for k in one_shots]}).fetchall()
+                } if one_shots else set()
             fired = resolved = 0
             for key, condition in conditions.items():
-                if key in open_alerts:
+                if key in open_alerts or key in done_before:
                     continue
                 one_shot = condition.rule in rules.ONE_SHOT
-                if one_shot and conn.execute(resources.query("alert_ever_fired"),
-                                             {"rule": condition.rule, "subject": condition.subject}).fetchone():
-                    continue
                 inserted = conn.execute(resources.query("insert_alert"), {
                     "rule": condition.rule, "subject": condition.subject, "title": condition.title,
                     "body": condition.body, "link": self._link(condition.path), "session_id": condition.session_id,
