@@ -17,9 +17,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from ralph_monitor.config import load_settings
+from ralph_monitor.dashboard.render import render_once
 from tests.agent_tools import BIN, agent_env, monitor, wait_for
 from tests.conftest import Daemon, query
 from tests.integration.test_alerts import Receiver, alerting_daemon, receiver, send  # noqa: F401 - a fixture
+from tests.site_helpers import read_page
 
 RULE_TITLES = {
     "repeated_error": "Loop stuck (repeated error): errors",
@@ -141,7 +144,7 @@ def test_each_rule_fires_once_and_resolves_and_a_retry_that_passes_fires_nothing
     assert not any("retry" in t for t in titles)
 
 
-def test_a_session_waiting_for_a_human_is_listed_first_with_how_long(daemon: Daemon) -> None:
+def test_a_session_waiting_for_a_human_is_listed_first_with_how_long(daemon: Daemon, tmp_path: Path) -> None:
     asking, prompting, busy = (str(uuid.uuid4()) for _ in range(3))
     send(daemon, started(busy, "busy"), started(asking, "asking"), started(prompting, "prompting"),
          {"type": "intervention_request", "session_id": asking, "data": {"message": "Which schema?"}},
@@ -158,6 +161,13 @@ def test_a_session_waiting_for_a_human_is_listed_first_with_how_long(daemon: Dae
     assert "! waiting for a human: asking — since" in out and "! waiting for a human: prompting — since" in out
     table = out.split("\n\n")[0]
     assert table.index("prompting") < table.index("busy") and table.index("asking") < table.index("busy")
+    # The overview: the request in its table, the prompt in the agent listed once, beside it.
+    render_once(load_settings(daemon.config_path), dsn=daemon.dsn, site_dir=tmp_path / "site", full=True)
+    html, _, rows = read_page(tmp_path / "site", "index.html")
+    assert "1 request waits for an answer · 1 session waits at a prompt" in html
+    assert rows["pending"] == 1 and "Which schema?" in html
+    at_prompt = html.split('data-testid="waiting-sessions"')[1].split("</ul>")[0]
+    assert ">prompting</a>" in at_prompt and ">asking</a>" not in at_prompt
     # The agent goes on (the permission was granted; the question answered): running again.
     send(daemon, {"type": "cc.PostToolUse", "session_id": prompting, "data": {"tool_name": "Bash"}},
          {"type": "user_feedback", "session_id": asking, "data": {"answer": "v2"}})

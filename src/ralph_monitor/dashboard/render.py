@@ -519,7 +519,9 @@ class SiteRenderer:
         days = [today - timedelta(days=n) for n in range(DAYS_CHARTED - 1, -1, -1)]
         running = [s for s in status.active if s.execution_state == "running"]
         stalled = [s for s in status.active if s.execution_state == "stalled"]
-        waiting_sessions = [s for s in status.active if s.execution_state == "waiting_for_human"]
+        # Sessions waiting at a prompt in the agent; those waiting on a request are in its table.
+        waiting_sessions = [s for s in status.active
+                            if s.execution_state == "waiting_for_human" and not s.interventions_pending]
         stuck = [s for s in status.active if s.loop_findings]
         live = live_numbers(status, night, compare, spend)
         charts_ = {
