@@ -858,16 +858,16 @@ FROM spec_runs WHERE end_time >= %(start)s AND end_time < %(end)s;
 -- name: alert_latest_backup
 -- The newest of each type by events_type_occurred_at_idx (see latest_event_of_type), then the
 -- newer of the two: "IN (...) ORDER BY occurred_at" walked every partition (37 ms at 1/20 of
--- the benchmark's volume). Backups run nightly: the last 8 days' partitions are enough.
+-- the benchmark's volume). Backups run nightly: the last 2 days' partitions hold the latest.
 SELECT event_type FROM (
     (SELECT event_type, occurred_at FROM events
      WHERE event_type >= 'backup_completed' AND event_type <= 'backup_completed'
-       AND occurred_at > now() - interval '8 days'
+       AND occurred_at > now() - interval '2 days'
      ORDER BY event_type, occurred_at DESC LIMIT 1)
     UNION ALL
     (SELECT event_type, occurred_at FROM events
      WHERE event_type >= 'backup_failed' AND event_type <= 'backup_failed'
-       AND occurred_at > now() - interval '8 days'
+       AND occurred_at > now() - interval '2 days'
      ORDER BY event_type, occurred_at DESC LIMIT 1)
 ) AS latest
 ORDER BY occurred_at DESC LIMIT 1;
