@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -145,18 +146,7 @@ def test_numbers_on_the_page_equal_the_query_layer(overnight: Daemon, tmp_path: 
 
 def test_every_link_points_to_a_rendered_file(overnight: Daemon, tmp_path: Path) -> None:
     render(overnight, tmp_path, full=True)
-    root = (tmp_path / "current").resolve()
-    import re
-
-    missing = set()
-    for path in site_files(tmp_path):
-        if path.suffix != ".html":
-            continue
-        for target in re.findall(r'(?:href|src)="([^"#]+)"', path.read_text()):
-            resolved = (path.parent / target).resolve()
-            if not resolved.is_file() or root not in resolved.parents:
-                missing.add((str(path.relative_to(root)), target))
-    assert not missing
+    assert_every_link_resolves(tmp_path)
 
 
 HOSTILE = [
@@ -638,8 +628,6 @@ def test_session_pages_follow_the_events_retention_window(daemon_factory: Any, t
 
 def assert_every_link_resolves(site: Path) -> None:
     """Every href and src of the published site's pages names a file of the site."""
-    import re
-
     root = (site / "current").resolve()
     missing = set()
     for path in site_files(site):
