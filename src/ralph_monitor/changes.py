@@ -46,7 +46,8 @@ class NewError:
 
 @dataclass(frozen=True)
 class Changes:
-    """The later session against its baseline, by category (each list in the order specs ran)."""
+    """The later session against its baseline, by category: each list in the order specs ran,
+    but slower and costlier ones most grown first."""
 
     newly_failing: list[SpecChange] = field(default_factory=list)
     fixed: list[SpecChange] = field(default_factory=list)
@@ -80,6 +81,10 @@ def _grew(now: float, before: float, percent: float, floor: float) -> bool:
     return now >= before * (1 + percent / 100) and now - before >= floor
 
 
+def _growth(now: float | Decimal | None, before: float | Decimal | None) -> float:
+    return float(now or 0) / float(before) if before else float("inf")
+
+
 def compare(baseline: Sequence[SpecResult], later: Sequence[SpecResult], *,
             threshold_percent: float = THRESHOLD_PERCENT) -> Changes:
     """What changed from `baseline` (one session's spec results) to `later` (another's)."""
@@ -107,6 +112,8 @@ def compare(baseline: Sequence[SpecResult], later: Sequence[SpecResult], *,
             changes.slower.append(change)
         if _grew(float(now.cost_usd), float(old.cost_usd), threshold_percent, float(MIN_COSTLIER_USD)):
             changes.costlier.append(change)
+    changes.slower.sort(key=lambda c: -_growth(c.now.duration_seconds, c.before.duration_seconds if c.before else None))
+    changes.costlier.sort(key=lambda c: -_growth(c.now.cost_usd, c.before.cost_usd if c.before else None))
     seen = {error for r in baseline for error in r.errors}
     fresh: dict[str, list[str]] = {}
     for r in later:

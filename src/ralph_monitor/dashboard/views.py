@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
-from ralph_monitor import __version__, queries
+from ralph_monitor import __version__, changes, queries
 from ralph_monitor.dashboard import charts
 from ralph_monitor.outcomes import (FAILED, FAILING_STATUSES, FIXED_ON_RETRY, INTERRUPTED, LATER_PASSED, PASSED,
                                     RETRIED, RUNNING, STATUS_WORDS, TIMED_OUT, WORDS, attempt_word)
@@ -71,7 +71,10 @@ _AFTER_SEPARATOR = re.compile(r"(?<=[/._:=,-])(?=[^\s/._:=,-])")
 def breakable(text: str) -> Markup:
     """Escaped text whose long tokens (paths, test ids) may wrap after / . _ : = , - (a <wbr>
     there), not mid-word; the stylesheet breaks a token with no such place anywhere, last."""
-    return Markup(_LONG_TOKEN.sub(lambda m: _AFTER_SEPARATOR.sub("<wbr>", m[0]), str(escape(text))))
+    escaped = str(escape(text))
+    if len(escaped) < 16:
+        return Markup(escaped)
+    return Markup(_LONG_TOKEN.sub(lambda m: _AFTER_SEPARATOR.sub("<wbr>", m[0]), escaped))
 
 
 def error_html(text: str | None, width: int = 240, limit: int = 4000) -> Markup:
@@ -157,6 +160,43 @@ def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str) -> Markup:
     return Markup("".join(out))
 
 
+DIFF_ITEMS = 10
+"""Specs (or errors) listed per kind of change on a session page; `ralph-query diff` lists all."""
+_CHANGE_KINDS = (("newly_failing", "Newly failing"), ("fixed", "Fixed"), ("still_failing", "Still failing"),
+                 ("flaky", "Flaky: failed, then passed on a retry"), ("slower", "Slower"), ("costlier", "Costlier"))
+
+
+def _change_item(kind: str, c: changes.SpecChange) -> str:
+    link = f'<a class="spec" href="#{escape(run_anchor(c.spec_id, c.now.attempts))}">{breakable(shorten(c.spec_id, 48))}</a>'
+    before = c.before
+    if kind == "slower" and before is not None:
+        return f"{link} {duration(before.duration_seconds)} → {duration(c.now.duration_seconds)}"
+    if kind == "costlier" and before is not None:
+        return f"{link} {money(before.cost_usd)} → {money(c.now.cost_usd)}"
+    if kind in ("newly_failing", "still_failing", "flaky"):
+        word = "" if before is not None or kind != "newly_failing" else " (not run before)"
+        return f"{link}{word} {error_html(c.now.error, 160)}"
+    return link
+
+
+def change_lists(c: changes.Changes) -> Markup:
+    """The "Since the previous run" lists of a session page, one per kind of change (at most
+    DIFF_ITEMS items each): plain Python like run_rows, as a full rebuild renders one per session."""
+    out = []
+    for kind, title in _CHANGE_KINDS:
+        items = getattr(c, kind)
+        if items:
+            more = f'<li class="more">and {len(items) - DIFF_ITEMS} more</li>' if len(items) > DIFF_ITEMS else ""
+            out.append(f'<h3>{title} ({len(items)})</h3><ul class="changes" data-testid="diff-{kind.replace("_", "-")}">'
+                       + "".join(f"<li>{_change_item(kind, x)}</li>" for x in items[:DIFF_ITEMS]) + more + "</ul>")
+    if c.new_errors:
+        more = f'<li class="more">and {len(c.new_errors) - DIFF_ITEMS} more</li>' if len(c.new_errors) > DIFF_ITEMS else ""
+        out.append(f'<h3>New errors ({len(c.new_errors)})</h3><ul class="changes" data-testid="diff-new-errors">'
+                   + "".join(f"<li>{breakable(shorten(', '.join(e.spec_ids), 80))}: {error_html(e.error, 200)}</li>"
+                             for e in c.new_errors[:DIFF_ITEMS]) + more + "</ul>")
+    return Markup("\n".join(out))
+
+
 def number(value: int | float | None) -> str:
     return "–" if value is None else f"{value:,}"
 
@@ -179,10 +219,11 @@ def template_environment() -> jinja2.Environment:
         auto_reload=False,
     )
     env.filters.update(money=money, percent=percent, duration=duration, shorten=shorten, when=when,
-                       number=number, summary=data_summary, page_name=page_name, iso=iso, breakable=breakable)
+                       number=number, summary=data_summary, page_name=page_name, iso=iso)
     env.globals.update(version=__version__, error_html=error_html, run_rows=run_rows, spec_link=spec_link,
                        session_link=session_link, status_badge=status_badge, attempt_word=attempt_word,
                        row_class=row_class, run_anchor=run_anchor, run_href=run_href, outcome_badge=outcome_badge,
+                       change_lists=change_lists,
                        stale_after_s=STALE_AFTER_S, poll_interval_s=POLL_INTERVAL_S)
     return env
 
