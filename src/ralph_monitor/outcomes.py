@@ -184,9 +184,10 @@ class Attempt(NamedTuple):
     error_message: str | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class SpecResult:
-    """One spec in one session: its outcome, its attempts, what they took and cost together."""
+    """One spec in one session: its outcome, its attempts, what they took and cost together.
+    (Not frozen: a full dashboard rebuild makes one per spec run, and frozen ones cost 3x.)"""
 
     session_id: uuid.UUID
     spec_id: str
