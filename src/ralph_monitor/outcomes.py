@@ -41,8 +41,6 @@ RETRIED = "retried"
 
 SPEC_OUTCOMES = (PASSED, FIXED_ON_RETRY, FAILED, TIMED_OUT, RUNNING, INTERRUPTED)
 """Outcomes of a spec (and of its last attempt)."""
-ATTEMPT_OUTCOMES = (*SPEC_OUTCOMES, LATER_PASSED, RETRIED)
-"""Every value of spec_runs.outcome."""
 FAILING_STATUSES = ("failed", "timeout")
 """Statuses of an attempt that is a failure."""
 STILL_FAILING = (FAILED, TIMED_OUT)

@@ -16,7 +16,7 @@ from typing import Any
 from ralph_monitor import changes
 from ralph_monitor.errors import UnknownSession
 from ralph_monitor.outcomes import (FIXED_ON_RETRY, RUNNING, STILL_FAILING, Attempt, Counts, RunLike, SpecResult,
-                                    fixed_later, spec_results)
+                                    spec_results)
 from ralph_monitor.store import ReadStore
 
 
@@ -147,11 +147,6 @@ class SpecRunRow:
     output_summary: Any
     session_name: str | None = None
     value_problems: list[str] = field(default_factory=list)
-
-    @property
-    def fixed_later(self) -> bool:
-        """A failure that a later attempt of the spec fixed."""
-        return fixed_later(self.status, self.outcome)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from markupsafe import Markup, escape
 from ralph_monitor import __version__, changes, queries
 from ralph_monitor.dashboard import charts
 from ralph_monitor.outcomes import (FAILED, FAILING_STATUSES, FIXED_ON_RETRY, INTERRUPTED, LATER_PASSED, PASSED,
-                                    RETRIED, RUNNING, STATUS_WORDS, TIMED_OUT, WORDS, attempt_word)
+                                    RETRIED, RUNNING, STATUS_WORDS, TIMED_OUT, WORDS, attempt_word, fixed_later)
 from ralph_monitor.resources import resource_dir
 from ralph_monitor.textfmt import duration, json_default, money, percent, shorten
 
@@ -103,8 +103,10 @@ def status_badge(status: str, outcome: str | None = None) -> Markup:
     """A run's status; a failure also says what came of it (outcomes.py): fixed on retry, or retried."""
     badge = (f'<span class="status {charts.STATUS_CLASS.get(status, "muted")}">'
              f"{escape(STATUS_WORDS.get(status, status))}</span>")
-    if status in FAILING_STATUSES and outcome in (LATER_PASSED, RETRIED):
-        badge += f' <span class="mark {"fixed" if outcome == LATER_PASSED else "retried"}">{WORDS[outcome]}</span>'
+    if fixed_later(status, outcome or ""):
+        badge += f' <span class="mark fixed">{WORDS[LATER_PASSED]}</span>'
+    elif status in FAILING_STATUSES and outcome == RETRIED:
+        badge += f' <span class="mark retried">{WORDS[RETRIED]}</span>'
     return Markup(badge)
 
 
@@ -121,7 +123,7 @@ def row_class(status: str, outcome: str) -> str:
     """A table row's class: a failure that still counts is marked bad, one fixed later is marked so."""
     if status not in FAILING_STATUSES:
         return ""
-    return ' class="fixedrow"' if outcome == LATER_PASSED else ' class="badrow"'
+    return ' class="fixedrow"' if fixed_later(status, outcome) else ' class="badrow"'
 
 
 def run_anchor(spec_id: str, attempt: int) -> str:
