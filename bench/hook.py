@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """Hook benchmark: wall time of one `ralph-monitor hook` call as Claude Code makes it (a new
-process, the hook JSON on stdin), with the daemon up, down (the hook spools) and hung.
+process, the hook JSON on stdin), with the daemon up, down (the hook spools) and hung; and, with
+the real Claude Code CLI, the time the hook adds to a `claude -p` run.
 
-    python bench/hook.py [--calls N] [--transcript-mb M]
+    python bench/hook.py [--calls N] [--transcript-mb M] [--foreground]
+    python bench/hook.py --claude ~/.cache/ralph-monitor-tests/@anthropic-ai+claude-code-2.1.328/node_modules/.bin/claude
+
+The time of a call is what Claude Code waits for: the hook reads its input and returns, a
+detached child records it (`--foreground` measures the whole work in the call instead). After
+each phase the bench waits until the children have stored (or spooled) every event.
 
 Phases (each a sequence of `--calls` calls, one at a time, like Claude Code's tool hooks):
   python        `python -c pass`: the interpreter's own start-up, for reference
@@ -13,6 +19,11 @@ Phases (each a sequence of `--calls` calls, one at a time, like Claude Code's to
   catch-up      daemon back: the first call delivers the whole backlog first (one call)
   hung          a socket that accepts but never answers: the first call waits for the ack
                 timeout, the next ones back off and spool at once
+
+  claude        with --claude: `claude -p` (one prompt, one Bash tool call, against a local stand-in
+                for the Messages API, tests/messages_api_mock.py) --cli-runs times with no hooks
+                and as many with the README's hook settings, alternating; the difference of the
+                medians is what the hook adds to a run
 
 Reports median, p90, p99 and max per phase, and checks that after the catch-up every event
 sent in the run is stored exactly once. Standalone: creates a private PostgreSQL cluster
@@ -36,12 +47,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # for tests.daemon_proc
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # for tests.*
 from tests.daemon_proc import DaemonNotReady, start_daemon  # noqa: E402
+from tests.hook_payloads import readme_hook_settings  # noqa: E402
+from tests.messages_api_mock import MessagesApiMock  # noqa: E402
 
 READY_TIMEOUT_S = 60.0
 BIN = Path(sys.executable).parent
 LOOP_SESSION = "6f1c2b4e-5555-4000-8000-000000000005"
+HUNG_SETTLE_S = 1.5
 
 
 def payload(event: str, transcript: str, **extra: Any) -> bytes:
@@ -111,16 +125,69 @@ def call(argv: list[str], data: bytes, env: dict[str, str]) -> float:
 
 
 def phase(name: str, calls: int, argv: list[str], data: bytes, env: dict[str, str]) -> dict[str, Any]:
-    times = sorted(call(argv, data, env) for _ in range(calls))
+    row = {"phase": name, "calls": calls, **percentiles([call(argv, data, env) for _ in range(calls)])}
+    print(f"{name:<17} {calls:>6} {row['median_ms']:>9.1f} {row['p90_ms']:>8.1f} {row['p99_ms']:>8.1f} "
+          f"{row['max_ms']:>8.1f}", flush=True)
+    return row
+
+
+def wait_until(predicate: Any, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: not reached within {timeout_s:g} s")
+        time.sleep(0.05)
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
 
     def pct(p: float) -> float:
         return times[min(len(times) - 1, int(round(p * (len(times) - 1))))]
 
-    row = {"phase": name, "calls": calls, "median_ms": statistics.median(times) * 1e3, "p90_ms": pct(0.9) * 1e3,
-           "p99_ms": pct(0.99) * 1e3, "max_ms": times[-1] * 1e3}
-    print(f"{name:<10} {calls:>6} {row['median_ms']:>9.1f} {row['p90_ms']:>8.1f} {row['p99_ms']:>8.1f} "
-          f"{row['max_ms']:>8.1f}", flush=True)
-    return row
+    return {"median_ms": statistics.median(times) * 1e3, "p90_ms": pct(0.9) * 1e3, "p99_ms": pct(0.99) * 1e3,
+            "max_ms": times[-1] * 1e3}
+
+
+def claude_runs(claude: str, runs: int, hook: list[str], socket_path: str, root: Path) -> list[dict[str, Any]]:
+    """`claude -p` with no hooks and with the README's, `runs` times each, alternating."""
+    mock = MessagesApiMock().start()
+    project = root / "project"
+    project.mkdir(exist_ok=True)
+    homes = {}
+    for mode in ("hooks off", "hooks on"):
+        home = root / mode.replace(" ", "-")
+        (home / ".claude").mkdir(parents=True)
+        command = " ".join(hook + ["--socket", socket_path])
+        hooks = {} if mode == "hooks off" else {
+            name: [{"hooks": [{"type": "command", "command": command, "timeout": 5}]}]
+            for name in readme_hook_settings()["hooks"]}
+        (home / ".claude" / "settings.json").write_text(json.dumps({"hooks": hooks}))
+        homes[mode] = home
+    times: dict[str, list[float]] = {mode: [] for mode in homes}
+    try:
+        for _ in range(runs):
+            for mode, home in homes.items():
+                env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": str(home),
+                       "ANTHROPIC_BASE_URL": mock.url, "ANTHROPIC_API_KEY": "sk-ant-api03-dummy",
+                       "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
+                       "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1"}
+                started = time.perf_counter()
+                result = subprocess.run([claude, "-p", "Run the scripted command", "--allowedTools", "Bash",
+                                         "--output-format", "json"], capture_output=True, env=env, cwd=project,
+                                        timeout=300)
+                times[mode].append(time.perf_counter() - started)
+                if result.returncode != 0:
+                    raise SystemExit(f"claude failed: {result.stderr.decode(errors='replace')[-1000:]}")
+    finally:
+        mock.stop()
+    rows = []
+    for mode, values in times.items():
+        row = {"phase": f"claude, {mode}", "calls": runs, **percentiles(values)}
+        print(f"{row['phase']:<17} {runs:>6} {row['median_ms']:>9.0f} {row['p90_ms']:>8.0f} {row['p99_ms']:>8.0f} "
+              f"{row['max_ms']:>8.0f}", flush=True)
+        rows.append(row)
+    return rows
 
 
 def main() -> int:
@@ -128,11 +195,15 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=200, help="calls per phase (default 200)")
     parser.add_argument("--transcript-mb", type=float, default=5.0, help="transcript size for up-stop (default 5)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--foreground", action="store_true", help="time the whole work of each call (no detaching)")
+    parser.add_argument("--claude", metavar="PATH", help="the Claude Code CLI, for the claude phase")
+    parser.add_argument("--cli-runs", type=int, default=10, help="claude -p runs per mode (default 10)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     import psycopg
 
+    from ralph_monitor.agent.spool import ClientSpool
     from ralph_monitor.cluster import Cluster
     from ralph_monitor.store import ensure_database, prepare_database
 
@@ -155,28 +226,37 @@ def main() -> int:
         requests = write_transcript(transcript, args.transcript_mb)
         env = {**os.environ, "RALPH_SESSION_ID": LOOP_SESSION, "RALPH_SPEC_ID": "CR-01",
                "RALPH_MONITOR_SOCKET": daemon.socket_path, "RALPH_MONITOR_CLIENT_SPOOL": str(root / "spool")}
-        hook = [str(BIN / "ralph-monitor"), "hook"]
+        hook = [str(BIN / "ralph-monitor"), "hook"] + (["--foreground"] if args.foreground else [])
+
+        def count() -> int:
+            return psycopg.connect(dsn).execute("SELECT count(*) FROM events").fetchone()[0]
         print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; transcript "
               f"{transcript.stat().st_size / 1e6:.1f} MB ({requests} requests); times are wall ms per call\n")
-        print(f"{'phase':<10} {'calls':>6} {'median':>9} {'p90':>8} {'p99':>8} {'max':>8}")
+        print(f"{'phase':<17} {'calls':>6} {'median':>9} {'p90':>8} {'p99':>8} {'max':>8}")
         rows = [phase("python", args.calls, [sys.executable, "-c", "pass"], b"", env)]
         sent = 0
         rows.append(phase("up", args.calls, hook, tool_payload(str(transcript)), env))
         sent += args.calls
+        wait_until(lambda: count() >= sent, "the up phase's events stored")
         stop_calls = max(10, args.calls // 10)
         rows.append(phase("up-stop", stop_calls, hook, payload("Stop", str(transcript), stop_hook_active=False,
-                                                                last_assistant_message="Done."), env))
+                                                                last_assistant_message="x" * 400), env))
         sent += stop_calls
+        wait_until(lambda: count() >= sent, "the up-stop phase's events stored")
         big_calls = max(10, args.calls // 10)
         rows.append(phase("up-10mb", big_calls, hook, tool_payload(str(transcript), 10 << 20), env))
         sent += big_calls
+        wait_until(lambda: count() >= sent, "the up-10mb phase's events stored")
 
         daemon.stop()  # the socket file goes away with the daemon
         rows.append(phase("down", args.calls, hook, tool_payload(str(transcript)), env))
         sent += args.calls
+        spool = ClientSpool.for_socket(daemon.socket_path, root / "spool")
+        wait_until(lambda: spool.pending_count() >= args.calls, "the down phase's events spooled")
         daemon.start()
         rows.append(phase("catch-up", 1, hook, tool_payload(str(transcript)), env))
         sent += 1
+        wait_until(lambda: count() >= sent, "the catch-up delivered")
         stored = psycopg.connect(dsn).execute("SELECT count(*), count(DISTINCT event_id) FROM events").fetchone()
         ok = stored == (sent, sent)
         print(f"\nstored {stored[0]} events ({stored[1]} distinct) of {sent} sent: "
@@ -189,6 +269,13 @@ def main() -> int:
         hung_env = {**env, "RALPH_MONITOR_SOCKET": hung_path}
         print()
         rows.append(phase("hung", max(10, args.calls // 10), hook, tool_payload(str(transcript)), hung_env))
+        time.sleep(HUNG_SETTLE_S)  # the children give up on the hung socket within their time limit
+        if args.claude:
+            print()
+            rows.extend(claude_runs(args.claude, args.cli_runs, hook, daemon.socket_path, root))
+            off, on = rows[-2], rows[-1]
+            print(f"the hook adds {on['median_ms'] - off['median_ms']:.0f} ms to a claude -p run (median; "
+                  f"p99 {on['p99_ms'] - off['p99_ms']:.0f} ms)")
 
         base = rows[0]["median_ms"]
         up, down = rows[1], rows[4]

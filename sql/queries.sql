@@ -19,6 +19,16 @@ INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 -- name: read_only_session
 SET default_transaction_read_only = on;
 
+-- name: read_source
+-- Whether reads are answered by a standby, and how far its replay is behind: 0 when it has
+-- replayed all the WAL it received, else the age of the last transaction it replayed.
+SELECT pg_is_in_recovery() AS in_recovery,
+       CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0.0
+            ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
+       END AS lag_s,
+       pg_last_xact_replay_timestamp() AS last_replay_at;
+
 -- name: database_exists
 SELECT 1 FROM pg_database WHERE datname = %(name)s;
 
@@ -574,7 +584,10 @@ ORDER BY 1;
 -- Dashboard (dashboard/render.py) ----------------------------------------------------------------
 
 -- name: database_now
-SELECT now() AS now;
+-- On a standby, what it has replayed up to (the primary's commit time), so a render on a
+-- lagging replica does not skip what the primary committed but the replica has not replayed.
+SELECT CASE WHEN pg_is_in_recovery() THEN least(now(), coalesce(pg_last_xact_replay_timestamp(), now()))
+            ELSE now() END AS now;
 
 -- name: sessions_changed_since
 -- Sessions whose aggregate was recomputed at or after `since` (every session when it is NULL).
@@ -808,3 +821,6 @@ WHERE a.fired_at > %(since)s
 GROUP BY a.id
 ORDER BY a.fired_at DESC
 LIMIT %(limit)s;
+
+-- name: budget_session_spend
+SELECT name, cost_usd, tokens_used FROM sessions WHERE id = %(session_id)s;

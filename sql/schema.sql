@@ -198,7 +198,7 @@ CREATE TABLE public.sessions (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     value_problems text[] DEFAULT '{}'::text[] NOT NULL,
     specs_fixed_on_retry integer DEFAULT 0 NOT NULL,
-    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text])))
+    CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text, 'budget_exceeded'::text])))
 );
 CREATE TABLE public.spec_runs (
     id bigint NOT NULL,

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 CC_SESSION = "00893aaf-19fa-41d2-8238-13269b9b3ca0"
+FINAL_REPLY = "I've fixed the rounding; tests pass."
+"""The Stop input's last_assistant_message, and the last reply `write_transcript` writes."""
 
 
 def common(event: str, transcript: str = "/nonexistent/transcript.jsonl", **extra: Any) -> dict[str, Any]:
@@ -37,6 +39,10 @@ def all_payloads(transcript: str = "/nonexistent/transcript.jsonl") -> dict[str,
                               tool_input={"file_path": "/home/dev/shop/vat.py", "content": "ROUND = 2\n"},
                               tool_response={"filePath": "/home/dev/shop/vat.py", "success": True},
                               tool_use_id="toolu_01ABC125"),
+        "PostToolBatch": common("PostToolBatch", transcript, prompt_id="b0b07faa-7c89-4fc8-8f74-4d58cdea5e37",
+                                tool_calls=[{"tool_name": "Write", "tool_use_id": "toolu_01ABC125",
+                                             "tool_input": {"file_path": "/home/dev/shop/vat.py"},
+                                             "tool_response": "File created successfully"}]),
         "PostToolUseFailure": common("PostToolUseFailure", transcript, tool_name="Bash", tool_input=bash,
                                      tool_use_id="toolu_01ABC126",
                                      error="Command exited with non-zero status code 1", is_interrupt=False),
@@ -49,7 +55,7 @@ def all_payloads(transcript: str = "/nonexistent/transcript.jsonl") -> dict[str,
         "TaskCreated": common("TaskCreated", transcript, task_id="task-001", task_subject="Fix VAT rounding"),
         "TaskCompleted": common("TaskCompleted", transcript, task_id="task-001", task_subject="Fix VAT rounding"),
         "Stop": common("Stop", transcript, stop_hook_active=False,
-                       last_assistant_message="I've fixed the rounding; tests pass."),
+                       last_assistant_message=FINAL_REPLY),
         "StopFailure": common("StopFailure", transcript, error="rate_limit", error_details="429 Too Many Requests",
                               last_assistant_message="API Error: Rate limit reached"),
         "TeammateIdle": common("TeammateIdle", transcript, teammate_name="researcher", team_name="shop"),
@@ -57,6 +63,13 @@ def all_payloads(transcript: str = "/nonexistent/transcript.jsonl") -> dict[str,
         "PostCompact": common("PostCompact", transcript, trigger="auto", compact_summary="Summary of the work..."),
         "SessionEnd": common("SessionEnd", transcript, reason="prompt_input_exit"),
     }
+
+
+def readme_hook_settings() -> dict[str, Any]:
+    """The `.claude/settings.json` the README tells users to install."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index('```json\n{\n  "hooks"') + len("```json\n")
+    return json.loads(readme[start:readme.index("```", start)])
 
 
 def assistant_line(request_id: str, message_id: str, model: str, usage: dict[str, int], text: str = "…") -> str:
@@ -72,7 +85,8 @@ def assistant_line(request_id: str, message_id: str, model: str, usage: dict[str
 
 def write_transcript(path: Path) -> dict[str, Any]:
     """A transcript with two requests on one model (one streamed as three lines), one on
-    another, user lines that mention "usage", and a synthetic error line. Returns the sums."""
+    another (the last reply, FINAL_REPLY), user lines that mention "usage", and a synthetic
+    error line. Returns the sums."""
     u1 = {"input_tokens": 4, "cache_creation_input_tokens": 24205, "cache_read_input_tokens": 11648, "output_tokens": 268}
     u2 = {"input_tokens": 10, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 30000, "output_tokens": 500}
     u3 = {"input_tokens": 7, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 0, "output_tokens": 50}
@@ -84,9 +98,9 @@ def write_transcript(path: Path) -> dict[str, Any]:
         json.dumps({"type": "user", "message": {"role": "user", "content": [
             {"type": "tool_result", "content": '{"type":"assistant","usage":{"input_tokens":999}}'}]}}),
         assistant_line("req_2", "msg_2", "claude-sonnet-4-6", u2),
-        assistant_line("req_3", "msg_3", "claude-haiku-4-5", u3),
         assistant_line("req_4", "msg_4", "<synthetic>", {"input_tokens": 0, "output_tokens": 0}),
         "{not json",
+        assistant_line("req_3", "msg_3", "claude-haiku-4-5", u3, FINAL_REPLY),
     ]
     path.write_text("\n".join(lines) + "\n")
     sonnet = {k: u1[k] + u2[k] for k in u1}

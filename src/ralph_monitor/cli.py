@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ralph_monitor import __version__, alert_cli, ops_cli
+from ralph_monitor import __version__, alert_cli, dashboard_users, ops_cli
 from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option, run_command
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, render_default_config
@@ -115,6 +115,9 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
     if reply.get("client_spooled"):
         print(f"ralph-monitor emit: the daemon is unreachable; the event waits in {reply['spool']} "
               "and goes out with the next send or `ralph-monitor flush`", file=sys.stderr)
+    if not args.json:
+        for warning in reply.get("warnings", []):
+            print(f"ralph-monitor emit: warning: {warning}", file=sys.stderr)
     print(json.dumps(reply) if args.json else reply["id"])
     return EXIT_OK
 
@@ -139,11 +142,13 @@ def _cmd_flush(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_hook(args: argparse.Namespace, settings: Settings) -> int:
     """Only for callers of `monitor_main` itself: `launcher` runs the hook before argparse."""
-    from ralph_monitor.agent.hook import main as hook_main
+    from ralph_monitor.agent.hook_start import FOREGROUND_OPTION
+    from ralph_monitor.agent.hook_start import main as hook_main
 
     options = {"--socket": args.socket, "--config": args.config,
                "--max-field-bytes": args.max_field_bytes, "--timeout": args.timeout}
-    return hook_main([f"{name}={value}" for name, value in options.items() if value is not None])
+    argv = [f"{name}={value}" for name, value in options.items() if value is not None]
+    return hook_main(argv + ([FOREGROUND_OPTION] if args.foreground else []))
 
 
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,6 +156,7 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
 
     from ralph_monitor.agent.client import Client
     from ralph_monitor.agent.loop import LoopRunner, Spec, load_specs
+    from ralph_monitor.agent.redact import Redactor
 
     command = args.agent_command[1:] if args.agent_command[:1] == ["--"] else args.agent_command
     if args.session is not None:
@@ -163,7 +169,44 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
         return LoopRunner(
             client, command, specs, iterations=args.iterations, name=args.name, session_id=args.session,
             timeout_s=args.timeout, heartbeat_s=args.heartbeat, kill_grace_s=args.kill_grace,
-            stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet).run()
+            stop_on_failure=args.stop_on_failure, stdin_spec=args.stdin_spec, quiet=args.quiet,
+            max_cost_usd=settings.budget_session_usd if args.max_cost is None else args.max_cost,
+            max_tokens=settings.budget_session_tokens if args.max_tokens is None else args.max_tokens,
+            redactor=Redactor(enabled=settings.redaction_enabled, extra_patterns=settings.redaction_patterns),
+            config_path=os.path.abspath(args.config) if args.config else None).run()
+
+
+def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from ralph_monitor.agent.claude_import import run_import
+    from ralph_monitor.agent.prices import PRICES_DATE, PriceTable
+    from ralph_monitor.agent.redact import Redactor
+
+    try:
+        prices = PriceTable.with_overrides(settings.import_prices_file or None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"[import] prices_file: {exc}") from None
+    summary = run_import(_socket_path(args, settings), projects=args.projects, since=args.since,
+                         redactor=Redactor(enabled=settings.redaction_enabled,
+                                           extra_patterns=settings.redaction_patterns),
+                         prices=prices, dry_run=args.dry_run, progress=None if args.json else sys.stderr)
+    if args.json:
+        print(json.dumps(summary.as_json(), indent=2, sort_keys=True))
+    else:
+        verb = "would record" if args.dry_run else "recorded"
+        print(f"{verb} {summary.sessions} sessions ({summary.turns} turns, {summary.tool_calls} tool calls, "
+              f"{summary.tokens_used:,} tokens) from {summary.files} transcript files")
+        print(f"cost: ${summary.cost_api_usd:,.2f} as the transcripts give it (api), "
+              f"${summary.cost_estimate_usd:,.2f} estimated from the price table of {PRICES_DATE}"
+              + (f"; no price for {', '.join(sorted(summary.unpriced_models))}" if summary.unpriced_models else ""))
+        if not args.dry_run:
+            print(f"{summary.events_stored} events stored, {summary.events_sent - summary.events_stored - summary.rejected} "
+                  f"already there; {summary.unchanged} sessions unchanged since the last import, "
+                  f"{summary.recorded_by_hook} recorded live by the hook; {summary.redactions} secrets redacted")
+    if summary.rejected:
+        print(f"ralph-monitor import: {summary.rejected} events refused, e.g.: {summary.first_rejection}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -242,6 +285,7 @@ def monitor_parser() -> argparse.ArgumentParser:
     _add_agent_parsers(sub)
     ops_cli.add_commands(sub)
     alert_cli.add_commands(sub)
+    dashboard_users.add_commands(sub)
     return parser
 
 
@@ -262,6 +306,23 @@ def _add_agent_parsers(sub: Any) -> None:
                           "prints nothing, and gives up after --timeout seconds.")
     add_hook_arguments(hook)
     hook.set_defaults(func=_cmd_hook, no_settings=True)
+
+    imports = sub.add_parser(
+        "import", help="record the Claude Code sessions already on disk (its transcripts)",
+        description="Read Claude Code's transcripts (~/.claude/projects/**/*.jsonl, or $CLAUDE_CONFIG_DIR/projects) "
+        "and record each session with its turns, tool calls, tokens per model and cost (api where the transcript "
+        "has it, else estimated). Safe to run again: only new or grown transcripts are sent, and nothing is "
+        "stored twice.")
+    add_config_option(imports)
+    imports.add_argument("source", choices=["claude-code"], help="what to import")
+    imports.add_argument("--since", default="30d", metavar="WHEN",
+                         help="transcripts touched since: 30d, 12h, 2w, a date, or all (default 30d)")
+    imports.add_argument("--projects", metavar="DIR", help="the transcripts' directory (default ~/.claude/projects)")
+    imports.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")
+    imports.add_argument("--dry-run", action="store_true", help="read and sum up, send nothing")
+    imports.add_argument("--json", action="store_true",
+                         help="print the summary as JSON (with tokens per day and model, as ccusage counts them)")
+    imports.set_defaults(func=_cmd_import)
 
     loop = sub.add_parser(
         "loop", help="run an agent command per spec and record each run",
@@ -290,6 +351,11 @@ def _add_agent_parsers(sub: Any) -> None:
     loop.add_argument("--kill-grace", type=float, default=10.0, metavar="S",
                       help="seconds between the stop signal and SIGKILL (default 10)")
     loop.add_argument("--stop-on-failure", action="store_true", help="stop at the first failed or timed-out spec")
+    loop.add_argument("--max-cost", type=float, metavar="USD",
+                      help="start no further spec once the session spent more than USD; the session ends as "
+                      "budget_exceeded and the loop exits 3 (default: [budget] session_usd; 0: no limit)")
+    loop.add_argument("--max-tokens", type=int, metavar="N",
+                      help="the same for tokens (default: [budget] session_tokens; 0: no limit)")
     loop.add_argument("--stdin-spec", action="store_true", help="give each spec's file to the command on stdin")
     loop.add_argument("--quiet", action="store_true", help="do not echo the command's output")
     loop.add_argument("--socket", help="socket path (default: $RALPH_MONITOR_SOCKET, else the config's)")

@@ -6,6 +6,7 @@ both run their parsed command through `run_command`, take `--config` the same wa
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -56,3 +57,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # `ralph-query session ID | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush does not fail again
+        return EXIT_OK

@@ -11,6 +11,7 @@ import datetime
 import difflib
 import math
 import os
+import re
 import socket
 import stat
 import tomllib
@@ -47,6 +48,11 @@ class Settings:
         "database", "",
         "libpq connection string for the writer role. Empty: run a private PostgreSQL "
         "cluster under paths.state_dir.")
+    database_read_dsn: str = _setting(
+        "database", "",
+        "libpq connection string the dashboard, ralph-query and reports read from, e.g. a streaming "
+        "replica (writes never go there). Empty: the write DSN. If it cannot be reached, reads fall back "
+        "to the write DSN with a warning (logged and shown in the monitor's health).")
     database_password_file: str = _setting(
         "database", "", "File (mode 0600) holding the database password, so none sits in this file.")
     database_connect_timeout_s: float = _setting(
@@ -175,6 +181,17 @@ class Settings:
         "past it.", minimum=0)
     budget_session_tokens: int = _setting("budget", 0, "Tokens of one session (0: no limit).", minimum=0)
 
+    redaction_enabled: bool = _setting(
+        "redaction", True, "Replace secret-shaped text (API keys, tokens, private keys, password= and "
+        "Authorization: values) in what the hook, the loop and the import send, before it is stored.")
+    redaction_patterns: tuple[str, ...] = _setting(
+        "redaction", (), "More regular expressions (Python syntax) whose matches are redacted, e.g. "
+        "[\"corp-[0-9a-f]{32}\"].")
+
+    import_prices_file: str = _setting(
+        "import", "", "A TOML file of model prices (USD per million tokens) that replace or add to the table "
+        "`ralph-monitor import claude-code` estimates costs with; see agent/prices.py. Empty: the shipped table.")
+
     @property
     def state_dir(self) -> Path:
         return Path(self.paths_state_dir)
@@ -251,6 +268,11 @@ def _coerce(origin: str, section: str, key: str, f: dataclasses.Field[Any], valu
 
 
 def _validate(settings: Settings, origin: str) -> None:
+    for pattern in settings.redaction_patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{origin}: [redaction] patterns: {pattern!r} is not a regular expression: {exc}") from None
     try:
         mode = settings.socket_mode_bits
         if not 0 <= mode <= 0o777:
@@ -266,7 +288,8 @@ def _validate(settings: Settings, origin: str) -> None:
     if settings.monitor_log_level not in LOG_LEVELS:
         raise ConfigError(
             f"{origin}: [monitor] log_level = {settings.monitor_log_level!r}; use one of {', '.join(LOG_LEVELS)}")
-    for name in ("paths_state_dir", "paths_site_dir", "paths_backup_dir", "socket_path", "backup_pg_dump"):
+    for name in ("paths_state_dir", "paths_site_dir", "paths_backup_dir", "socket_path", "backup_pg_dump",
+                 "import_prices_file"):
         value = getattr(settings, name)
         if value and not os.path.isabs(value):
             section, key = name.split("_", 1)
@@ -293,14 +316,15 @@ def _validate(settings: Settings, origin: str) -> None:
 def _check_secret_exposure(path: Path, data: dict[str, Any]) -> None:
     """Refuse a world-readable config that holds a password (guarantee 7)."""
     database = data.get("database")
-    dsn = str(database.get("dsn", "")) if isinstance(database, dict) else ""  # else: reported later
     alerts = data.get("alerts")
     if not path.stat().st_mode & stat.S_IROTH:
         return
-    if "password" in dsn.lower() or _dsn_url_has_password(dsn):
-        raise ConfigError(
-            f"{path}: [database] dsn contains a password but the file is world-readable; "
-            f"move the password to [database] password_file (mode 0600) or run: chmod 640 {path}")
+    for key in ("dsn", "read_dsn"):
+        dsn = str(database.get(key, "")) if isinstance(database, dict) else ""  # else: reported later
+        if "password" in dsn.lower() or _dsn_url_has_password(dsn):
+            raise ConfigError(
+                f"{path}: [database] {key} contains a password but the file is world-readable; "
+                f"move the password to [database] password_file (mode 0600) or run: chmod 640 {path}")
     if isinstance(alerts, dict) and alerts.get("urls"):
         raise ConfigError(
             f"{path}: [alerts] urls hold the destinations' tokens but the file is world-readable; "

@@ -30,7 +30,7 @@ from ralph_monitor.ingest import Ingestor
 from ralph_monitor.projector import Projector
 from ralph_monitor.protocol import Origin
 from ralph_monitor.scheduler import Scheduler
-from ralph_monitor.server import EventServer, activated_socket, bind_socket
+from ralph_monitor.server import EventServer, activated_socket, bind_socket, refuse_if_served
 from ralph_monitor.spool import Spool
 from ralph_monitor.store import EventStore, ProjectionStore, ensure_database
 
@@ -70,6 +70,7 @@ def run_daemon(settings: Settings) -> int:
     """`ralph-monitor run`: serve until SIGTERM/SIGINT. Returns the exit code."""
     # Until the event loop installs its handlers, SIGTERM unwinds (stopping the cluster).
     signal.signal(signal.SIGTERM, _terminate_during_startup)
+    refuse_if_served(settings)
     notifier = Notifier()
     settings.state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     cluster = None

@@ -33,6 +33,8 @@ DISK_FAIL = (0.03, 256 << 20)
 """FAIL below 3 % or 256 MiB free; WARN below the next pair."""
 DISK_WARN = (0.10, 2 << 30)
 NGINX_CONFIG_DIRS = ("/etc/nginx/sites-enabled", "/etc/nginx/conf.d")
+NGINX_SITE = "/etc/nginx/sites-available/ralph-monitor.conf"
+"""Where the package puts its nginx site."""
 SERVICE_UNIT = Path("/usr/lib/systemd/system/ralph-monitor.service")
 SERVICE_STATE_DIR = Path("/var/lib/ralph-monitor")
 """StateDirectory=ralph-monitor: the one writable path under ProtectSystem=strict."""
@@ -351,26 +353,54 @@ def check_projection(facts: DatabaseFacts | None) -> Check:
                  "fix the cause (see the daemon's log), then run: ralph-monitor rebuild-aggregates")
 
 
+def _running_nginx_configs() -> list[Path]:
+    """The config files (with the files they include) of the nginx masters running here, such
+    as the private one `scripts/run` starts."""
+    configs: list[Path] = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
+        except OSError:
+            continue
+        if argv[:3] != ["nginx:", "master", "process"] or "-c" not in argv[:-1]:
+            continue
+        main = Path(argv[argv.index("-c") + 1])
+        configs.append(main)
+        try:
+            text = main.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for pattern in re.findall(r"\binclude\s+([^;\s]+);", text):
+            if pattern.startswith("/"):
+                configs.extend(Path("/").glob(pattern.lstrip("/")))
+    return configs
+
+
 def check_nginx(settings: Settings) -> Check:
     nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.path.exists(p)), None)
     root = str(settings.site_dir)
     found = []
-    for directory in NGINX_CONFIG_DIRS:
-        for conf in sorted(Path(directory).glob("*")) if Path(directory).is_dir() else []:
-            try:
-                if root in conf.read_text(encoding="utf-8", errors="replace"):
-                    found.append(str(conf))
-            except OSError:
-                continue
+    enabled = [conf for directory in NGINX_CONFIG_DIRS if Path(directory).is_dir()
+               for conf in sorted(Path(directory).glob("*"))]
+    for conf in enabled + _running_nginx_configs():
+        try:
+            if root in conf.read_text(encoding="utf-8", errors="replace") and str(conf) not in found:
+                found.append(str(conf))
+        except OSError:
+            continue
     if found and nginx:
         return Check("nginx", OK, f"site enabled: {', '.join(found)}")
     if found:
         return Check("nginx", WARN, f"{', '.join(found)} serves {root} but nginx is not installed",
                      "apt-get install nginx")
-    if nginx:
+    if nginx and Path(NGINX_SITE).exists():
         return Check("nginx", WARN, f"no enabled nginx site serves {root}",
                      "ln -s ../sites-available/ralph-monitor.conf /etc/nginx/sites-enabled/ && "
                      "nginx -t && systemctl reload nginx")
+    if nginx:   # a checkout: the package's site is not installed
+        return Check("nginx", WARN, f"no running or enabled nginx site serves {root}",
+                     "scripts/run serves it on http://127.0.0.1:8080/; or install packaging/nginx/ralph-monitor.conf "
+                     f"as {NGINX_SITE} (root: {root}/current) and enable it")
     return Check("nginx", WARN, f"nginx is not installed: the dashboard in {root} is not served",
                  "apt-get install nginx")
 

@@ -1,8 +1,11 @@
-"""Logging to stderr in a form journald understands (syslog priority prefixes).
+"""Logging in a form journald understands, with structured fields when it can.
 
-Under systemd (JOURNAL_STREAM is set) each line starts with `<N>` so journald records
-its priority; on a terminal lines read `LEVEL logger: message`. Passwords that slip into a
-message (a DSN in a driver error, a PGPASSWORD= in a command) are masked either way.
+When stderr is the journal (JOURNAL_STREAM names it), records go to journald's native socket
+with `PRIORITY`, `LOGGER`, `CODE_FILE`/`CODE_LINE`/`CODE_FUNC` and `THREAD` fields
+(`journalctl -u ralph-monitor -o json` shows them); a record the socket does not take goes to
+stderr instead, each line starting with `<N>` so journald still records its priority. On a
+terminal lines read `LEVEL logger: message`. Passwords that slip into a message (a DSN in a
+driver error, a PGPASSWORD= in a command) are masked every way.
 """
 
 from __future__ import annotations
@@ -10,8 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import struct
 import sys
 import time
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+SYSLOG_IDENTIFIER = "ralph-monitor"
 
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -43,6 +51,50 @@ class _JournalFormatter(_Formatter):
         return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
 
 
+class _JournalHandler(logging.Handler):
+    """Sends each record to journald's native socket as one datagram of fields; a record it
+    cannot send (too big, the journal away) goes to `fallback` (stderr) instead."""
+
+    def __init__(self, fallback: logging.Handler) -> None:
+        super().__init__()
+        self._fallback = fallback
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.connect(JOURNAL_SOCKET)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {
+            "MESSAGE": redact(self.format(record)),
+            "PRIORITY": str(_PRIORITIES.get(record.levelno, 6)),
+            "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+            "LOGGER": record.name,
+            "CODE_FILE": record.pathname,
+            "CODE_LINE": str(record.lineno),
+            "CODE_FUNC": record.funcName,
+            "THREAD": record.threadName or "",
+        }
+        try:
+            self._socket.send(b"".join(_journal_field(name, value) for name, value in fields.items()))
+        except OSError:
+            self._fallback.handle(record)
+
+
+def _journal_field(name: str, value: str) -> bytes:
+    """One field of journald's native protocol (a value with a newline is length-prefixed)."""
+    data = value.encode("utf-8", "replace")
+    if b"\n" in data:
+        return name.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+    return name.encode() + b"=" + data + b"\n"
+
+
+def _stderr_is_journal() -> bool:
+    """True when stderr is the journal stream systemd connected (JOURNAL_STREAM is `dev:inode`)."""
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{stat.st_dev}:{stat.st_ino}"
+
+
 class Throttle:
     """Lets a repeating message through at most once per `interval_s`, so a failure that
     repeats for every batch (a full disk) is said again and again without flooding the journal."""
@@ -65,9 +117,17 @@ class Throttle:
 def setup_logging(level: str = "info") -> None:
     """Send log records to stderr; idempotent. A log line that cannot be written (stderr on a
     full disk) is dropped, never raised into the daemon, and no traceback is attempted."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+        if _stderr_is_journal():
+            try:
+                native = _JournalHandler(fallback=handler)
+            except OSError:
+                pass   # no native socket: the priority-prefixed lines on stderr still work
+            else:
+                native.setFormatter(logging.Formatter("%(message)s"))
+                handler = native
     else:
         handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.raiseExceptions = False

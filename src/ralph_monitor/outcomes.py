@@ -52,7 +52,7 @@ like its spec."""
 
 
 STATUS_WORDS = {"completed": "completed", "failed": "failed", "timeout": "timed out", "running": "running",
-                "interrupted": "interrupted"}
+                "interrupted": "interrupted", "budget_exceeded": "over budget"}
 """How each status of an attempt is written."""
 
 

@@ -24,7 +24,7 @@ SESSION_TYPES = (
 """The event types the projection reads; other types only count as signs of life."""
 
 SPEC_TERMINAL = {"spec_completed": "completed", "spec_failed": "failed", "timeout_triggered": "timeout"}
-SESSION_END_STATES = ("completed", "failed", "interrupted")
+SESSION_END_STATES = ("completed", "failed", "interrupted", "budget_exceeded")
 _RANK = {"session_started": 0, "spec_started": 1, "session_heartbeat": 2, "intervention_request": 2,
          "user_feedback": 3, "spec_completed": 4, "spec_failed": 4, "timeout_triggered": 4,
          "session_stalled": 5, "session_ended": 6}
@@ -75,8 +75,11 @@ class Intervention:
     answer: str | None = None
 
 
-@dataclass
-class SessionProjection:
+@dataclass(frozen=True)
+class SessionTotals:
+    """A sessions row as the projection computes it: also what the read side returns
+    (queries.SessionSummary adds what only the table knows)."""
+
     id: uuid.UUID
     name: str | None
     host: str | None
@@ -96,6 +99,13 @@ class SessionProjection:
     final_result: Any
     metadata: Any
     value_problems: list[str] = field(default_factory=list)
+    """Values the aggregates skipped (values.py), e.g. "tokens_used=1e30 ignored: out of range"."""
+
+
+@dataclass(frozen=True)
+class SessionProjection(SessionTotals):
+    """The session row with its spec runs and requests, as one projection pass writes them."""
+
     spec_runs: list[SpecRun] = field(default_factory=list)
     interventions: list[Intervention] = field(default_factory=list)
 

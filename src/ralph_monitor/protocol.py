@@ -277,6 +277,25 @@ def _decode(raw: bytes | bytearray) -> tuple[object, str]:
     return obj, raw.decode("utf-8")
 
 
+DATA_FIELDS_AT_TOP = ("tokens_used", "cost_usd", "total_specs", "duration_s", "error", "name")
+"""Fields that belong in `data`: sent beside `type` they are kept but read by nothing."""
+SPEC_ENDS = frozenset({"spec_completed", "spec_failed", "timeout_triggered"})
+"""Events that close a spec run: without their spec and session, their outcome and cost are lost."""
+
+
+def _placement_hints(obj: dict[str, object], event_type: str, spec_id: object) -> list[str]:
+    """Well-formed events that count for nothing as sent: a field outside `data`, a spec
+    event without its spec or session."""
+    hints = [f"{field} is at the top level, where nothing reads it; put it in \"data\""
+             for field in DATA_FIELDS_AT_TOP if field in obj]
+    if event_type in SPEC_ENDS:
+        missing = [name for name, value in (("session_id", obj.get("session_id")), ("spec_id", spec_id))
+                   if value is None]
+        if missing:
+            hints.append(f"{event_type} without {' and '.join(missing)}: stored, but not counted in any spec run")
+    return hints
+
+
 def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin) -> Event:
     """Validate one line (without its newline). Raises InvalidEvent naming the problem."""
     if b"\x00" in raw:
@@ -306,6 +325,8 @@ def parse_line(raw: bytes | bytearray, *, received_at: datetime, origin: Origin)
     session_id = _uuid_field(obj, "session_id")
     event_id = _uuid_field(obj, "event_id")
     warnings = data_warnings(event_type, data) or None if data and event_type in READS else None
+    if event_type in KNOWN_TYPES and (hints := _placement_hints(obj, event_type, spec_id)):
+        warnings = [*(warnings or ()), *hints]
     ts = obj.get("ts")
     occurred_at = received_at
     if ts is not None:
@@ -340,10 +361,12 @@ def ok_reply(event: Event, *, spooled: bool = False, duplicate: bool = False) ->
         reply["spooled"] = True
     if duplicate:
         reply["duplicate"] = True
+    warnings = list(event.warnings or ())
     if not event.known_type:
-        reply["warning"] = f"unknown type {event.event_type!r} stored as is"
-    if event.warnings:
-        reply["warnings"] = event.warnings
+        reply["warning"] = f"unknown type {event.event_type!r} stored as is"   # kept for older clients
+        warnings.insert(0, reply["warning"])
+    if warnings:
+        reply["warnings"] = warnings
     return json.dumps(reply).encode() + b"\n"
 
 

@@ -17,7 +17,8 @@ from ralph_monitor import changes
 from ralph_monitor.errors import UnknownSession
 from ralph_monitor.outcomes import (FIXED_ON_RETRY, RUNNING, STILL_FAILING, Attempt, Counts, RunLike, SpecResult,
                                     spec_results)
-from ralph_monitor.store import ReadStore
+from ralph_monitor.projections import SessionTotals
+from ralph_monitor.store import ReadSource, ReadStore
 
 
 @dataclass(frozen=True)
@@ -93,30 +94,12 @@ def monitor_hosts(store: ReadStore) -> list[HostHealth]:
 # Aggregates ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SessionSummary:
-    id: uuid.UUID
-    name: str | None
-    host: str | None
-    start_time: datetime
-    end_time: datetime | None
-    last_event_at: datetime
-    total_specs: int | None
-    specs_completed: int
-    specs_failed: int
-    specs_timed_out: int
-    specs_fixed_on_retry: int
-    execution_state: str
-    tokens_used: int
-    cost_usd: Decimal
-    event_count: int
-    interventions_pending: int
-    final_result: Any
-    metadata: Any
+@dataclass(frozen=True, kw_only=True)
+class SessionSummary(SessionTotals):
+    """A sessions row as read back: the projection's columns plus the table's own."""
+
     updated_at: datetime
     current_spec: str | None
-    value_problems: list[str] = field(default_factory=list)
-    """Values the aggregates skipped (values.py), e.g. "tokens_used=1e30 ignored: out of range"."""
 
     @property
     def label(self) -> str:
@@ -264,6 +247,8 @@ class Status:
     projection_failures: list[ProjectionFailure] = field(default_factory=list)
     """Sessions whose aggregates are not being updated (the oldest few)."""
     projection_failures_total: int = 0
+    reads: ReadSource | None = None
+    """Where this was read: the primary or a replica (its lag), or why not the configured replica."""
 
 
 @dataclass(frozen=True)
@@ -599,6 +584,7 @@ def status(store: ReadStore, now: datetime) -> Status:
         projection_failures=[ProjectionFailure(**row) for row in store.fetch(
             "projection_failures", {"limit": FAILURES_SHOWN})],
         projection_failures_total=store.fetch("projection_failure_count")[0]["failing"],
+        reads=store.source(),
     )
 
 

@@ -14,13 +14,13 @@ from contextlib import contextmanager
 from datetime import datetime, time, timedelta, timezone
 from typing import IO, Any
 
-from ralph_monitor import __version__, changes, queries
+from ralph_monitor import __version__, changes, queries, timeline
 from ralph_monitor.cli_common import add_config_option, parse_since, run_command
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.errors import RalphMonitorError
 from ralph_monitor.outcomes import SpecResult, attempt_word
-from ralph_monitor.store import ReadStore, open_read_store
+from ralph_monitor.store import ReadSource, ReadStore, open_read_store
 from ralph_monitor.textfmt import (duration, json_default, local_time, money, percent, relative_time,
                                    shorten, table, to_json)
 
@@ -87,6 +87,17 @@ def _session_rows(sessions: list[queries.SessionSummary], now: datetime) -> list
 SESSION_HEADERS = ["id", "name", "state", "started", "done", "failed", "timed out", "cost", "last event"]
 
 
+def reads_line(reads: ReadSource, now: datetime) -> str:
+    """Where `status` was read: the replica and its lag, or the warning that it was not."""
+    if reads.fallback:
+        return f"! {reads.fallback}"
+    if not reads.in_recovery:
+        return f"reads from {reads.database}, which is not a standby (check [database] read_dsn)"
+    replayed = relative_time(reads.last_replay_at, now) if reads.last_replay_at else "never"
+    return (f"reads from the replica ({reads.database}): lag {reads.lag_s or 0:.1f} s, "
+            f"last transaction replayed {replayed}")
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(timezone.utc)
     with _store(settings) as store:
@@ -127,6 +138,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  last backup: {relative_time(status.last_backup.occurred_at, now) if status.last_backup else 'never'}")
     print(f"  last prune: {relative_time(status.last_prune.occurred_at, now) if status.last_prune else 'never'}")
     print(f"  rejected lines in the last 24 h: {status.rejects_last_24h}")
+    if status.reads is not None and (status.reads.replica_configured or status.reads.in_recovery):
+        print("  " + reads_line(status.reads, now))
     if status.projection_failures_total:
         print(f"! aggregates NOT updated for {status.projection_failures_total} session(s): their projection "
               "fails (other sessions are fine)")
@@ -229,11 +242,19 @@ def cmd_session(args: argparse.Namespace, settings: Settings) -> int:
     print()
     if len(detail.timeline) < s.event_count:
         print(f"Timeline: the newest {len(detail.timeline)} of {s.event_count} events (--limit N, or --limit 0 for all)")
-    print(table(["time", "type", "spec", "data"], [
-        [e.occurred_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"), e.event_type, e.spec_id or "",
-         shorten(json.dumps(e.data, ensure_ascii=False, default=json_default) if e.data else "", 70)]
-        for e in detail.timeline]))
+    rows = list(reversed(detail.timeline)) if args.verbose else timeline.group(list(reversed(detail.timeline)))
+    print(table(["time", "type", "spec", "data"], [_timeline_row(row, zone) for row in reversed(rows)]))
+    if not args.verbose and len(rows) < len(detail.timeline):
+        print("(tool calls are grouped per spec run and turn; --verbose shows every event)")
     return 0
+
+
+def _timeline_row(row: Any, zone: Any) -> list[str]:
+    if isinstance(row, timeline.ToolGroup):
+        return [row.first_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"), "tool calls", row.spec_id or "",
+                shorten(row.summary(), 70)]
+    return [row.occurred_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"), row.event_type, row.spec_id or "",
+            shorten(json.dumps(row.data, ensure_ascii=False, default=json_default) if row.data else "", 70)]
 
 
 def cmd_spec(args: argparse.Namespace, settings: Settings) -> int:
@@ -479,6 +500,8 @@ def query_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_at_least(1), default=100, help="at most this many (default 100)")
     p = command("session", cmd_session, "one session: spec runs, interventions and its event timeline")
     p.add_argument("id", help="session id or a unique prefix of it")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="every event of the timeline (by default a run of tool calls is one line)")
     p.add_argument("--limit", type=_at_least(0), default=queries.SESSION_TIMELINE_EVENTS, metavar="N",
                    help=f"show the newest N events of the timeline (default {queries.SESSION_TIMELINE_EVENTS}; "
                         "0 shows them all)")

@@ -499,6 +499,24 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
 
 
+def refuse_if_served(settings: Settings) -> None:
+    """Raise ConfigError when another daemon already serves [socket] path (outside socket
+    activation): checked before anything else starts, so a second copy touches nothing of the
+    first's (its private PostgreSQL cluster above all)."""
+    if os.environ.get("LISTEN_PID") == str(os.getpid()):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(settings.socket_path)
+    except OSError:
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"another ralph-monitor is already listening on {settings.socket_path} ([socket] path); "
+                      "stop it first, or give this one its own config (another [socket] path and "
+                      "[paths] state_dir)")
+
+
 def activated_socket() -> socket.socket | None:
     """The listening socket passed by systemd socket activation (LISTEN_FDS), if any."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):

@@ -59,13 +59,15 @@ def free_port() -> int:
 
 
 def site_config_for(site_dir: Path, port: int) -> str:
-    """The shipped site config, listening on 127.0.0.1:<port> and serving `site_dir`."""
+    """The shipped site config, listening on 127.0.0.1:<port> only (plain HTTP, so no password)
+    and serving `site_dir`."""
     text = SITE_CONF.read_text()
-    text, listens = re.subn(r"^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{port};", text, flags=re.MULTILINE)
-    text, ipv6 = re.subn(r"^\s*listen \[::\]:80;\n", "", text, flags=re.MULTILINE)
+    text, listens = re.subn(r"^\s*listen .*;\n", "", text, flags=re.MULTILINE)
+    text, tls = re.subn(r"^\s*ssl_.*;\n", "", text, flags=re.MULTILINE)
+    text, servers = re.subn(r"^server \{\n", f"server {{\n    listen 127.0.0.1:{port};\n", text, flags=re.MULTILINE)
     text, roots = re.subn(r"^(\s*)root /var/lib/ralph-monitor/site/current;$", rf"\1root {site_dir}/current;",
                           text, flags=re.MULTILINE)
-    assert (listens, ipv6, roots) == (1, 1, 1), "the shipped nginx config changed shape; update this rewrite"
+    assert (listens, tls, servers, roots) == (4, 3, 1, 1), "the shipped nginx config changed shape; update this rewrite"
     return text
 
 

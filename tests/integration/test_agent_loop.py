@@ -106,7 +106,9 @@ def test_a_night_of_specs_with_passes_failures_a_crash_and_a_timeout(daemon: Dae
     assert timeout["signal"] == "SIGTERM" and timeout["timeout_s"] == 2
     assert events(daemon.dsn, "event_type = 'session_heartbeat' AND spec_id = 'slow-4'")
     # The hook inside each run filed its events under the loop's session and spec.
-    tools = events(daemon.dsn, "event_type = 'cc.PreToolUse'")
+    # (The hook records in a detached child: its events may land just after the loop's own.)
+    tools = wait_for(lambda: (found := events(daemon.dsn, "event_type = 'cc.PreToolUse'")) and len(found) == 5 and found,
+                     what="the hook's events")
     assert {(t["session_id"], t["spec_id"]) for t in tools} == {
         (str(session["id"]), s) for s in ("ok-1", "fail-2", "crash-3", "slow-4", "ok-2")}
     pid = int((tmp_path / "pid").read_text())

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import Daemon, admin_connect
 from tests.ops import execute, monitor, write_config
@@ -89,3 +96,38 @@ def test_doctor_reports_a_bad_config(tmp_path: Path) -> None:
     proc = monitor("doctor", config=config)
     assert proc.returncode == 1
     assert proc.stdout.startswith("FAIL  config") and "did you mean 'events_days'" in proc.stdout
+
+
+def test_doctor_sees_the_nginx_that_scripts_run_starts(daemon: Daemon, tmp_path: Path) -> None:
+    """A private nginx (as scripts/run starts one, config outside /etc/nginx) serving the site
+    dir counts as serving the dashboard."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.skip("nginx is not installed (scripts/test installs it)")
+    site_dir = daemon.root / "state" / "site"
+    rc, checks = doctor(daemon.config_path)
+    assert checks["nginx"][0] == "WARN" and str(site_dir) in checks["nginx"][1]
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (prefix / "site.conf").write_text(f"server {{ listen 127.0.0.1:{port}; root {site_dir}/current; }}\n")
+    (prefix / "nginx.conf").write_text(
+        ("user nobody nogroup;\n" if os.geteuid() == 0 else "")
+        + f"daemon off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\nevents {{}}\n"
+        f"http {{ access_log off; client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy; "
+        f"fastcgi_temp_path {prefix}/fastcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi; "
+        f"include {prefix}/site.conf; }}\n")
+    server = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while not (prefix / "nginx.pid").exists():
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate(timeout=5)[0]
+            time.sleep(0.05)
+        rc, checks = doctor(daemon.config_path)
+        assert checks["nginx"] == ("OK", f"site enabled: {prefix / 'site.conf'}"), checks
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -240,3 +240,62 @@ def test_low_disk_is_visible_before_it_is_full(daemon_factory: Any, tmpfs: Any) 
     assert "disk state" in doctor.stdout
     (state / "ballast").unlink()
     daemon.stop()
+
+
+def test_site_disk_full_keeps_the_published_dashboard_and_renders_again_when_space_returns(
+        daemon_factory: Any, tmpfs: Any) -> None:
+    site = tmpfs("4m")
+    daemon: Daemon = daemon_factory(paths={"site_dir": str(site / "site")}, schedule={"render_interval_s": 5.0})
+    daemon.start()
+    current = site / "site" / "current"
+    deadline = time.monotonic() + REPLAY_TIMEOUT_S
+    while not (current / "index.html").exists():
+        assert time.monotonic() < deadline, "no dashboard published"
+        time.sleep(0.2)
+    index = (current / "index.html").read_bytes()
+    client = LineClient(daemon.connect())
+    sessions = []
+    deadline = time.monotonic() + REPLAY_TIMEOUT_S
+    while "cannot write the dashboard" not in daemon.log():   # pruning old releases frees room: fill again
+        assert time.monotonic() < deadline, "the render never met the full disk:\n" + daemon.log()[-2000:]
+        filler = fill(site)
+        sessions.append(str(uuid.uuid4()))
+        assert client.request({"type": "session_started", "session_id": sessions[-1],
+                               "data": {"name": f"while-full-{len(sessions)}"}})["ok"]
+        time.sleep(0.5)
+    client.close()
+    assert (current / "index.html").read_bytes()   # the last good site is still served
+    assert daemon.process is not None and daemon.process.poll() is None
+    log = daemon.log()
+    assert "No space left on device" in log and "Traceback" not in log, log[-3000:]
+    assert not (current / "sessions" / f"{sessions[-1]}.html").exists()
+    give_back(filler)
+    deadline = time.monotonic() + REPLAY_TIMEOUT_S
+    while not (current / "sessions" / f"{sessions[-1]}.html").exists():
+        assert time.monotonic() < deadline, "the dashboard was not rendered again:\n" + daemon.log()[-2000:]
+        time.sleep(0.3)
+    assert (current / "index.html").read_bytes() != index
+    assert "dashboard renders again" in daemon.log()
+    daemon.stop()
+
+
+def test_backup_disk_full_removes_the_partial_dump_keeps_older_backups_and_says_so(
+        daemon: Daemon, tmpfs: Any) -> None:
+    backups = tmpfs("16m")
+    daemon.settings.setdefault("paths", {})["backup_dir"] = str(backups)
+    daemon.write_config()
+    run = [str(Path(os.sys.executable).parent / "ralph-monitor"), "backup", "--config", str(daemon.config_path)]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    kept = sorted(p.name for p in backups.iterdir())
+    filler = fill(backups)
+    second = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert "No space left on device" in second.stderr and "Traceback" not in second.stderr, second.stderr
+    assert sorted(p.name for p in backups.iterdir() if p.name != "filler") == kept  # no partial dump left
+    failed = query(daemon.dsn, "SELECT payload->'data'->>'error' AS error FROM events "
+                               "WHERE event_type = 'backup_failed'")
+    assert failed and "No space left on device" in failed[0]["error"]
+    give_back(filler)
+    third = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr

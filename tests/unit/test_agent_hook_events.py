@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -12,7 +13,9 @@ import pytest
 from ralph_monitor.agent.client import encode_event
 from ralph_monitor.agent.hook import events_for, transcript_usage
 from ralph_monitor.protocol import KNOWN_TYPES, Origin, parse_line
-from tests.hook_payloads import CC_SESSION, all_payloads, write_transcript
+from tests.hook_payloads import (
+    CC_SESSION, FINAL_REPLY, all_payloads, assistant_line, readme_hook_settings, write_transcript,
+)
 
 LOOP = {"RALPH_SESSION_ID": "6f1c2b4e-1111-4000-8000-000000000001", "RALPH_SPEC_ID": "CR-02"}
 ORIGIN = Origin(host="test", uid=0, pid=0)
@@ -42,7 +45,7 @@ def test_every_hook_event_maps_to_a_cc_event_in_the_loop_session(name: str, tmp_
     assert data["cc_session_id"] == CC_SESSION
     assert data["cwd"] == "/home/dev/shop" and data["permission_mode"] == "bypassPermissions"
     for key, value in payload.items():
-        if key not in ("session_id", "hook_event_name"):
+        if key not in ("session_id", "hook_event_name", "tool_calls"):  # PostToolBatch: summarised
             assert data[key] == value, key
     if name in ("Stop", "SubagentStop", "SessionEnd", "StopFailure"):
         assert data["usage"]["tokens_used"] > 0
@@ -74,7 +77,8 @@ def test_without_a_loop_claudes_session_is_the_session_and_starts_and_ends(tmp_p
     assert start[0]["data"]["metadata"]["model"] == "claude-sonnet-4-6"
     end = events_for(json.dumps(payloads["SessionEnd"]).encode(), environ={})
     assert [e["type"] for e in end] == ["cc.SessionEnd", "session_ended"]
-    assert end[1]["data"] == {"status": "completed", "reason": "prompt_input_exit", "tokens_used": sums["tokens_used"]}
+    assert end[1]["data"] == {"status": "completed", "reason": "prompt_input_exit", "tokens_used": sums["tokens_used"],
+                              "models": ["claude-haiku-4-5", "claude-sonnet-4-6"]}
     # A resumed session's start (or a second end) is the same event: stored once.
     again = events_for(json.dumps(payloads["SessionStart"]).encode(), environ={})
     assert again[0]["event_id"] == start[0]["event_id"]
@@ -142,6 +146,13 @@ def test_unknown_or_odd_event_names_still_map() -> None:
     assert events_for(b'{"x": 1}', environ={})[0]["type"] == "cc.unknown"
 
 
+def socket_for(argv: list[str]) -> str:
+    from ralph_monitor.agent import hook
+
+    options = hook.Options(argv)
+    return hook.socket_path_for(options, hook.read_config(options))
+
+
 def test_socket_path_lookup_and_uuid_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ralph_monitor.agent import hook
     from ralph_monitor.agent.client import new_uuid
@@ -152,14 +163,14 @@ def test_socket_path_lookup_and_uuid_helpers(tmp_path: Path, monkeypatch: pytest
     monkeypatch.delenv("RALPH_MONITOR_SOCKET", raising=False)
     config = tmp_path / "config.toml"
     config.write_text('[socket]\npath = "/srv/rm.sock"\n[database]\nnonsense = 1\n')
-    assert hook.socket_path_for(hook.Options(["--config", str(config)])) == "/srv/rm.sock"
+    assert socket_for(["--config", str(config)]) == "/srv/rm.sock"
     monkeypatch.setenv("RALPH_MONITOR_CONFIG", str(config))
-    assert hook.socket_path_for(hook.Options([])) == "/srv/rm.sock"
+    assert socket_for([]) == "/srv/rm.sock"
     monkeypatch.setenv("RALPH_MONITOR_SOCKET", "/env.sock")
-    assert hook.socket_path_for(hook.Options([])) == "/env.sock"
-    assert hook.socket_path_for(hook.Options(["--socket=/opt.sock"])) == "/opt.sock"
+    assert socket_for([]) == "/env.sock"
+    assert socket_for(["--socket=/opt.sock"]) == "/opt.sock"
     config.write_text("not [ toml")
-    assert hook.socket_path_for(hook.Options(["--config", str(config)])) == hook.DEFAULT_SOCKET
+    assert socket_for(["--config", str(config)]) == hook.DEFAULT_SOCKET
     options = hook.Options(["--timeout", "0.5", "--max-field-bytes=100", "--bogus", "--timeout", "x"])
     assert (options.timeout, options.max_field_bytes) == (0.5, 100)
 
@@ -176,9 +187,82 @@ def test_socket_path_lookup_and_uuid_helpers(tmp_path: Path, monkeypatch: pytest
 
 
 def test_the_readme_installs_the_hook_for_every_event_tested_here() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    start = readme.index('```json\n{\n  "hooks"') + len("```json\n")
-    settings = json.loads(readme[start:readme.index("```", start)])
+    settings = readme_hook_settings()
     assert set(settings["hooks"]) == set(all_payloads())
     for groups in settings["hooks"].values():
         assert groups == [{"hooks": [{"type": "command", "command": "ralph-monitor hook", "timeout": 5}]}]
+
+
+def _append_later(path: Path, line: str, delay_s: float) -> threading.Thread:
+    def write() -> None:
+        time.sleep(delay_s)
+        with path.open("a") as transcript:
+            transcript.write(line + "\n")
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("earlier_turn_said_the_same", [False, True])
+def test_stop_waits_until_the_transcript_holds_the_last_reply(tmp_path: Path, earlier_turn_said_the_same: bool) -> None:
+    """Claude Code calls the Stop hook 20-100 ms before it writes the turn's last reply."""
+    transcript = tmp_path / "t.jsonl"
+    u1 = {"input_tokens": 5, "output_tokens": 50, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 0}
+    u2 = {"input_tokens": 7, "output_tokens": 70, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 900}
+    earlier = "Done." if earlier_turn_said_the_same else "Looking at it."
+    lines = [json.dumps({"type": "user", "message": {"role": "user", "content": "first"}}),
+             assistant_line("req_1", "msg_1", "claude-sonnet-4-6", u1, earlier),
+             json.dumps({"type": "user", "message": {"role": "user", "content": "second"}})]
+    transcript.write_text("\n".join(lines) + "\n")
+    payload = dict(all_payloads(str(transcript))["Stop"], last_assistant_message="Done.")
+    writer = _append_later(transcript, assistant_line("req_2", "msg_2", "claude-sonnet-4-6", u2, "Done."), 0.08)
+    started = time.monotonic()
+    events = events_for(json.dumps(payload).encode(), environ=LOOP, transcript_deadline=started + 0.5)
+    writer.join()
+    usage = events[0]["data"]["usage"]
+    assert usage["requests"] == 2 and usage["tokens_used"] == sum(u1.values()) + sum(u2.values())
+    assert 60 <= usage["waited_ms"] < 400 and "last_reply_missing" not in usage
+
+
+def test_stop_gives_up_at_the_deadline_and_says_so(tmp_path: Path) -> None:
+    transcript = tmp_path / "t.jsonl"
+    write_transcript(transcript)
+    payload = dict(all_payloads(str(transcript))["Stop"], last_assistant_message="A reply never written")
+    started = time.monotonic()
+    events = events_for(json.dumps(payload).encode(), environ=LOOP, transcript_deadline=started + 0.15)
+    assert 0.15 <= time.monotonic() - started < 0.4
+    assert events[0]["data"]["usage"]["last_reply_missing"] is True
+    # The reply is there at once: no wait.
+    payload["last_assistant_message"] = FINAL_REPLY
+    started = time.monotonic()
+    events = events_for(json.dumps(payload).encode(), environ=LOOP, transcript_deadline=started + 0.5)
+    assert time.monotonic() - started < 0.1 and "waited_ms" not in events[0]["data"]["usage"]
+
+
+def test_message_display_is_ignored_and_a_tool_batch_summarised() -> None:
+    display = {"session_id": CC_SESSION, "hook_event_name": "MessageDisplay", "turn_id": "t", "message_id": "m",
+               "index": 3, "final": False, "delta": "a streamed line\n"}
+    assert events_for(json.dumps(display).encode(), environ=LOOP) == []
+    batch = {"session_id": CC_SESSION, "hook_event_name": "PostToolBatch", "prompt_id": "p", "tool_calls": [
+        {"tool_name": "Bash", "tool_input": {"command": "pytest"}, "tool_use_id": "toolu_1", "tool_response": "ok" * 900},
+        {"tool_name": "Read", "tool_input": {"file_path": "/a"}, "tool_use_id": "toolu_2", "tool_response": "x"}]}
+    data = events_for(json.dumps(batch).encode(), environ=LOOP)[0]["data"]
+    assert data["tool_count"] == 2 and "tool_calls" not in data
+    assert data["tools"] == [{"tool_name": "Bash", "tool_use_id": "toolu_1"}, {"tool_name": "Read", "tool_use_id": "toolu_2"}]
+
+
+def test_session_end_records_the_clis_own_cost(tmp_path: Path) -> None:
+    transcript = tmp_path / "t.jsonl"
+    sums = write_transcript(transcript)
+    with transcript.open("a") as f:
+        f.write(json.dumps({"type": "cost-state", "sessionId": CC_SESSION, "totalCostUSD": 0.5,
+                            "modelUsage": {"claude-sonnet-4-6": {"costUSD": 0.4}, "claude-haiku-4-5": {"costUSD": 0.1}}})
+                + "\n")
+        f.write(json.dumps({"type": "cost-state", "sessionId": CC_SESSION, "totalCostUSD": 0.75,
+                            "modelUsage": {"claude-sonnet-4-6": {"costUSD": 0.6}, "claude-haiku-4-5": {"costUSD": 0.15}}})
+                + "\n")
+    end = events_for(json.dumps(all_payloads(str(transcript))["SessionEnd"]).encode(), environ={})
+    assert end[0]["data"]["cost"] == {"cost_usd": 0.75, "source": "api",
+                                      "by_model": {"claude-sonnet-4-6": 0.6, "claude-haiku-4-5": 0.15}}
+    assert (end[1]["type"], end[1]["data"]["cost_usd"], end[1]["data"]["cost_source"]) == ("session_ended", 0.75, "api")
+    assert end[1]["data"]["tokens_used"] == sums["tokens_used"]

@@ -45,3 +45,14 @@ def test_the_hook_path_imports_nothing_heavy() -> None:
     heavy = {"psycopg", "psycopg_pool", "argparse", "ralph_monitor.config", "ralph_monitor.cli", "ralph_monitor.store",
              "uuid", "dataclasses", "logging", "threading", "tomli_w", "zoneinfo", "subprocess"}
     assert not heavy & loaded
+
+
+def test_what_claude_code_waits_for_imports_nothing_but_the_entry_point() -> None:
+    """The parent process of a hook call (`agent.hook_start`) reads stdin and forks; everything
+    else happens in the detached child."""
+    loaded = modules_loaded_by("import ralph_monitor.launcher, ralph_monitor.agent.hook_start")
+    own = {"ralph_monitor", "ralph_monitor.launcher", "ralph_monitor.agent", "ralph_monitor.agent.hook_start"}
+    assert own <= loaded
+    # `collections.abc` (for a type) and what it needs; nothing that does work.
+    assert loaded - own <= {"__future__", "_collections", "_operator", "collections", "collections.abc", "itertools",
+                            "keyword", "operator", "reprlib"}

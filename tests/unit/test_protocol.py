@@ -306,7 +306,8 @@ def test_ok_reply_for_an_unknown_type_carries_a_warning() -> None:
     reply = ok_reply(event)
     assert reply.endswith(b"\n") and reply.count(b"\n") == 1
     assert json.loads(reply) == {"ok": True, "id": event.event_id,
-                                 "warning": "unknown type 'deploy.finished' stored as is"}
+                                 "warning": "unknown type 'deploy.finished' stored as is",
+                                 "warnings": ["unknown type 'deploy.finished' stored as is"]}
     assert "warning" not in json.loads(ok_reply(parse(b'{"type":"cc.PreToolUse"}')))
 
 
@@ -457,3 +458,13 @@ def test_orjson_refusals_get_the_strict_decoders_exact_message() -> None:
     with pytest.raises(InvalidEvent) as caught:
         parse(b'{"type":"spec_started","data":{"s":"\\ud800"}}')
     assert caught.value.code == "invalid_unicode"
+
+
+def test_fields_in_the_wrong_place_get_a_hint() -> None:
+    reply = json.loads(ok_reply(parse(b'{"type":"spec_completed","tokens_used":500}')))
+    assert reply["warnings"] == [
+        'tokens_used is at the top level, where nothing reads it; put it in "data"',
+        "spec_completed without session_id and spec_id: stored, but not counted in any spec run"]
+    fine = parse(b'{"type":"spec_completed","session_id":"6f1c2b4e-1111-4000-8000-000000000001",'
+                 b'"spec_id":"CR-1","data":{"tokens_used":500}}')
+    assert fine.warnings is None

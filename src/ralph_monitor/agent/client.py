@@ -72,6 +72,12 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def utc_from_ns(ns: int) -> str:
+    """A `time.time_ns()` reading as RFC 3339 in UTC, to the microsecond."""
+    moment = datetime.fromtimestamp(ns // 1_000_000_000, timezone.utc).replace(microsecond=ns // 1000 % 1_000_000)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def build_event(event_type: str, *, session_id: str | None = None, spec_id: str | None = None,
                 data: dict[str, Any] | None = None, ts: str | None = None,
                 event_id: str | None = None) -> dict[str, Any]:

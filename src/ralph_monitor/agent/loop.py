@@ -1,6 +1,10 @@
 """`ralph-monitor loop`: run an agent command once per spec (or per iteration) and record
 each run as a spec run: exit code, duration, and — for `claude -p --output-format json` or
-`stream-json` — the result's cost, token usage, turns, is_error and subtype.
+`stream-json` — the result's cost, token usage (in all and per model), turns, is_error,
+subtype, terminal_reason, api_error_status, API time and permission denials. A run that was
+refused a tool (`permission_denials`) is recorded with `attention: ["permission_denied"]` and
+an error text naming the refused calls, so it does not read as a plain success. Text that
+leaves the machine (the command line, the result, stderr) is redacted (`agent.redact`).
 
     ralph-monitor loop --specs specs/ --timeout 3600 -- claude -p --output-format json "Do {spec_file}"
 
@@ -29,9 +33,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from ralph_monitor.agent.client import SESSION_ENV, SOCKET_ENV, SPEC_ENV, Client, utc_now
+from ralph_monitor.agent.redact import Redactor
 from ralph_monitor.errors import ConfigError, RalphMonitorError
 
 SPEC_FILE_ENV = "RALPH_SPEC_FILE"
+EXIT_BUDGET_EXCEEDED = 3
+"""Exit status when the loop stopped starting specs because its budget was spent."""
+CONFIG_ENV = "RALPH_MONITOR_CONFIG"
 CAPTURE_BYTES = 16 << 20
 """How much of a command's stdout is kept to find the result object (its tail)."""
 STDERR_TAIL_BYTES = 4096
@@ -39,6 +47,11 @@ SUMMARY_CHARS = 2000
 MAX_SPEC_ID_CHARS = 200
 POLL_S = 0.2
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+RESULT_KEYS = ("num_turns", "is_error", "subtype", "duration_ms", "duration_api_ms", "stop_reason",
+               "terminal_reason", "api_error_status")
+MAX_DENIALS = 20
+INPUT_CHARS = 500
+"""How much of a refused tool call's input is kept."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +106,9 @@ def find_result(output: bytes) -> dict[str, Any] | None:
     return None
 
 
-def result_fields(result: dict[str, Any]) -> dict[str, Any]:
-    """What a spec run records from a `claude -p` result object."""
+def result_fields(result: dict[str, Any], redactor: Redactor | None = None) -> dict[str, Any]:
+    """What a spec run records from a `claude -p` result object (text redacted)."""
+    redactor = redactor or Redactor()
     fields: dict[str, Any] = {}
     cost = result.get("total_cost_usd", result.get("cost_usd"))
     if isinstance(cost, (int, float)) and not isinstance(cost, bool):
@@ -107,18 +121,47 @@ def result_fields(result: dict[str, Any]) -> dict[str, Any]:
     model_usage = result.get("modelUsage")
     if isinstance(model_usage, dict):
         fields["model_usage"] = model_usage
-    for key in ("num_turns", "is_error", "subtype", "duration_ms", "duration_api_ms", "stop_reason"):
+    for key in RESULT_KEYS:
         if key in result:
             fields[key] = result[key]
     if isinstance(result.get("session_id"), str):
         fields["claude_session_id"] = result["session_id"]
     text = result.get("result")
     if isinstance(text, str) and text:
-        fields["output_summary"] = text[:SUMMARY_CHARS]
+        fields["output_summary"] = redactor.text(text[:SUMMARY_CHARS])
     errors = result.get("errors")
     if isinstance(errors, list) and errors:
-        fields["errors"] = [str(e)[:SUMMARY_CHARS] for e in errors[:10]]
+        fields["errors"] = [redactor.text(str(e)[:SUMMARY_CHARS]) for e in errors[:10]]
+    denials = result.get("permission_denials")
+    if isinstance(denials, list) and denials:
+        fields["permission_denials"] = [_denial(d, redactor) for d in denials[:MAX_DENIALS]]
+        fields["permission_denial_count"] = len(denials)
+        fields["attention"] = ["permission_denied"]
     return fields
+
+
+def _denial(denial: Any, redactor: Redactor) -> dict[str, Any]:
+    """One refused tool call: its tool, id and (cut, redacted) input."""
+    if not isinstance(denial, dict):
+        return {"tool_name": redactor.text(str(denial)[:INPUT_CHARS])}
+    shown = redactor.value(denial.get("tool_input"))
+    encoded = json.dumps(shown, default=str)
+    return {"tool_name": str(denial.get("tool_name"))[:200], "tool_use_id": str(denial.get("tool_use_id"))[:200],
+            "tool_input": shown if len(encoded) <= INPUT_CHARS else encoded[:INPUT_CHARS] + "…"}
+
+
+def denial_text(denials: list[dict[str, Any]], count: int) -> str:
+    """What a run was refused, in a line: `permission denied: 2 tool calls refused: Write /etc/x, Bash git push`."""
+    shown = []
+    for denial in denials[:5]:
+        tool_input = denial.get("tool_input")
+        what = ""
+        if isinstance(tool_input, dict):
+            what = str(tool_input.get("command") or tool_input.get("file_path") or tool_input.get("url") or "")
+        shown.append(f"{denial.get('tool_name')} {what[:80]}".strip())
+    more = f", and {count - len(shown)} more" if count > len(shown) else ""
+    calls = "1 tool call" if count == 1 else f"{count} tool calls"
+    return f"permission denied: {calls} refused: {', '.join(shown)}{more}"
 
 
 @dataclass
@@ -166,7 +209,8 @@ class LoopRunner:
                  iterations: int = 1, name: str | None = None, session_id: str | None = None,
                  timeout_s: float = 0.0, heartbeat_s: float = 60.0, kill_grace_s: float = 10.0,
                  stop_on_failure: bool = False, stdin_spec: bool = False, quiet: bool = False,
-                 metadata: dict[str, Any] | None = None) -> None:
+                 metadata: dict[str, Any] | None = None, max_cost_usd: float = 0.0, max_tokens: int = 0,
+                 redactor: Redactor | None = None, config_path: str | None = None) -> None:
         if not command:
             raise ConfigError("no command to run; put it after --, e.g. ralph-monitor loop --specs specs -- claude -p ...")
         self.client = client
@@ -183,6 +227,13 @@ class LoopRunner:
         self.stdin_spec = stdin_spec
         self.quiet = quiet
         self.metadata = metadata or {}
+        self.max_cost_usd = max_cost_usd
+        self.max_tokens = max_tokens
+        self.over_budget: str | None = None
+        """Why the loop stopped starting specs (spend over --max-cost / --max-tokens), if it did."""
+        self.redactor = redactor or Redactor()
+        self.config_path = config_path
+        """Exported to the command as RALPH_MONITOR_CONFIG, so its hook reads the same settings."""
         self.counts = {"completed": 0, "failed": 0, "timeout": 0}
         self.tokens_used = 0
         self.cost_usd = 0.0
@@ -216,7 +267,7 @@ class LoopRunner:
         try:
             if not self.joined:
                 data: dict[str, Any] = {"name": self.name or Path(self.command[0]).name,
-                                        "metadata": {"command": shlex.join(self.command)[:1000],
+                                        "metadata": {"command": self.redactor.text(shlex.join(self.command)[:1000]),
                                                      "cwd": os.getcwd(), "runner": "ralph-monitor loop",
                                                      **self.metadata}}
                 if total is not None:
@@ -232,15 +283,27 @@ class LoopRunner:
                 if outcome.status != "completed" and self.stop_on_failure:
                     self._say(f"stopping after {spec.id} ({outcome.status}): --stop-on-failure")
                     break
+                self.over_budget = self._budget_spent()
+                if self.over_budget is not None:
+                    self._say(f"stopping after {spec.id}: {self.over_budget}; no further spec is started")
+                    break
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return self._finish(started)
 
+    def _budget_spent(self) -> str | None:
+        """Why the budget is spent, or None while it is not."""
+        if self.max_cost_usd and self.cost_usd > self.max_cost_usd:
+            return f"spent ${self.cost_usd:.2f} of --max-cost ${self.max_cost_usd:.2f}"
+        if self.max_tokens and self.tokens_used > self.max_tokens:
+            return f"used {self.tokens_used:,} of --max-tokens {self.max_tokens:,} tokens"
+        return None
+
     def _finish(self, started: float) -> int:
         interrupted = self._signal is not None
         failed = self.counts["failed"] + self.counts["timeout"]
-        status = "interrupted" if interrupted else "completed"
+        status = "interrupted" if interrupted else "budget_exceeded" if self.over_budget else "completed"
         summary: dict[str, Any] = {
             "status": status, "specs_completed": self.counts["completed"], "specs_failed": failed,
             "specs_timed_out": self.counts["timeout"], "duration_s": round(time.monotonic() - started, 3)}
@@ -251,6 +314,8 @@ class LoopRunner:
         if interrupted:
             assert self._signal is not None
             summary["signal"] = signal.Signals(self._signal).name
+        if self.over_budget:
+            summary["reason"] = self.over_budget
         if not self.joined:
             self._emit("session_ended", data=summary)
         self._say(f"{status}: {self.counts['completed']} completed, {failed} failed "
@@ -259,6 +324,8 @@ class LoopRunner:
         if interrupted:
             assert self._signal is not None
             return 128 + self._signal
+        if self.over_budget:
+            return EXIT_BUDGET_EXCEEDED
         return 0 if failed == 0 else 1
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -268,13 +335,19 @@ class LoopRunner:
     def run_spec(self, spec: Spec) -> RunOutcome:
         argv = [a.replace("{spec}", spec.id).replace("{spec_file}", spec.file or "") for a in self.command]
         env = {**os.environ, SESSION_ENV: self.session_id, SPEC_ENV: spec.id, SOCKET_ENV: self.client.socket_path}
+        if self.config_path:
+            env[CONFIG_ENV] = self.config_path
         if spec.file:
             env[SPEC_FILE_ENV] = spec.file
         else:
             env.pop(SPEC_FILE_ENV, None)
-        start_data: dict[str, Any] = {"command": shlex.join(argv)[:1000]}
+        self.redactor.count = 0
+        start_data: dict[str, Any] = {"command": self.redactor.text(shlex.join(argv)[:1000])}
         if spec.file:
             start_data["spec_file"] = spec.file
+        if self.redactor.count:
+            start_data["redactions"] = self.redactor.count
+            self.redactor.count = 0
         self._emit("spec_started", spec_id=spec.id, data=start_data)
         started = time.monotonic()
         stdin: Any = subprocess.DEVNULL
@@ -324,7 +397,7 @@ class LoopRunner:
             data["signal"] = signal.Signals(-proc.returncode).name
         result = find_result(out.tail())
         if result is not None:
-            data.update(result_fields(result))
+            data.update(result_fields(result, self.redactor))
         if self._signal is not None and timed_out_at is None:
             self._say(f"{spec.id}: interrupted ({signal.Signals(self._signal).name})")
             return RunOutcome("interrupted", data)
@@ -333,8 +406,10 @@ class LoopRunner:
             data["error"] = f"timed out after {self.timeout_s:g} s (stopped, exit code {proc.returncode})"
             return self._record(spec, RunOutcome("timeout", data), ts=timed_out_at)
         if proc.returncode == 0 and not (result or {}).get("is_error"):
+            if data.get("permission_denials"):
+                data["error"] = denial_text(data["permission_denials"], data["permission_denial_count"])
             return self._record(spec, RunOutcome("completed", data))
-        data["error"] = _failure_text(proc.returncode, result, err.tail())
+        data["error"] = self.redactor.text(_failure_text(proc.returncode, result, err.tail()))
         return self._record(spec, RunOutcome("failed", data))
 
     def _stop(self, proc: subprocess.Popen[bytes], signum: int) -> None:
@@ -354,6 +429,8 @@ class LoopRunner:
 
     def _record(self, spec: Spec, outcome: RunOutcome, *, ts: str | None = None) -> RunOutcome:
         data = outcome.data
+        if self.redactor.count:
+            data["redactions"] = self.redactor.count
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         if isinstance(data.get("tokens_used"), int):
             self.tokens_used += data["tokens_used"]
@@ -370,7 +447,10 @@ class LoopRunner:
 def _failure_text(returncode: int, result: dict[str, Any] | None, stderr_tail: bytes) -> str:
     if result is not None and (result.get("is_error") or result.get("subtype") not in (None, "success")):
         detail = result.get("result") or "; ".join(str(e) for e in result.get("errors") or []) or ""
-        return f"{result.get('subtype') or 'error'}: {str(detail)[:SUMMARY_CHARS]}".rstrip(": ")
+        why = result.get("subtype") or "error"
+        if isinstance(result.get("api_error_status"), int):
+            why += f" (API status {result['api_error_status']})"
+        return f"{why}: {str(detail)[:SUMMARY_CHARS]}".rstrip(": ")
     text = f"exit code {returncode}"
     if returncode < 0:
         text += f" ({signal.Signals(-returncode).name})"

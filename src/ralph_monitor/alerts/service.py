@@ -51,7 +51,9 @@ class AlertService:
                                     self.send_report)
 
     async def stop(self) -> None:
-        """Cancel the loops; a send in progress finishes in its thread (bounded by its timeouts)."""
+        """Cancel the loops and the query in progress; a send in progress finishes in its thread
+        (bounded by its timeouts)."""
+        self._store.interrupt()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -23,7 +23,7 @@ from ralph_monitor.queries import DailyRuns, InterventionRow, SessionSummary, Sp
 from ralph_monitor.textfmt import duration, money, percent, shorten
 
 STATUS_CLASS = {"completed": "ok", "failed": "fail", "timeout": "timeout", "running": "running",
-                "interrupted": "muted"}
+                "interrupted": "muted", "budget_exceeded": "fail"}
 
 
 def _num(value: float) -> str:

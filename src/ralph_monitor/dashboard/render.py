@@ -59,7 +59,9 @@ which comes at least as often (FULL_EVERY_S)."""
 RECENT_SESSIONS_DAYS = 7
 DAYS_CHARTED = 30
 ASSETS = ("style.css", "app.js", "favicon.svg")
-TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html")
+ALERTS_WINDOW = timedelta(days=7)
+ALERTS_PER_PAGE = 200
+TEMPLATES = ("overview.html", "session.html", "spec.html", "events.html", "archive.html", "alerts.html")
 ACTIVE_STATES = ("running", "stalled")
 
 
@@ -99,6 +101,7 @@ class SiteRenderer:
         self.overlap = OVERLAP
         self._since: datetime | None = None
         self._event_types: list[str] = []
+        self._alerts_digest = ""
         self._active_runs: dict[uuid.UUID, dict[str, str]] = {}
         """Spec-run digests of sessions still going, to re-render only specs whose runs changed."""
         self._assets = self._load_assets()
@@ -133,10 +136,13 @@ class SiteRenderer:
         started = time.monotonic()
         try:
             with self.site.lock():
-                return self._render_locked(full=full, now=now, started=started)
+                result = self._render_locked(full=full, now=now, started=started)
         except BaseException:
             self.close()  # reconnect next time
             raise
+        if self._store is not None and self._store.fallback:
+            self.close()  # read from the primary for want of the replica: try the replica again next time
+        return result
 
     def _render_locked(self, *, full: bool, now: datetime | None, started: float) -> RenderResult:
         published = self.site.published()
@@ -217,6 +223,7 @@ class SiteRenderer:
                     count.specs += 1
                     count.pages += 2
             count.pages += self._events_pages(store, out, now, full=full)
+            count.pages += self._alerts_page(store, out, now, full=full)
             count.pages += self._archive_pages(store, out, changed, full=full)
             count.pages += self._overview(store, out, now)
             for helper in pending:
@@ -353,6 +360,20 @@ class SiteRenderer:
                 pages += 1
         return pages
 
+    def _alerts_page(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime, *,
+                     full: bool) -> int:
+        """alerts.html and api/alerts.json: what fired in the last ALERTS_WINDOW, and its delivery;
+        rewritten only when an alert or a delivery changed (the page carries no render time)."""
+        alerts = queries.recent_alerts(store, since=now - ALERTS_WINDOW, limit=ALERTS_PER_PAGE)
+        digest = hashlib.sha256(dump_json([fields(a) for a in alerts])).hexdigest()
+        if not full and digest == self._alerts_digest and out.has("alerts.html"):
+            return 0
+        self._alerts_digest = digest
+        out.write("alerts.html", self._page("alerts.html", "", title="Alerts", alerts=alerts,
+                                            destinations=bool(self.settings.alerts_urls or self.settings.alerts_command)))
+        out.write("api/alerts.json", dump_json(snapshot("alerts", None, {"alerts": [fields(a) for a in alerts]})))
+        return 2
+
     def _overview(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
         zone = self.zone
         status = queries.status(store, now)
@@ -398,7 +419,8 @@ class SiteRenderer:
             "top_failing_specs": top_failing, "recent_failures": recent_failures,
             "recent_sessions": recent_sessions,
             "monitor": {"hosts": status.hosts, "last_backup": status.last_backup, "last_prune": status.last_prune,
-                        "rejects_last_24h": status.rejects_last_24h, "recent_rejects": rejects},
+                        "rejects_last_24h": status.rejects_last_24h, "recent_rejects": rejects,
+                        "reads": status.reads},
             "events_per_5min": [{"bucket": t, "count": n} for t, n in event_counts],
         })
         out.write("index.html", html)

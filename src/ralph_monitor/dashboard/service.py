@@ -101,7 +101,7 @@ class SiteService:
             detail = str(exc) if isinstance(exc, RenderFailed) else f"{type(exc).__name__}: {exc}"
             summary = detail.strip().splitlines()[-1] if detail.strip() else type(exc).__name__
             if not self._failing:
-                log.error("dashboard render failed; the last good site stays published:\n%s", detail)
+                log.error("dashboard render failed; the last good site stays published, retrying: %s", detail)
             else:
                 log.warning("dashboard render failed again: %s", summary)
             self._failing = True

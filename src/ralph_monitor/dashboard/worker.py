@@ -30,7 +30,7 @@ from typing import Any, NoReturn, Protocol
 
 from ralph_monitor.config import Settings
 from ralph_monitor.dashboard.publish import RenderResult, SiteDir, replace_file
-from ralph_monitor.errors import RenderFailed
+from ralph_monitor.errors import RalphMonitorError, RenderFailed
 from ralph_monitor.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,12 @@ def _render_process_main() -> None:
                 return
             try:
                 answer: tuple[str, Any] = ("ok", renderer.render(full=full))
-            except Exception:
+            except OSError as exc:   # a full or read-only disk: a state to report in one line
+                answer = ("error", f"cannot write the dashboard in {settings.site_dir}: {exc.strerror or exc}"
+                                   + (f" ({exc.filename})" if exc.filename else ""))
+            except RalphMonitorError as exc:   # the database away, ...: its message says it all
+                answer = ("error", str(exc))
+            except Exception:   # a bug: the traceback is what someone needs
                 answer = ("error", traceback.format_exc().rstrip())
             pickle.dump(answer, answers)
             answers.flush()

@@ -43,6 +43,16 @@ class AlertStore:
         self._lock = threading.Lock()
         """The evaluation and the delivery loops share the connection, one transaction at a time."""
 
+    def interrupt(self) -> None:
+        """Cancel the statement in progress, if any (safe from any thread): at shutdown a query
+        stuck behind someone else's lock must not hold the daemon."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.cancel()
+            except psycopg.Error:
+                pass
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

@@ -85,20 +85,17 @@ class ProjectionStore:
             await conn.execute(resources.query("clear_projection_failure"), params)
             return True
 
-        conn = await self._connection()
         try:
-            async with conn.transaction():
-                return await work(conn)
-        except psycopg.OperationalError as exc:
-            await conn.close()
-            self._conn = None
-            raise StoreUnavailable(f"projector lost PostgreSQL: {describe_error(exc)}") from exc
+            return await self._run(work)
+        except StoreUnavailable:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure of one session must not stop the others
-            if conn.closed:
+            if self._conn is None or self._conn.closed:
                 self._conn = None
                 raise StoreUnavailable(f"projector lost PostgreSQL: {exc}") from exc
-            error = describe_error(exc) if isinstance(exc, psycopg.Error) else f"{type(exc).__name__}: {exc}"
-            error = error[:MAX_FAILURE_CHARS]
+            cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+            error = (describe_error(cause) if isinstance(cause, psycopg.Error)
+                     else f"{type(cause).__name__}: {cause}")[:MAX_FAILURE_CHARS]
             log.warning("aggregates of session %s not updated: %s; other sessions go on, retrying later",
                         session_id, error)
             await self._run(lambda c: c.execute(resources.query("record_projection_failure"),

@@ -1,9 +1,18 @@
-"""Reads: the synchronous, read-only connection of the CLI and the site renderer (ReadStore)."""
+"""Reads: the synchronous, read-only connection of the CLI and the site renderer (ReadStore).
+
+With `[database] read_dsn` (a streaming replica) reads go there; writes never do. A replica
+that cannot be reached is not an outage: reads fall back to the primary, with a warning that
+is logged here and carried by the store (`ReadStore.source()`), so the health panel and
+`ralph-query status` show it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -12,17 +21,50 @@ from psycopg.rows import dict_row
 from ralph_monitor import resources
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreError, StoreUnavailable
-from ralph_monitor.store.connect import conninfo, describe_error
+from ralph_monitor.store.connect import conninfo, describe_dsn, describe_error
+
+log = logging.getLogger(__name__)
 
 STREAM_BATCH_ROWS = 2000
 """Rows fetched per round trip when streaming an export."""
 
 
+@dataclass(frozen=True)
+class ReadSource:
+    """Where the reads of a ReadStore are answered."""
+
+    database: str
+    """`dbname on host` actually read from (never a password)."""
+    replica_configured: bool
+    """[database] read_dsn is set."""
+    in_recovery: bool
+    """The server read from is a standby."""
+    lag_s: float | None
+    """How far the standby's replay is behind: 0 when it has replayed all it received, else the
+    age of the last transaction it replayed; None on a primary."""
+    last_replay_at: datetime | None
+    """Commit time (on the primary) of the last transaction the standby replayed."""
+    fallback: str | None
+    """Why reads went to the primary although a replica is configured; None when they did not."""
+
+
 class ReadStore:
     """A synchronous connection for the CLI and the site renderer: runs named queries."""
 
-    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]], *, database: str = "",
+                 replica_configured: bool = False, fallback: str | None = None) -> None:
         self._conn = conn
+        self._database = database
+        self._replica_configured = replica_configured
+        self.fallback = fallback
+        """Set when a configured replica could not be reached and this store reads the primary."""
+
+    def source(self) -> ReadSource:
+        """Where these reads come from, with the standby's replay lag measured now."""
+        row = self.fetch("read_source")[0]
+        return ReadSource(database=self._database, replica_configured=self._replica_configured,
+                          in_recovery=row["in_recovery"], lag_s=row["lag_s"],
+                          last_replay_at=row["last_replay_at"], fallback=self.fallback)
 
     def fetch(self, name: str, params: dict[str, Any] | Sequence[Any] | None = None) -> list[dict[str, Any]]:
         """All rows of named query `name` as dicts."""
@@ -42,15 +84,39 @@ class ReadStore:
             raise StoreError(f"query {name} failed: {describe_error(exc)}") from exc
 
 
+def _connect(settings: Settings, dsn: str | None) -> psycopg.Connection[dict[str, Any]]:
+    conn = psycopg.connect(conninfo(settings, dsn=dsn), row_factory=dict_row, autocommit=True)
+    try:
+        conn.execute(resources.query("read_only_session"))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 @contextmanager
 def open_read_store(settings: Settings, *, dsn: str | None = None) -> Iterator[ReadStore]:
-    """A read-only session on the database; the error names the DSN setting to fix."""
-    try:
-        conn = psycopg.connect(conninfo(settings, dsn=dsn), row_factory=dict_row, autocommit=True)
-    except psycopg.Error as exc:
-        raise StoreUnavailable(
-            f"cannot connect to PostgreSQL ({describe_error(exc)}); check [database] dsn in the config "
-            "or that the daemon (and its embedded cluster) is running") from exc
+    """A read-only session: on [database] read_dsn when set (falling back to the primary, with a
+    warning, when it cannot be reached), else on `dsn` (default [database] dsn), the primary.
+    The error names the DSN setting to fix."""
+    primary = dsn if dsn is not None else settings.database_dsn
+    replica = settings.database_read_dsn
+    conn = None
+    fallback = None
+    if replica:
+        try:
+            conn = _connect(settings, replica)
+        except psycopg.Error as exc:
+            fallback = (f"the read replica ({describe_dsn(replica)}) cannot be reached ({describe_error(exc)}); "
+                        "reading from the primary; check [database] read_dsn")
+            log.warning("%s", fallback)
+    if conn is None:
+        try:
+            conn = _connect(settings, primary)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL ({describe_error(exc)}); check [database] dsn in the config "
+                "or that the daemon (and its embedded cluster) is running") from exc
     with conn:
-        conn.execute(resources.query("read_only_session"))
-        yield ReadStore(conn)
+        yield ReadStore(conn, database=describe_dsn(replica if fallback is None and replica else primary),
+                        replica_configured=bool(replica), fallback=fallback)
