@@ -29,7 +29,7 @@ MIN_COSTLIER_USD = Decimal("0.05")
 """Below these the difference is noise, whatever the percentage."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class SpecChange:
     """One spec in both runs (`before` is None when the baseline did not run it)."""
 
@@ -46,7 +46,8 @@ class NewError:
 
 @dataclass(frozen=True)
 class Changes:
-    """The later session against its baseline, by category (each list in the order specs ran)."""
+    """The later session against its baseline, by category: each list in the order specs ran,
+    but slower and costlier ones most grown first."""
 
     newly_failing: list[SpecChange] = field(default_factory=list)
     fixed: list[SpecChange] = field(default_factory=list)
@@ -80,6 +81,10 @@ def _grew(now: float, before: float, percent: float, floor: float) -> bool:
     return now >= before * (1 + percent / 100) and now - before >= floor
 
 
+def _growth(now: float | Decimal | None, before: float | Decimal | None) -> float:
+    return float(now or 0) / float(before) if before else float("inf")
+
+
 def compare(baseline: Sequence[SpecResult], later: Sequence[SpecResult], *,
             threshold_percent: float = THRESHOLD_PERCENT) -> Changes:
     """What changed from `baseline` (one session's spec results) to `later` (another's)."""
@@ -90,23 +95,27 @@ def compare(baseline: Sequence[SpecResult], later: Sequence[SpecResult], *,
     passed = (PASSED, FIXED_ON_RETRY)
     for now in later:
         old = before.get(now.spec_id)
+        slower = costlier = False
+        if old is not None and now.ended_at is not None and old.ended_at is not None:
+            slower = (now.duration_seconds is not None and old.duration_seconds is not None
+                      and _grew(now.duration_seconds, old.duration_seconds, threshold_percent, MIN_SLOWER_S))
+            costlier = _grew(float(now.cost_usd), float(old.cost_usd), threshold_percent, float(MIN_COSTLIER_USD))
+        failing_before = old is not None and old.outcome in STILL_FAILING
+        if not (now.outcome in STILL_FAILING or failing_before or now.outcome == FIXED_ON_RETRY or slower or costlier):
+            continue  # passed both times, neither slower nor costlier: most specs of most nights
         change = SpecChange(now.spec_id, old, now)
         if now.outcome in STILL_FAILING:
-            if old is None or old.outcome in passed:
-                changes.newly_failing.append(change)
-            elif old.outcome in STILL_FAILING:
-                changes.still_failing.append(change)
-        elif old is not None and old.outcome in STILL_FAILING and now.outcome in passed:
+            (changes.still_failing if failing_before else changes.newly_failing).append(change)
+        elif failing_before and now.outcome in passed:
             changes.fixed.append(change)
         if now.outcome == FIXED_ON_RETRY:
             changes.flaky.append(change)
-        if old is None or now.ended_at is None or old.ended_at is None:
-            continue
-        if (now.duration_seconds is not None and old.duration_seconds is not None
-                and _grew(now.duration_seconds, old.duration_seconds, threshold_percent, MIN_SLOWER_S)):
+        if slower:
             changes.slower.append(change)
-        if _grew(float(now.cost_usd), float(old.cost_usd), threshold_percent, float(MIN_COSTLIER_USD)):
+        if costlier:
             changes.costlier.append(change)
+    changes.slower.sort(key=lambda c: -_growth(c.now.duration_seconds, c.before.duration_seconds if c.before else None))
+    changes.costlier.sort(key=lambda c: -_growth(c.now.cost_usd, c.before.cost_usd if c.before else None))
     seen = {error for r in baseline for error in r.errors}
     fresh: dict[str, list[str]] = {}
     for r in later:

@@ -41,8 +41,6 @@ RETRIED = "retried"
 
 SPEC_OUTCOMES = (PASSED, FIXED_ON_RETRY, FAILED, TIMED_OUT, RUNNING, INTERRUPTED)
 """Outcomes of a spec (and of its last attempt)."""
-ATTEMPT_OUTCOMES = (*SPEC_OUTCOMES, LATER_PASSED, RETRIED)
-"""Every value of spec_runs.outcome."""
 FAILING_STATUSES = ("failed", "timeout")
 """Statuses of an attempt that is a failure."""
 STILL_FAILING = (FAILED, TIMED_OUT)
@@ -185,9 +183,10 @@ class Attempt(NamedTuple):
     error_message: str | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class SpecResult:
-    """One spec in one session: its outcome, its attempts, what they took and cost together."""
+    """One spec in one session: its outcome, its attempts, what they took and cost together.
+    (Not frozen: a full dashboard rebuild makes one per spec run, and frozen ones cost 3x.)"""
 
     session_id: uuid.UUID
     spec_id: str

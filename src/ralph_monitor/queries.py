@@ -16,7 +16,7 @@ from typing import Any
 from ralph_monitor import changes, values
 from ralph_monitor.errors import UnknownSession
 from ralph_monitor.outcomes import (FIXED_ON_RETRY, RUNNING, STILL_FAILING, Attempt, Counts, RunLike, SpecResult,
-                                    fixed_later, spec_results)
+                                    spec_results)
 from ralph_monitor.projections import SessionTotals
 from ralph_monitor.store import ReadSource, ReadStore
 
@@ -137,11 +137,6 @@ class SpecRunRow:
     git_insertions: int | None = None
     git_deletions: int | None = None
     git_dirty: bool | None = None
-
-    @property
-    def fixed_later(self) -> bool:
-        """A failure that a later attempt of the spec fixed."""
-        return fixed_later(self.status, self.outcome)
 
     @property
     def changes(self) -> str:

@@ -25,6 +25,7 @@ from tests.integration.test_overnight import session_state, wait_until_settled
 from tests.scenario import scenario_zone
 
 NIGHTLY = "f1000000-0000-4000-8000-000000000001"
+YESTERDAY = "f0000000-0000-4000-8000-000000000000"
 LIVE = "f2000000-0000-4000-8000-000000000002"
 STALLED = "f3000000-0000-4000-8000-000000000003"
 REQUEST = "f4000000-0000-4000-8000-000000000004"
@@ -47,9 +48,15 @@ def scenario(now: datetime) -> list[dict[str, Any]]:
             event["data"] = data
         return event
 
+    name = "nightly: shop-backend / feature/checkout-rounding-per-line-items"
+    yesterday = [ev("session_started", 1560, YESTERDAY, name=name, total_specs=4)]
+    for i, spec in enumerate(("CR-101", "CR-103", LONG_SPEC, "CR-105")):
+        yesterday += [ev("spec_started", 1559 - 10 * i, YESTERDAY, spec),
+                      ev("spec_completed" if spec != "CR-105" else "spec_failed", 1551 - 10 * i, YESTERDAY, spec,
+                         cost_usd=0.2, **({"error": "ImportError: shop.tax"} if spec == "CR-105" else {}))]
     return [
-        ev("session_started", 120, NIGHTLY, name="nightly: shop-backend / feature/checkout-rounding-per-line-items",
-           total_specs=4),
+        *yesterday, ev("session_ended", 1500, YESTERDAY, status="completed"),
+        ev("session_started", 120, NIGHTLY, name=name, total_specs=4),
         ev("spec_started", 119, NIGHTLY, "CR-101"),
         ev("spec_completed", 110, NIGHTLY, "CR-101", cost_usd=0.21, tokens_used=12000),
         ev("spec_started", 109, NIGHTLY, "CR-103"),

@@ -6,6 +6,7 @@ session), the session page's "Since the previous run" and the morning report lea
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -121,8 +122,11 @@ def test_the_session_page_and_the_report_lead_with_the_changes(two_nights: Daemo
     render_once(load_settings(two_nights.config_path), dsn=two_nights.dsn, site_dir=tmp_path, full=True)
     html, values, rows = read_page(tmp_path, f"sessions/{AFTER}.html")
     assert values["diff-headline"] == "2 newly failing, 1 fixed, 2 still failing, 1 flaky, 1 slower, 1 costlier, 4 new errors"
-    assert {kind: rows[f"diff-{kind.replace('_', '-')}"] for kind in EXPECTED} == {k: len(v) for k, v in EXPECTED.items()}
+    listed = {kind: re.findall(r'<a class="spec" href="#run-(CR-\d+)-\d+">', re.search(
+        rf'data-testid="diff-{kind.replace("_", "-")}">(.*?)</ul>', html, re.DOTALL)[1]) for kind in EXPECTED}
+    assert listed == EXPECTED
     assert all(error in values["diff-new-errors"] for error, _ in NEW_ERRORS)
+    assert "CR-06 5m 00s → 20m 00s" in values["diff-slower"] and "CR-07 $0.10 → $0.60" in values["diff-costlier"]
     assert f'href="../sessions/{BEFORE}.html"' in html and 'href="#run-CR-05-2"' in html and 'id="run-CR-05-2"' in html
     # The failed first attempt of the flaky spec says what came of it.
     assert "failed</span> <span class=\"mark fixed\">fixed on retry</span>" in html

@@ -121,7 +121,7 @@ def test_the_loop_records_commits_files_lines_and_a_dirty_tree_per_spec_run(
     html, values, _ = read_page(site, f"sessions/{session_id}.html")
     assert values["git_changes"] == "2 commits, +5 \u22122 in 3 files, 2 left dirty"
     cell = html[html.index('<tr id="run-two-commits-1"'):]
-    assert f'<td data-label="Changed" title="{head[:10]} CR-04: edit one, drop base' in cell
+    assert f'<td title="{head[:10]} CR-04: edit one, drop base' in cell
     assert ">2 commits, +5 \u22122 in 3 files</td>" in cell
     _, overview, _ = read_page(site, "index.html")
     assert overview["night-git"] == "Changed in git: 2 commits, +5 \u22122 in 3 files, 2 left dirty (3 spec runs)."

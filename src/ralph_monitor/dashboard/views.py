@@ -20,10 +20,10 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
-from ralph_monitor import __version__, queries
+from ralph_monitor import __version__, changes, queries
 from ralph_monitor.dashboard import charts
 from ralph_monitor.outcomes import (FAILED, FAILING_STATUSES, FIXED_ON_RETRY, INTERRUPTED, LATER_PASSED, PASSED,
-                                    RETRIED, RUNNING, STATUS_WORDS, TIMED_OUT, WORDS, attempt_word)
+                                    RETRIED, RUNNING, STATUS_WORDS, TIMED_OUT, WORDS, attempt_word, fixed_later)
 from ralph_monitor.resources import resource_dir
 from ralph_monitor.textfmt import duration, json_default, money, percent, shorten
 
@@ -72,7 +72,10 @@ _AFTER_SEPARATOR = re.compile(r"(?<=[/._:=,-])(?=[^\s/._:=,-])")
 def breakable(text: str) -> Markup:
     """Escaped text whose long tokens (paths, test ids) may wrap after / . _ : = , - (a <wbr>
     there), not mid-word; the stylesheet breaks a token with no such place anywhere, last."""
-    return Markup(_LONG_TOKEN.sub(lambda m: _AFTER_SEPARATOR.sub("<wbr>", m[0]), str(escape(text))))
+    escaped = str(escape(text))
+    if len(escaped) < 16:
+        return Markup(escaped)
+    return Markup(_LONG_TOKEN.sub(lambda m: _AFTER_SEPARATOR.sub("<wbr>", m[0]), escaped))
 
 
 def error_html(text: str | None, width: int = 240, limit: int = 4000) -> Markup:
@@ -105,8 +108,10 @@ def status_badge(status: str, outcome: str | None = None) -> Markup:
     """A run's status; a failure also says what came of it (outcomes.py): fixed on retry, or retried."""
     badge = (f'<span class="status {charts.STATUS_CLASS.get(status, "muted")}">'
              f"{escape(STATUS_WORDS.get(status, status))}</span>")
-    if status in FAILING_STATUSES and outcome in (LATER_PASSED, RETRIED):
-        badge += f' <span class="mark {"fixed" if outcome == LATER_PASSED else "retried"}">{WORDS[outcome]}</span>'
+    if fixed_later(status, outcome or ""):
+        badge += f' <span class="mark fixed">{WORDS[LATER_PASSED]}</span>'
+    elif status in FAILING_STATUSES and outcome == RETRIED:
+        badge += f' <span class="mark retried">{WORDS[RETRIED]}</span>'
     return Markup(badge)
 
 
@@ -123,7 +128,7 @@ def row_class(status: str, outcome: str) -> str:
     """A table row's class: a failure that still counts is marked bad, one fixed later is marked so."""
     if status not in FAILING_STATUSES:
         return ""
-    return ' class="fixedrow"' if outcome == LATER_PASSED else ' class="badrow"'
+    return ' class="fixedrow"' if fixed_later(status, outcome) else ' class="badrow"'
 
 
 def run_anchor(spec_id: str, attempt: int) -> str:
@@ -144,28 +149,25 @@ def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str,
     """The <tr> rows of a table of spec runs: of one session (`by="session"`: the spec is the
     link, the row's id is run_anchor) or of one spec (`by="spec"`: the session is, and the row's
     id is `run-<session id>-<attempt>`). A full rebuild renders ~200,000 of these, so this is
-    plain Python rather than a template loop (5-10x faster); agent text is escaped. Each cell
-    carries its column's name (data-label), which the phone layout shows beside the value.
-    `pages`: the sessions that have a page (session_link)."""
+    plain Python rather than a template loop (5-10x faster); agent text is escaped. The phone
+    layout labels their cells by column from the stylesheet (table.runs-by-session / -by-spec),
+    not with a data-label per cell: that would add ~15% to the site. `pages`: the sessions that
+    have a page (session_link)."""
     out = []
     for r in runs:
         status, started = status_badge(r.status, r.outcome), when(r.start_time or r.end_time)
         if by == "session":
             anchor = escape(run_anchor(r.spec_id, r.attempt))
-            lead = (f'<td data-label="Spec" class="lead">{spec_link(root, r.spec_id)}</td>'
-                    f'<td data-label="Attempt" class="n">{r.attempt}</td><td data-label="Outcome">{status}</td>'
-                    f'<td data-label="Started">{started}</td>')
+            lead = (f'<td>{spec_link(root, r.spec_id)}</td><td class="n">{r.attempt}</td><td>{status}</td>'
+                    f'<td>{started}</td>')
         else:
             anchor = f"run-{r.session_id}-{r.attempt}"
-            lead = (f'<td data-label="Started">{started}</td>'
-                    f'<td data-label="Session" class="lead">{session_link(root, r.session_id, r.session_name, pages)}</td>'
-                    f'<td data-label="Attempt" class="n">{r.attempt}</td><td data-label="Outcome">{status}</td>')
-        out.append(f'<tr id="{anchor}"{row_class(r.status, r.outcome)}>{lead}'
-                   f'<td data-label="Duration">{duration(r.duration_seconds)}</td>'
-                   f'<td data-label="Tokens" class="n">{number(r.tokens_used)}</td>'
-                   f'<td data-label="Cost" class="n">{money(r.cost_usd)}</td>'
-                   f'<td data-label="Changed"{commit_titles(r.git)}>{escape(r.changes) or "–"}</td>'
-                   f'<td data-label="Error" class="msg">{error_html(r.error_message)}</td></tr>\n')
+            lead = (f'<td>{started}</td><td>{session_link(root, r.session_id, r.session_name, pages)}</td>'
+                    f'<td class="n">{r.attempt}</td><td>{status}</td>')
+        out.append(f'<tr id="{anchor}"{row_class(r.status, r.outcome)}>{lead}<td>{duration(r.duration_seconds)}</td>'
+                   f'<td class="n">{number(r.tokens_used)}</td><td class="n">{money(r.cost_usd)}</td>'
+                   f'<td{commit_titles(r.git)}>{escape(r.changes) or "–"}</td>'
+                   f'<td class="msg">{error_html(r.error_message)}</td></tr>\n')
     return Markup("".join(out))
 
 
@@ -181,6 +183,43 @@ def commit_titles(git: Any) -> str:
     if len(commits) > COMMITS_IN_TITLE:
         lines.append(f"and {len(commits) - COMMITS_IN_TITLE} more")
     return f' title="{escape(chr(10).join(lines))}"'
+
+
+DIFF_ITEMS = 10
+"""Specs (or errors) listed per kind of change on a session page; `ralph-query diff` lists all."""
+_CHANGE_KINDS = (("newly_failing", "Newly failing"), ("fixed", "Fixed"), ("still_failing", "Still failing"),
+                 ("flaky", "Flaky: failed, then passed on a retry"), ("slower", "Slower"), ("costlier", "Costlier"))
+
+
+def _change_item(kind: str, c: changes.SpecChange) -> str:
+    link = f'<a class="spec" href="#{escape(run_anchor(c.spec_id, c.now.attempts))}">{breakable(shorten(c.spec_id, 48))}</a>'
+    before = c.before
+    if kind == "slower" and before is not None:
+        return f"{link} {duration(before.duration_seconds)} → {duration(c.now.duration_seconds)}"
+    if kind == "costlier" and before is not None:
+        return f"{link} {money(before.cost_usd)} → {money(c.now.cost_usd)}"
+    if kind in ("newly_failing", "still_failing", "flaky"):
+        word = "" if before is not None or kind != "newly_failing" else " (not run before)"
+        return f"{link}{word} {error_html(c.now.error, 160)}"
+    return link
+
+
+def change_lists(c: changes.Changes) -> Markup:
+    """The "Since the previous run" lists of a session page, one per kind of change (at most
+    DIFF_ITEMS items each): plain Python like run_rows, as a full rebuild renders one per session."""
+    out = []
+    for kind, title in _CHANGE_KINDS:
+        items = getattr(c, kind)
+        if items:
+            more = f'<li class="more">and {len(items) - DIFF_ITEMS} more</li>' if len(items) > DIFF_ITEMS else ""
+            out.append(f'<h3>{title} ({len(items)})</h3><ul class="changes" data-testid="diff-{kind.replace("_", "-")}">'
+                       + "".join(f"<li>{_change_item(kind, x)}</li>" for x in items[:DIFF_ITEMS]) + more + "</ul>")
+    if c.new_errors:
+        more = f'<li class="more">and {len(c.new_errors) - DIFF_ITEMS} more</li>' if len(c.new_errors) > DIFF_ITEMS else ""
+        out.append(f'<h3>New errors ({len(c.new_errors)})</h3><ul class="changes" data-testid="diff-new-errors">'
+                   + "".join(f"<li>{breakable(shorten(', '.join(e.spec_ids), 80))}: {error_html(e.error, 200)}</li>"
+                             for e in c.new_errors[:DIFF_ITEMS]) + more + "</ul>")
+    return Markup("\n".join(out))
 
 
 def number(value: int | float | None) -> str:
@@ -212,6 +251,7 @@ def template_environment(pages: Container[uuid.UUID] | None = None) -> jinja2.En
                        status_badge=status_badge, attempt_word=attempt_word, row_class=row_class,
                        run_anchor=run_anchor, run_href=functools.partial(run_href, pages=pages),
                        outcome_badge=outcome_badge,
+                       change_lists=change_lists,
                        stale_after_s=STALE_AFTER_S, poll_interval_s=POLL_INTERVAL_S)
     return env
 
