@@ -630,11 +630,11 @@ def cases(p: dict[str, Any], zone: ZoneInfo, dsn: str, alerts: AlertPass) -> lis
     now: datetime = p["now"]
     big, typical, spec = p["big"]["id"], p["typical"]["id"], p["spec"]["spec_id"]
     night = queries.night_window(now, zone, start=dtime(18), end=dtime(9))
-    running = running_sessions(dsn)
+    running, limits = running_sessions(dsn), loop_health.thresholds(Settings())
     return [*targets(now, zone, night, big, typical, spec, p, dsn), *dashboard_batches(now),
             Case("alerts", "alerts: evaluate every rule (one pass)", alerts),
             Case("loop", f"loop-health rules, one projector pass ({len(running)} sessions)",
-                 lambda s: loop_health_pass(s, running))]
+                 lambda s: loop_health_pass(s, running, limits))]
 
 
 RunningSession = tuple[uuid.UUID, datetime, datetime, list[loop_health.Closing]]
@@ -658,12 +658,13 @@ def running_sessions(dsn: str) -> list[RunningSession]:
     return found
 
 
-def loop_health_pass(store: Any, running: list[RunningSession]) -> int:
-    """What the rules add to a projector pass: each session's recent hook events, then the rules."""
-    limits, read = loop_health.thresholds(Settings()), 0
+def loop_health_pass(store: Any, running: list[RunningSession], limits: loop_health.Thresholds) -> int:
+    """What the rules add to a projector pass: each session's recent hook events, then the rules
+    (their settings are read once, when the projector starts)."""
+    read = 0
     for session_id, start, last, closings in running:
         rows = store.fetch("session_recent_activity", {"session_id": session_id, "types": list(ACTIVITY_TYPES),
-                                                       "since": last - ACTIVITY_WINDOW, "until": last,
+                                                       "since": max(last - ACTIVITY_WINDOW, start), "until": last,
                                                        "limit": ACTIVITY_LIMIT})
         activity = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"],
                                          r["tool_input"], r["notification_type"]) for r in reversed(rows)]

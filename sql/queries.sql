@@ -180,10 +180,12 @@ ORDER BY occurred_at, event_id;
 
 -- name: session_recent_activity
 -- The session's latest Claude Code hook events (projections.ACTIVITY_TYPES) for the loop-health
--- rules and the waiting state: newest first, bounded in time and number (tool inputs cut to what
--- loop_health.FINGERPRINT_CHARS compares).
+-- rules and the waiting state: newest first, bounded in time and number (the tool input of calls
+-- only, cut to what loop_health.FINGERPRINT_CHARS compares). `since` is never before the session's first event: a
+-- daily partition the session has no events in would otherwise be read through its occurred_at
+-- index, a whole day of other sessions' events (the prepared statement's generic plan does so).
 SELECT event_id, event_type, occurred_at, payload->'data'->>'tool_name' AS tool_name,
-       left(payload->'data'->>'tool_input', 400) AS tool_input,
+       CASE WHEN event_type = 'cc.PreToolUse' THEN left(payload->'data'->>'tool_input', 400) END AS tool_input,
        payload->'data'->>'notification_type' AS notification_type
 FROM events
 WHERE session_id = %(session_id)s AND event_type = ANY(%(types)s)
@@ -192,7 +194,7 @@ ORDER BY occurred_at DESC
 LIMIT %(limit)s;
 
 -- name: session_activity
-SELECT count(*) AS event_count,
+SELECT count(*) AS event_count, min(occurred_at) AS first_at,
        max(occurred_at) FILTER (WHERE event_type <> 'session_stalled') AS last_event_at,
        max(occurred_at) AS last_any_at,
        max(occurred_at) FILTER (WHERE event_type <> ALL(%(not_activity)s::text[])) AS last_active_at

@@ -37,6 +37,8 @@ class ProjectionStore:
 
     def __init__(self, settings: Settings, *, dsn: str | None = None) -> None:
         self._settings = settings
+        self._limits = loop_health.thresholds(settings)
+        """The loop-health rules' settings, read once (the time zone lookup alone takes 0.4 ms)."""
         self._dsn = dsn
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
@@ -89,7 +91,7 @@ class ProjectionStore:
         async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
             if not await _try_lock(conn, f"session:{session_id}"):
                 return False
-            projection = await _project_one(conn, session_id, compute, loop_health.thresholds(self._settings))
+            projection = await _project_one(conn, session_id, compute, self._limits)
             if projection is not None:
                 result.append(projection)
             params = {"session_id": session_id, "version": version}
@@ -214,7 +216,7 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
     last_event_at = activity["last_event_at"] or activity["last_any_at"]
     recent = [] if any(e.event_type == "session_ended" for e in events) else await (await conn.execute(
         resources.query("session_recent_activity"), {
-            **params, "types": list(ACTIVITY_TYPES), "since": last_event_at - ACTIVITY_WINDOW,
+            **params, "types": list(ACTIVITY_TYPES), "since": max(last_event_at - ACTIVITY_WINDOW, activity["first_at"]),
             "until": last_event_at, "limit": ACTIVITY_LIMIT})).fetchall()   # an ended session is neither waiting nor checked
     hooks = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"], r["tool_input"],
                                   r["notification_type"]) for r in reversed(recent)]
