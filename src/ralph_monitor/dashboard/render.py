@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,10 @@ heartbeats and tool-level hook events (which the CLI still lists)."""
 TIMELINE_LIMIT = 2000
 SESSION_RUNS_LIMIT = 1000
 SPEC_RUNS_LIMIT = 100
+SPEC_RUNS_MIN = 20
+"""A spec's page lists its runs within the events retention window (as the site's session
+pages follow it), at least its newest SPEC_RUNS_MIN and at most SPEC_RUNS_LIMIT; older runs
+stay in the database for `ralph-query spec` and count in the page's totals."""
 EVENTS_PER_PAGE = 100
 EVENT_TYPES_WINDOW = timedelta(days=7)
 LIST_REFRESH = timedelta(minutes=5)
@@ -98,6 +102,16 @@ def _kept(session: queries.SessionSummary, since: datetime) -> bool:
     """Whether the session has a page: its activity ended at or after the window's start (as
     queries.sessions_active_since selects them)."""
     return (session.end_time or session.last_event_at) >= since
+
+
+def _within_window(runs: list[queries.SpecRunRow], since: datetime | None) -> list[queries.SpecRunRow]:
+    """Newest-first `runs` cut to SPEC_RUNS_MIN plus those that started (or ended) since `since`."""
+    if since is None:
+        return runs
+    for n, run in enumerate(runs):
+        if n >= SPEC_RUNS_MIN and (run.start_time or run.end_time or since) < since:
+            return runs[:n]
+    return runs
 
 
 def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -> dict[str, str]:
@@ -439,6 +453,7 @@ class SiteRenderer:
 
     def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
         name = page_name(history.spec_id)
+        history = replace(history, runs=_within_window(history.runs, self._window_start))
         if self._unchanged(out, (f"specs/{name}.html", f"api/specs/{name}.json"),
                            repr((history, [r.session_id in self._pages for r in history.runs]))):
             return

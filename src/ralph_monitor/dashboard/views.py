@@ -58,10 +58,10 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def when(moment: datetime | None) -> Markup:
-    """A <time> element in UTC; the page's script shows it in the viewer's time zone."""
+    """A <time> element in UTC, to the second; the page's script shows it in the viewer's time zone."""
     if moment is None:
         return Markup("–")
-    text = iso(moment) or ""  # no agent-supplied text in here: nothing to escape
+    text = iso(moment.replace(microsecond=0)) or ""  # no agent-supplied text in here: nothing to escape
     return Markup(f'<time datetime="{text}">{text[:10]} {text[11:16]} UTC</time>')
 
 
@@ -273,6 +273,7 @@ def fields(value: Any) -> dict[str, Any]:
     return dict(value.__dict__)
 
 
+_GIT_COUNTS = frozenset({"git_commits", "git_files_changed", "git_insertions", "git_deletions", "git_dirty"})
 _JSON_TYPES: dict[type, Any] = {datetime: iso, date: date.isoformat, uuid.UUID: str,
                                 Decimal: float}
 
@@ -282,6 +283,8 @@ def _json_default(value: Any) -> Any:
     convert = _JSON_TYPES.get(type(value))
     if convert is not None:
         return convert(value)
+    if type(value) is queries.SpecRunRow:  # its git_* counts are columns generated from `git`, which it carries
+        return {k: v for k, v in value.__dict__.items() if k not in _GIT_COUNTS}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return value.__dict__  # read, never changed, by the encoder
     return json_default(value)
