@@ -688,7 +688,7 @@ def dashboard_batches(now: datetime) -> list[Case]:
             s, now - timedelta(minutes=1))),
         Case("info", "dashboard: session_details of those", changed_details),
         Case("info", "dashboard: spec_histories 10 specs", lambda s: queries.spec_histories(
-            s, [f"CR-{i:03d}" for i in range(1, 11)])),
+            s, [f"CR-{i:03d}" for i in range(1, 11)], since=now - timedelta(days=30), at_least=20)),
         Case("info", "dashboard: recent_failed_runs 10", lambda s: queries.recent_failed_runs(s, limit=10)),
         Case("info", "dashboard: event_types_seen 24h", lambda s: queries.event_types_seen(
             s, now - timedelta(hours=24))),

@@ -704,10 +704,12 @@ SELECT DISTINCT spec_id FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) O
 SELECT DISTINCT spec_id FROM spec_runs ORDER BY spec_id;
 
 -- name: spec_histories
--- Per spec: its newest `limit` runs, plus how many runs and failures it has in all, and how its
--- sessions decided it (outcome of each last attempt, outcomes.py). The totals are counted from
--- spec_runs_spec_recent_idx alone, and only the newest runs are read whole (a spec of a busy
--- year has thousands of runs).
+-- Per spec: its runs that started (or ended) since `since` and at least its newest `at_least`,
+-- at most `limit` (newest first; `since` NULL: the newest `limit`), plus how many runs and
+-- failures it has in all, and how its sessions decided it (outcome of each last attempt,
+-- outcomes.py). The totals are counted from spec_runs_spec_recent_idx alone, and only the
+-- runs listed are read whole (a spec of a busy year has thousands of runs): the two ranges of
+-- that index, the window's and the newest few, not its newest `limit`.
 WITH totals AS (
     SELECT spec_id, count(*) AS total_runs,
            count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS total_failures,
@@ -722,9 +724,15 @@ SELECT r.*, s.name AS session_name, h.n, t.total_runs, t.total_failures, t.passe
        t.timed_out
 FROM totals t
 CROSS JOIN LATERAL (
-    SELECT x.id, row_number() OVER (ORDER BY coalesce(x.start_time, x.end_time) DESC, x.id DESC) AS n
-    FROM spec_runs x WHERE x.spec_id = t.spec_id
-    ORDER BY coalesce(x.start_time, x.end_time) DESC, x.id DESC
+    SELECT u.id, row_number() OVER (ORDER BY u.at DESC, u.id DESC) AS n
+    FROM ((SELECT x.id, coalesce(x.start_time, x.end_time) AS at FROM spec_runs x
+           WHERE x.spec_id = t.spec_id
+             AND coalesce(x.start_time, x.end_time) >= coalesce(%(since)s::timestamptz, '-infinity')
+           ORDER BY coalesce(x.start_time, x.end_time) DESC, x.id DESC LIMIT %(limit)s)
+          UNION
+          (SELECT x.id, coalesce(x.start_time, x.end_time) FROM spec_runs x WHERE x.spec_id = t.spec_id
+           ORDER BY coalesce(x.start_time, x.end_time) DESC, x.id DESC LIMIT %(at_least)s)) u
+    ORDER BY u.at DESC, u.id DESC
     LIMIT %(limit)s
 ) h
 JOIN spec_runs r ON r.id = h.id

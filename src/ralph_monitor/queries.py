@@ -783,10 +783,13 @@ def spec_ids(store: ReadStore, session_ids: list[uuid.UUID] | None = None) -> li
     return [r["spec_id"] for r in store.fetch("spec_ids_of_sessions", {"ids": session_ids})]
 
 
-def spec_histories(store: ReadStore, spec_ids: list[str], *, limit: int = 100) -> list[SpecHistory]:
-    """`spec_history` for many specs at once, with each spec's totals."""
+def spec_histories(store: ReadStore, spec_ids: list[str], *, limit: int = 100, since: datetime | None = None,
+                   at_least: int = 0) -> list[SpecHistory]:
+    """`spec_history` for many specs at once, with each spec's totals: the runs since `since`
+    and at least the newest `at_least`, at most `limit` (no `since`: the newest `limit`)."""
     histories: dict[str, SpecHistory] = {}
-    for r in store.fetch("spec_histories", {"spec_ids": spec_ids, "limit": limit}):
+    for r in store.fetch("spec_histories", {"spec_ids": spec_ids, "limit": limit, "since": since,
+                                            "at_least": at_least}):
         del r["n"]
         total_runs, total_failures = r.pop("total_runs"), r.pop("total_failures")
         counts = Counts.of({name: r.pop(name) for name in ("passed", "fixed_on_retry", "failed", "timed_out")})

@@ -669,3 +669,37 @@ def test_a_full_rebuild_links_the_pages_that_did_not_change(calm_overnight: Daem
     mine = {p.relative_to(second).as_posix(): p.read_bytes() for p in second.rglob("*") if p.is_file()}
     theirs = {p.relative_to(fresh).as_posix(): p.read_bytes() for p in fresh.rglob("*") if p.is_file()}
     assert mine.keys() == theirs.keys() and [k for k in mine if mine[k] != theirs[k]] == []
+
+
+def test_a_spec_page_lists_the_runs_of_the_events_window_and_at_least_its_newest_20(daemon: Daemon,
+                                                                                    tmp_path: Path) -> None:
+    """The site follows the events retention window (30 days): a spec run daily for 45 days lists
+    its last 30 days' runs; a spec last run 35-44 days ago still lists its newest runs (at least
+    20, here all 10 of them); both count every run kept."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    events = []
+    for day in range(45):
+        for spec in ("CR-DAILY", "CR-OLD") if day >= 35 else ("CR-DAILY",):
+            session, at = str(uuid.uuid4()), now - timedelta(days=day, hours=1)
+            events += [{"type": "session_started", "session_id": session, "ts": at.isoformat()},
+                       {"type": "spec_started", "session_id": session, "spec_id": spec,
+                        "ts": (at + timedelta(minutes=1)).isoformat()},
+                       {"type": "spec_completed", "session_id": session, "spec_id": spec,
+                        "ts": (at + timedelta(minutes=5)).isoformat()},
+                       {"type": "session_ended", "session_id": session, "ts": (at + timedelta(minutes=6)).isoformat()}]
+    send(daemon, events)
+    wait_until_settled(daemon.dsn, lambda: query(daemon.dsn, "SELECT count(*) AS n FROM spec_runs")[0]["n"] == 55)
+    render(daemon, tmp_path, full=True, now=now)
+    window_start = retention.Cutoffs.at(load_settings(daemon.config_path), now).events  # what session pages follow
+    in_window = sum(1 for day in range(45) if now - timedelta(days=day, hours=1, minutes=-1) >= window_start)
+    assert 30 <= in_window <= 31
+
+    daily = read_json(tmp_path, "api/specs/CR-DAILY.json")
+    assert daily["total_runs"] == 45
+    assert len(daily["runs"]) == in_window and all(
+        datetime.fromisoformat(r["start_time"]) >= window_start for r in daily["runs"])
+    _, values, rows = read_page(tmp_path, "specs/CR-DAILY.html")
+    assert rows["spec-history"] == in_window and values["total_runs"] == "45"
+
+    old = read_json(tmp_path, "api/specs/CR-OLD.json")
+    assert old["total_runs"] == 10 and len(old["runs"]) == 10

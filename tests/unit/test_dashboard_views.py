@@ -15,7 +15,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ralph_monitor.dashboard import charts, views
-from ralph_monitor.dashboard.render import SPEC_RUNS_MIN, _within_window
 from ralph_monitor.dashboard.render import SiteRenderer
 from ralph_monitor.outcomes import Counts, spec_outcome
 from ralph_monitor.queries import DailyRuns, InterventionRow, SessionSummary, SpecRunRow
@@ -143,15 +142,6 @@ def test_templates_escape_hostile_values(tmp_path: Path) -> None:
     assert 'href="../specs/' + views.page_name(EVIL) + '.html"' in html
     assert (EVIL * 1000) not in html.replace("&lt;", "<")
     assert "style=" not in html and " on" + "error=" not in html
-
-
-def test_a_spec_page_lists_the_runs_of_the_events_window_and_at_least_its_newest_20() -> None:
-    daily = [run("CR-1", "completed", 60 * 24 * day) for day in range(100)]  # newest first, one a day
-    window_start = NOW - timedelta(days=30)
-    kept = _within_window(daily, window_start)
-    assert len(kept) == 30 and all(r.start_time >= window_start for r in kept)
-    assert _within_window(daily, NOW) == daily[:SPEC_RUNS_MIN]  # an old spec still shows its history
-    assert _within_window(daily, None) == daily
 
 
 def test_spec_runs_in_json_carry_git_but_not_the_counts_generated_from_it() -> None:

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -102,16 +102,6 @@ def _kept(session: queries.SessionSummary, since: datetime) -> bool:
     """Whether the session has a page: its activity ended at or after the window's start (as
     queries.sessions_active_since selects them)."""
     return (session.end_time or session.last_event_at) >= since
-
-
-def _within_window(runs: list[queries.SpecRunRow], since: datetime | None) -> list[queries.SpecRunRow]:
-    """Newest-first `runs` cut to SPEC_RUNS_MIN plus those that started (or ended) since `since`."""
-    if since is None:
-        return runs
-    for n, run in enumerate(runs):
-        if n >= SPEC_RUNS_MIN and (run.start_time or run.end_time or since) < since:
-            return runs[:n]
-    return runs
 
 
 def _run_fingerprint(runs: list[queries.SpecRunRow], session_name: str | None) -> dict[str, str]:
@@ -293,7 +283,8 @@ class SiteRenderer:
             spec_todo = self._render_sessions(store, out, count, changed, full=full)
             spec_list = queries.spec_ids(store) if full else sorted(spec_todo)
             for chunk in _chunks(spec_list, CHUNK):
-                for history in queries.spec_histories(store, chunk, limit=SPEC_RUNS_LIMIT):
+                for history in queries.spec_histories(store, chunk, limit=SPEC_RUNS_LIMIT,
+                                                         since=self._window_start, at_least=SPEC_RUNS_MIN):
                     self._spec_pages(out, history)
                     count.specs += 1
                     count.pages += 2
@@ -453,7 +444,6 @@ class SiteRenderer:
 
     def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
         name = page_name(history.spec_id)
-        history = replace(history, runs=_within_window(history.runs, self._window_start))
         if self._unchanged(out, (f"specs/{name}.html", f"api/specs/{name}.json"),
                            repr((history, [r.session_id in self._pages for r in history.runs]))):
             return
