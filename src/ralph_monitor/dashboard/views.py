@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -171,6 +171,34 @@ def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str,
     return Markup("".join(out))
 
 
+BAD_EVENTS = frozenset({"spec_failed", "timeout_triggered", "session_stalled", "intervention_request", "loop_stuck",
+                        "backup_failed", "prune_failed"})
+"""Event types whose timeline row is marked as bad news."""
+SPEC_EVENTS = frozenset({"spec_started", "spec_completed", "spec_failed", "timeout_triggered"})
+
+
+def event_rows(events: Sequence[Any], root: str, *, spec_pages: Container[str] | None = None,
+               sessions: bool = False, pages: Container[uuid.UUID] | None = None) -> Markup:
+    """The <tr> rows of a timeline: a session's (its spec linked where the spec has a page,
+    `spec_pages`) or an events page's (`sessions`: with a session column; spec events linked).
+    Plain Python like run_rows: a session page lists up to 2,000 events, and each minute's
+    render rewrites the running sessions' pages. Agent text is escaped."""
+    out = []
+    for e in events:
+        row = ['<tr class="badrow">' if e.event_type in BAD_EVENTS else "<tr>",
+               f'<td>{when(e.occurred_at)}</td><td><span class="etype">{escape(e.event_type)}</span></td>']
+        if sessions:
+            row.append(f"<td>{session_link(root, e.session_id, None, pages) if e.session_id else '–'}</td>")
+        spec = e.spec_id
+        if spec and (spec in spec_pages if spec_pages is not None else e.event_type in SPEC_EVENTS):
+            row.append(f"<td>{spec_link(root, spec)}</td>")
+        else:
+            row.append(f'<td><span class="code">{escape(shorten(spec, 48))}</span></td>' if spec else "<td></td>")
+        row.append(f'<td class="msg">{breakable(data_summary(e.data, 200))}</td><td>{escape(e.host)}</td></tr>\n')
+        out.append("".join(row))
+    return Markup("".join(out))
+
+
 COMMITS_IN_TITLE = 10
 
 
@@ -251,7 +279,7 @@ def template_environment(pages: Container[uuid.UUID] | None = None) -> jinja2.En
                        status_badge=status_badge, attempt_word=attempt_word, row_class=row_class,
                        run_anchor=run_anchor, run_href=functools.partial(run_href, pages=pages),
                        outcome_badge=outcome_badge,
-                       change_lists=change_lists,
+                       change_lists=change_lists, event_rows=functools.partial(event_rows, pages=pages),
                        stale_after_s=STALE_AFTER_S, poll_interval_s=POLL_INTERVAL_S)
     return env
 
