@@ -210,10 +210,11 @@ def test_a_usage_limit_pauses_the_session_until_the_reset_then_the_same_spec_run
     settle(daemon.dsn, lambda: the_session(daemon.dsn)["end_time"] is not None)
     session = the_session(daemon.dsn)
     assert (session["execution_state"], session["specs_completed"], session["specs_failed"]) == ("completed", 3, 0)
-    runs = query(daemon.dsn, "SELECT spec_id, attempt, status, outcome FROM spec_runs ORDER BY spec_id, attempt")
+    runs = query(daemon.dsn, "SELECT * FROM spec_runs ORDER BY spec_id, attempt")
     assert [(r["spec_id"], r["attempt"], r["status"], r["outcome"]) for r in runs] == [
         ("limited-2", 1, "interrupted", "later_passed"), ("limited-2", 2, "completed", "passed"),
         ("ok-1", 1, "completed", "passed"), ("ok-3", 1, "completed", "passed")]
+    assert runs[0]["error_message"] == data["message"] and runs[0]["duration_seconds"] < 5  # not the wait
     end = events(daemon.dsn, "event_type = 'session_ended'")[0]["payload"]["data"]
     assert (end["status"], end["usage_limits"], end["specs_failed"]) == ("completed", 1, 0)
 
