@@ -25,7 +25,7 @@ wrapper records `usage_limit` (with `resets_at` when the message gives it) inste
 `spec_failed`, and with `--on-usage-limit wait` (the default) waits until the reset plus
 `--usage-limit-margin` (or `--usage-limit-wait` when no reset time is given; at most
 USAGE_LIMIT_MAX_WAIT_S at a time), sending heartbeats, then runs the same spec again: a new
-attempt, the cut-short one closed as interrupted by it. With `stop` it ends the session as
+attempt (the cut-short one is interrupted, not failed). With `stop` it ends the session as
 `interrupted` with the reason and exits EXIT_USAGE_LIMIT, for a scheduler to start it again later.
 """
 
@@ -516,14 +516,7 @@ class LoopRunner:
                      "on_usage_limit": self.on_usage_limit})
         if limit.resets_at is not None:
             data["resets_at"] = int(limit.resets_at)
-        if self.redactor.count:
-            data["redactions"] = self.redactor.count
-        if self._git_start is not None:
-            data["git"] = gitstate.changes(self._git_start)
-        if isinstance(data.get("tokens_used"), int):
-            self.tokens_used += data["tokens_used"]
-        if isinstance(data.get("cost_usd"), (int, float)):
-            self.cost_usd += float(data["cost_usd"])
+        self._account(data)
         self._emit("usage_limit", spec_id=spec.id, data=data)
         when = (f"resets {datetime.fromtimestamp(limit.resets_at).astimezone():%Y-%m-%d %H:%M %Z}"
                 if limit.resets_at is not None else "no reset time given")
@@ -578,17 +571,22 @@ class LoopRunner:
         except ProcessLookupError:
             pass
 
-    def _record(self, spec: Spec, outcome: RunOutcome, *, ts: str | None = None) -> RunOutcome:
-        data = outcome.data
+    def _account(self, data: dict[str, Any]) -> None:
+        """Complete a finished run's closing data (redactions, git changes) and add its spend
+        to the session's, which the budget is checked against."""
         if self.redactor.count:
             data["redactions"] = self.redactor.count
         if self._git_start is not None:
             data["git"] = gitstate.changes(self._git_start)
-        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         if isinstance(data.get("tokens_used"), int):
             self.tokens_used += data["tokens_used"]
         if isinstance(data.get("cost_usd"), (int, float)):
             self.cost_usd += float(data["cost_usd"])
+
+    def _record(self, spec: Spec, outcome: RunOutcome, *, ts: str | None = None) -> RunOutcome:
+        data = outcome.data
+        self._account(data)
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         event_type = {"completed": "spec_completed", "failed": "spec_failed", "timeout": "timeout_triggered"}
         self._emit(event_type[outcome.status], spec_id=spec.id, data=data, ts=ts)
         cost = f", ${data['cost_usd']:.4f}" if isinstance(data.get("cost_usd"), (int, float)) else ""
