@@ -207,7 +207,8 @@ def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
             max_tokens=settings.budget_session_tokens if args.max_tokens is None else args.max_tokens,
             redactor=Redactor(enabled=settings.redaction_enabled, extra_patterns=settings.redaction_patterns),
             config_path=os.path.abspath(args.config) if args.config else None,
-            git_dir=None if args.no_git else args.git).run()
+            git_dir=None if args.no_git else args.git, on_usage_limit=args.on_usage_limit,
+            usage_limit_wait_s=args.usage_limit_wait, usage_limit_margin_s=args.usage_limit_margin).run()
 
 
 def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -413,6 +414,15 @@ def _add_agent_parsers(sub: Any) -> None:
                       "budget_exceeded and the loop exits 3 (default: [budget] session_usd; 0: no limit)")
     loop.add_argument("--max-tokens", type=int, metavar="N",
                       help="the same for tokens (default: [budget] session_tokens; 0: no limit)")
+    loop.add_argument("--on-usage-limit", choices=["wait", "stop"], default="wait",
+                      help="when a run hits the subscription's usage limit (recorded as usage_limit, not as a "
+                      "failure): wait: wait for the reset, then run the same spec again (default); stop: end the "
+                      "session as interrupted and exit 5")
+    loop.add_argument("--usage-limit-wait", type=float, default=1800.0, metavar="S",
+                      help="how long to wait at the usage limit when no reset time is given (default 1800; "
+                      "a wait is at most 8 h, then the spec is tried again)")
+    loop.add_argument("--usage-limit-margin", type=float, default=30.0, metavar="S",
+                      help="how long past the reset time to wait (default 30)")
     loop.add_argument("--stdin-spec", action="store_true", help="give each spec's file to the command on stdin")
     loop.add_argument("--git", metavar="DIR", default=".",
                       help="record what each spec run changed in the git repository holding DIR: commits, "

@@ -192,6 +192,18 @@ def _close(run: SpecRun, event: SessionEvent, status: str) -> None:
     run.duration_seconds = _duration(run, read.number(data, "duration_s"))
 
 
+def _interrupt(run: SpecRun, at: datetime, limit: SessionEvent | None) -> None:
+    """Close a run that was cut short at `at` (its spec started again, or the session ended).
+    A run that stopped at the usage limit (`limit`, e.g. `ralph-monitor loop` waiting for the
+    reset) ended there: its time, spend and message are the limit event's, not the wait's."""
+    if limit is None:
+        run.status, run.end_time = "interrupted", at
+        run.duration_seconds = _duration(run)
+        return
+    _close(run, limit, "interrupted")
+    run.error_message = run.error_message or _Reader(run.value_problems).text(limit.data, "message")
+
+
 def _total(field: str, total: Any, problems: list[str]) -> Any:
     """The session's total, or 0 with a reason if it does not fit the sessions column."""
     if total > values.MAX_TOTAL[field]:
@@ -249,6 +261,8 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
     runs: list[SpecRun] = []
     open_runs: dict[str, SpecRun] = {}
     last_run: dict[str, SpecRun] = {}
+    limited: dict[str, SessionEvent] = {}
+    """The `usage_limit` an open run stopped at, by spec: where that run ends if it is cut short."""
     attempts: dict[str, int] = {}
     interventions: list[Intervention] = []
     closings: list[loop_health.Closing] = []
@@ -269,13 +283,15 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         elif kind == "spec_started" and event.spec_id:
             previous = open_runs.pop(event.spec_id, None)
             if previous is not None:
-                previous.status, previous.end_time = "interrupted", event.occurred_at
-                previous.duration_seconds = _duration(previous)
+                _interrupt(previous, event.occurred_at, limited.pop(event.spec_id, None))
             attempts[event.spec_id] = attempts.get(event.spec_id, 0) + 1
             run = SpecRun(event.spec_id, attempts[event.spec_id], event.occurred_at)
             runs.append(run)
             open_runs[event.spec_id] = last_run[event.spec_id] = run
+        elif kind == "usage_limit" and event.spec_id in open_runs:
+            limited[event.spec_id] = event
         elif kind in SPEC_TERMINAL and event.spec_id:
+            limited.pop(event.spec_id, None)
             run = open_runs.pop(event.spec_id, None)
             if run is None:
                 earlier = last_run.get(event.spec_id)
@@ -311,8 +327,7 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
 
     if ended is not None:
         for run in open_runs.values():
-            run.status, run.end_time = "interrupted", ended.occurred_at
-            run.duration_seconds = _duration(run)
+            _interrupt(run, ended.occurred_at, limited.get(run.spec_id))
     counts = _settle_outcomes(runs)
     start_data = started.data if started else {}
     end_data = ended.data if ended else {}

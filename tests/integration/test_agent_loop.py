@@ -1,5 +1,5 @@
 """`ralph-monitor loop` around a fake `claude` that prints real-shaped results, fails,
-crashes, hangs past the timeout, or is interrupted."""
+crashes, hangs past the timeout, is interrupted, or hits the usage limit."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ FAKE_CLAUDE = textwrap.dedent('''\
     if spec.startswith("crash"):
         print("Traceback (most recent call last):\\nRuntimeError: boom", file=sys.stderr)
         sys.exit(3)
+    if spec.startswith("limited") and not os.path.exists(os.environ["LIMIT_FILE"]):
+        # The first run hits the subscription's usage limit, as `claude -p` reports it.
+        open(os.environ["LIMIT_FILE"], "w").close()
+        resets = int(time.time()) + int(os.environ["RESETS_IN_S"])
+        print(json.dumps({{"type": "result", "subtype": "success", "is_error": True, "duration_ms": 310,
+                          "duration_api_ms": 0, "num_turns": 1, "result": f"Claude AI usage limit reached|{{resets}}",
+                          "session_id": "9ecbeb02-4f54-4380-9b7b-38cdf9a92eab", "total_cost_usd": 0,
+                          "usage": {{"input_tokens": 0, "output_tokens": 0}}, "permission_denials": []}}))
+        sys.exit(1)
     n = int(spec.rsplit("-", 1)[1])
     failed = spec.startswith("fail")
     result = {{"type": "result", "subtype": "error_max_turns" if failed else "success", "is_error": failed,
@@ -66,8 +75,12 @@ def fake_claude(tmp_path: Path) -> Path:
 
 
 def loop(daemon: Daemon, env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(BIN / "ralph-monitor"), "loop", "--config", str(daemon.config_path), *args],
-                          capture_output=True, env=env, timeout=timeout, cwd=tempfile.gettempdir())  # not a git checkout
+    return subprocess.run(loop_argv(daemon, *args), capture_output=True, env=env, timeout=timeout,
+                          cwd=tempfile.gettempdir())  # not a git checkout
+
+
+def loop_argv(daemon: Daemon, *args: str) -> list[str]:
+    return [str(BIN / "ralph-monitor"), "loop", "--config", str(daemon.config_path), *args]
 
 
 def the_session(dsn: str) -> dict[str, Any]:
@@ -169,3 +182,70 @@ def test_sigterm_ends_the_session_as_interrupted_and_stops_the_command(daemon: D
     end = events(daemon.dsn, "event_type = 'session_ended'")[0]["payload"]["data"]
     assert end["status"] == "interrupted" and end["signal"] == "SIGTERM"
     assert json.loads(json.dumps(end))  # plain JSON
+
+
+def test_a_usage_limit_pauses_the_session_until_the_reset_then_the_same_spec_runs_again(
+        daemon: Daemon, fake_claude: Path, tmp_path: Path) -> None:
+    env = agent_env(tmp_path / "spool", LIMIT_FILE=str(tmp_path / "limited"), RESETS_IN_S="6")
+    proc = subprocess.Popen(loop_argv(daemon, "--spec", "ok-1", "--spec", "limited-2", "--spec", "ok-3",
+                                      "--heartbeat", "1", "--usage-limit-margin", "1", "--quiet", "--",
+                                      str(fake_claude), "{spec}", "-p", "--output-format", "json"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
+    paused = wait_for(lambda: query(daemon.dsn, "SELECT * FROM sessions WHERE execution_state = %s",
+                                    ("paused_for_usage_limit",)), what="the session paused")[0]
+    assert proc.poll() is None  # waiting, not gone on to the next spec
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert b"limited-2: usage limit reached (resets " in stderr
+    limit = events(daemon.dsn, "event_type = 'usage_limit'")
+    assert len(limit) == 1 and limit[0]["spec_id"] == "limited-2"
+    data = limit[0]["payload"]["data"]
+    assert (data["source"], data["message"]) == ("result", f"Claude AI usage limit reached|{data['resets_at']}")
+    assert paused["paused_until"].timestamp() == data["resets_at"]
+    assert not events(daemon.dsn, "event_type = 'spec_failed'")
+    waits = events(daemon.dsn, "event_type = 'session_heartbeat' AND spec_id = 'limited-2'")
+    assert waits and all(w["payload"]["data"]["waiting_for"] == "usage_limit" for w in waits)
+    retry = events(daemon.dsn, "event_type = 'spec_started' AND spec_id = 'limited-2'")[-1]
+    assert retry["occurred_at"].timestamp() >= data["resets_at"]
+    settle(daemon.dsn, lambda: the_session(daemon.dsn)["end_time"] is not None)
+    session = the_session(daemon.dsn)
+    assert (session["execution_state"], session["specs_completed"], session["specs_failed"]) == ("completed", 3, 0)
+    runs = query(daemon.dsn, "SELECT * FROM spec_runs ORDER BY spec_id, attempt")
+    assert [(r["spec_id"], r["attempt"], r["status"], r["outcome"]) for r in runs] == [
+        ("limited-2", 1, "interrupted", "later_passed"), ("limited-2", 2, "completed", "passed"),
+        ("ok-1", 1, "completed", "passed"), ("ok-3", 1, "completed", "passed")]
+    assert runs[0]["error_message"] == data["message"] and runs[0]["duration_seconds"] < 5  # not the wait
+    end = events(daemon.dsn, "event_type = 'session_ended'")[0]["payload"]["data"]
+    assert (end["status"], end["usage_limits"], end["specs_failed"]) == ("completed", 1, 0)
+
+
+def test_on_usage_limit_stop_ends_the_session_for_a_later_restart(daemon: Daemon, fake_claude: Path,
+                                                                  tmp_path: Path) -> None:
+    env = agent_env(tmp_path / "spool", LIMIT_FILE=str(tmp_path / "limited"), RESETS_IN_S="3600")
+    result = loop(daemon, env, "--spec", "limited-1", "--spec", "ok-2", "--on-usage-limit", "stop", "--quiet",
+                  "--", str(fake_claude), "{spec}", "-p", "--output-format", "json")
+    assert result.returncode == 5, result.stderr
+    settle(daemon.dsn, lambda: the_session(daemon.dsn)["end_time"] is not None)
+    session = the_session(daemon.dsn)
+    assert (session["execution_state"], session["specs_completed"], session["specs_failed"]) == ("interrupted", 0, 0)
+    assert session["final_result"]["reason"].startswith("usage limit reached (resets ")
+    runs = query(daemon.dsn, "SELECT spec_id, status FROM spec_runs")
+    assert [(r["spec_id"], r["status"]) for r in runs] == [("limited-1", "interrupted")]  # ok-2 never started
+    assert events(daemon.dsn, "event_type = 'usage_limit'")[0]["payload"]["data"]["on_usage_limit"] == "stop"
+    assert not events(daemon.dsn, "event_type = 'spec_failed'")
+
+
+def test_sigterm_while_waiting_for_the_usage_limit_stops_at_once(daemon: Daemon, fake_claude: Path,
+                                                                 tmp_path: Path) -> None:
+    env = agent_env(tmp_path / "spool", LIMIT_FILE=str(tmp_path / "limited"), RESETS_IN_S="3600")
+    proc = subprocess.Popen(loop_argv(daemon, "--spec", "limited-1", "--quiet", "--",
+                                      str(fake_claude), "{spec}", "-p", "--output-format", "json"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
+    wait_for(lambda: events(daemon.dsn, "event_type = 'usage_limit'"), what="the usage limit recorded")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert time.monotonic() - started < 3
+    settle(daemon.dsn, lambda: the_session(daemon.dsn)["end_time"] is not None)
+    assert the_session(daemon.dsn)["execution_state"] == "interrupted"

@@ -1,13 +1,17 @@
-"""The loop wrapper's reading of specs and of `claude -p` output (json and stream-json)."""
+"""The loop wrapper's reading of specs and of `claude -p` output (json and stream-json), and
+its telling a run that hit the usage limit from one that failed or talked about limits."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from ralph_monitor.agent.loop import Spec, find_result, load_specs, result_fields
+from ralph_monitor.agent.usage_limit import detect, reset_time
 from ralph_monitor.errors import ConfigError
 
 RESULT = {
@@ -69,3 +73,71 @@ def test_specs_from_a_file_and_a_directory(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ConfigError, match="no specs"):
         load_specs(tmp_path / "empty.txt")
+
+
+NOW = datetime(2026, 11, 29, 4, 30, tzinfo=ZoneInfo("UTC")).timestamp()
+"""Sunday 05:30 in Berlin."""
+LIMITED = {**RESULT, "subtype": "success", "is_error": True, "num_turns": 1, "total_cost_usd": 0,
+           "result": "Claude AI usage limit reached|1764400000"}
+RATE_LIMITED = {**LIMITED, "api_error_status": 429,
+                "result": 'API Error: 429 {"type":"error","error":{"type":"rate_limit_error","message":"This request '
+                          'would exceed your account\'s rate limit. Please try again later."}}'}
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+@pytest.mark.parametrize(("result", "source", "resets_at"), [
+    (LIMITED, "result", 1764400000.0),
+    ({**LIMITED, "result": "5-hour limit reached ∙ resets 3am (Europe/Berlin)"}, "result",
+     at("2026-11-30T03:00:00+01:00")),
+    ({**LIMITED, "result": "You've hit your limit · resets 4pm (Europe/Berlin)"}, "result",
+     at("2026-11-29T16:00:00+01:00")),
+    ({**LIMITED, "result": "You’ve hit your limit · resets Apr 23 at 4pm (America/Recife)"}, "result",
+     at("2027-04-23T16:00:00-03:00")),
+    ({**LIMITED, "result": "Claude usage limit reached. Your limit will reset at 9am (America/Chicago)."}, "result",
+     at("2026-11-29T09:00:00-06:00")),
+    ({**LIMITED, "result": "Weekly limit reached ∙ resets Dec 1, 10:30am (Europe/Berlin)"}, "result",
+     at("2026-12-01T10:30:00+01:00")),
+    ({**LIMITED, "result": "You've hit your limit · resets 4pm (Mars/Olympus_Mons)"}, "result", None),
+    (RATE_LIMITED, "api_error_status", None),
+    ({**RATE_LIMITED, "result": "API Error: 429 Too Many Requests"}, "api_error_status", None),
+])
+def test_a_result_at_the_usage_limit(result: dict[str, object], source: str, resets_at: float | None) -> None:
+    found = detect(result, 1, "", now=NOW)
+    assert found is not None and (found.source, found.resets_at) == (source, resets_at)
+    assert found.message == result["result"]
+
+
+@pytest.mark.parametrize("result", [
+    RESULT,  # a success
+    {**RESULT, "result": "Implemented CR-07: the usage limit reached banner; resets 3am in the test."},
+    {**LIMITED, "is_error": False},  # the message without an error is the agent's output
+    {**RESULT, "subtype": "error_max_turns", "is_error": True, "result": "Hit the turn limit (max_turns=30)"},
+    {**RESULT, "is_error": True, "result": "Tests fail: rate limit reached in test_throttle.py; usage limit reached"},
+    {**RESULT, "is_error": True, "api_error_status": 500, "result": "API Error: 500 overloaded_error"},
+    {**RESULT, "api_error_status": 429},  # a 429 that Claude Code retried past
+    {**RESULT, "is_error": True, "api_error_status": 429, "result": ""},  # no word of a limit
+])
+def test_look_alikes_are_not_the_usage_limit(result: dict[str, object]) -> None:
+    assert detect(result, 1, "", now=NOW) is None
+
+
+def test_text_output_at_the_usage_limit() -> None:
+    found = detect(None, 1, "Claude AI usage limit reached|1764400000\n", now=NOW)
+    assert found is not None and (found.source, found.resets_at) == ("output", 1764400000.0)
+    assert detect(None, 0, "Claude AI usage limit reached|1764400000\n", now=NOW) is None  # it exited 0
+    assert detect(None, 1, "FAILED test_limit.py: expected 'usage limit reached'\nexit 1\n", now=NOW) is None
+    assert detect(None, 1, "error: the limit is 10\nlimit reached for retries\n", now=NOW) is None
+
+
+def test_a_clock_reset_is_the_next_such_time() -> None:
+    assert reset_time("resets 4:05am (UTC)", now=NOW) == at("2026-11-30T04:05:00+00:00")  # 04:30 passed
+    assert reset_time("resets 12pm (UTC)", now=NOW) == at("2026-11-29T12:00:00+00:00")
+    assert reset_time("resets 12am (UTC)", now=NOW) == at("2026-11-30T00:00:00+00:00")
+    local = reset_time("5-hour limit reached ∙ resets 3am", now=NOW)  # no zone: the local one
+    assert local is not None and NOW < local <= NOW + timedelta(days=1).total_seconds()
+    assert (datetime.fromtimestamp(local).hour, datetime.fromtimestamp(local).minute) == (3, 0)
+    for nothing in ("You've hit your limit", "resets soon", "resets in 5 hours", "resets 13pm (UTC)"):
+        assert reset_time(nothing, now=NOW) is None

@@ -53,6 +53,24 @@ def test_session_end_closes_open_runs_and_requests() -> None:
     assert p.interventions_pending == 0
 
 
+def test_a_run_cut_short_by_the_usage_limit_ends_at_the_limit_not_failed() -> None:
+    limit = dict(resets_at=int((T0 + timedelta(hours=3)).timestamp()), message="Claude AI usage limit reached|1",
+                 tokens_used=7, cost_usd=0.01, duration_s=60)
+    p = project([ev("session_started", 0), ev("spec_started", 1, "S"), ev("usage_limit", 2, "S", **limit),
+                 ev("session_heartbeat", 90, "S"), ev("spec_started", 182, "S"), ev("spec_completed", 190, "S")])
+    assert [(r.attempt, r.status, r.outcome, r.duration_seconds, r.error_message) for r in p.spec_runs] == [
+        (1, "interrupted", "later_passed", 60.0, limit["message"]), (2, "completed", "passed", 480.0, None)]
+    assert (p.specs_completed, p.specs_failed, p.tokens_used, p.execution_state) == (1, 0, 7, "running")
+    waiting = project([ev("session_started", 0), ev("spec_started", 1, "S"), ev("usage_limit", 2, "S", **limit),
+                       ev("session_heartbeat", 90, "S")])
+    assert (waiting.execution_state, waiting.spec_runs[0].status) == ("paused_for_usage_limit", "running")
+    stopped = project([ev("spec_started", 1, "S"), ev("usage_limit", 2, "S", **limit),
+                       ev("session_ended", 3, status="interrupted")])
+    assert [(r.status, r.end_time) for r in stopped.spec_runs] == [("interrupted", T0 + timedelta(minutes=2))]
+    went_on = project([ev("spec_started", 1, "S"), ev("usage_limit", 2, "S", **limit), ev("spec_completed", 9, "S")])
+    assert [(r.status, r.duration_seconds) for r in went_on.spec_runs] == [("completed", 480.0)]
+
+
 def test_feedback_answers_the_named_request() -> None:
     first, second = ev("intervention_request", 1, message="a?"), ev("intervention_request", 2, message="b?")
     p = project([first, second, ev("user_feedback", 3, request_id=str(second.event_id), message="b!")])

@@ -19,6 +19,14 @@ command sees RALPH_SESSION_ID, RALPH_SPEC_ID, RALPH_SPEC_FILE and RALPH_MONITOR_
 the Claude Code hook files its events under the same spec.
 Unless `--no-git`, each spec run's closing event also says what it changed in the git
 repository of the working directory (`data.git`, see `agent.gitstate`).
+
+A run that ends on the subscription's usage limit (`agent.usage_limit`) is not a failure: the
+wrapper records `usage_limit` (with `resets_at` when the message gives it) instead of
+`spec_failed`, and with `--on-usage-limit wait` (the default) waits until the reset plus
+`--usage-limit-margin` (or `--usage-limit-wait` when no reset time is given; at most
+USAGE_LIMIT_MAX_WAIT_S at a time), sending heartbeats, then runs the same spec again: a new
+attempt (the cut-short one is interrupted, not failed). With `stop` it ends the session as
+`interrupted` with the reason and exits EXIT_USAGE_LIMIT, for a scheduler to start it again later.
 """
 
 from __future__ import annotations
@@ -34,10 +42,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ralph_monitor.agent import gitstate
+from ralph_monitor.agent import gitstate, usage_limit
 from ralph_monitor.agent.client import SESSION_ENV, SOCKET_ENV, SPEC_ENV, Client, session_flags, utc_now
 from ralph_monitor.agent.guard import flag_reason
 from ralph_monitor.agent.redact import Redactor
@@ -48,6 +57,8 @@ EXIT_BUDGET_EXCEEDED = 3
 """Exit status when the loop stopped starting specs because its budget was spent."""
 EXIT_STUCK = 4
 """Exit status when the loop stopped because the monitor flagged its session stuck."""
+EXIT_USAGE_LIMIT = 5
+"""Exit status when the loop stopped at the usage limit (--on-usage-limit stop)."""
 STUCK_CHECK_S = 2.0
 """How often a running spec asks whether the session was flagged (--stop-on stuck)."""
 CONFIG_ENV = "RALPH_MONITOR_CONFIG"
@@ -60,6 +71,14 @@ POLL_S = 0.2
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 RESULT_KEYS = ("num_turns", "is_error", "subtype", "duration_ms", "duration_api_ms", "stop_reason",
                "terminal_reason", "api_error_status")
+USAGE_LIMIT_MARGIN_S = 30.0
+"""How long past the announced reset the loop waits before it tries again (clocks differ)."""
+USAGE_LIMIT_WAIT_S = 1800.0
+"""How long the loop waits at the usage limit when the message gives no reset time (or a past one)."""
+USAGE_LIMIT_MAX_WAIT_S = 8 * 3600.0
+"""The longest wait in one go: then the spec is tried again, which finds the limit anew if it still holds."""
+LIMIT_OUTPUT_BYTES = 4096
+"""How much of a run's stdout and stderr (without a result object) is read for a limit message."""
 MAX_DENIALS = 20
 INPUT_CHARS = 500
 """How much of a refused tool call's input is kept."""
@@ -177,7 +196,7 @@ def denial_text(denials: list[dict[str, Any]], count: int) -> str:
 
 @dataclass
 class RunOutcome:
-    status: str  # completed, failed, timeout, interrupted
+    status: str  # completed, failed, timeout, interrupted, usage_limit
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -223,7 +242,9 @@ class LoopRunner:
                  quiet: bool = False,
                  metadata: dict[str, Any] | None = None, max_cost_usd: float = 0.0, max_tokens: int = 0,
                  redactor: Redactor | None = None, config_path: str | None = None,
-                 git_dir: str | None = None) -> None:
+                 git_dir: str | None = None, on_usage_limit: str = "wait",
+                 usage_limit_wait_s: float = USAGE_LIMIT_WAIT_S,
+                 usage_limit_margin_s: float = USAGE_LIMIT_MARGIN_S) -> None:
         if not command:
             raise ConfigError("no command to run; put it after --, e.g. ralph-monitor loop --specs specs -- claude -p ...")
         self.client = client
@@ -254,6 +275,15 @@ class LoopRunner:
         self.git_dir = git_dir
         """The directory whose repository each spec run's changes are read from (None: not read)."""
         self._git_start: gitstate.Before | None = None
+        if on_usage_limit not in ("wait", "stop"):
+            raise ConfigError(f"--on-usage-limit {on_usage_limit!r}: wait or stop")
+        self.on_usage_limit = on_usage_limit
+        self.usage_limit_wait_s = usage_limit_wait_s
+        self.usage_limit_margin_s = usage_limit_margin_s
+        self.limited: str | None = None
+        """Why the loop stopped at the usage limit (--on-usage-limit stop), if it did."""
+        self.usage_limits = 0
+        """How many runs hit the usage limit."""
         self.counts = {"completed": 0, "failed": 0, "timeout": 0}
         self.tokens_used = 0
         self.cost_usd = 0.0
@@ -298,7 +328,9 @@ class LoopRunner:
                 if self._signal is not None or self._check_stuck():
                     break
                 outcome = self.run_spec(spec)
-                if outcome.status == "interrupted" or self.stuck is not None:
+                while outcome.status == "usage_limit" and self._wait_for_reset(spec, outcome):
+                    outcome = self.run_spec(spec)
+                if outcome.status in ("interrupted", "usage_limit") or self.stuck is not None:
                     break
                 if outcome.status != "completed" and self.stop_on_failure:
                     self._say(f"stopping after {spec.id} ({outcome.status}): --stop-on-failure")
@@ -340,11 +372,13 @@ class LoopRunner:
     def _finish(self, started: float) -> int:
         interrupted = self._signal is not None
         failed = self.counts["failed"] + self.counts["timeout"]
-        status = ("interrupted" if interrupted else "stuck" if self.stuck else
+        status = ("interrupted" if interrupted or self.limited else "stuck" if self.stuck else
                   "budget_exceeded" if self.over_budget else "completed")
         summary: dict[str, Any] = {
             "status": status, "specs_completed": self.counts["completed"], "specs_failed": failed,
             "specs_timed_out": self.counts["timeout"], "duration_s": round(time.monotonic() - started, 3)}
+        if self.usage_limits:
+            summary["usage_limits"] = self.usage_limits
         if self.tokens_used:
             summary["tokens_used"] = self.tokens_used
         if self.cost_usd:
@@ -356,6 +390,8 @@ class LoopRunner:
             summary["reason"] = self.over_budget
         if self.stuck:
             summary["reason"] = self.stuck
+        if self.limited and not interrupted:
+            summary["reason"] = self.limited
         if not self.joined:
             self._emit("session_ended", data=summary)
         self._say(f"{status}: {self.counts['completed']} completed, {failed} failed "
@@ -366,6 +402,8 @@ class LoopRunner:
             return 128 + self._signal
         if self.stuck:
             return EXIT_STUCK
+        if self.limited:
+            return EXIT_USAGE_LIMIT
         if self.over_budget:
             return EXIT_BUDGET_EXCEEDED
         return 0 if failed == 0 else 1
@@ -459,12 +497,64 @@ class LoopRunner:
             data["timeout_s"] = self.timeout_s
             data["error"] = f"timed out after {self.timeout_s:g} s (stopped, exit code {proc.returncode})"
             return self._record(spec, RunOutcome("timeout", data), ts=timed_out_at)
+        tails = out.tail()[-LIMIT_OUTPUT_BYTES:] + b"\n" + err.tail()
+        limit = usage_limit.detect(result, proc.returncode, tails.decode("utf-8", "replace"), now=time.time())
+        if limit is not None:
+            return self._limited(spec, limit, data)
         if proc.returncode == 0 and not (result or {}).get("is_error"):
             if data.get("permission_denials"):
                 data["error"] = denial_text(data["permission_denials"], data["permission_denial_count"])
             return self._record(spec, RunOutcome("completed", data))
         data["error"] = self.redactor.text(_failure_text(proc.returncode, result, err.tail()))
         return self._record(spec, RunOutcome("failed", data))
+
+    def _limited(self, spec: Spec, limit: usage_limit.UsageLimit, data: dict[str, Any]) -> RunOutcome:
+        """Record a run that hit the usage limit as `usage_limit`, not as a failure: the spec
+        is run again after the reset (or the session stopped, --on-usage-limit stop)."""
+        self.usage_limits += 1
+        data.update({"source": limit.source, "message": self.redactor.text(limit.message),
+                     "on_usage_limit": self.on_usage_limit})
+        if limit.resets_at is not None:
+            data["resets_at"] = int(limit.resets_at)
+        self._account(data)
+        self._emit("usage_limit", spec_id=spec.id, data=data)
+        when = (f"resets {datetime.fromtimestamp(limit.resets_at).astimezone():%Y-%m-%d %H:%M %Z}"
+                if limit.resets_at is not None else "no reset time given")
+        self._say(f"{spec.id}: usage limit reached ({when}): {data['message'][:120]}")
+        if self.on_usage_limit == "stop":
+            self.limited = f"usage limit reached ({when}); stopped: --on-usage-limit stop"
+            self._say(f"stopping: {self.limited}")
+        return RunOutcome("usage_limit", data)
+
+    def _wait_for_reset(self, spec: Spec, outcome: RunOutcome) -> bool:
+        """Wait until the usage limit resets (plus the margin; --usage-limit-wait when the time
+        is unknown or past; never more than USAGE_LIMIT_MAX_WAIT_S), with heartbeats so the
+        session is not taken for stalled. False when the loop is not to go on: stopping at the
+        limit, or a signal came (the wait ends at once)."""
+        if self.limited is not None or self._signal is not None:
+            return False
+        resets_at = outcome.data.get("resets_at")
+        now = time.time()
+        if isinstance(resets_at, int) and resets_at > now:
+            wait_s = resets_at - now + self.usage_limit_margin_s
+        else:
+            wait_s = self.usage_limit_wait_s
+        wait_s = min(wait_s, USAGE_LIMIT_MAX_WAIT_S)
+        retry_at = now + wait_s
+        shown = datetime.fromtimestamp(retry_at).astimezone()
+        self._say(f"{spec.id}: waiting {wait_s:.0f} s for the usage limit; trying again at {shown:%Y-%m-%d %H:%M:%S %Z}")
+        deadline = time.monotonic() + wait_s
+        next_beat = time.monotonic() + self.heartbeat_s if self.heartbeat_s > 0 else None
+        while self._signal is None and time.monotonic() < deadline and time.time() < retry_at:
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+            if next_beat is not None and time.monotonic() >= next_beat:
+                self._emit("session_heartbeat", spec_id=spec.id,
+                           data={"spec_id": spec.id, "waiting_for": "usage_limit", "retry_at": int(retry_at)})
+                next_beat = time.monotonic() + self.heartbeat_s
+        if self._signal is not None:
+            self._say(f"{spec.id}: interrupted ({signal.Signals(self._signal).name}) while waiting for the usage limit")
+            return False
+        return True
 
     def _stop(self, proc: subprocess.Popen[bytes], signum: int) -> None:
         """Signal the command's process group; SIGKILL it if it has not exited after the grace."""
@@ -481,17 +571,22 @@ class LoopRunner:
         except ProcessLookupError:
             pass
 
-    def _record(self, spec: Spec, outcome: RunOutcome, *, ts: str | None = None) -> RunOutcome:
-        data = outcome.data
+    def _account(self, data: dict[str, Any]) -> None:
+        """Complete a finished run's closing data (redactions, git changes) and add its spend
+        to the session's, which the budget is checked against."""
         if self.redactor.count:
             data["redactions"] = self.redactor.count
         if self._git_start is not None:
             data["git"] = gitstate.changes(self._git_start)
-        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         if isinstance(data.get("tokens_used"), int):
             self.tokens_used += data["tokens_used"]
         if isinstance(data.get("cost_usd"), (int, float)):
             self.cost_usd += float(data["cost_usd"])
+
+    def _record(self, spec: Spec, outcome: RunOutcome, *, ts: str | None = None) -> RunOutcome:
+        data = outcome.data
+        self._account(data)
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         event_type = {"completed": "spec_completed", "failed": "spec_failed", "timeout": "timeout_triggered"}
         self._emit(event_type[outcome.status], spec_id=spec.id, data=data, ts=ts)
         cost = f", ${data['cost_usd']:.4f}" if isinstance(data.get("cost_usd"), (int, float)) else ""
