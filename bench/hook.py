@@ -12,7 +12,10 @@ each phase the bench waits until the children have stored (or spooled) every eve
 
 Phases (each a sequence of `--calls` calls, one at a time, like Claude Code's tool hooks):
   python        `python -c pass`: the interpreter's own start-up, for reference
-  up            daemon running: PostToolUse with a few kB of tool input/output
+  up            daemon running: PostToolUse with a few kB of tool input/output, back to back (each
+                call shares the 2 cores with the detached children of the calls before it)
+  up-paced      the same, --gap-ms apart (default 250): what Claude Code waits for per tool call,
+                whose hooks come seconds apart
   up-stop       daemon running: Stop, summing the tokens of a transcript of --transcript-mb MB
   up-10mb       daemon running: PostToolUse whose tool_response is 10 MB (cut to 4 kB)
   down          no daemon (socket missing): every event is fsync'd to the client spool
@@ -56,6 +59,9 @@ READY_TIMEOUT_S = 60.0
 BIN = Path(sys.executable).parent
 LOOP_SESSION = "6f1c2b4e-5555-4000-8000-000000000005"
 HUNG_SETTLE_S = 1.5
+GAP_MS = 250.0
+"""up-paced: calls this far apart, as Claude Code's hooks are (a tool runs or the model answers in
+between), so each call meets no detached child of the one before; `up` calls back to back."""
 
 
 def payload(event: str, transcript: str, **extra: Any) -> bytes:
@@ -124,8 +130,15 @@ def call(argv: list[str], data: bytes, env: dict[str, str]) -> float:
     return elapsed
 
 
-def phase(name: str, calls: int, argv: list[str], data: bytes, env: dict[str, str]) -> dict[str, Any]:
-    row = {"phase": name, "calls": calls, **percentiles([call(argv, data, env) for _ in range(calls)])}
+def phase(name: str, calls: int, argv: list[str], data: bytes, env: dict[str, str], *,
+          gap_s: float = 0.0) -> dict[str, Any]:
+    """`calls` calls one after the other, `gap_s` apart (the time Claude Code spends between two
+    hooks: the tool runs, the model answers)."""
+    times = []
+    for _ in range(calls):
+        times.append(call(argv, data, env))
+        time.sleep(gap_s)
+    row = {"phase": name, "calls": calls, **percentiles(times)}
     print(f"{name:<17} {calls:>6} {row['median_ms']:>9.1f} {row['p90_ms']:>8.1f} {row['p99_ms']:>8.1f} "
           f"{row['max_ms']:>8.1f}", flush=True)
     return row
@@ -195,6 +208,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=200, help="calls per phase (default 200)")
     parser.add_argument("--transcript-mb", type=float, default=5.0, help="transcript size for up-stop (default 5)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--gap-ms", type=float, default=GAP_MS,
+                        help=f"pause between the up-paced phase's calls, ms (default {GAP_MS:g})")
     parser.add_argument("--foreground", action="store_true", help="time the whole work of each call (no detaching)")
     parser.add_argument("--claude", metavar="PATH", help="the Claude Code CLI, for the claude phase")
     parser.add_argument("--cli-runs", type=int, default=10, help="claude -p runs per mode (default 10)")
@@ -238,6 +253,9 @@ def main() -> int:
         rows.append(phase("up", args.calls, hook, tool_payload(str(transcript)), env))
         sent += args.calls
         wait_until(lambda: count() >= sent, "the up phase's events stored")
+        rows.append(phase("up-paced", args.calls, hook, tool_payload(str(transcript)), env, gap_s=args.gap_ms / 1000))
+        sent += args.calls
+        wait_until(lambda: count() >= sent, "the up-paced phase's events stored")
         stop_calls = max(10, args.calls // 10)
         rows.append(phase("up-stop", stop_calls, hook, payload("Stop", str(transcript), stop_hook_active=False,
                                                                 last_assistant_message="x" * 400), env))
@@ -278,9 +296,11 @@ def main() -> int:
                   f"p99 {on['p99_ms'] - off['p99_ms']:.0f} ms)")
 
         base = rows[0]["median_ms"]
-        up, down = rows[1], rows[4]
+        up, paced, down = rows[1], rows[2], rows[5]
         print(f"\nhook with the daemon up: median {up['median_ms']:.0f} ms, p99 {up['p99_ms']:.0f} ms "
-              f"({up['median_ms'] - base:.0f} ms over a bare interpreter start)")
+              f"({up['median_ms'] - base:.0f} ms over a bare interpreter start) back to back; "
+              f"{args.gap_ms:g} ms apart: median {paced['median_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms "
+              f"({paced['median_ms'] - base:.0f} ms over)")
         print(f"hook with the daemon down (spooling): median {down['median_ms']:.0f} ms, p99 {down['p99_ms']:.0f} ms")
         if args.json:
             Path(args.json).write_text(json.dumps({"phases": rows, "exactly_once": ok}, indent=2))
