@@ -186,7 +186,7 @@ def event_rows(events: Sequence[Any], root: str, *, spec_pages: Container[str] |
     out = []
     for e in events:
         row = ['<tr class="badrow">' if e.event_type in BAD_EVENTS else "<tr>",
-               f'<td>{when(e.occurred_at)}</td><td><span class="etype">{escape(e.event_type)}</span></td>']
+               f'<td>{when(e.occurred_at)}</td><td><span class="etype">{breakable(e.event_type)}</span></td>']
         if sessions:
             row.append(f"<td>{session_link(root, e.session_id, None, pages) if e.session_id else '–'}</td>")
         spec = e.spec_id
