@@ -508,6 +508,10 @@ class Recorder:
         self.calls.append((name, params))
         return self.store.fetch(name, params)
 
+    def fetch_as(self, name: str, params: Any, row: Any) -> list[Any]:
+        self.calls.append((name, params))
+        return self.store.fetch_as(name, params, row)
+
     def stream(self, name: str, params: Any = None) -> Any:
         self.calls.append((name, params))
         return self.store.stream(name, params)
@@ -663,11 +667,10 @@ def loop_health_pass(store: Any, running: list[RunningSession], limits: loop_hea
     (their settings are read once, when the projector starts)."""
     read = 0
     for session_id, start, last, closings in running:
-        rows = store.fetch("session_recent_activity", {"session_id": session_id, "types": list(ACTIVITY_TYPES),
-                                                       "since": max(last - ACTIVITY_WINDOW, start), "until": last,
-                                                       "limit": ACTIVITY_LIMIT})
-        activity = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"],
-                                         r["tool_input"], r["notification_type"]) for r in reversed(rows)]
+        rows = store.fetch_as("session_recent_activity", {"session_id": session_id, "types": list(ACTIVITY_TYPES),
+                                                          "since": max(last - ACTIVITY_WINDOW, start), "until": last,
+                                                          "limit": ACTIVITY_LIMIT}, loop_health.Activity)
+        activity = rows[::-1]
         current = loop_health.findings(closings, activity, now=last, started=start, limits=limits)
         loop_health.episodes_due(session_id, current, [], now=last)
         read += len(rows)

@@ -509,7 +509,7 @@ def previous_session(store: ReadStore, session: SessionSummary) -> SessionSummar
 
 
 def _attempts(store: ReadStore, ids: list[uuid.UUID]) -> list[Attempt]:
-    return [Attempt(**r) for r in store.fetch("attempts_of_sessions", {"ids": ids})] if ids else []
+    return store.fetch_as("attempts_of_sessions", {"ids": ids}, Attempt) if ids else []
 
 
 def _runs_by_session(store: ReadStore, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RunLike]]:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import args_row, dict_row
 from psycopg.types.json import Jsonb
 
 from ralph_monitor import loop_health, resources
@@ -214,12 +214,13 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
     events = [SessionEvent(r["event_id"], r["event_type"], r["spec_id"], r["occurred_at"], r["host"],
                            r["data"] if isinstance(r["data"], dict) else {}) for r in rows]
     last_event_at = activity["last_event_at"] or activity["last_any_at"]
-    recent = [] if any(e.event_type == "session_ended" for e in events) else await (await conn.execute(
-        resources.query("session_recent_activity"), {
-            **params, "types": list(ACTIVITY_TYPES), "since": max(last_event_at - ACTIVITY_WINDOW, activity["first_at"]),
-            "until": last_event_at, "limit": ACTIVITY_LIMIT})).fetchall()   # an ended session is neither waiting nor checked
-    hooks = [loop_health.Activity(r["event_id"], r["event_type"], r["occurred_at"], r["tool_name"], r["tool_input"],
-                                  r["notification_type"]) for r in reversed(recent)]
+    hooks: list[loop_health.Activity] = []
+    if not any(e.event_type == "session_ended" for e in events):  # an ended session is neither waiting nor checked
+        async with conn.cursor(row_factory=args_row(loop_health.Activity)) as cur:  # its columns, in its order
+            await cur.execute(resources.query("session_recent_activity"), {
+                **params, "types": list(ACTIVITY_TYPES), "since": max(last_event_at - ACTIVITY_WINDOW, activity["first_at"]),
+                "until": last_event_at, "limit": ACTIVITY_LIMIT})
+            hooks = (await cur.fetchall())[::-1]
     projection = compute(session_id, events, event_count=activity["event_count"], last_event_at=last_event_at,
                          last_active_at=activity["last_active_at"], activity=hooks, limits=limits)
     values = {k: v for k, v in vars(projection).items() if k not in ("spec_runs", "interventions", "loop_due")}

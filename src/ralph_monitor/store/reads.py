@@ -9,19 +9,21 @@ is logged here and carried by the store (`ReadStore.source()`), so the health pa
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import args_row, dict_row
 
 from ralph_monitor import resources
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreError, StoreUnavailable
 from ralph_monitor.store.connect import conninfo, describe_dsn, describe_error
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,15 @@ class ReadStore:
         """All rows of named query `name` as dicts."""
         try:
             return self._conn.execute(resources.query(name), params).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"query {name} failed: {describe_error(exc)}") from exc
+
+    def fetch_as(self, name: str, params: dict[str, Any] | Sequence[Any] | None, row: Callable[..., T]) -> list[T]:
+        """All rows of named query `name` as `row(*columns)` (a class whose fields are the query's
+        columns, in order): no dict per row, for the hot reads."""
+        try:
+            with self._conn.cursor(row_factory=args_row(row)) as cur:
+                return cur.execute(resources.query(name), params).fetchall()
         except psycopg.Error as exc:
             raise StoreError(f"query {name} failed: {describe_error(exc)}") from exc
 
