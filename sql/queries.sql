@@ -885,9 +885,6 @@ ORDER BY occurred_at DESC LIMIT 1;
 -- name: open_alerts
 SELECT id, rule, subject FROM alerts WHERE resolved_at IS NULL;
 
--- name: alert_ever_fired
-SELECT 1 AS fired FROM alerts WHERE rule = %(rule)s AND subject = %(subject)s LIMIT 1;
-
 -- name: alerts_ever_fired
 -- Which of these (rule, subject) pairs fired before: one round trip for every one-shot
 -- condition of a pass (a night's failed sessions each are one).

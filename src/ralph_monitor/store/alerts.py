@@ -94,10 +94,8 @@ class AlertStore:
             conditions = {(c.rule, c.subject): c for c in self._conditions(conn, night)}
             open_alerts = {(r["rule"], r["subject"]): r["id"]
                            for r in conn.execute(resources.query("open_alerts")).fetchall()}
-            one_shots = [key for key in conditions if key[0] in rules.ONE_SHOT and key not in open_alerts]
-            done_before = {(r["rule"], r["subject"]) for r in conn.execute(resources.query("alerts_ever_fired"), {
-                "rules": [k[0] for k in one_shots], "subjects": [k[1] for k in one_shots]}).fetchall()
-                } if one_shots else set()
+            done_before = _fired_before(conn, [key for key in conditions
+                                               if key[0] in rules.ONE_SHOT and key not in open_alerts])
             fired = resolved = 0
             for key, condition in conditions.items():
                 if key in open_alerts or key in done_before:
@@ -178,11 +176,10 @@ class AlertStore:
             row = conn.execute(resources.query("try_lock_projection"), {"key": LOCK_KEY}).fetchone()
             if not row or not row["locked"]:
                 return False
-            key = {"rule": REPORT_RULE, "subject": subject}
-            if not again and conn.execute(resources.query("alert_ever_fired"), key).fetchone():
+            if not again and _fired_before(conn, [(REPORT_RULE, subject)]):
                 return False
             inserted = conn.execute(resources.query("insert_alert"), {
-                **key, "title": title, "body": body, "link": self._link("index.html"), "session_id": None,
+                "rule": REPORT_RULE, "subject": subject, "title": title, "body": body, "link": self._link("index.html"), "session_id": None,
                 "one_shot": True}).fetchone()
             self._queue(conn, inserted["id"], "report", title, body, destinations, body_format="markdown")
             return True
@@ -213,3 +210,12 @@ class AlertStore:
         return self._run(lambda conn: conn.execute(resources.query("insert_alert_message"), {
             "alert_id": None, "kind": "test", "destination": destination, "title": title,
             "body": body, "body_format": "text"}).fetchone()["id"])
+
+
+def _fired_before(conn: psycopg.Connection[dict[str, Any]], keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (rule, subject) pairs fired before: one round trip for all of them."""
+    if not keys:
+        return set()
+    rows = conn.execute(resources.query("alerts_ever_fired"),
+                        {"rules": [k[0] for k in keys], "subjects": [k[1] for k in keys]}).fetchall()
+    return {(r["rule"], r["subject"]) for r in rows}
