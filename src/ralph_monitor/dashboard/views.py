@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -235,19 +235,20 @@ def _change_item(kind: str, c: changes.SpecChange) -> str:
 def change_lists(c: changes.Changes) -> Markup:
     """The "Since the previous run" lists of a session page, one per kind of change (at most
     DIFF_ITEMS items each): plain Python like run_rows, as a full rebuild renders one per session."""
-    out = []
-    for kind, title in _CHANGE_KINDS:
-        items = getattr(c, kind)
-        if items:
-            more = f'<li class="more">and {len(items) - DIFF_ITEMS} more</li>' if len(items) > DIFF_ITEMS else ""
-            out.append(f'<h3>{title} ({len(items)})</h3><ul class="changes" data-testid="diff-{kind.replace("_", "-")}">'
-                       + "".join(f"<li>{_change_item(kind, x)}</li>" for x in items[:DIFF_ITEMS]) + more + "</ul>")
-    if c.new_errors:
-        more = f'<li class="more">and {len(c.new_errors) - DIFF_ITEMS} more</li>' if len(c.new_errors) > DIFF_ITEMS else ""
-        out.append(f'<h3>New errors ({len(c.new_errors)})</h3><ul class="changes" data-testid="diff-new-errors">'
-                   + "".join(f"<li>{breakable(shorten(', '.join(e.spec_ids), 80))}: {error_html(e.error, 200)}</li>"
-                             for e in c.new_errors[:DIFF_ITEMS]) + more + "</ul>")
-    return Markup("\n".join(out))
+    out = [_change_list(title, kind, getattr(c, kind), functools.partial(_change_item, kind))
+           for kind, title in _CHANGE_KINDS]
+    out.append(_change_list("New errors", "new_errors", c.new_errors, lambda e: (
+        f"{breakable(shorten(', '.join(e.spec_ids), 80))}: {error_html(e.error, 200)}")))
+    return Markup("\n".join(part for part in out if part))
+
+
+def _change_list(title: str, kind: str, items: Sequence[Any], item_html: Callable[[Any], str]) -> str:
+    """One kind's list: its first DIFF_ITEMS items, and how many more; "" when it has none."""
+    if not items:
+        return ""
+    more = f'<li class="more">and {len(items) - DIFF_ITEMS} more</li>' if len(items) > DIFF_ITEMS else ""
+    return (f'<h3>{title} ({len(items)})</h3><ul class="changes" data-testid="diff-{kind.replace("_", "-")}">'
+            + "".join(f"<li>{item_html(x)}</li>" for x in items[:DIFF_ITEMS]) + more + "</ul>")
 
 
 def number(value: int | float | None) -> str:
