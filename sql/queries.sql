@@ -143,6 +143,41 @@ WHERE session_id >= %(session_id)s AND session_id <= %(session_id)s
 ORDER BY session_id DESC, occurred_at DESC, id DESC
 LIMIT %(limit)s;
 
+-- name: recent_events_floor
+-- The floors of recent_events: a time from which at least %(limit)s matching events are
+-- likely to exist, so that the events query reads, and is planned for, only the partitions
+-- from there on (planning all ~40 of 30 days cost more than the read). A guess, read from the
+-- projections: queries.recent_events reads again without it when it yields fewer rows. NULL:
+-- no guess. This one: the newest 5-minute bucket from which the newest buckets hold %(limit)s
+-- events, among the newest %(buckets)s rows of metric_buckets (a bound on the work: a running
+-- sum is not something the planner stops early on).
+SELECT (SELECT bucket_time
+        FROM (SELECT bucket_time, sum(sum(count)) OVER (ORDER BY bucket_time DESC) AS total
+              FROM (SELECT bucket_time, count FROM metric_buckets
+                    ORDER BY bucket_time DESC LIMIT %(buckets)s) newest
+              GROUP BY bucket_time) b
+        WHERE total >= %(limit)s
+        ORDER BY bucket_time DESC LIMIT 1) AS floor;
+
+-- name: recent_events_floor_of_type
+SELECT (SELECT bucket_time
+        FROM (SELECT bucket_time, sum(count) OVER (ORDER BY bucket_time DESC) AS total
+              FROM (SELECT bucket_time, count FROM metric_buckets
+                    -- A range, as in latest_event_of_type: the index then yields the order.
+                    WHERE event_type >= %(event_type)s AND event_type <= %(event_type)s
+                    ORDER BY event_type, bucket_time DESC LIMIT %(buckets)s) newest) b
+        WHERE total >= %(limit)s
+        ORDER BY bucket_time DESC LIMIT 1) AS floor;
+
+-- name: recent_events_floor_of_session
+SELECT (SELECT start_time FROM sessions WHERE id = %(session_id)s) AS floor;
+
+-- name: recent_events_floor_of_spec
+-- The start of the spec's fifth newest run: a run writes tens of events.
+SELECT (SELECT min(start_time)
+        FROM (SELECT start_time FROM spec_runs WHERE spec_id = %(spec_id)s AND start_time IS NOT NULL
+              ORDER BY start_time DESC LIMIT 5) r) AS floor;
+
 -- name: recent_rejects
 SELECT received_at, host, writer_uid, writer_pid, reason, detail, line_bytes, excerpt
 FROM rejects

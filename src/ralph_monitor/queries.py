@@ -72,13 +72,44 @@ class HostHealth:
     """Free space per disk the daemon writes to: {"state": {"path", "free_bytes", "total_bytes"}, ...}."""
 
 
+FLOOR_BUCKET_ROWS = 500
+"""Rows of metric_buckets (one per 5 minutes and event type) read, newest first, to find the
+floor of recent_events; at 10x volume 100 events fill a few buckets, a rare type's a few dozen."""
+
+
 def recent_events(store: ReadStore, *, since: datetime | None = None, event_type: str | None = None,
                   session_id: uuid.UUID | None = None, spec_id: str | None = None,
                   limit: int = 100) -> list[EventRow]:
-    """Newest first (by the agent's time), filtered by any of the arguments."""
-    rows = store.fetch("recent_events" if session_id is None else "recent_events_of_session", {
-        "since": since, "event_type": event_type, "session_id": session_id, "spec_id": spec_id, "limit": limit})
-    return [EventRow(**row) for row in rows]
+    """Newest first (by the agent's time), filtered by any of the arguments.
+
+    Read from a floor first (recent_events_floor*: where the newest `limit` matching events
+    probably start), so that only the partitions from there on are planned and read; when
+    the floor holds fewer than `limit`, it was a wrong guess and the events are read again
+    without it."""
+    name = "recent_events" if session_id is None else "recent_events_of_session"
+    params = {"since": since, "event_type": event_type, "session_id": session_id, "spec_id": spec_id,
+              "limit": limit}
+    floor = _recent_events_floor(store, event_type=event_type, session_id=session_id, spec_id=spec_id,
+                                 limit=limit)
+    if floor is not None and (since is None or floor > since):
+        rows = store.fetch_as(name, {**params, "since": floor}, EventRow)
+        if len(rows) >= limit:
+            return rows
+    return store.fetch_as(name, params, EventRow)
+
+
+def _recent_events_floor(store: ReadStore, *, event_type: str | None, session_id: uuid.UUID | None,
+                         spec_id: str | None, limit: int) -> datetime | None:
+    """The guess of recent_events: from the narrowest filter's projection (the session's start,
+    the spec's recent runs, the 5-minute counts of the type or of all events)."""
+    if session_id is not None:
+        return store.fetch("recent_events_floor_of_session", {"session_id": session_id})[0]["floor"]
+    if spec_id is not None:
+        return store.fetch("recent_events_floor_of_spec", {"spec_id": spec_id})[0]["floor"]
+    if event_type is not None:
+        return store.fetch("recent_events_floor_of_type", {"event_type": event_type, "limit": limit,
+                                                           "buckets": FLOOR_BUCKET_ROWS})[0]["floor"]
+    return store.fetch("recent_events_floor", {"limit": limit, "buckets": FLOOR_BUCKET_ROWS})[0]["floor"]
 
 
 def recent_rejects(store: ReadStore, *, limit: int = 50) -> list[RejectRow]:
