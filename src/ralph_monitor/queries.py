@@ -340,7 +340,10 @@ USAGE_LABELS = {"five_hour": "5-hour window", "seven_day": "7-day window"}
 
 def usage(store: ReadStore) -> UsageReport | None:
     """The last `rate_limits` event's windows (values.window decides what is usable)."""
-    latest = _latest(store, "rate_limits")
+    return _usage(_latest(store, "rate_limits"))
+
+
+def _usage(latest: TimelineEvent | None) -> UsageReport | None:
     if latest is None or not isinstance(latest.data, dict):
         return None
     windows = []
@@ -623,7 +626,9 @@ def outcomes(store: ReadStore, window: Window) -> Outcomes:
 def compare_weeks(store: ReadStore, now: datetime, zone: tzinfo) -> Comparison:
     """Success rate and spend this week (so far) against the whole previous week."""
     this_week, last_week = week_windows(now, zone)
-    return Comparison(this_week, last_week, outcomes(store, this_week), outcomes(store, last_week))
+    current, previous = store.fetch_many([("run_outcomes_between", {"since": w.since, "until": w.until})
+                                          for w in (this_week, last_week)])
+    return Comparison(this_week, last_week, Outcomes.of(current[0]), Outcomes.of(previous[0]))
 
 
 def _daily_rows(store: ReadStore, window: Window, zone: tzinfo) -> list[dict[str, Any]]:
@@ -691,21 +696,26 @@ def night_summary(store: ReadStore, window: Window) -> NightSummary:
     """Sessions active in the window, the specs decided in it (outcomes.py), what its runs cost
     (the window's totals, as `outcomes` adds them up), and the specs that failed and are being
     tried again."""
-    sessions = [_session(r) for r in store.fetch("sessions_overlapping", {"since": window.since, "until": window.until})]
+    bounds = {"since": window.since, "until": window.until}
+    overlapping, totals, git_rows = store.fetch_many([("sessions_overlapping", bounds), ("run_outcomes_between", bounds),
+                                                     ("git_runs_between", bounds)])
+    sessions = [_session(r) for r in overlapping]
     runs = _attempts(store, [s.id for s in sessions])
     results = spec_results(runs, {s.id: s.name for s in sessions})
     decided = [r for r in results if _in(window, r.ended_at)]
     return NightSummary(
-        window=window, sessions=sessions, outcomes=outcomes(store, window),
+        window=window, sessions=sessions, outcomes=Outcomes.of(totals[0]),
         results=sorted(decided, key=lambda r: r.ended_at or window.until),
         retrying=[r for r in results if r.outcome == RUNNING and r.error is not None],
-        changes=[SpecRunRow(**r) for r in store.fetch("git_runs_between", {"since": window.since,
-                                                                           "until": window.until})],
+        changes=[SpecRunRow(**r) for r in git_rows],
     )
 
 
 def _latest(store: ReadStore, event_type: str) -> TimelineEvent | None:
-    rows = store.fetch("latest_event_of_type", {"event_type": event_type})
+    return _latest_of(store.fetch("latest_event_of_type", {"event_type": event_type}), event_type)
+
+
+def _latest_of(rows: list[dict[str, Any]], event_type: str) -> TimelineEvent | None:
     if not rows:
         return None
     row = rows[0]
@@ -718,19 +728,25 @@ FAILURES_SHOWN = 10
 
 
 def status(store: ReadStore, now: datetime) -> Status:
-    """What is going on now: active sessions, open requests, and the monitor's own health."""
+    """What is going on now: active sessions, open requests, and the monitor's own health (read
+    in one round trip)."""
+    latest = ("backup_completed", "prune_completed", "rate_limits")
+    active, pending, hosts, backup, prune, rate_limits, rejects, failures, failing, source = store.fetch_many([
+        ("active_sessions", None), ("pending_interventions", None), ("monitor_hosts", None),
+        *[("latest_event_of_type", {"event_type": t}) for t in latest],
+        ("reject_count_since", {"since": now - timedelta(days=1)}),
+        ("projection_failures", {"limit": FAILURES_SHOWN}), ("projection_failure_count", None), ("read_source", None)])
     return Status(
-        active=active_sessions(store),
-        pending_interventions=pending_interventions(store),
-        hosts=monitor_hosts(store),
-        last_backup=_latest(store, "backup_completed"),
-        last_prune=_latest(store, "prune_completed"),
-        rejects_last_24h=store.fetch("reject_count_since", {"since": now - timedelta(days=1)})[0]["n"],
-        projection_failures=[ProjectionFailure(**row) for row in store.fetch(
-            "projection_failures", {"limit": FAILURES_SHOWN})],
-        projection_failures_total=store.fetch("projection_failure_count")[0]["failing"],
-        reads=store.source(),
-        usage=usage(store),
+        active=[_session(r) for r in active],
+        pending_interventions=[InterventionRow(**r) for r in pending],
+        hosts=[HostHealth(**r) for r in hosts],
+        last_backup=_latest_of(backup, latest[0]),
+        last_prune=_latest_of(prune, latest[1]),
+        rejects_last_24h=rejects[0]["n"],
+        projection_failures=[ProjectionFailure(**row) for row in failures],
+        projection_failures_total=failing[0]["failing"],
+        reads=store.source(source[0]),
+        usage=_usage(_latest_of(rate_limits, latest[2])),
     )
 
 

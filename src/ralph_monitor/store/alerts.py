@@ -23,7 +23,7 @@ from ralph_monitor import resources
 from ralph_monitor.alerts import rules
 from ralph_monitor.config import Settings
 from ralph_monitor.errors import StoreError, StoreUnavailable
-from ralph_monitor.store.connect import conninfo
+from ralph_monitor.store.connect import NamedRequest, conninfo, fetch_pipelined
 
 log = logging.getLogger(__name__)
 
@@ -124,31 +124,42 @@ class AlertStore:
 
     def _conditions(self, conn: psycopg.Connection[dict[str, Any]], night: tuple[datetime, datetime]) -> list[rules.Condition]:
         s = self._settings
-        now = conn.execute(resources.query("database_now")).fetchone()["now"]  # the clock the rules' SQL uses
-        found: list[rules.Condition] = []
+        asked: dict[str, NamedRequest] = {"now": ("database_now", None)}  # the clock the rules' SQL uses
         if s.alerts_intervention_after_min > 0:
-            found += rules.waiting_requests(conn.execute(resources.query("alert_waiting_requests"), {
-                "after_s": s.alerts_intervention_after_min * 60}).fetchall(), now)
+            asked["waiting"] = ("alert_waiting_requests", {"after_s": s.alerts_intervention_after_min * 60})
         if s.alerts_on_stall:
-            found += rules.stalled_sessions(conn.execute(resources.query("alert_stalled_sessions")).fetchall())
+            asked["stalled"] = ("alert_stalled_sessions", None)
         if s.alerts_on_stuck:
-            found += rules.stuck_sessions(conn.execute(resources.query("alert_stuck_sessions")).fetchall())
+            asked["stuck"] = ("alert_stuck_sessions", None)
         if s.alerts_on_failure:
-            found += rules.failed_sessions(conn.execute(resources.query("alert_failed_sessions")).fetchall())
+            asked["failed"] = ("alert_failed_sessions", None)
         if s.budget_session_usd or s.budget_session_tokens:
-            found += rules.over_budget_sessions(conn.execute(resources.query("alert_costly_sessions"), {
-                "usd": Decimal(str(s.budget_session_usd)), "tokens": s.budget_session_tokens}).fetchall(), s)
+            asked["costly"] = ("alert_costly_sessions", {"usd": Decimal(str(s.budget_session_usd)),
+                                                         "tokens": s.budget_session_tokens})
         if s.budget_night_usd or s.budget_night_tokens:
-            spend = conn.execute(resources.query("alert_spend_between"),
-                                 {"start": night[0], "end": night[1]}).fetchone()
-            found += rules.over_budget_night(night[0], spend["cost_usd"], spend["tokens_used"], s)
+            asked["night"] = ("alert_spend_between", {"start": night[0], "end": night[1]})
         if s.alerts_on_monitor_health:
-            backup = conn.execute(resources.query("alert_latest_backup")).fetchone()
-            found += rules.monitor_health(
-                conn.execute(resources.query("monitor_hosts")).fetchall(),
-                latest_backup=backup["event_type"] if backup else None,
-                failing_projections=conn.execute(resources.query("projection_failure_count")).fetchone()["failing"],
-                now=now, settings=s)
+            asked |= {"backup": ("alert_latest_backup", None), "hosts": ("monitor_hosts", None),
+                      "failing": ("projection_failure_count", None)}
+        rows = dict(zip(asked, fetch_pipelined(conn, list(asked.values()))))  # one round trip
+        now = rows["now"][0]["now"]
+        found: list[rules.Condition] = []
+        if "waiting" in rows:
+            found += rules.waiting_requests(rows["waiting"], now)
+        if "stalled" in rows:
+            found += rules.stalled_sessions(rows["stalled"])
+        if "stuck" in rows:
+            found += rules.stuck_sessions(rows["stuck"])
+        if "failed" in rows:
+            found += rules.failed_sessions(rows["failed"])
+        if "costly" in rows:
+            found += rules.over_budget_sessions(rows["costly"], s)
+        if "night" in rows:
+            found += rules.over_budget_night(night[0], rows["night"][0]["cost_usd"], rows["night"][0]["tokens_used"], s)
+        if "hosts" in rows:
+            backup = rows["backup"][0] if rows["backup"] else None
+            found += rules.monitor_health(rows["hosts"], latest_backup=backup["event_type"] if backup else None,
+                                          failing_projections=rows["failing"][0]["failing"], now=now, settings=s)
         return found
 
     def _link(self, path: str | None) -> str | None:

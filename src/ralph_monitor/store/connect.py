@@ -6,6 +6,7 @@ Each role (events, projection, reads, maintenance, facts) opens its own connecti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -37,6 +38,18 @@ def conninfo(settings: Settings, *, dsn: str | None = None, dbname: str | None =
 def describe_error(exc: psycopg.Error) -> str:
     """The first line of a psycopg error, for messages (its class name if it has no text)."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+NamedRequest = tuple[str, "dict[str, Any] | None"]
+"""A named query (sql/queries.sql) and its parameters."""
+
+
+def fetch_pipelined(conn: psycopg.Connection[Any], requests: Sequence[NamedRequest]) -> list[list[Any]]:
+    """The rows of several independent named queries, sent in one pipeline: one round trip
+    instead of one per query. psycopg errors propagate (the caller names its role)."""
+    with conn.pipeline():
+        cursors = [conn.cursor().execute(resources.query(name), params) for name, params in requests]
+    return [cur.fetchall() for cur in cursors]
 
 
 def maintenance_conninfo(settings: Settings, dsn: str) -> str:
