@@ -340,21 +340,31 @@ WITH counts AS (
     WHERE session_id IS NOT NULL GROUP BY session_id
 ), pending AS (
     SELECT session_id, count(*) AS n FROM bench_interventions WHERE answered_at IS NULL GROUP BY session_id
+), waiting AS (
+    -- An open request that nothing answered since: no sign that the agent went on (projections.py).
+    SELECT i.session_id, min(i.requested_at) AS since FROM bench_interventions i
+    WHERE i.answered_at IS NULL AND NOT EXISTS (
+        SELECT FROM bench_stage x WHERE x.session_id = i.session_id AND x.t > i.requested_at
+          AND x.type IN ('cc.PreToolUse', 'cc.PostToolUse', 'cc.UserPromptSubmit', 'cc.Stop', 'spec_started',
+                         'user_feedback', 'spec_completed', 'spec_failed', 'timeout_triggered'))
+    GROUP BY i.session_id
 )
 INSERT INTO sessions (id, name, host, start_time, end_time, last_event_at, total_specs, specs_completed,
                       specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used, cost_usd,
-                      event_count, interventions_pending, final_result, metadata, updated_at)
+                      event_count, interventions_pending, final_result, metadata, updated_at, waiting_since)
 SELECT s.id, s.name, s.host, s.start_time, s.end_time,
        coalesce(a.last_at, s.end_time, {now}), s.n_specs,
-       coalesce(c.completed, 0), coalesce(c.failed, 0), coalesce(c.timed_out, 0), coalesce(c.fixed, 0), s.state,
+       coalesce(c.completed, 0), coalesce(c.failed, 0), coalesce(c.timed_out, 0), coalesce(c.fixed, 0),
+       CASE WHEN s.state = 'running' AND w.since IS NOT NULL THEN 'waiting_for_human' ELSE s.state END,
        coalesce(u.tokens, 0), coalesce(u.cost, 0),
        coalesce(a.n, round(s.planned_s / {heartbeat_s} + s.planned_s * {fill_per_s}) + 2 * s.n_specs + 2),
        CASE WHEN s.end_time IS NULL THEN coalesce(p.n, 0) ELSE 0 END,
        CASE WHEN s.end_time IS NOT NULL
             THEN jsonb_build_object('status', s.state, 'specs_total', s.n_specs, 'duration_s', round(s.planned_s)) END,
        jsonb_build_object('repo', 'ralph-orchestrator', 'branch', 'night/' || s.n, 'model', 'claude'),
-       coalesce(s.end_time, {now})
+       coalesce(s.end_time, {now}), CASE WHEN s.state = 'running' THEN w.since END
 FROM bench_sessions s
+LEFT JOIN waiting w ON w.session_id = s.id
 LEFT JOIN counts c ON c.session_id = s.id
 LEFT JOIN sums u ON u.session_id = s.id
 LEFT JOIN activity a ON a.session_id = s.id

@@ -81,3 +81,17 @@ def test_the_newest_events_whatever_the_guess(daemon: Daemon) -> None:
     execute(daemon.dsn, "UPDATE sessions SET start_time = now() + interval '1 day'")
     execute(daemon.dsn, "UPDATE spec_runs SET start_time = now() + interval '1 day' WHERE start_time IS NOT NULL")
     assert_all_filters_agree(daemon)
+
+
+def test_numbers_beyond_a_double_are_read_back(daemon: Daemon) -> None:
+    # The socket refuses 1e400 (protocol.py), but jsonb keeps it: a row written by other means
+    # must still be shown, with its integers beyond 64 bits.
+    execute(daemon.dsn, """
+        INSERT INTO events (event_id, event_type, session_id, occurred_at, received_at, host, payload)
+        VALUES (gen_random_uuid(), 'odd', NULL, now(), now(), 'h',
+                '{"data": {"huge": 1e400, "big": 100000000000000000000000000000}}'),
+               (gen_random_uuid(), 'odd', NULL, now(), now(), 'h', '{"data": {"big": 100000000000000000000000000000}}')""")
+    with open_read_store(load_settings(daemon.config_path), dsn=daemon.dsn) as store:
+        rows = queries.recent_events(store, event_type="odd")
+    # jsonb writes 1e400 out in full: json reads that row (exactly), orjson the other (a float).
+    assert sorted((r.data for r in rows), key=len) == [{"big": 1e29}, {"huge": 10 ** 400, "big": 10 ** 29}]
