@@ -709,14 +709,19 @@ ORDER BY session_id, coalesce(start_time, end_time), spec_id, attempt;
 
 -- name: timelines_of_sessions
 -- The newest `limit` events per session, oldest first: every event for the sessions in `whole`,
--- otherwise without heartbeats and forwarded tool-level hook events (cc.*).
+-- otherwise without heartbeats and forwarded tool-level hook events (cc.*), read from the
+-- index that holds just those (migration 0012: the two kinds of session are two branches, so
+-- that the planner sees its predicate).
 SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, data FROM (
-    SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, payload->'data' AS data,
-           row_number() OVER (PARTITION BY session_id ORDER BY occurred_at DESC, id DESC) AS n
-    FROM events
-    WHERE session_id = ANY(%(ids)s::uuid[])
-      AND (session_id = ANY(%(whole)s::uuid[])
-           OR (event_type <> 'session_heartbeat' AND event_type NOT LIKE 'cc.%%'))
+    SELECT *, row_number() OVER (PARTITION BY session_id ORDER BY occurred_at DESC, id DESC) AS n FROM (
+        SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, payload->'data' AS data
+        FROM events WHERE session_id = ANY(%(whole)s::uuid[])
+        UNION ALL
+        SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, payload->'data' AS data
+        FROM events
+        WHERE session_id = ANY(%(ids)s::uuid[]) AND NOT session_id = ANY(%(whole)s::uuid[])
+          AND event_type <> 'session_heartbeat' AND event_type NOT LIKE 'cc.%%'
+    ) e
 ) t
 WHERE n <= %(limit)s
 ORDER BY session_id, occurred_at, id;

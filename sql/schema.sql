@@ -364,6 +364,8 @@ CREATE INDEX events_occurred_at_idx ON ONLY public.events USING btree (occurred_
 CREATE INDEX events_default_occurred_at_idx ON public.events_default USING btree (occurred_at DESC);
 CREATE INDEX events_session_idx ON ONLY public.events USING btree (session_id, occurred_at) WHERE (session_id IS NOT NULL);
 CREATE INDEX events_default_session_id_occurred_at_idx ON public.events_default USING btree (session_id, occurred_at) WHERE (session_id IS NOT NULL);
+CREATE INDEX events_session_story_idx ON ONLY public.events USING btree (session_id, occurred_at) WHERE ((session_id IS NOT NULL) AND (event_type <> 'session_heartbeat'::text) AND (event_type !~~ 'cc.%'::text));
+CREATE INDEX events_default_session_id_occurred_at_idx1 ON public.events_default USING btree (session_id, occurred_at) WHERE ((session_id IS NOT NULL) AND (event_type <> 'session_heartbeat'::text) AND (event_type !~~ 'cc.%'::text));
 CREATE INDEX events_spec_idx ON ONLY public.events USING btree (spec_id, occurred_at) WHERE (spec_id IS NOT NULL);
 CREATE INDEX events_default_spec_id_occurred_at_idx ON public.events_default USING btree (spec_id, occurred_at) WHERE (spec_id IS NOT NULL);
 CREATE INDEX interventions_open_idx ON public.interventions USING btree (requested_at DESC) WHERE (answered_at IS NULL);
@@ -385,6 +387,7 @@ ALTER INDEX public.events_type_occurred_at_idx ATTACH PARTITION public.events_de
 ALTER INDEX public.events_occurred_at_idx ATTACH PARTITION public.events_default_occurred_at_idx;
 ALTER INDEX public.events_pkey ATTACH PARTITION public.events_default_pkey;
 ALTER INDEX public.events_session_idx ATTACH PARTITION public.events_default_session_id_occurred_at_idx;
+ALTER INDEX public.events_session_story_idx ATTACH PARTITION public.events_default_session_id_occurred_at_idx1;
 ALTER INDEX public.events_spec_idx ATTACH PARTITION public.events_default_spec_id_occurred_at_idx;
 CREATE TRIGGER spec_run_totals_delete AFTER DELETE ON public.spec_runs REFERENCING OLD TABLE AS old_runs FOR EACH STATEMENT EXECUTE FUNCTION public.spec_run_totals_apply();
 CREATE TRIGGER spec_run_totals_insert AFTER INSERT ON public.spec_runs REFERENCING NEW TABLE AS new_runs FOR EACH STATEMENT EXECUTE FUNCTION public.spec_run_totals_apply();
