@@ -786,15 +786,13 @@ ORDER BY r.end_time DESC
 LIMIT %(limit)s;
 
 -- name: event_types_seen
-SELECT event_type, sum(count)::bigint AS count FROM metric_buckets
+-- Per type, by name: its events since `since` and since `anchor` (the dashboard notices new
+-- events of a type by the second count changing between renders), from the 5-minute counts.
+SELECT event_type, sum(count)::bigint AS count,
+       coalesce(sum(count) FILTER (WHERE bucket_time >= %(anchor)s), 0)::bigint AS since_anchor
+FROM metric_buckets
 WHERE bucket_time >= %(since)s
-GROUP BY event_type ORDER BY count DESC, event_type;
-
--- name: event_types_created_since
--- Types of the events stored at or after `since` (database clock) that happened after `recent`
--- (the bound lets partition pruning and the occurred_at index do the work).
-SELECT DISTINCT event_type FROM events
-WHERE occurred_at >= %(recent)s AND created_at >= %(since)s;
+GROUP BY event_type ORDER BY event_type;
 
 -- Projector work queues without row locks: a recomputation reads the queue entry's version
 -- and deletes the entry only if no writer bumped it meanwhile, so writers never wait for a

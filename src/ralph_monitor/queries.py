@@ -852,15 +852,19 @@ def recent_failed_runs(store: ReadStore, *, limit: int = 20) -> list[SpecRunRow]
     return [SpecRunRow(**r) for r in store.fetch("recent_failed_runs", {"limit": limit})]
 
 
-def event_types_seen(store: ReadStore, since: datetime) -> list[tuple[str, int]]:
-    """Event types stored since `since` (by 5-minute bucket) and how many of each, most frequent first."""
-    return [(r["event_type"], r["count"]) for r in store.fetch("event_types_seen", {"since": since})]
+@dataclass(frozen=True)
+class EventTypeSeen:
+    event_type: str
+    count: int
+    """Events of this type since `since` (by 5-minute bucket)."""
+    since_anchor: int
+    """Events of this type since `anchor`: it changes when events of the type arrive."""
 
 
-def event_types_created_since(store: ReadStore, since: datetime, *, happened_after: datetime) -> set[str]:
-    """Types of the events stored since `since` (database clock) that happened after `happened_after`."""
-    return {r["event_type"] for r in store.fetch("event_types_created_since",
-                                                  {"since": since, "recent": happened_after})}
+def event_types_seen(store: ReadStore, since: datetime, *, anchor: datetime | None = None) -> list[EventTypeSeen]:
+    """Event types stored since `since` and how many of each, by name (the events pages' menu
+    keeps its order while counts change)."""
+    return store.fetch_as("event_types_seen", {"since": since, "anchor": anchor or since}, EventTypeSeen)
 
 
 @dataclass(frozen=True)

@@ -314,11 +314,17 @@ def test_incremental_render_touches_only_what_changed(calm_overnight: Daemon, tm
         assert not quiet.full and quiet.sessions == 0 and quiet.specs == 0
         assert quiet.written <= 4  # index.html, api/status.json, events/index.html, api/events.json
 
+        def mtime(relpath: str) -> int:
+            return (root / relpath).stat().st_mtime_ns
+
+        types_before = {t: mtime(f"events/{t}.html") for t in ("session_heartbeat", "spec_completed", "spec_failed")}
         send(overnight, [{"type": "session_heartbeat", "session_id": C}])
         wait_until_settled(overnight.dsn)
         beat = renderer.render()
         assert (beat.sessions, beat.specs) == (1, 0)  # C's page; no spec run changed
         assert (tmp_path / "current").resolve() == root  # same release, files replaced in place
+        # The page of the type with a new event, not the others.
+        assert [t for t, m in types_before.items() if mtime(f"events/{t}.html") != m] == ["session_heartbeat"]
 
         send(overnight, [{"type": "spec_completed", "session_id": C, "spec_id": "CR-20",
                           "data": {"tokens_used": 5, "cost_usd": 0.5}}])
@@ -326,6 +332,8 @@ def test_incremental_render_touches_only_what_changed(calm_overnight: Daemon, tm
         done = renderer.render()
         assert (done.sessions, done.specs) == (1, 1)
         assert "completed" in (root / "specs" / "CR-20.html").read_text()
+        assert "CR-20" in (root / "events" / "spec_completed.html").read_text()
+        assert mtime("events/spec_failed.html") == types_before["spec_failed"]
         assert (page_a.stat().st_mtime_ns, spec_a.stat().st_mtime_ns) == before
         _, values, _ = read_page(tmp_path, "index.html")
         assert values["spend_today"] == "$0.81"

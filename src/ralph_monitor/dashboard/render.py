@@ -75,8 +75,8 @@ heartbeats); a rarer one (failures, requests for a human) has its page rewritten
 NEVER = datetime.min.replace(tzinfo=timezone.utc)
 LATE_EVENTS = timedelta(hours=6)
 """An incremental render notices new events of a type only if they happened at most this long
-before the previous render; later ones (a long spool replay) wait for the next full rebuild,
-which comes at least as often (FULL_EVERY_S)."""
+before the last full rebuild (by the 5-minute counts since then); later ones (a long spool
+replay) wait for the next full rebuild, which comes at least as often (FULL_EVERY_S)."""
 RECENT_SESSIONS_DAYS = 7
 DAYS_CHARTED = 30
 ASSETS = ("style.css", "app.js", "favicon.svg")
@@ -136,6 +136,10 @@ class SiteRenderer:
         self._event_types: list[str] = []
         self._types_at: dict[str, datetime] = {}
         """When each event type's page was last rewritten (by the render's clock)."""
+        self._types_anchor: datetime | None = None
+        self._type_counts: dict[str, int] = {}
+        """Each event type's events since _types_anchor when its page was last rewritten (a full
+        rebuild moves the anchor to LATE_EVENTS before it)."""
         self._listed: dict[uuid.UUID, str] = {}
         """Each session's state as its month's page shows it."""
         self._months_at: dict[date, datetime] = {}
@@ -463,16 +467,21 @@ class SiteRenderer:
                       full: bool) -> int:
         """events/index.html (every type, with counts) always; a type's page when events of
         that type were stored since the last render (or the list of types changed)."""
-        types = queries.event_types_seen(store, now - EVENT_TYPES_WINDOW)
-        names = [t for t, _ in types]
-        if full or self._since is None or names != self._event_types:
+        everything = full or self._types_anchor is None
+        anchor = now - LATE_EVENTS if everything else self._types_anchor
+        seen = queries.event_types_seen(store, now - EVENT_TYPES_WINDOW, anchor=anchor)
+        types = [(t.event_type, t.count) for t in seen]
+        names = [t.event_type for t in seen]
+        if everything:
+            self._types_anchor, self._type_counts = anchor, {}
+        if everything or names != self._event_types:
             todo = names
-        else:
-            fresh = queries.event_types_created_since(store, self._since, happened_after=self._since - LATE_EVENTS)
-            todo = [t for t, n in types if t in fresh
-                    and (n < BUSY_TYPE_EVENTS or now - self._types_at.get(t, NEVER) >= LIST_REFRESH)]
+        else:  # a type whose count since the anchor moved has new events
+            todo = [t.event_type for t in seen if t.since_anchor != self._type_counts.get(t.event_type)
+                    and (t.count < BUSY_TYPE_EVENTS or now - self._types_at.get(t.event_type, NEVER) >= LIST_REFRESH)]
         self._event_types = names
         self._types_at.update((t, now) for t in todo)
+        self._type_counts.update((t.event_type, t.since_anchor) for t in seen if t.event_type in todo)
         pages = 0
         for event_type in [None, *todo]:
             events = queries.recent_events(store, event_type=event_type, limit=EVENTS_PER_PAGE)
