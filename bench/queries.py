@@ -91,6 +91,7 @@ from ralph_monitor.projections import (  # noqa: E402
     ACTIVITY_TYPES, NOT_ACTIVITY, SESSION_TYPES, SPEC_TERMINAL, SessionEvent, project_session)
 from ralph_monitor.store import AlertStore, ReadStore, ensure_database, migrate, open_read_store  # noqa: E402
 from ralph_monitor.store.projection import ACTIVITY_LIMIT, ACTIVITY_WINDOW  # noqa: E402
+from ralph_monitor.store.events import PARTITION_DAYS_AHEAD, PARTITION_DAYS_BEHIND  # noqa: E402
 
 DBNAME = "bench"
 SESSIONS_PER_YEAR = 365
@@ -336,7 +337,7 @@ WITH counts AS (
     SELECT session_id, coalesce(sum(tokens), 0) AS tokens, coalesce(sum(cost), 0) AS cost
     FROM bench_runs GROUP BY session_id
 ), activity AS (
-    SELECT session_id, count(*) AS n, max(t) AS last_at FROM bench_stage
+    SELECT session_id, count(*) AS n, min(t) AS first_at, max(t) AS last_at FROM bench_stage
     WHERE session_id IS NOT NULL GROUP BY session_id
 ), pending AS (
     SELECT session_id, count(*) AS n FROM bench_interventions WHERE answered_at IS NULL GROUP BY session_id
@@ -351,7 +352,8 @@ WITH counts AS (
 )
 INSERT INTO sessions (id, name, host, start_time, end_time, last_event_at, total_specs, specs_completed,
                       specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used, cost_usd,
-                      event_count, interventions_pending, final_result, metadata, updated_at, waiting_since)
+                      event_count, interventions_pending, final_result, metadata, updated_at, waiting_since,
+                      first_event_at)
 SELECT s.id, s.name, s.host, s.start_time, s.end_time,
        coalesce(a.last_at, s.end_time, {now}), s.n_specs,
        coalesce(c.completed, 0), coalesce(c.failed, 0), coalesce(c.timed_out, 0), coalesce(c.fixed, 0),
@@ -362,7 +364,7 @@ SELECT s.id, s.name, s.host, s.start_time, s.end_time,
        CASE WHEN s.end_time IS NOT NULL
             THEN jsonb_build_object('status', s.state, 'specs_total', s.n_specs, 'duration_s', round(s.planned_s)) END,
        jsonb_build_object('repo', 'ralph-orchestrator', 'branch', 'night/' || s.n, 'model', 'claude'),
-       coalesce(s.end_time, {now}), CASE WHEN s.state = 'running' THEN w.since END
+       coalesce(s.end_time, {now}), CASE WHEN s.state = 'running' THEN w.since END, a.first_at
 FROM bench_sessions s
 LEFT JOIN waiting w ON w.session_id = s.id
 LEFT JOIN counts c ON c.session_id = s.id
@@ -450,7 +452,8 @@ def build(dsn: str, scale: float, now: datetime, seed: float) -> dict[str, Any]:
             conn.execute(f"ALTER TABLE events ATTACH PARTITION {table} FOR VALUES FROM ({q(low)}) TO ({q(high)})")
             day += timedelta(days=1)
         conn.execute(resources.query("ensure_event_partitions"),
-                     {"first_day": last_day - timedelta(days=1), "last_day": last_day + timedelta(days=7)})
+                     {"first_day": last_day - timedelta(days=PARTITION_DAYS_BEHIND),
+                      "last_day": last_day + timedelta(days=PARTITION_DAYS_AHEAD)})
         timings["events"] = time.monotonic() - started
 
         started = time.monotonic()
@@ -481,7 +484,7 @@ def check_projection(dsn: str, session_ids: list[uuid.UUID]) -> list[str]:
                                    r["data"] if isinstance(r["data"], dict) else {}) for r in rows]
             p = project_session(sid, events, event_count=activity["event_count"],
                                 last_event_at=activity["last_event_at"] or activity["last_any_at"],
-                                last_active_at=activity["last_active_at"])
+                                last_active_at=activity["last_active_at"], first_event_at=activity["first_at"])
             stored = conn.execute("SELECT * FROM sessions WHERE id = %s", (sid,)).fetchone()
             for key, value in vars(p).items():
                 if key in ("spec_runs", "interventions", "loop_due"):

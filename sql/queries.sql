@@ -239,11 +239,11 @@ FROM events WHERE session_id = %(session_id)s;
 INSERT INTO sessions AS s (id, name, host, start_time, end_time, last_event_at, total_specs,
     specs_completed, specs_failed, specs_timed_out, specs_fixed_on_retry, execution_state, tokens_used,
     cost_usd, event_count, interventions_pending, final_result, metadata, value_problems, waiting_since,
-    loop_findings, paused_until, updated_at)
+    loop_findings, paused_until, first_event_at, updated_at)
 VALUES (%(id)s, %(name)s, %(host)s, %(start_time)s, %(end_time)s, %(last_event_at)s, %(total_specs)s,
     %(specs_completed)s, %(specs_failed)s, %(specs_timed_out)s, %(specs_fixed_on_retry)s, %(execution_state)s,
     %(tokens_used)s, %(cost_usd)s, %(event_count)s, %(interventions_pending)s, %(final_result)s, %(metadata)s,
-    %(value_problems)s, %(waiting_since)s, %(loop_findings)s, %(paused_until)s, now())
+    %(value_problems)s, %(waiting_since)s, %(loop_findings)s, %(paused_until)s, %(first_event_at)s, now())
 ON CONFLICT (id) DO UPDATE SET
     name = EXCLUDED.name, host = EXCLUDED.host, start_time = EXCLUDED.start_time,
     end_time = EXCLUDED.end_time, last_event_at = EXCLUDED.last_event_at,
@@ -254,7 +254,7 @@ ON CONFLICT (id) DO UPDATE SET
     interventions_pending = EXCLUDED.interventions_pending, final_result = EXCLUDED.final_result,
     metadata = EXCLUDED.metadata, value_problems = EXCLUDED.value_problems,
     waiting_since = EXCLUDED.waiting_since, loop_findings = EXCLUDED.loop_findings,
-    paused_until = EXCLUDED.paused_until, updated_at = now();
+    paused_until = EXCLUDED.paused_until, first_event_at = EXCLUDED.first_event_at, updated_at = now();
 
 -- name: delete_session_spec_runs
 DELETE FROM spec_runs WHERE session_id = %(session_id)s;
@@ -711,15 +711,18 @@ ORDER BY session_id, coalesce(start_time, end_time), spec_id, attempt;
 -- The newest `limit` events per session, oldest first: every event for the sessions in `whole`,
 -- otherwise without heartbeats and forwarded tool-level hook events (cc.*), read from the
 -- index that holds just those (migration 0012: the two kinds of session are two branches, so
--- that the planner sees its predicate).
+-- that the planner sees its predicate). `since`: the sessions' earliest first_event_at (NULL:
+-- not known), so that only the partitions from there on are planned.
 SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, data FROM (
     SELECT *, row_number() OVER (PARTITION BY session_id ORDER BY occurred_at DESC, id DESC) AS n FROM (
         SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, payload->'data' AS data
-        FROM events WHERE session_id = ANY(%(whole)s::uuid[])
+        FROM events
+        WHERE session_id = ANY(%(whole)s::uuid[]) AND (%(since)s::timestamptz IS NULL OR occurred_at >= %(since)s)
         UNION ALL
         SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, payload->'data' AS data
         FROM events
         WHERE session_id = ANY(%(ids)s::uuid[]) AND NOT session_id = ANY(%(whole)s::uuid[])
+          AND (%(since)s::timestamptz IS NULL OR occurred_at >= %(since)s)
           AND event_type <> 'session_heartbeat' AND event_type NOT LIKE 'cc.%%'
     ) e
 ) t

@@ -259,6 +259,7 @@ CREATE TABLE public.sessions (
     waiting_since timestamp with time zone,
     loop_findings jsonb DEFAULT '[]'::jsonb NOT NULL,
     paused_until timestamp with time zone,
+    first_event_at timestamp with time zone,
     CONSTRAINT sessions_state_check CHECK ((execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'completed'::text, 'failed'::text, 'interrupted'::text, 'budget_exceeded'::text, 'paused_for_usage_limit'::text, 'waiting_for_human'::text, 'stuck'::text])))
 );
 CREATE TABLE public.spec_run_totals (

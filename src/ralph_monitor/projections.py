@@ -132,6 +132,9 @@ class SessionTotals:
     paused_until: datetime | None = None
     """While paused_for_usage_limit: when the usage window resets (the projector then records
     usage_limit_reset, and the session is running again)."""
+    first_event_at: datetime | None = None
+    """The earliest `ts` of all its events when last projected (a bound for reading them: a
+    query on `events` with it is planned for the partitions from there on, not all ~40)."""
 
 
 @dataclass(frozen=True)
@@ -250,10 +253,11 @@ def _usage_pause(ordered: list[SessionEvent], read: _Reader) -> tuple[datetime |
 
 def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_count: int,
                     last_event_at: datetime, last_active_at: datetime | None = None,
+                    first_event_at: datetime | None = None,
                     activity: list[loop_health.Activity] | None = None,
                     limits: loop_health.Thresholds | None = None) -> SessionProjection:
     """The aggregates of one session. `events` are its events of SESSION_TYPES (any order);
-    `event_count` and `last_event_at` cover all its events (tool events included), and
+    `event_count`, `first_event_at` and `last_event_at` cover all its events (tool events included), and
     `last_active_at` the last of them that is work (not in NOT_ACTIVITY); `activity` its
     recent events of ACTIVITY_TYPES, in time order; `limits` the loop-health thresholds
     (None: no rule is evaluated)."""
@@ -389,6 +393,7 @@ def project_session(session_id: uuid.UUID, events: list[SessionEvent], *, event_
         waiting_since=waiting_since,
         loop_findings=[{**e.data, "event_id": str(e.event_id)} for e in episodes.values() if e.recovered_at is None],
         paused_until=paused_until if ended is None else None,
+        first_event_at=first_event_at,
         spec_runs=runs,
         interventions=interventions,
         loop_due=loop_due,

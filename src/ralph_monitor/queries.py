@@ -814,7 +814,10 @@ def session_details(store: ReadStore, sessions: list[SessionSummary], *, whole_t
     for r in store.fetch("spec_runs_of_sessions", {"ids": ids}):
         runs[r["session_id"]].append(SpecRunRow(**r))
     timelines: dict[uuid.UUID, list[TimelineEvent]] = {i: [] for i in ids}
-    for r in store.fetch("timelines_of_sessions", {"ids": ids, "whole": whole, "limit": timeline_limit}):
+    firsts = [s.first_event_at for s in sessions if s.first_event_at is not None]
+    since = min(firsts) if firsts and len(firsts) == len(sessions) else None
+    for r in store.fetch("timelines_of_sessions", {"ids": ids, "whole": whole, "limit": timeline_limit,
+                                                   "since": since}):
         timelines[r.pop("session_id")].append(TimelineEvent(**r))
     interventions: dict[uuid.UUID, list[InterventionRow]] = {i: [] for i in ids}
     for r in store.fetch("interventions_of_sessions", {"ids": ids}):

@@ -58,3 +58,19 @@ def test_big_sessions_list_their_story_small_ones_every_event(daemon: Daemon) ->
             assert len(small) == min(limit, 61)
         assert {"cc.PreToolUse", "session_heartbeat"} <= {e.event_type for e in details_all[uuid.UUID(SMALL)].timeline}
         assert len(details[uuid.UUID(BIG)].timeline) == 7
+
+    # An event from before the session started, arriving late: the bound moves back with it.
+    early = {"type": "intervention_request", "session_id": BIG, "event_id": str(uuid.uuid4()),
+             "ts": (now - timedelta(days=1, hours=3)).isoformat(), "data": {"message": "clock behind?"}}
+    client = LineClient(daemon.connect())
+    assert client.request(early)["ok"]
+    client.close()
+    wait_until_settled(daemon.dsn)
+    first = query(daemon.dsn, "SELECT first_event_at = (SELECT min(occurred_at) FROM events WHERE session_id = %s) "
+                              "AS exact FROM sessions WHERE id = %s", (BIG, BIG))
+    assert first == [{"exact": True}]
+    with open_read_store(load_settings(daemon.config_path), dsn=daemon.dsn) as store:
+        sessions = [s for s in queries.sessions_since(store, now - timedelta(days=2)) if str(s.id) in (BIG, SMALL)]
+        details = queries.session_details(store, sessions, whole_timeline_max=500, timeline_limit=2000)
+    assert [e.id for e in details[uuid.UUID(BIG)].timeline] == expected(daemon.dsn, BIG, story=True, limit=2000)
+    assert details[uuid.UUID(BIG)].timeline[0].event_id == uuid.UUID(early["event_id"])

@@ -222,7 +222,8 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
                 "until": last_event_at, "limit": ACTIVITY_LIMIT})
             hooks = (await cur.fetchall())[::-1]
     projection = compute(session_id, events, event_count=activity["event_count"], last_event_at=last_event_at,
-                         last_active_at=activity["last_active_at"], activity=hooks, limits=limits)
+                         last_active_at=activity["last_active_at"], first_event_at=activity["first_at"],
+                         activity=hooks, limits=limits)
     values = {k: v for k, v in vars(projection).items() if k not in ("spec_runs", "interventions", "loop_due")}
     values["final_result"] = Jsonb(values["final_result"]) if values["final_result"] is not None else None
     values["metadata"] = Jsonb(values["metadata"] or {})
