@@ -587,10 +587,13 @@ def previous_sessions(store: ReadStore, ids: list[uuid.UUID]) -> dict[uuid.UUID,
 
 def diffs_against_previous(store: ReadStore, sessions: list[SessionSummary], *,
                            runs_of: Mapping[uuid.UUID, Sequence[RunLike]] | None = None,
+                           previous: Mapping[uuid.UUID, SessionSummary] | None = None,
                            threshold_percent: float = changes.THRESHOLD_PERCENT) -> dict[uuid.UUID, SessionDiff]:
     """Each of `sessions` that has a previous run of its name, against that run (what the
-    session pages and the morning report lead with). `runs_of`: spec runs already read, by session."""
-    previous = {r.pop("of_id"): _session(r) for r in store.fetch("previous_sessions_of", {"ids": [s.id for s in sessions]})}
+    session pages and the morning report lead with). `runs_of`: spec runs already read, by
+    session; `previous`: the previous_sessions of these sessions, already read."""
+    if previous is None:
+        previous = previous_sessions(store, [s.id for s in sessions])
     runs: dict[uuid.UUID, Sequence[RunLike]] = dict(runs_of or {})
     runs.update(_runs_by_session(store, [i for i in {*previous, *(p.id for p in previous.values())} if i not in runs]))
     results: dict[uuid.UUID, list[SpecResult]] = {}  # a session is often one's baseline and another's later run
@@ -805,22 +808,25 @@ def session_ids_active_since(store: ReadStore, since: datetime) -> set[uuid.UUID
 
 def session_details(store: ReadStore, sessions: list[SessionSummary], *, whole_timeline_max: int,
                     timeline_limit: int) -> dict[uuid.UUID, SessionDetail]:
-    """`session_detail` for many sessions in four queries. A session with at most
+    """`session_detail` for many sessions in one round trip. A session with at most
     `whole_timeline_max` events gets every event in its timeline; a bigger one gets its events
     without heartbeats and tool-level hook events (`cc.*`). At most the newest `timeline_limit`."""
     ids = [s.id for s in sessions]
     whole = [s.id for s in sessions if s.event_count <= whole_timeline_max]
-    runs: dict[uuid.UUID, list[SpecRunRow]] = {i: [] for i in ids}
-    for r in store.fetch("spec_runs_of_sessions", {"ids": ids}):
-        runs[r["session_id"]].append(SpecRunRow(**r))
-    timelines: dict[uuid.UUID, list[TimelineEvent]] = {i: [] for i in ids}
     firsts = [s.first_event_at for s in sessions if s.first_event_at is not None]
     since = min(firsts) if firsts and len(firsts) == len(sessions) else None
-    for r in store.fetch("timelines_of_sessions", {"ids": ids, "whole": whole, "limit": timeline_limit,
-                                                   "since": since}):
+    run_rows, timeline_rows, intervention_rows = store.fetch_many([
+        ("spec_runs_of_sessions", {"ids": ids}),
+        ("timelines_of_sessions", {"ids": ids, "whole": whole, "limit": timeline_limit, "since": since}),
+        ("interventions_of_sessions", {"ids": ids})])
+    runs: dict[uuid.UUID, list[SpecRunRow]] = {i: [] for i in ids}
+    for r in run_rows:
+        runs[r["session_id"]].append(SpecRunRow(**r))
+    timelines: dict[uuid.UUID, list[TimelineEvent]] = {i: [] for i in ids}
+    for r in timeline_rows:
         timelines[r.pop("session_id")].append(TimelineEvent(**r))
     interventions: dict[uuid.UUID, list[InterventionRow]] = {i: [] for i in ids}
-    for r in store.fetch("interventions_of_sessions", {"ids": ids}):
+    for r in intervention_rows:
         interventions[r["session_id"]].append(InterventionRow(**r))
     return {s.id: SessionDetail(session=s, spec_runs=runs[s.id], timeline=timelines[s.id],
                                 interventions=interventions[s.id]) for s in sessions}

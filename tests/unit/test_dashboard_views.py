@@ -160,3 +160,27 @@ def test_snapshots_encode_what_queries_and_agents_hold() -> None:
                                 "day": "2026-01-02", "big": 10 ** 30, "far": 1e30, "text": "é\u2028<", "7": "int key"}
     value.pop("big")  # without it, orjson's path
     assert json.loads(views.dump_json(value))["at"] == "2026-01-01T08:30:00Z"
+
+
+def test_kept_timeline_rows_read_as_rendered_ones() -> None:
+    from ralph_monitor.queries import EventRow
+    with_page, without_page = uuid.uuid4(), uuid.uuid4()
+    events = [EventRow(id=n, event_id=uuid.uuid4(), event_type=kind, session_id=sid, spec_id="CR-1",
+                       occurred_at=NOW + timedelta(seconds=n), created_at=NOW, host="h", writer_uid=None,
+                       writer_pid=None, payload={"data": {"error": EVIL}})
+              for n, (kind, sid) in enumerate([("spec_failed", with_page), ("heartbeat", without_page),
+                                               ("spec_started", None)])]
+    kept: dict[tuple[object, ...], str] = {}
+    plain = views.event_rows(events, "../", sessions=True, pages={with_page})
+    assert views.event_rows(events, "../", sessions=True, pages={with_page}, kept=kept) == plain
+    assert len(kept) == 3
+    assert views.event_rows(events, "../", sessions=True, pages={with_page}, kept=kept) == plain  # from kept
+    # What a row depends on besides its event is in the key: a session's page appearing ...
+    both = views.event_rows(events, "../", sessions=True, pages={with_page, without_page}, kept=kept)
+    assert both == views.event_rows(events, "../", sessions=True, pages={with_page, without_page})
+    assert both != plain and f'href="../sessions/{without_page}.html"' in both
+    # ... and the page's place in the site, and which specs have a page.
+    assert views.event_rows(events, "", sessions=True, pages={with_page}, kept=kept) == views.event_rows(
+        events, "", sessions=True, pages={with_page})
+    assert views.event_rows(events, "../", spec_pages=set(), kept=kept) == views.event_rows(events, "../", spec_pages=set())
+    assert "&lt;script&gt;" in plain and "<script>" not in plain

@@ -128,7 +128,7 @@ class SiteRenderer:
         """The start of the retention window the published release's session pages follow."""
         self._window_start: datetime | None = None
         """The same, for the render under way."""
-        self.env = template_environment(self._pages)
+        self.env = template_environment(self._pages, kept_rows={})
         self._stack: ExitStack | None = None
         self._store: ReadStore | None = None
         self.overlap = OVERLAP
@@ -345,7 +345,8 @@ class SiteRenderer:
                 continue
             details = queries.session_details(store, todo, whole_timeline_max=WHOLE_TIMELINE_MAX,
                                               timeline_limit=TIMELINE_LIMIT)
-            diffs = queries.diffs_against_previous(store, todo, runs_of={i: d.spec_runs for i, d in details.items()})
+            diffs = queries.diffs_against_previous(store, todo, runs_of={i: d.spec_runs for i, d in details.items()},
+                                                   previous={s.id: previous[s.id] for s in todo if s.id in previous})
             for detail in details.values():
                 self._session_pages(out, detail, diffs.get(detail.session.id))
                 self._digests[f"sessions/{detail.session.id}.html"] = digests[detail.session.id]
@@ -465,8 +466,8 @@ class SiteRenderer:
 
     def _events_pages(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime, *,
                       full: bool) -> int:
-        """events/index.html (every type, with counts) always; a type's page when events of
-        that type were stored since the last render (or the list of types changed)."""
+        """events/index.html (every type, with counts) always; a type's page when its count
+        since the anchor moved since the page was written (or the list of types changed)."""
         everything = full or self._types_anchor is None
         anchor = now - LATE_EVENTS if everything else self._types_anchor
         seen = queries.event_types_seen(store, now - EVENT_TYPES_WINDOW, anchor=anchor)

@@ -178,25 +178,43 @@ BAD_EVENTS = frozenset({"spec_failed", "timeout_triggered", "session_stalled", "
 SPEC_EVENTS = frozenset({"spec_started", "spec_completed", "spec_failed", "timeout_triggered"})
 
 
+EVENT_ROWS_KEPT = 20_000
+"""Rendered timeline rows a renderer keeps (a few MB): an event never changes, and each
+minute's render lists mostly the same ones again (the running sessions', the events pages')."""
+
+
 def event_rows(events: Sequence[Any], root: str, *, spec_pages: Container[str] | None = None,
-               sessions: bool = False, pages: Container[uuid.UUID] | None = None) -> Markup:
+               sessions: bool = False, pages: Container[uuid.UUID] | None = None,
+               kept: dict[tuple[Any, ...], str] | None = None) -> Markup:
     """The <tr> rows of a timeline: a session's (its spec linked where the spec has a page,
     `spec_pages`) or an events page's (`sessions`: with a session column; spec events linked).
     Plain Python like run_rows: a session page lists up to 2,000 events, and each minute's
-    render rewrites the running sessions' pages. Agent text is escaped."""
+    render rewrites the running sessions' pages. Agent text is escaped. `kept`: rows rendered
+    before, by event and what else the row depends on (one database's: event ids are its)."""
     out = []
     for e in events:
-        row = ['<tr class="badrow">' if e.event_type in BAD_EVENTS else "<tr>",
-               f'<td>{when(e.occurred_at)}</td><td><span class="etype">{breakable(e.event_type)}</span></td>']
-        if sessions:
-            row.append(f"<td>{session_link(root, e.session_id, None, pages) if e.session_id else '–'}</td>")
         spec = e.spec_id
-        if spec and (spec in spec_pages if spec_pages is not None else e.event_type in SPEC_EVENTS):
-            row.append(f"<td>{spec_link(root, spec)}</td>")
+        linked = bool(spec) and (spec in spec_pages if spec_pages is not None else e.event_type in SPEC_EVENTS)
+        has_page = sessions and e.session_id is not None and (pages is None or e.session_id in pages)
+        key = (e.id, e.event_id, root, sessions, linked, has_page)
+        if kept is not None and (row := kept.get(key)) is not None:
+            out.append(row)
+            continue
+        parts = ['<tr class="badrow">' if e.event_type in BAD_EVENTS else "<tr>",
+                 f'<td>{when(e.occurred_at)}</td><td><span class="etype">{breakable(e.event_type)}</span></td>']
+        if sessions:
+            parts.append(f"<td>{session_link(root, e.session_id, None, pages) if e.session_id else '–'}</td>")
+        if linked:
+            parts.append(f"<td>{spec_link(root, spec)}</td>")
         else:
-            row.append(f'<td><span class="code">{escape(shorten(spec, 48))}</span></td>' if spec else "<td></td>")
-        row.append(f'<td class="msg">{breakable(data_summary(e.data, 200))}</td><td>{escape(e.host)}</td></tr>\n')
-        out.append("".join(row))
+            parts.append(f'<td><span class="code">{escape(shorten(spec, 48))}</span></td>' if spec else "<td></td>")
+        parts.append(f'<td class="msg">{breakable(data_summary(e.data, 200))}</td><td>{escape(e.host)}</td></tr>\n')
+        row = "".join(parts)
+        if kept is not None:
+            if len(kept) >= EVENT_ROWS_KEPT:
+                kept.clear()
+            kept[key] = row
+        out.append(row)
     return Markup("".join(out))
 
 
@@ -266,9 +284,11 @@ def data_summary(data: Any, width: int = 160) -> str:
     return shorten(text, width)
 
 
-def template_environment(pages: Container[uuid.UUID] | None = None) -> jinja2.Environment:
+def template_environment(pages: Container[uuid.UUID] | None = None,
+                         kept_rows: dict[tuple[Any, ...], str] | None = None) -> jinja2.Environment:
     """The Jinja environment of site_templates/, with these helpers as filters and globals;
-    links go to session pages only for the sessions in `pages` (all when None)."""
+    links go to session pages only for the sessions in `pages` (all when None); `kept_rows`:
+    the renderer's timeline rows (event_rows)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resource_dir("site_templates"))),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -281,7 +301,7 @@ def template_environment(pages: Container[uuid.UUID] | None = None) -> jinja2.En
                        status_badge=status_badge, attempt_word=attempt_word, row_class=row_class,
                        run_anchor=run_anchor, run_href=functools.partial(run_href, pages=pages),
                        outcome_badge=outcome_badge,
-                       change_lists=change_lists, event_rows=functools.partial(event_rows, pages=pages),
+                       change_lists=change_lists, event_rows=functools.partial(event_rows, pages=pages, kept=kept_rows),
                        stale_after_s=STALE_AFTER_S, poll_interval_s=POLL_INTERVAL_S)
     return env
 
