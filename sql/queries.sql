@@ -401,30 +401,31 @@ LIMIT %(limit)s;
 -- Specs with runs that failed or timed out since `since`: how many, and how their sessions
 -- decided them (spec_runs.outcome of the last attempt, outcomes.py). Specs still failing
 -- somewhere come first, then those that failed most often.
--- Counted with a hash (no sort of the window's runs by spec, nor an ordered aggregate); the
--- last error is then looked up for the few specs shown.
-WITH top AS (
-    SELECT spec_id,
-           count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS failures,
-           count(*) AS runs,
-           count(*) FILTER (WHERE outcome = 'passed') AS passed,
-           count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
+-- The ranking needs only the window's failed runs (an outcome of failed or timed_out is a last
+-- attempt that failed: outcomes.py), counted with a hash; then, for the few specs shown, all
+-- their runs in the window (spec_runs_spec_end_idx, migration 0014) and the last error.
+WITH failing AS (
+    SELECT spec_id, count(*) AS failures,
            count(*) FILTER (WHERE outcome = 'failed') AS failed,
            count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
-           max(end_time) FILTER (WHERE status IN ('failed', 'timeout')) AS last_failed_at
+           max(end_time) AS last_failed_at
     FROM spec_runs
-    WHERE end_time >= %(since)s
+    WHERE end_time >= %(since)s AND status IN ('failed', 'timeout')
     GROUP BY spec_id
-    HAVING count(*) FILTER (WHERE status IN ('failed', 'timeout')) > 0
     ORDER BY count(*) FILTER (WHERE outcome IN ('failed', 'timed_out')) DESC, failures DESC, last_failed_at DESC
     LIMIT %(limit)s
 )
-SELECT top.*, (SELECT r.error_message FROM spec_runs r
-               WHERE r.spec_id = top.spec_id AND r.end_time >= %(since)s AND r.status IN ('failed', 'timeout')
-                 AND r.error_message IS NOT NULL
-               ORDER BY r.end_time DESC LIMIT 1) AS last_error
-FROM top
-ORDER BY failed + timed_out DESC, failures DESC, last_failed_at DESC;
+SELECT f.spec_id, f.failures, a.runs, a.passed, a.fixed_on_retry, f.failed, f.timed_out, f.last_failed_at,
+       (SELECT r.error_message FROM spec_runs r
+        WHERE r.spec_id = f.spec_id AND r.end_time >= %(since)s AND r.status IN ('failed', 'timeout')
+          AND r.error_message IS NOT NULL
+        ORDER BY r.end_time DESC LIMIT 1) AS last_error
+FROM failing f
+CROSS JOIN LATERAL (
+    SELECT count(*) AS runs, count(*) FILTER (WHERE r.outcome = 'passed') AS passed,
+           count(*) FILTER (WHERE r.outcome = 'fixed_on_retry') AS fixed_on_retry
+    FROM spec_runs r WHERE r.spec_id = f.spec_id AND r.end_time >= %(since)s) a
+ORDER BY f.failed + f.timed_out DESC, f.failures DESC, f.last_failed_at DESC;
 
 -- name: run_outcomes_between
 -- The specs decided in the window by outcome (their last attempt ended in it: outcomes.py), and
