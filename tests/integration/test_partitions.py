@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from ralph_monitor.store.events import PARTITION_DAYS_AHEAD, PARTITION_DAYS_BEHIND
 from tests.conftest import Daemon, LineClient, query
 
 
@@ -17,9 +18,13 @@ def test_days_around_today_have_partitions(daemon: Daemon) -> None:
         SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
         WHERE i.inhparent = 'events'::regclass""")}
     today = datetime.now(timezone.utc).date()
-    for offset in range(-1, 8):
-        assert f"events_{(today + timedelta(days=offset)):%Y%m%d}" in names
-    assert "events_default" in names
+    days = {f"events_{(today + timedelta(days=offset)):%Y%m%d}"
+            for offset in range(-PARTITION_DAYS_BEHIND, PARTITION_DAYS_AHEAD + 1)}
+    # Every day an event can be filed in (no more than a day ahead), and no empty days beyond:
+    # each partition costs every query on events its share of planning.
+    assert days | {"events_default"} <= names and PARTITION_DAYS_AHEAD >= 2
+    latest = max(n for n in names if n != "events_default")
+    assert latest <= f"events_{(today + timedelta(days=PARTITION_DAYS_AHEAD + 1)):%Y%m%d}"
 
 
 def test_skewed_timestamps_are_kept_and_moved_when_their_day_gets_a_partition(
