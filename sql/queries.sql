@@ -836,6 +836,10 @@ SELECT count(*) AS failing, min(first_failed_at) AS since FROM projection_failur
 -- name: try_lock_projection
 SELECT pg_try_advisory_xact_lock(hashtextextended(%(key)s, 7262686)) AS locked;
 
+-- name: lock_projection
+-- try_lock_projection's lock, waited for (its holders' transactions are short).
+SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 7262686));
+
 -- name: delete_dirty_session_version
 DELETE FROM dirty_sessions WHERE session_id = %(session_id)s AND version = %(version)s;
 

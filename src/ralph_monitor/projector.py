@@ -36,12 +36,19 @@ PACE_FACTOR = 3.0
 same sessions change again at once, and recomputing them back to back would take the CPU
 ingestion needs. The projector then works at most a quarter of the time."""
 BUCKET_INTERVAL_S = 5.0
-"""Recompute metric buckets at most this often: under load the current bucket changes
-all the time, and the charts are per 5 minutes anyway."""
+"""Recompute metric buckets at most this often while sessions keep changing: under load the
+current bucket changes all the time, and the charts are per 5 minutes anyway. A step with no
+session to recompute (the burst is over) recomputes them at once."""
 SESSIONS_PER_PASS = 50
 BUCKETS_PER_TRANSACTION = 500
 STALL_CHECK_INTERVAL_S = 15.0
 """At most this long between stall checks (shorter when [aggregates] stall_after_s is small)."""
+OVERDUE_STALL_CHECK_S = 1.0
+"""How soon a stall check follows the projection of a session already silent for longer than
+stall_after_s (old events replayed from a spool, a session that went quiet while the daemon
+was down): its state is right within a second, not at the next interval."""
+STALLING_STATES = ("running", "waiting_for_human")
+"""The states a stall check can end (queries.sql: stalled_candidates)."""
 FAILURE_CHECK_INTERVAL_S = 10.0
 """How often the projector counts sessions whose projection fails (for STATUS= and the log)."""
 FAILURE_LOG_INTERVAL_S = 300.0
@@ -146,11 +153,11 @@ class Projector:
         changing under load are picked up again at the next step."""
         changed = 0
         while (done := await self._store.project_sessions(project_session, limit=SESSIONS_PER_PASS,
-                                                          projected=self._record_loop_health)) > 0:
+                                                          projected=self._projected)) > 0:
             changed += done
             if done < SESSIONS_PER_PASS:
                 break
-        if time.monotonic() >= self._buckets_due:
+        if not changed or time.monotonic() >= self._buckets_due:
             self._buckets_due = time.monotonic() + BUCKET_INTERVAL_S
             while (done := await self._store.project_buckets(limit=BUCKETS_PER_TRANSACTION)) > 0:
                 changed += done
@@ -159,6 +166,14 @@ class Projector:
         if changed:
             for listener in self.listeners:
                 listener()
+
+    def _projected(self, session_id: uuid.UUID, projection: SessionProjection) -> None:
+        """After each session's projection: its loop-health events, and a prompt stall check if
+        it is silent past stall_after_s already."""
+        self._record_loop_health(session_id, projection)
+        silent_s = (datetime.now(timezone.utc) - projection.last_event_at).total_seconds()
+        if projection.execution_state in STALLING_STATES and silent_s > self._settings.aggregates_stall_after_s:
+            self._stall_due = min(self._stall_due, time.monotonic() + OVERDUE_STALL_CHECK_S)
 
     def _record_loop_health(self, session_id: uuid.UUID, projection: SessionProjection) -> None:
         """Send the loop_stuck / loop_recovered events the projection found due (their ids are

@@ -181,12 +181,12 @@ class AlertStore:
     def queue_report(self, *, subject: str, title: str, body: str, destinations: list[str],
                      again: bool = False) -> bool:
         """Queue the morning report (Markdown) to every destination, once per night even with
-        several daemons (`again`: send it even if it went out already); whether it was queued."""
+        several daemons (`again`: send it even if it went out already); whether it was queued.
+        It waits for the alerts lock: a daemon evaluating the rules at that moment (every few
+        seconds) must not make `ralph-monitor alert report --send` a silent no-op."""
 
         def work(conn: psycopg.Connection[dict[str, Any]]) -> bool:
-            row = conn.execute(resources.query("try_lock_projection"), {"key": LOCK_KEY}).fetchone()
-            if not row or not row["locked"]:
-                return False
+            conn.execute(resources.query("lock_projection"), {"key": LOCK_KEY})
             if not again and _fired_before(conn, [(REPORT_RULE, subject)]):
                 return False
             inserted = conn.execute(resources.query("insert_alert"), {
