@@ -382,8 +382,11 @@ ORDER BY coalesce(start_time, end_time), spec_id, attempt;
 -- name: session_timeline
 -- The newest %(limit)s events of a session (all of them when limit is NULL), newest first.
 -- The session is a range, and in the sort, for the reason given at recent_events_of_session.
+-- `since`: the session's first_event_at (NULL: not known), so that only the partitions from
+-- there on are planned.
 SELECT id, event_id, event_type, spec_id, occurred_at, host, payload->'data' AS data
 FROM events WHERE session_id >= %(session_id)s AND session_id <= %(session_id)s
+  AND (%(since)s::timestamptz IS NULL OR occurred_at >= %(since)s)
 ORDER BY session_id DESC, occurred_at DESC, id DESC
 LIMIT %(limit)s;
 

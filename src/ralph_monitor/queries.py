@@ -507,7 +507,8 @@ def session_detail(store: ReadStore, session_id: uuid.UUID, *,
     rows = store.fetch("session", params)
     if not rows:
         raise UnknownSession(f"no session {session_id}")
-    newest_first = store.fetch("session_timeline", {**params, "limit": timeline_limit})
+    newest_first = store.fetch("session_timeline", {**params, "limit": timeline_limit,
+                                                    "since": rows[0]["first_event_at"]})
     return SessionDetail(
         session=_session(rows[0]),
         spec_runs=[SpecRunRow(**r) for r in store.fetch("session_spec_runs", params)],

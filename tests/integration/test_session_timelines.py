@@ -55,7 +55,7 @@ def test_big_sessions_list_their_story_small_ones_every_event(daemon: Daemon) ->
             assert [e.id for e in big] == expected(daemon.dsn, BIG, story=True, limit=limit)
             assert [e.id for e in small] == expected(daemon.dsn, SMALL, story=False, limit=limit)
             assert not any(e.event_type.startswith("cc.") or e.event_type == "session_heartbeat" for e in big)
-            assert len(small) == min(limit, 61)
+            assert len(small) == min(limit, len(expected(daemon.dsn, SMALL, story=False, limit=2000)))
         assert {"cc.PreToolUse", "session_heartbeat"} <= {e.event_type for e in details_all[uuid.UUID(SMALL)].timeline}
         assert len(details[uuid.UUID(BIG)].timeline) == 7
 
@@ -74,3 +74,8 @@ def test_big_sessions_list_their_story_small_ones_every_event(daemon: Daemon) ->
         details = queries.session_details(store, sessions, whole_timeline_max=500, timeline_limit=2000)
     assert [e.id for e in details[uuid.UUID(BIG)].timeline] == expected(daemon.dsn, BIG, story=True, limit=2000)
     assert details[uuid.UUID(BIG)].timeline[0].event_id == uuid.UUID(early["event_id"])
+    with open_read_store(load_settings(daemon.config_path), dsn=daemon.dsn) as store:
+        one = queries.session_detail(store, uuid.UUID(BIG), timeline_limit=None).timeline  # `ralph-query session`
+    assert [e.id for e in one] == [r["id"] for r in query(
+        daemon.dsn, "SELECT id FROM events WHERE session_id = %s ORDER BY occurred_at, id", (BIG,))]
+    assert one[0].event_id == uuid.UUID(early["event_id"])
