@@ -36,6 +36,7 @@ LONG_ERROR = PYTEST_ERROR + "\n" + "\n".join(
     f"  File \"/home/ralph/work/shop-backend/src/shop/checkout/pricing/rounding_{i}.py\", line {40 + i}, in round_line"
     for i in range(12))
 PHONE, DESKTOP = {"width": 390, "height": 844}, {"width": 1400, "height": 900}
+LAPTOP = {"width": 1100, "height": 800}
 
 
 def scenario(now: datetime) -> list[dict[str, Any]]:
@@ -164,6 +165,11 @@ def test_phone_and_desktop_layouts(site: Nginx, browser: Any, artifacts: Path, s
                 assert row.evaluate("r => getComputedStyle(r).display") == "grid"
             background = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
             assert (background == "rgb(15, 18, 22)") == (scheme == "dark"), background
+        if size is DESKTOP:  # a laptop window, two columns of tables side by side: still no sideways scroll
+            page.set_viewport_size(LAPTOP)
+            for name, (path, _) in PAGES.items():
+                page.goto(site.base_url + path, wait_until="networkidle")
+                assert page.evaluate(NO_SIDEWAYS), (name, LAPTOP, page.evaluate("document.documentElement.scrollWidth"))
         assert_clean(w, site.base_url)
         context.close()
 
