@@ -338,12 +338,8 @@ class UsageReport:
 USAGE_LABELS = {"five_hour": "5-hour window", "seven_day": "7-day window"}
 
 
-def usage(store: ReadStore) -> UsageReport | None:
-    """The last `rate_limits` event's windows (values.window decides what is usable)."""
-    return _usage(_latest(store, "rate_limits"))
-
-
 def _usage(latest: TimelineEvent | None) -> UsageReport | None:
+    """The last `rate_limits` event's windows (values.window decides what is usable)."""
     if latest is None or not isinstance(latest.data, dict):
         return None
     windows = []
@@ -715,11 +711,8 @@ def night_summary(store: ReadStore, window: Window) -> NightSummary:
     )
 
 
-def _latest(store: ReadStore, event_type: str) -> TimelineEvent | None:
-    return _latest_of(store.fetch("latest_event_of_type", {"event_type": event_type}), event_type)
-
-
-def _latest_of(rows: list[dict[str, Any]], event_type: str) -> TimelineEvent | None:
+def _latest(rows: list[dict[str, Any]], event_type: str) -> TimelineEvent | None:
+    """The latest_event_of_type row of `event_type`, if there is one."""
     if not rows:
         return None
     row = rows[0]
@@ -744,13 +737,13 @@ def status(store: ReadStore, now: datetime) -> Status:
         active=[_session(r) for r in active],
         pending_interventions=[InterventionRow(**r) for r in pending],
         hosts=[HostHealth(**r) for r in hosts],
-        last_backup=_latest_of(backup, latest[0]),
-        last_prune=_latest_of(prune, latest[1]),
+        last_backup=_latest(backup, latest[0]),
+        last_prune=_latest(prune, latest[1]),
         rejects_last_24h=rejects[0]["n"],
         projection_failures=[ProjectionFailure(**row) for row in failures],
         projection_failures_total=failing[0]["failing"],
         reads=store.source(source[0]),
-        usage=_usage(_latest_of(rate_limits, latest[2])),
+        usage=_usage(_latest(rate_limits, latest[2])),
     )
 
 
