@@ -74,38 +74,37 @@ class ReadStore:
 
     def fetch(self, name: str, params: dict[str, Any] | Sequence[Any] | None = None) -> list[dict[str, Any]]:
         """All rows of named query `name` as dicts."""
-        try:
+        with _failing_as(f"query {name}"):
             return self._conn.execute(resources.query(name), params).fetchall()
-        except psycopg.Error as exc:
-            raise StoreError(f"query {name} failed: {describe_error(exc)}") from exc
 
     def fetch_many(self, requests: Sequence[NamedRequest]) -> list[list[dict[str, Any]]]:
         """The rows of several independent named queries, in one round trip (the overview's
         status: nine queries in half the time)."""
-        try:
+        with _failing_as("queries " + ", ".join(dict.fromkeys(name for name, _ in requests))):
             return fetch_pipelined(self._conn, requests)
-        except psycopg.Error as exc:
-            names = ", ".join(dict.fromkeys(name for name, _ in requests))
-            raise StoreError(f"queries {names} failed: {describe_error(exc)}") from exc
 
     def fetch_as(self, name: str, params: dict[str, Any] | Sequence[Any] | None, row: Callable[..., T]) -> list[T]:
         """All rows of named query `name` as `row(*columns)` (a class whose fields are the query's
         columns, in order): no dict per row, for the hot reads."""
-        try:
-            with self._conn.cursor(row_factory=args_row(row)) as cur:
-                return cur.execute(resources.query(name), params).fetchall()
-        except psycopg.Error as exc:
-            raise StoreError(f"query {name} failed: {describe_error(exc)}") from exc
+        with _failing_as(f"query {name}"), self._conn.cursor(row_factory=args_row(row)) as cur:
+            return cur.execute(resources.query(name), params).fetchall()
 
     def stream(self, name: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Rows of named query `name`, fetched through a server-side cursor (constant memory)."""
-        try:
-            with self._conn.transaction(), self._conn.cursor(name=f"stream_{name}") as cur:
-                cur.itersize = STREAM_BATCH_ROWS
-                cur.execute(resources.query(name), params)
-                yield from cur
-        except psycopg.Error as exc:
-            raise StoreError(f"query {name} failed: {describe_error(exc)}") from exc
+        with _failing_as(f"query {name}"), self._conn.transaction(), \
+                self._conn.cursor(name=f"stream_{name}") as cur:
+            cur.itersize = STREAM_BATCH_ROWS
+            cur.execute(resources.query(name), params)
+            yield from cur
+
+
+@contextmanager
+def _failing_as(what: str) -> Iterator[None]:
+    """A psycopg error inside as a StoreError naming `what` ("query <name>"), as every read maps it."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise StoreError(f"{what} failed: {describe_error(exc)}") from exc
 
 
 def _json_loads(data: bytes | str) -> Any:
