@@ -744,6 +744,27 @@ SELECT session_id, spec_id, attempt, status, outcome, end_time, duration_seconds
        error_message
 FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]);
 
+-- name: night_attempts
+-- Every attempt of the specs a night summary lists (queries.night_summary), among the sessions
+-- active in the window: those whose last attempt ended in it failed, timed out or fixed on
+-- retry (only a spec's last attempt has one of those outcomes), and those being tried now
+-- (last attempt running). Not the specs that simply passed: the summary counts them
+-- (run_outcomes_between) and lists none, so a night reads a few dozen runs, not all of them.
+WITH active AS (
+    SELECT s.id FROM sessions s
+    WHERE s.start_time < %(until)s AND coalesce(s.end_time, s.last_event_at) >= %(since)s
+), listed AS (
+    SELECT r.session_id, r.spec_id FROM spec_runs r
+    WHERE r.end_time >= %(since)s AND r.end_time < %(until)s AND r.outcome IN ('failed', 'timed_out', 'fixed_on_retry')
+      AND r.session_id IN (SELECT id FROM active)
+    UNION
+    SELECT r.session_id, r.spec_id FROM active a JOIN spec_runs r ON r.session_id = a.id WHERE r.outcome = 'running'
+)
+SELECT r.session_id, r.spec_id, r.attempt, r.status, r.outcome, r.end_time, r.duration_seconds, r.tokens_used,
+       r.cost_usd, r.error_message
+FROM listed l JOIN spec_runs r ON r.session_id = l.session_id AND r.spec_id = l.spec_id
+ORDER BY r.id;
+
 -- name: spec_ids_of_sessions
 SELECT DISTINCT spec_id FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) ORDER BY spec_id;
 

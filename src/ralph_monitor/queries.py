@@ -373,7 +373,9 @@ class NightSummary:
     sessions: list[SessionSummary]
     outcomes: Outcomes
     results: list[SpecResult]
-    """The specs decided in the window (their last attempt ended in it), in the order they were."""
+    """The specs decided in the window (their last attempt ended in it) that failed, timed out or
+    were fixed on retry (NIGHT_LISTED), in the order they were decided. The specs that passed are
+    counted in `outcomes`, not listed."""
     retrying: list[SpecResult]
     """Specs of these sessions that failed and are being tried again now (not decided yet)."""
     changes: list[SpecRunRow] = field(default_factory=list)
@@ -692,17 +694,21 @@ def _in(window: Window, moment: datetime | None) -> bool:
     return moment is not None and window.since <= moment < window.until
 
 
+NIGHT_LISTED = (*STILL_FAILING, FIXED_ON_RETRY)
+"""The outcomes a night summary lists spec by spec (the specs that passed are only counted)."""
+
+
 def night_summary(store: ReadStore, window: Window) -> NightSummary:
-    """Sessions active in the window, the specs decided in it (outcomes.py), what its runs cost
-    (the window's totals, as `outcomes` adds them up), and the specs that failed and are being
-    tried again."""
+    """Sessions active in the window, what its runs decided and cost (the window's totals, as
+    `outcomes` adds them up), the specs it left failing or fixed on retry, and those that failed
+    and are being tried again: one round trip, which reads the attempts of the listed specs only."""
     bounds = {"since": window.since, "until": window.until}
-    overlapping, totals, git_rows = store.fetch_many([("sessions_overlapping", bounds), ("run_outcomes_between", bounds),
-                                                     ("git_runs_between", bounds)])
+    overlapping, totals, git_rows, attempt_rows = store.fetch_many([
+        ("sessions_overlapping", bounds), ("run_outcomes_between", bounds), ("git_runs_between", bounds),
+        ("night_attempts", bounds)])
     sessions = [_session(r) for r in overlapping]
-    runs = _attempts(store, [s.id for s in sessions])
-    results = spec_results(runs, {s.id: s.name for s in sessions})
-    decided = [r for r in results if _in(window, r.ended_at)]
+    results = spec_results([Attempt(**r) for r in attempt_rows], {s.id: s.name for s in sessions})
+    decided = [r for r in results if r.outcome in NIGHT_LISTED and _in(window, r.ended_at)]
     return NightSummary(
         window=window, sessions=sessions, outcomes=Outcomes.of(totals[0]),
         results=sorted(decided, key=lambda r: r.ended_at or window.until),
