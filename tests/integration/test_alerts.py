@@ -14,6 +14,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from ralph_monitor.config import Settings
+from ralph_monitor.store import AlertStore
 from tests.agent_tools import agent_env
 from tests.conftest import Daemon, LineClient, query
 from tests.integration.test_absurd_values import INJECT_FAILURE
@@ -364,3 +368,32 @@ def test_a_loop_over_budget_stops_at_the_right_spec_and_the_alert_goes_out(
     assert [r["spec_id"] for r in query(daemon.dsn, "SELECT spec_id FROM spec_runs ORDER BY start_time")] == [
         "ok-1", "ok-2"]
     receiver.wait_for(lambda: "Session over budget: capped" in receiver.titles(), "no budget alert")
+
+
+def test_a_one_shot_alert_fires_once_across_passes_and_daemons(db_dsn: str) -> None:
+    """Two daemons' alert stores on one database: a failed session fires once in all, however
+    many passes each makes while it holds, and another session failing later fires too."""
+    settings = replace(Settings(), alerts_on_monitor_health=False)
+    night = (datetime.now(timezone.utc) - timedelta(hours=15), datetime.now(timezone.utc))
+    first, second = AlertStore(settings, dsn=db_dsn), AlertStore(settings, dsn=db_dsn)
+
+    def fail_a_session(name: str) -> None:
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO sessions (id, name, start_time, end_time, last_event_at, execution_state, "
+                         "specs_failed) VALUES (%s, %s, now() - interval '1 hour', now(), now(), 'failed', 1)",
+                         (uuid.uuid4(), name))
+
+    try:
+        fail_a_session("red")
+        fired = [store.evaluate(night=night, destinations=["json://127.0.0.1:9/"])[0]
+                 for _ in range(3) for store in (first, second)]
+        assert fired == [1, 0, 0, 0, 0, 0]
+        fail_a_session("redder")
+        fired = [store.evaluate(night=night, destinations=["json://127.0.0.1:9/"])[0]
+                 for _ in range(2) for store in (second, first)]
+        assert fired == [1, 0, 0, 0]
+    finally:
+        first.close()
+        second.close()
+    assert sorted(r["title"] for r in query(db_dsn, "SELECT title FROM alerts")) == [
+        "Session ended with 1 failed spec: red", "Session ended with 1 failed spec: redder"]

@@ -32,6 +32,9 @@ REPORT_RULE = "morning_report"
 LEASE_S = 120
 """A claimed message is retried after this long if its daemon never reports back."""
 
+AlertKey = tuple[str, str]
+"""(rule, subject): what identifies an alert."""
+
 
 class AlertStore:
     """One connection of its own (sync; the alert service runs it in a worker thread)."""
@@ -42,6 +45,9 @@ class AlertStore:
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
         """The evaluation and the delivery loops share the connection, one transaction at a time."""
+        self._fired: set[AlertKey] = set()
+        """One-shot conditions that hold and are known to have fired (here or by another daemon):
+        not asked about again while they hold. Only what is committed; as many as hold now."""
 
     def interrupt(self) -> None:
         """Cancel the statement in progress, if any (safe from any thread): at shutdown a query
@@ -87,18 +93,21 @@ class AlertStore:
         """Fire new conditions and resolve cleared ones, each with a message per destination;
         (fired, resolved). Another daemon evaluating at the same moment: (0, 0)."""
 
-        def work(conn: psycopg.Connection[dict[str, Any]]) -> tuple[int, int]:
-            row = conn.execute(resources.query("try_lock_projection"), {"key": LOCK_KEY}).fetchone()
-            if not row or not row["locked"]:
-                return 0, 0
-            conditions = {(c.rule, c.subject): c for c in self._conditions(conn, night)}
-            open_alerts = {(r["rule"], r["subject"]): r["id"]
-                           for r in conn.execute(resources.query("open_alerts")).fetchall()}
-            done_before = _fired_before(conn, [key for key in conditions
-                                               if key[0] in rules.ONE_SHOT and key not in open_alerts])
+        def work(conn: psycopg.Connection[dict[str, Any]]) -> tuple[int, int, set[AlertKey]]:
+            # One round trip: the lock first (the reads after it see what its last holder wrote).
+            asked = {"lock": ("try_lock_projection", {"key": LOCK_KEY}), **self._facts(night),
+                     "open": ("open_alerts", None)}
+            rows = dict(zip(asked, fetch_pipelined(conn, list(asked.values()))))
+            if not rows["lock"][0]["locked"]:
+                return 0, 0, self._fired
+            conditions = {(c.rule, c.subject): c for c in self._conditions(rows, night)}
+            open_alerts = {(r["rule"], r["subject"]): r["id"] for r in rows["open"]}
+            known = (self._fired & conditions.keys()) | _fired_before(conn, [
+                key for key in conditions if key[0] in rules.ONE_SHOT and key not in open_alerts
+                and key not in self._fired])
             fired = resolved = 0
             for key, condition in conditions.items():
-                if key in open_alerts or key in done_before:
+                if key in open_alerts or key in known:
                     continue
                 one_shot = condition.rule in rules.ONE_SHOT
                 inserted = conn.execute(resources.query("insert_alert"), {
@@ -108,6 +117,8 @@ class AlertStore:
                 if inserted is None:
                     continue
                 fired += 1
+                if one_shot:
+                    known.add(key)
                 self._queue(conn, inserted["id"], "firing", condition.title, self._with_link(
                     condition.body, condition.path), destinations)
             for key, alert_id in open_alerts.items():
@@ -118,11 +129,13 @@ class AlertStore:
                     resolved += 1
                     self._queue(conn, alert_id, "resolved", f"Resolved: {done['title']}",
                                 f"No longer the case: {done['body']}", destinations)
-            return fired, resolved
+            return fired, resolved, known
 
-        return self._run(work)
+        fired, resolved, self._fired = self._run(work)  # known only once committed
+        return fired, resolved
 
-    def _conditions(self, conn: psycopg.Connection[dict[str, Any]], night: tuple[datetime, datetime]) -> list[rules.Condition]:
+    def _facts(self, night: tuple[datetime, datetime]) -> dict[str, NamedRequest]:
+        """The named queries the enabled rules read, by the name `_conditions` knows them by."""
         s = self._settings
         asked: dict[str, NamedRequest] = {"now": ("database_now", None)}  # the clock the rules' SQL uses
         if s.alerts_intervention_after_min > 0:
@@ -141,7 +154,11 @@ class AlertStore:
         if s.alerts_on_monitor_health:
             asked |= {"backup": ("alert_latest_backup", None), "hosts": ("monitor_hosts", None),
                       "failing": ("projection_failure_count", None)}
-        rows = dict(zip(asked, fetch_pipelined(conn, list(asked.values()))))  # one round trip
+        return asked
+
+    def _conditions(self, rows: dict[str, list[dict[str, Any]]], night: tuple[datetime, datetime]) -> list[rules.Condition]:
+        """What holds now, from the rows of `_facts`."""
+        s = self._settings
         now = rows["now"][0]["now"]
         found: list[rules.Condition] = []
         if "waiting" in rows:
@@ -223,7 +240,7 @@ class AlertStore:
             "body": body, "body_format": "text"}).fetchone()["id"])
 
 
-def _fired_before(conn: psycopg.Connection[dict[str, Any]], keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+def _fired_before(conn: psycopg.Connection[dict[str, Any]], keys: list[AlertKey]) -> set[AlertKey]:
     """Which of these (rule, subject) pairs fired before: one round trip for all of them."""
     if not keys:
         return set()
