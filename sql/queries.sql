@@ -219,13 +219,16 @@ ORDER BY occurred_at, event_id;
 -- only, cut to what loop_health.FINGERPRINT_CHARS compares). `since` is never before the session's first event: a
 -- daily partition the session has no events in would otherwise be read through its occurred_at
 -- index, a whole day of other sessions' events (the prepared statement's generic plan does so).
+-- The session is a range, and in the sort, as in recent_events_of_session: so the session's
+-- own index gives the order (with "session_id =", the day's occurred_at index was walked,
+-- every other session's events in the window filtered out: 4x the rows at 10x, 40x at 100x).
 SELECT event_id, event_type, occurred_at, payload->'data'->>'tool_name' AS tool_name,
        CASE WHEN event_type = 'cc.PreToolUse' THEN left(payload->'data'->>'tool_input', 400) END AS tool_input,
        payload->'data'->>'notification_type' AS notification_type
 FROM events
-WHERE session_id = %(session_id)s AND event_type = ANY(%(types)s)
+WHERE session_id >= %(session_id)s AND session_id <= %(session_id)s AND event_type = ANY(%(types)s)
   AND occurred_at BETWEEN %(since)s AND %(until)s
-ORDER BY occurred_at DESC
+ORDER BY session_id DESC, occurred_at DESC
 LIMIT %(limit)s;
 
 -- name: session_activity
