@@ -40,10 +40,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import gzip
 import importlib.util
 import json
 import os
+import pstats
 import shutil
 import statistics
 import sys
@@ -74,6 +76,8 @@ INCREMENTAL_TARGET_S = 0.150
 SITE_TARGET_BYTES = 60e6
 """At 10x: session pages only within the events window, so the site follows it, not a year of sessions."""
 PAGE_TARGET_BYTES = 150 * 1024
+PROFILE_ROWS = 30
+"""Functions --profile prints (the whole profile is in its file)."""
 ORIGIN = Origin("bench-host", 1000, 4242)
 
 
@@ -174,6 +178,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the cluster (see --reuse)")
     parser.add_argument("--reuse", metavar="DIR", help="a cluster kept by this script or bench/queries.py --keep")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="profile the incremental renders (cProfile, this process) into FILE and print the top")
     args = parser.parse_args()
 
     generator = load_generator()
@@ -228,15 +234,24 @@ def main() -> int:
                   f"({quiet.pages} pages rendered, {quiet.written} files changed)")
             rounds = []
             clock = data_now
+            profiler = cProfile.Profile() if args.profile else None
             for i in range(args.rounds):
                 clock += timedelta(minutes=1)
                 lines = minute_of_events(dsn, clock - timedelta(minutes=1), i)
                 ingest_s = asyncio.run(ingest_and_project(settings, dsn, lines))
+                if profiler is not None:
+                    profiler.enable()
                 result = renderer.render(now=clock)
+                if profiler is not None:
+                    profiler.disable()
                 rounds.append((len(lines), ingest_s, result))
                 print(f"  minute {i + 1}: {len(lines)} events (written + projected in {ingest_s:.2f} s) -> "
                       f"render {result.seconds * 1000:.0f} ms: {result.sessions} sessions, {result.specs} specs, "
                       f"{result.pages} pages rendered, {result.written} files changed", flush=True)
+            if profiler is not None:
+                profiler.dump_stats(args.profile)
+                print(f"profile of the incremental renders (this process only) in {args.profile}; top by own time:")
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(PROFILE_ROWS)
             times = [r.seconds for _, _, r in rounds]
             median = statistics.median(times)
             print(f"incremental after a minute of events: median {median * 1000:.0f} ms, max {max(times) * 1000:.0f} ms  "
