@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
@@ -88,7 +88,8 @@ def fixed_later(status: str, outcome: str) -> bool:
 
 @dataclass(frozen=True)
 class Counts:
-    """Specs by outcome."""
+    """Specs by outcome: one field per SPEC_OUTCOMES name, in its order (read by name, without
+    dataclasses.fields, which a render would call thousands of times)."""
 
     passed: int = 0
     fixed_on_retry: int = 0
@@ -109,10 +110,10 @@ class Counts:
     @classmethod
     def of(cls, row: Mapping[str, int]) -> Counts:
         """From a row holding a count per outcome (missing ones are 0)."""
-        return cls(**{f.name: int(row.get(f.name) or 0) for f in fields(cls)})
+        return cls(**{name: int(row.get(name) or 0) for name in SPEC_OUTCOMES})
 
     def __add__(self, other: Counts) -> Counts:
-        return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return Counts(**{name: getattr(self, name) + getattr(other, name) for name in SPEC_OUTCOMES})
 
     @property
     def completed(self) -> int:
@@ -139,7 +140,7 @@ class Counts:
 
     def as_json(self) -> dict[str, int | float | None]:
         """Every count, the derived ones and the success rate (the JSON snapshots' shape)."""
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "completed": self.completed,
+        return {**{name: getattr(self, name) for name in SPEC_OUTCOMES}, "completed": self.completed,
                 "still_failing": self.still_failing, "decided": self.decided, "success_rate": self.success_rate}
 
 

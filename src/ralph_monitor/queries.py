@@ -500,18 +500,21 @@ hold ten thousand tool events; decoding them all costs 100 ms and nobody reads t
 def session_detail(store: ReadStore, session_id: uuid.UUID, *,
                    timeline_limit: int | None = SESSION_TIMELINE_EVENTS) -> SessionDetail:
     """The session, its spec runs and interventions, and the newest `timeline_limit` events
-    (None: all) in time order; `session.event_count` says how many there are in all."""
+    (None: all) in time order; `session.event_count` says how many there are in all. Two round
+    trips: the first three together, then the events from the session's first one on."""
     params = {"session_id": session_id}
-    rows = store.fetch("session", params)
+    rows, run_rows, intervention_rows = store.fetch_many([
+        ("session", params), ("session_spec_runs", params), ("session_interventions", params)])
     if not rows:
         raise UnknownSession(f"no session {session_id}")
+    # `since`: only the partitions from the session's first day on are planned.
     newest_first = store.fetch("session_timeline", {**params, "limit": timeline_limit,
                                                     "since": rows[0]["first_event_at"]})
     return SessionDetail(
         session=_session(rows[0]),
-        spec_runs=[SpecRunRow(**r) for r in store.fetch("session_spec_runs", params)],
+        spec_runs=[SpecRunRow(**r) for r in run_rows],
         timeline=[TimelineEvent(**r) for r in reversed(newest_first)],
-        interventions=[InterventionRow(**r) for r in store.fetch("session_interventions", params)],
+        interventions=[InterventionRow(**r) for r in intervention_rows],
     )
 
 
@@ -839,6 +842,10 @@ def spec_ids(store: ReadStore, session_ids: list[uuid.UUID] | None = None) -> li
     return [r["spec_id"] for r in store.fetch("spec_ids_of_sessions", {"ids": session_ids})]
 
 
+SPEC_HISTORY_TOTALS = ("total_runs", "total_failures", "passed", "fixed_on_retry", "failed", "timed_out")
+"""The columns of spec_histories that are the spec's totals, not its run's."""
+
+
 def spec_histories(store: ReadStore, spec_ids: list[str], *, limit: int = 100, since: datetime | None = None,
                    at_least: int = 0) -> list[SpecHistory]:
     """`spec_history` for many specs at once, with each spec's totals: the runs since `since`
@@ -847,11 +854,11 @@ def spec_histories(store: ReadStore, spec_ids: list[str], *, limit: int = 100, s
     for r in store.fetch("spec_histories", {"spec_ids": spec_ids, "limit": limit, "since": since,
                                             "at_least": at_least}):
         del r["n"]
-        total_runs, total_failures = r.pop("total_runs"), r.pop("total_failures")
-        counts = Counts.of({name: r.pop(name) for name in ("passed", "fixed_on_retry", "failed", "timed_out")})
+        totals = {name: r.pop(name) for name in SPEC_HISTORY_TOTALS}
         history = histories.get(r["spec_id"])
-        if history is None:
-            history = histories[r["spec_id"]] = SpecHistory(r["spec_id"], [], total_runs, total_failures, counts)
+        if history is None:  # the totals repeat on every row of the spec
+            history = histories[r["spec_id"]] = SpecHistory(r["spec_id"], [], totals["total_runs"],
+                                                            totals["total_failures"], Counts.of(totals))
         history.runs.append(SpecRunRow(**r))
     return list(histories.values())
 

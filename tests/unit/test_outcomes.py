@@ -4,6 +4,7 @@ comparison of two runs (changes.py), without a database."""
 from __future__ import annotations
 
 import uuid
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ralph_monitor import changes
-from ralph_monitor.outcomes import (Counts, attempt_outcomes, attempt_word, fixed_later, spec_outcome,
+from ralph_monitor.outcomes import (SPEC_OUTCOMES, Counts, attempt_outcomes, attempt_word, fixed_later, spec_outcome,
                                     spec_results)
 from ralph_monitor.projections import SessionEvent, project_session
 
@@ -57,6 +58,8 @@ def test_counts() -> None:
     assert Counts.of({"passed": 2, "failed": None}) == Counts(passed=2) and c + Counts(passed=1) == Counts.tally(
         ["passed", "passed", "fixed_on_retry", "failed", "timed_out", "timed_out", "running"])
     assert c.as_json()["still_failing"] == 3 and c.as_json()["success_rate"] == c.success_rate
+    # Counts is read by SPEC_OUTCOMES' names: every field is one, in that order.
+    assert tuple(f.name for f in dataclasses.fields(Counts)) == SPEC_OUTCOMES
 
 
 def ev(kind: str, minute: float, spec: str | None = None, **data: object) -> SessionEvent:
