@@ -508,6 +508,7 @@ GROUP BY day HAVING sum(runs) > 0
 ORDER BY day;
 
 -- name: event_counts_per_bucket
+-- From metric_buckets_time_count_idx alone, in its order (migration 0015).
 SELECT bucket_time, sum(count)::bigint AS count FROM metric_buckets
 WHERE bucket_time >= %(since)s
 GROUP BY bucket_time ORDER BY bucket_time;

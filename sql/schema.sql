@@ -371,6 +371,7 @@ CREATE INDEX events_spec_idx ON ONLY public.events USING btree (spec_id, occurre
 CREATE INDEX events_default_spec_id_occurred_at_idx ON public.events_default USING btree (spec_id, occurred_at) WHERE (spec_id IS NOT NULL);
 CREATE INDEX interventions_open_idx ON public.interventions USING btree (requested_at DESC) WHERE (answered_at IS NULL);
 CREATE INDEX interventions_session_idx ON public.interventions USING btree (session_id);
+CREATE INDEX metric_buckets_time_count_idx ON public.metric_buckets USING btree (bucket_time) INCLUDE (count);
 CREATE INDEX metric_buckets_type_idx ON public.metric_buckets USING btree (event_type, bucket_time DESC) INCLUDE (count);
 CREATE INDEX rejects_received_at_idx ON public.rejects USING btree (received_at DESC);
 CREATE INDEX sessions_active_idx ON public.sessions USING btree (last_event_at) WHERE (execution_state = ANY (ARRAY['running'::text, 'stalled'::text, 'waiting_for_human'::text, 'paused_for_usage_limit'::text]));
