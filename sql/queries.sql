@@ -469,18 +469,23 @@ SELECT coalesce(sum(passed), 0)::bigint AS passed, coalesce(sum(fixed_on_retry),
 FROM parts;
 
 -- name: daily_runs
--- Per local day (queries._daily_rows gives each day's bounds, cut to the window): the specs
--- decided that day by outcome (outcomes.py) and the spec runs that ended that day; the duration
--- sums let spend() add whole days up into today, this week and this month. Each day's whole
--- quarter hours come from spec_run_totals, what is left of it (the window's ends, a historical
--- offset) from spec_runs, as run_outcomes_between does: ~3,000 rows for 30 days whatever the
--- volume, and the same rows in every time zone.
-WITH w AS (
+-- Per local day (queries._daily_rows gives the days' bounds, cut to the window: day `day` runs
+-- from bounds[day] to bounds[day + 1]): the specs decided that day by outcome (outcomes.py) and
+-- the spec runs that ended that day; the duration sums let spend() add whole days up into
+-- today, this week and this month. Each day's whole quarter hours come from spec_run_totals,
+-- what is left of it (the window's ends, a historical offset) from spec_runs, as
+-- run_outcomes_between does: ~3,000 rows for 30 days whatever the volume, and the same rows in
+-- every time zone.
+WITH d AS (
+    SELECT i AS day, b[i] AS low, b[i + 1] AS high
+    FROM (SELECT %(bounds)s::timestamptz[] AS b) AS p CROSS JOIN generate_subscripts(p.b, 1) AS i
+    WHERE i < cardinality(p.b)
+), w AS (
     SELECT d.day, d.low, d.high,
            date_bin('15 minutes', d.low - interval '1 microsecond', TIMESTAMPTZ '2000-01-01 00:00:00+00')
                + interval '15 minutes' AS a,
            date_bin('15 minutes', d.high, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
-    FROM unnest(%(days)s::date[], %(lows)s::timestamptz[], %(highs)s::timestamptz[]) AS d(day, low, high)
+    FROM d
 ), q AS (
     SELECT day, low, high, CASE WHEN a < b THEN a ELSE high END AS a, CASE WHEN a < b THEN b ELSE high END AS b
     FROM w

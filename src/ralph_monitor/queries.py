@@ -643,17 +643,25 @@ def _daily_rows(store: ReadStore, window: Window, zone: tzinfo) -> list[dict[str
     since, until = window.since.astimezone(timezone.utc), window.until.astimezone(timezone.utc)
     day, last = since.astimezone(zone).date(), until.astimezone(zone).date()
     days: list[date] = []
-    lows: list[datetime] = []
-    highs: list[datetime] = []
+    bounds = [since]  # day k runs from bounds[k] to bounds[k + 1]
     while day <= last:
-        low = max(datetime.combine(day, time(0), tzinfo=zone).astimezone(timezone.utc), since)
         high = min(datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone).astimezone(timezone.utc), until)
-        if low < high:
+        if bounds[-1] < high:
             days.append(day)
-            lows.append(low)
-            highs.append(high)
+            bounds.append(high)
         day += timedelta(days=1)
-    return store.fetch("daily_runs", {"days": days, "lows": lows, "highs": highs}) if days else []
+    if not days:
+        return []
+    rows = store.fetch("daily_runs", {"bounds": _timestamps(bounds)})
+    for row in rows:
+        row["day"] = days[row["day"] - 1]
+    return rows
+
+
+def _timestamps(moments: list[datetime]) -> str:
+    """A timestamptz[] parameter in its text form. psycopg's list dumper costs ~20 us a value
+    on a slow machine (0.7 ms of spend() went into its 93 timestamps); isoformat ~2 us."""
+    return "{" + ",".join(m.isoformat() for m in moments) + "}"
 
 
 def _daily(row: dict[str, Any]) -> DailyRuns:
