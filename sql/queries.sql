@@ -526,8 +526,12 @@ GROUP BY bucket_time ORDER BY bucket_time;
 -- backup_completed (EXPLAIN: "Rows Removed by Filter" ~50,000 per partition, 700 ms for
 -- `status`). Ordered by (event_type, occurred_at DESC), every plan reads the first entry of
 -- events_type_occurred_at_idx in each partition instead (0.5 ms).
+-- `since` (NULL: ever): only events from then on, so that only those days' partitions are
+-- opened, even by the generic plan (pruned as it starts): a nightly event's latest is in the
+-- last two days, and opening a month of partitions took 0.8 ms of the 1 ms.
 SELECT occurred_at, host, payload->'data' AS data FROM events
 WHERE event_type >= %(event_type)s AND event_type <= %(event_type)s
+  AND occurred_at >= coalesce(%(since)s::timestamptz, '-infinity')
 ORDER BY event_type, occurred_at DESC LIMIT 1;
 
 -- name: reject_count_since

@@ -364,7 +364,8 @@ class Status:
     reads: ReadSource | None = None
     """Where this was read: the primary or a replica (its lag), or why not the configured replica."""
     usage: UsageReport | None = None
-    """The usage windows last reported by a Claude Code status line (`ralph-monitor statusline`)."""
+    """The usage windows last reported by a Claude Code status line (`ralph-monitor statusline`),
+    within USAGE_REPORT_MAX_AGE."""
 
 
 @dataclass(frozen=True)
@@ -741,26 +742,38 @@ FAILURES_SHOWN = 10
 """Failing sessions listed by `status` (the count says how many there are in all)."""
 
 
+NIGHTLY_LATEST = timedelta(days=2)
+"""Where status looks first for the latest backup and pruning (nightly jobs); only when that
+finds none does it look at every day kept (one more round trip)."""
+USAGE_REPORT_MAX_AGE = timedelta(days=8)
+"""The usage windows status shows are the last reported in this time: the longest window is
+7 days, so an older report says nothing about now."""
+
+
 def status(store: ReadStore, now: datetime) -> Status:
     """What is going on now: active sessions, open requests, and the monitor's own health (read
-    in one round trip)."""
-    latest = ("backup_completed", "prune_completed", "rate_limits")
+    in one round trip; two when no backup or pruning ran in NIGHTLY_LATEST)."""
+    nightly = {"event_type": "backup_completed", "since": now - NIGHTLY_LATEST}, \
+        {"event_type": "prune_completed", "since": now - NIGHTLY_LATEST}
     active, pending, hosts, backup, prune, rate_limits, rejects, failures, failing, source = store.fetch_many([
         ("active_sessions", None), ("pending_interventions", None), ("monitor_hosts", None),
-        *[("latest_event_of_type", {"event_type": t}) for t in latest],
+        *[("latest_event_of_type", params) for params in nightly],
+        ("latest_event_of_type", {"event_type": "rate_limits", "since": now - USAGE_REPORT_MAX_AGE}),
         ("reject_count_since", {"since": now - timedelta(days=1)}),
         ("projection_failures", {"limit": FAILURES_SHOWN}), ("projection_failure_count", None), ("read_source", None)])
+    if not backup or not prune:
+        backup, prune = store.fetch_many([("latest_event_of_type", {**params, "since": None}) for params in nightly])
     return Status(
         active=[_session(r) for r in active],
         pending_interventions=[InterventionRow(**r) for r in pending],
         hosts=[HostHealth(**r) for r in hosts],
-        last_backup=_latest(backup, latest[0]),
-        last_prune=_latest(prune, latest[1]),
+        last_backup=_latest(backup, "backup_completed"),
+        last_prune=_latest(prune, "prune_completed"),
         rejects_last_24h=rejects[0]["n"],
         projection_failures=[ProjectionFailure(**row) for row in failures],
         projection_failures_total=failing[0]["failing"],
         reads=store.source(source[0]),
-        usage=_usage(_latest(rate_limits, latest[2])),
+        usage=_usage(_latest(rate_limits, "rate_limits")),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 
 from ralph_monitor import queries
-from ralph_monitor.config import load_settings
+from ralph_monitor.config import Settings, load_settings
 from ralph_monitor.store import open_read_store
 from tests.conftest import Daemon, LineClient, query
 from tests.ops import execute
@@ -95,3 +95,27 @@ def test_numbers_beyond_a_double_are_read_back(daemon: Daemon) -> None:
         rows = queries.recent_events(store, event_type="odd")
     # jsonb writes 1e400 out in full: json reads that row (exactly), orjson the other (a float).
     assert sorted((r.data for r in rows), key=len) == [{"big": 1e29}, {"huge": 10 ** 400, "big": 10 ** 29}]
+
+
+def test_status_finds_a_backup_days_old_and_leaves_out_a_stale_usage_report(db_dsn: str) -> None:
+    """status looks for the nightly jobs' events in the last days first: a backup that last ran
+    five days ago is still found (the second look), and one from an hour ago is the one shown; a
+    status line's usage report older than its longest window is not shown at all."""
+    now = datetime.now(timezone.utc)
+    insert = """INSERT INTO events (event_id, event_type, session_id, occurred_at, received_at, host, payload)
+                VALUES (gen_random_uuid(), %s, NULL, %s, now(), %s, %s)"""
+    usage = '{"data": {"five_hour": {"used_percentage": 64, "resets_at": 1781290000}}}'
+    execute(db_dsn, insert, ("backup_completed", now - timedelta(days=5), "old", "{}"))
+    execute(db_dsn, insert, ("prune_completed", now - timedelta(days=3), "old", "{}"))
+    execute(db_dsn, insert, ("rate_limits", now - queries.USAGE_REPORT_MAX_AGE - timedelta(hours=1), "old", usage))
+    with open_read_store(Settings(), dsn=db_dsn) as store:
+        status = queries.status(store, now)
+        assert status.last_backup is not None and status.last_backup.host == "old"
+        assert status.last_prune is not None and status.last_prune.host == "old"
+        assert status.usage is None
+        execute(db_dsn, insert, ("backup_completed", now - timedelta(hours=1), "new", "{}"))
+        execute(db_dsn, insert, ("rate_limits", now - timedelta(hours=2), "new", usage))
+        status = queries.status(store, now)
+        assert status.last_backup is not None and status.last_backup.host == "new"
+        assert status.last_prune is not None and status.last_prune.host == "old"
+        assert status.usage is not None and status.usage.host == "new"

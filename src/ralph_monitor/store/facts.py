@@ -57,7 +57,8 @@ def database_facts(settings: Settings, dsn: str) -> DatabaseFacts:
             if ident["events_table"]:
                 readers = [r["rolname"] for r in conn.execute(resources.query("doctor_reader_roles")).fetchall()]
                 for kind in ("backup_completed", "backup_failed", "prune_completed", "prune_failed"):
-                    row = conn.execute(resources.query("latest_event_of_type"), {"event_type": kind}).fetchone()
+                    row = conn.execute(resources.query("latest_event_of_type"),
+                                       {"event_type": kind, "since": None}).fetchone()
                     latest[kind] = (row["occurred_at"], row["data"] if isinstance(row["data"], dict) else {}) \
                         if row else None
                 backlog = {r["host"]: r["spool_backlog"] for r in
