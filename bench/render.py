@@ -24,10 +24,13 @@ the daemon runs in a worker thread):
   incremental      after "a minute of typical events" for the running sessions, written with
                    the daemon's writer (EventStore: COPY + dirty queues) and projected with the
                    daemon's projector code; only what changed is rendered (target < 150 ms).
-                   --rounds times; median and max. The minute: for each running session,
-                   tool-level hook events (cc.PreToolUse / cc.PostToolUse with 200-600 byte
-                   payloads) at the data's rate, heartbeats, and one spec ending and the next
-                   starting; one session also gets a failure and a request for a human.
+                   --rounds times; median and max. The minute: for each live session (running,
+                   stalled or waiting for a human), tool-level hook events (cc.PreToolUse /
+                   cc.PostToolUse with 200-600 byte payloads) at the data's rate, heartbeats,
+                   and one spec ending and the next starting; one session also gets a failure
+                   and a request for a human. At the end these events are taken back and what
+                   they changed is projected again, so a kept cluster gives the same data to
+                   the next run (--reuse runs compare).
   page weight      index.html uncompressed and gzip -6, api/status.json (target < 150 KB)
 
 The figures are CPU-bound: on a shared machine other processes' load shows up in them (the
@@ -104,7 +107,8 @@ def minute_of_events(dsn: str, now: datetime, rng_seed: int) -> list[bytes]:
             SELECT s.id, (SELECT r.spec_id FROM spec_runs r WHERE r.session_id = s.id AND r.status = 'running'
                           ORDER BY r.start_time DESC LIMIT 1) AS spec_id,
                    (SELECT count(*) FROM spec_runs r WHERE r.session_id = s.id) AS runs
-            FROM sessions s WHERE s.execution_state IN ('running', 'stalled') ORDER BY s.start_time DESC""").fetchall()
+            FROM sessions s WHERE s.execution_state IN ('running', 'stalled', 'waiting_for_human')
+            ORDER BY s.start_time DESC""").fetchall()
     lines = []
 
     def add(kind: str, session: uuid.UUID, seconds: float, spec: str | None = None, **data: Any) -> None:
@@ -155,6 +159,45 @@ async def ingest_and_project(settings: Settings, dsn: str, lines: list[bytes]) -
         await store.close()
         await projection.close()
     return time.monotonic() - started
+
+
+TAKE_BACK = """
+WITH gone AS (
+    DELETE FROM events WHERE host = %(host)s RETURNING event_id, session_id, occurred_at
+), ids AS (
+    DELETE FROM event_ids i USING gone g WHERE i.event_id = g.event_id AND i.occurred_at = g.occurred_at
+), sessions AS (
+    INSERT INTO dirty_sessions (session_id)
+    SELECT DISTINCT session_id FROM gone WHERE session_id IS NOT NULL ORDER BY 1
+    ON CONFLICT (session_id) DO UPDATE SET version = dirty_sessions.version + 1, marked_at = now()
+), buckets AS (
+    INSERT INTO dirty_buckets (bucket_time)
+    SELECT DISTINCT date_bin('5 minutes', occurred_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM gone ORDER BY 1
+    ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1
+)
+SELECT count(*) FROM gone
+"""
+"""Remove the events the incremental rounds wrote (their host is ORIGIN's) and mark what they
+touched for the projector, as the daemon's own write path marks it."""
+
+
+async def take_back(settings: Settings, dsn: str) -> int:
+    """Undo the incremental rounds: their events go, and the sessions, spec runs, requests and
+    5-minute counts they changed are projected again from what is left. A kept cluster is then
+    the generated data again, so runs on it can be compared (each run used to add five minutes
+    of events and a request for a human to the same sessions)."""
+    with psycopg.connect(dsn) as conn:
+        removed = conn.execute(TAKE_BACK, {"host": ORIGIN.host}).fetchone()[0]
+        conn.execute("DELETE FROM monitor_hosts WHERE host = %s", (ORIGIN.host,))
+    projection = ProjectionStore(settings, dsn=dsn)
+    try:
+        while await projection.project_sessions(project_session, limit=50):
+            pass
+        while await projection.project_buckets(limit=500):
+            pass
+    finally:
+        await projection.close()
+    return removed
 
 
 def weight(site_dir: Path) -> dict[str, int]:
@@ -265,6 +308,7 @@ def main() -> int:
                      if scale <= 10 else ""))
         finally:
             renderer.close()
+            print(f"took back the {asyncio.run(take_back(settings, dsn)):,} events the rounds wrote", flush=True)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         ok = (full_median < full_target and median < INCREMENTAL_TARGET_S and w["index_bytes"] < PAGE_TARGET_BYTES
               and (scale > 10 or w["site_bytes"] < SITE_TARGET_BYTES))
