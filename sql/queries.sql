@@ -311,6 +311,7 @@ SELECT (SELECT count(*) FROM dirty_sessions) AS sessions, (SELECT count(*) FROM 
 -- Read queries (CLI, dashboard) ---------------------------------------------------------------
 
 -- name: active_sessions
+-- The current spec: the session's newest running run (spec_runs_running_idx, migration 0016).
 SELECT s.*, (SELECT r.spec_id FROM spec_runs r
              WHERE r.session_id = s.id AND r.status = 'running'
              ORDER BY r.start_time DESC LIMIT 1) AS current_spec
@@ -761,7 +762,8 @@ FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]);
 -- Every attempt of the specs a night summary lists (queries.night_summary), among the sessions
 -- active in the window: those whose last attempt ended in it failed, timed out or fixed on
 -- retry (only a spec's last attempt has one of those outcomes), and those being tried now
--- (last attempt running). Not the specs that simply passed: the summary counts them
+-- (an attempt running: spec_runs_running_idx, migration 0016; night_summary keeps those whose
+-- last attempt it is). Not the specs that simply passed: the summary counts them
 -- (run_outcomes_between) and lists none, so a night reads a few dozen runs, not all of them.
 WITH active AS (
     SELECT s.id FROM sessions s
@@ -771,7 +773,7 @@ WITH active AS (
     WHERE r.end_time >= %(since)s AND r.end_time < %(until)s AND r.outcome IN ('failed', 'timed_out', 'fixed_on_retry')
       AND r.session_id IN (SELECT id FROM active)
     UNION
-    SELECT r.session_id, r.spec_id FROM active a JOIN spec_runs r ON r.session_id = a.id WHERE r.outcome = 'running'
+    SELECT r.session_id, r.spec_id FROM active a JOIN spec_runs r ON r.session_id = a.id WHERE r.status = 'running'
 )
 SELECT r.session_id, r.spec_id, r.attempt, r.status, r.outcome, r.end_time, r.duration_seconds, r.tokens_used,
        r.cost_usd, r.error_message

@@ -381,6 +381,7 @@ CREATE INDEX sessions_start_idx ON public.sessions USING btree (start_time DESC)
 CREATE INDEX sessions_updated_idx ON public.sessions USING btree (updated_at);
 CREATE INDEX spec_runs_end_idx ON public.spec_runs USING btree (end_time DESC) INCLUDE (status, outcome, tokens_used, cost_usd, duration_seconds, spec_id) WHERE (end_time IS NOT NULL);
 CREATE INDEX spec_runs_failed_idx ON public.spec_runs USING btree (end_time DESC) WHERE (status = ANY (ARRAY['failed'::text, 'timeout'::text]));
+CREATE INDEX spec_runs_running_idx ON public.spec_runs USING btree (session_id, start_time DESC) WHERE (status = 'running'::text);
 CREATE INDEX spec_runs_spec_end_idx ON public.spec_runs USING btree (spec_id, end_time DESC) INCLUDE (status, outcome) WHERE (end_time IS NOT NULL);
 CREATE INDEX spec_runs_spec_failed_idx ON public.spec_runs USING btree (spec_id, end_time DESC) WHERE (status = ANY (ARRAY['failed'::text, 'timeout'::text]));
 CREATE INDEX spec_runs_spec_idx ON public.spec_runs USING btree (spec_id, start_time DESC);
