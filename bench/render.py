@@ -65,12 +65,14 @@ sys.path.insert(0, str(ROOT / "src"))
 import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
+from ralph_monitor import resources  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
 from ralph_monitor.dashboard.render import SiteRenderer  # noqa: E402
 from ralph_monitor.projections import project_session  # noqa: E402
 from ralph_monitor.protocol import Origin, parse_line  # noqa: E402
 from ralph_monitor.store import EventStore, ProjectionStore, ensure_database, migrate  # noqa: E402
+from ralph_monitor.store.events import BUCKET_S  # noqa: E402
 
 DBNAME = "bench"
 FULL_TARGET_S = {10: 5.0, 100: 30.0}
@@ -142,6 +144,14 @@ def minute_of_events(dsn: str, now: datetime, rng_seed: int) -> list[bytes]:
     return lines
 
 
+async def project_pending(projection: ProjectionStore) -> None:
+    """Bring the aggregates up to date with the dirty queues, as the daemon's projector does."""
+    while await projection.project_sessions(project_session, limit=50):
+        pass
+    while await projection.project_buckets(limit=500):
+        pass
+
+
 async def ingest_and_project(settings: Settings, dsn: str, lines: list[bytes]) -> float:
     """Write `lines` the way the daemon does, then bring the aggregates up to date."""
     store = EventStore(settings, dsn=dsn)
@@ -151,10 +161,7 @@ async def ingest_and_project(settings: Settings, dsn: str, lines: list[bytes]) -
         received = datetime.now(timezone.utc)
         events = [parse_line(line, received_at=received, origin=ORIGIN) for line in lines]
         await store.write_batch(events, [], excerpt_bytes=4096)
-        while await projection.project_sessions(project_session, limit=50):
-            pass
-        while await projection.project_buckets(limit=500):
-            pass
+        await project_pending(projection)
     finally:
         await store.close()
         await projection.close()
@@ -166,19 +173,10 @@ WITH gone AS (
     DELETE FROM events WHERE host = %(host)s RETURNING event_id, session_id, occurred_at
 ), ids AS (
     DELETE FROM event_ids i USING gone g WHERE i.event_id = g.event_id AND i.occurred_at = g.occurred_at
-), sessions AS (
-    INSERT INTO dirty_sessions (session_id)
-    SELECT DISTINCT session_id FROM gone WHERE session_id IS NOT NULL ORDER BY 1
-    ON CONFLICT (session_id) DO UPDATE SET version = dirty_sessions.version + 1, marked_at = now()
-), buckets AS (
-    INSERT INTO dirty_buckets (bucket_time)
-    SELECT DISTINCT date_bin('5 minutes', occurred_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM gone ORDER BY 1
-    ON CONFLICT (bucket_time) DO UPDATE SET version = dirty_buckets.version + 1
 )
-SELECT count(*) FROM gone
+SELECT session_id, occurred_at FROM gone
 """
-"""Remove the events the incremental rounds wrote (their host is ORIGIN's) and mark what they
-touched for the projector, as the daemon's own write path marks it."""
+"""Remove the events the incremental rounds wrote (their host is ORIGIN's) and their ids."""
 
 
 async def take_back(settings: Settings, dsn: str) -> int:
@@ -187,17 +185,19 @@ async def take_back(settings: Settings, dsn: str) -> int:
     the generated data again, so runs on it can be compared (each run used to add five minutes
     of events and a request for a human to the same sessions)."""
     with psycopg.connect(dsn) as conn:
-        removed = conn.execute(TAKE_BACK, {"host": ORIGIN.host}).fetchone()[0]
+        gone = conn.execute(TAKE_BACK, {"host": ORIGIN.host}).fetchall()
         conn.execute("DELETE FROM monitor_hosts WHERE host = %s", (ORIGIN.host,))
+        # Queued for the projector as the daemon's write path queues them (store/events.py).
+        buckets = sorted({int(at.timestamp()) // BUCKET_S for _, at in gone})
+        conn.execute(resources.query("mark_dirty"), {
+            "session_ids": sorted({session for session, _ in gone if session is not None}),
+            "buckets": [datetime.fromtimestamp(b * BUCKET_S, timezone.utc) for b in buckets]})
     projection = ProjectionStore(settings, dsn=dsn)
     try:
-        while await projection.project_sessions(project_session, limit=50):
-            pass
-        while await projection.project_buckets(limit=500):
-            pass
+        await project_pending(projection)
     finally:
         await projection.close()
-    return removed
+    return len(gone)
 
 
 def weight(site_dir: Path) -> dict[str, int]:
