@@ -6,19 +6,38 @@ plain dataclasses, so callers never see SQL or database rows.
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from ralph_monitor import changes, values
 from ralph_monitor.errors import UnknownSession
 from ralph_monitor.outcomes import (FIXED_ON_RETRY, RUNNING, STILL_FAILING, Attempt, Counts, RunLike, SpecResult,
                                     spec_results)
 from ralph_monitor.projections import SessionTotals
-from ralph_monitor.store import ReadSource, ReadStore
+from ralph_monitor.store import Plan, ReadSource, ReadStore
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Read(Generic[P, T]):
+    """A read written as a plan (store.Plan: a generator that yields its round trips' named
+    queries). Called with a store, it runs (`status(store, now)`); its `plan`, called with the
+    same arguments, joins others in the same round trips (store.gather: the dashboard's
+    site-wide pages read a dozen of them in three). The plan gets the store too, but only to
+    describe it (ReadStore.source), never to read."""
+
+    def __init__(self, plan: Callable[Concatenate[ReadStore, P], Plan[T]]) -> None:
+        self.plan = plan
+        functools.update_wrapper(self, plan)
+
+    def __call__(self, store: ReadStore, *args: P.args, **kwargs: P.kwargs) -> T:
+        return store.run(self.plan(store, *args, **kwargs))
 
 
 @dataclass(frozen=True)
@@ -77,9 +96,10 @@ FLOOR_BUCKET_ROWS = 500
 floor of recent_events; at 10x volume 100 events fill a few buckets, a rare type's a few dozen."""
 
 
+@Read
 def recent_events(store: ReadStore, *, since: datetime | None = None, event_type: str | None = None,
                   session_id: uuid.UUID | None = None, spec_id: str | None = None,
-                  limit: int = 100) -> list[EventRow]:
+                  limit: int = 100) -> Plan[list[EventRow]]:
     """Newest first (by the agent's time), filtered by any of the arguments.
 
     Read from a floor first (recent_events_floor*: where the newest `limit` matching events
@@ -89,32 +109,36 @@ def recent_events(store: ReadStore, *, since: datetime | None = None, event_type
     name = "recent_events" if session_id is None else "recent_events_of_session"
     params = {"since": since, "event_type": event_type, "session_id": session_id, "spec_id": spec_id,
               "limit": limit}
-    floor = _recent_events_floor(store, event_type=event_type, session_id=session_id, spec_id=spec_id,
-                                 limit=limit)
+    (floor_rows,) = yield [_recent_events_floor(event_type=event_type, session_id=session_id, spec_id=spec_id,
+                                                limit=limit)]
+    floor = floor_rows[0]["floor"]
     if floor is not None and (since is None or floor > since):
-        rows = store.fetch_as(name, {**params, "since": floor}, EventRow)
+        (rows,) = yield [(name, {**params, "since": floor}, EventRow)]
         if len(rows) >= limit:
             return rows
-    return store.fetch_as(name, params, EventRow)
+    (rows,) = yield [(name, params, EventRow)]
+    return rows
 
 
-def _recent_events_floor(store: ReadStore, *, event_type: str | None, session_id: uuid.UUID | None,
-                         spec_id: str | None, limit: int) -> datetime | None:
-    """The guess of recent_events: from the narrowest filter's projection (the session's start,
-    the spec's recent runs, the 5-minute counts of the type or of all events)."""
+def _recent_events_floor(*, event_type: str | None, session_id: uuid.UUID | None, spec_id: str | None,
+                         limit: int) -> tuple[str, dict[str, Any]]:
+    """The guess of recent_events (a query whose one row has the `floor`): from the narrowest
+    filter's projection (the session's start, the spec's recent runs, the 5-minute counts of the
+    type or of all events)."""
     if session_id is not None:
-        return store.fetch("recent_events_floor_of_session", {"session_id": session_id})[0]["floor"]
+        return "recent_events_floor_of_session", {"session_id": session_id}
     if spec_id is not None:
-        return store.fetch("recent_events_floor_of_spec", {"spec_id": spec_id})[0]["floor"]
+        return "recent_events_floor_of_spec", {"spec_id": spec_id}
     if event_type is not None:
-        return store.fetch("recent_events_floor_of_type", {"event_type": event_type, "limit": limit,
-                                                           "buckets": FLOOR_BUCKET_ROWS})[0]["floor"]
-    return store.fetch("recent_events_floor", {"limit": limit, "buckets": FLOOR_BUCKET_ROWS})[0]["floor"]
+        return "recent_events_floor_of_type", {"event_type": event_type, "limit": limit, "buckets": FLOOR_BUCKET_ROWS}
+    return "recent_events_floor", {"limit": limit, "buckets": FLOOR_BUCKET_ROWS}
 
 
-def recent_rejects(store: ReadStore, *, limit: int = 50) -> list[RejectRow]:
+@Read
+def recent_rejects(store: ReadStore, *, limit: int = 50) -> Plan[list[RejectRow]]:
     """Refused lines, newest first."""
-    return [RejectRow(**row) for row in store.fetch("recent_rejects", {"limit": limit})]
+    (rows,) = yield [("recent_rejects", {"limit": limit})]
+    return [RejectRow(**row) for row in rows]
 
 
 def monitor_hosts(store: ReadStore) -> list[HostHealth]:
@@ -460,8 +484,11 @@ def pending_interventions(store: ReadStore) -> list[InterventionRow]:
     return [InterventionRow(**r) for r in store.fetch("pending_interventions")]
 
 
-def sessions_since(store: ReadStore, since: datetime, *, limit: int = 100) -> list[SessionSummary]:
-    return [_session(r) for r in store.fetch("sessions_since", {"since": since, "limit": limit})]
+@Read
+def sessions_since(store: ReadStore, since: datetime, *, limit: int = 100) -> Plan[list[SessionSummary]]:
+    """Sessions that started since `since`, newest first."""
+    (rows,) = yield [("sessions_since", {"since": since, "limit": limit})]
+    return [_session(r) for r in rows]
 
 
 def sessions_of_month(store: ReadStore, month: date, zone: tzinfo) -> list[SessionSummary]:
@@ -616,12 +643,14 @@ def spec_history(store: ReadStore, spec_id: str, *, limit: int = 100) -> list[Sp
     return [SpecRunRow(**r) for r in store.fetch("spec_history", {"spec_id": spec_id, "limit": limit})]
 
 
-def top_failing_specs(store: ReadStore, since: datetime, *, limit: int = 10) -> list[FailingSpec]:
+@Read
+def top_failing_specs(store: ReadStore, since: datetime, *, limit: int = 10) -> Plan[list[FailingSpec]]:
     """Specs with runs that failed or timed out since `since`: those still failing in some session
     first, then the most often failing."""
+    (rows,) = yield [("top_failing_specs", {"since": since, "limit": limit})]
     return [FailingSpec(spec_id=r["spec_id"], failures=r["failures"], runs=r["runs"], counts=Counts.of(r),
                         last_failed_at=r["last_failed_at"], last_error=r["last_error"])
-            for r in store.fetch("top_failing_specs", {"since": since, "limit": limit})]
+            for r in rows]
 
 
 def outcomes(store: ReadStore, window: Window) -> Outcomes:
@@ -629,15 +658,16 @@ def outcomes(store: ReadStore, window: Window) -> Outcomes:
     return Outcomes.of(store.fetch("run_outcomes_between", {"since": window.since, "until": window.until})[0])
 
 
-def compare_weeks(store: ReadStore, now: datetime, zone: tzinfo) -> Comparison:
+@Read
+def compare_weeks(store: ReadStore, now: datetime, zone: tzinfo) -> Plan[Comparison]:
     """Success rate and spend this week (so far) against the whole previous week."""
     this_week, last_week = week_windows(now, zone)
-    current, previous = store.fetch_many([("run_outcomes_between", {"since": w.since, "until": w.until})
-                                          for w in (this_week, last_week)])
+    current, previous = yield [("run_outcomes_between", {"since": w.since, "until": w.until})
+                               for w in (this_week, last_week)]
     return Comparison(this_week, last_week, Outcomes.of(current[0]), Outcomes.of(previous[0]))
 
 
-def _daily_rows(store: ReadStore, window: Window, zone: tzinfo) -> list[dict[str, Any]]:
+def _daily_rows(window: Window, zone: tzinfo) -> Plan[list[dict[str, Any]]]:
     """daily_runs for each local day of the window, cut to it. A day starts at local midnight
     as _local_midnight has it (where the clocks go back across midnight, the earlier instant),
     so the days add up to what `outcomes` counts over the same windows."""
@@ -653,7 +683,7 @@ def _daily_rows(store: ReadStore, window: Window, zone: tzinfo) -> list[dict[str
         day += timedelta(days=1)
     if not days:
         return []
-    rows = store.fetch("daily_runs", {"bounds": _timestamps(bounds)})
+    (rows,) = yield [("daily_runs", {"bounds": _timestamps(bounds)})]
     for row in rows:
         row["day"] = days[row["day"] - 1]
     return rows
@@ -672,7 +702,7 @@ def _daily(row: dict[str, Any]) -> DailyRuns:
 
 def daily_runs(store: ReadStore, window: Window, zone: tzinfo) -> list[DailyRuns]:
     """Per local day: the specs decided that day by outcome, the runs, spend and tokens."""
-    return [_daily(r) for r in _daily_rows(store, window, zone)]
+    return [_daily(r) for r in store.run(_daily_rows(window, zone))]
 
 
 def _sum_days(rows: list[dict[str, Any]], first_day: date) -> Outcomes:
@@ -688,14 +718,15 @@ def _sum_days(rows: list[dict[str, Any]], first_day: date) -> Outcomes:
         if durations else None)
 
 
-def spend(store: ReadStore, now: datetime, zone: tzinfo, *, days: int = 30) -> Spend:
+@Read
+def spend(store: ReadStore, now: datetime, zone: tzinfo, *, days: int = 30) -> Plan[Spend]:
     """Spend today, this week, this month, and per day over the last `days` days: one pass
     over the days since the earliest of those starts, added up per period (a dashboard metric,
     so it must stay a few milliseconds with a year of runs)."""
     periods = {"series": _local_midnight(now - timedelta(days=days - 1), zone),
                "today": day_window(now, zone).since, "week": week_windows(now, zone)[0].since,
                "month": month_window(now, zone).since}
-    rows = _daily_rows(store, Window(min(periods.values()), now), zone)
+    rows = yield from _daily_rows(Window(min(periods.values()), now), zone)
     first = {name: start.astimezone(zone).date() for name, start in periods.items()}
     return Spend(today=_sum_days(rows, first["today"]), week=_sum_days(rows, first["week"]),
                  month=_sum_days(rows, first["month"]),
@@ -710,14 +741,15 @@ NIGHT_LISTED = (*STILL_FAILING, FIXED_ON_RETRY)
 """The outcomes a night summary lists spec by spec (the specs that passed are only counted)."""
 
 
-def night_summary(store: ReadStore, window: Window) -> NightSummary:
+@Read
+def night_summary(store: ReadStore, window: Window) -> Plan[NightSummary]:
     """Sessions active in the window, what its runs decided and cost (the window's totals, as
     `outcomes` adds them up), the specs it left failing or fixed on retry, and those that failed
     and are being tried again: one round trip, which reads the attempts of the listed specs only."""
     bounds = {"since": window.since, "until": window.until}
-    overlapping, totals, git_rows, attempt_rows = store.fetch_many([
+    overlapping, totals, git_rows, attempt_rows = yield [
         ("sessions_overlapping", bounds), ("run_outcomes_between", bounds), ("git_runs_between", bounds),
-        ("night_attempts", bounds)])
+        ("night_attempts", bounds)]
     sessions = [_session(r) for r in overlapping]
     results = spec_results([Attempt(**r) for r in attempt_rows], {s.id: s.name for s in sessions})
     decided = [r for r in results if r.outcome in NIGHT_LISTED and _in(window, r.ended_at)]
@@ -750,19 +782,20 @@ USAGE_REPORT_MAX_AGE = timedelta(days=8)
 7 days, so an older report says nothing about now."""
 
 
-def status(store: ReadStore, now: datetime) -> Status:
+@Read
+def status(store: ReadStore, now: datetime) -> Plan[Status]:
     """What is going on now: active sessions, open requests, and the monitor's own health (read
     in one round trip; two when no backup or pruning ran in NIGHTLY_LATEST)."""
     nightly = {"event_type": "backup_completed", "since": now - NIGHTLY_LATEST}, \
         {"event_type": "prune_completed", "since": now - NIGHTLY_LATEST}
-    active, pending, hosts, backup, prune, rate_limits, rejects, failures, failing, source = store.fetch_many([
+    active, pending, hosts, backup, prune, rate_limits, rejects, failures, failing, source = yield [
         ("active_sessions", None), ("pending_interventions", None), ("monitor_hosts", None),
         *[("latest_event_of_type", params) for params in nightly],
         ("latest_event_of_type", {"event_type": "rate_limits", "since": now - USAGE_REPORT_MAX_AGE}),
         ("reject_count_since", {"since": now - timedelta(days=1)}),
-        ("projection_failures", {"limit": FAILURES_SHOWN}), ("projection_failure_count", None), ("read_source", None)])
+        ("projection_failures", {"limit": FAILURES_SHOWN}), ("projection_failure_count", None), ("read_source", None)]
     if not backup or not prune:
-        backup, prune = store.fetch_many([("latest_event_of_type", {**params, "since": None}) for params in nightly])
+        backup, prune = yield [("latest_event_of_type", {**params, "since": None}) for params in nightly]
     return Status(
         active=[_session(r) for r in active],
         pending_interventions=[InterventionRow(**r) for r in pending],
@@ -777,9 +810,11 @@ def status(store: ReadStore, now: datetime) -> Status:
     )
 
 
-def event_counts(store: ReadStore, since: datetime) -> list[tuple[datetime, int]]:
+@Read
+def event_counts(store: ReadStore, since: datetime) -> Plan[list[tuple[datetime, int]]]:
     """Events per 5-minute bucket since `since`."""
-    return [(r["bucket_time"], r["count"]) for r in store.fetch("event_counts_per_bucket", {"since": since})]
+    (rows,) = yield [("event_counts_per_bucket", {"since": since})]
+    return [(r["bucket_time"], r["count"]) for r in rows]
 
 
 EXPORT_QUERIES = {"events": "export_events", "sessions": "export_sessions", "spec_runs": "export_spec_runs"}
@@ -884,9 +919,11 @@ def spec_histories(store: ReadStore, spec_ids: list[str], *, limit: int = 100, s
     return list(histories.values())
 
 
-def recent_failed_runs(store: ReadStore, *, limit: int = 20) -> list[SpecRunRow]:
+@Read
+def recent_failed_runs(store: ReadStore, *, limit: int = 20) -> Plan[list[SpecRunRow]]:
     """Spec runs that failed or timed out, newest first."""
-    return [SpecRunRow(**r) for r in store.fetch("recent_failed_runs", {"limit": limit})]
+    (rows,) = yield [("recent_failed_runs", {"limit": limit})]
+    return [SpecRunRow(**r) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -898,10 +935,13 @@ class EventTypeSeen:
     """Events of this type since `anchor`: it changes when events of the type arrive."""
 
 
-def event_types_seen(store: ReadStore, since: datetime, *, anchor: datetime | None = None) -> list[EventTypeSeen]:
+@Read
+def event_types_seen(store: ReadStore, since: datetime, *,
+                     anchor: datetime | None = None) -> Plan[list[EventTypeSeen]]:
     """Event types stored since `since` and how many of each, by name (the events pages' menu
     keeps its order while counts change)."""
-    return store.fetch_as("event_types_seen", {"since": since, "anchor": anchor or since}, EventTypeSeen)
+    (rows,) = yield [("event_types_seen", {"since": since, "anchor": anchor or since}, EventTypeSeen)]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -933,6 +973,8 @@ class AlertRow:
         return ", ".join(words) or "no destination"
 
 
-def recent_alerts(store: ReadStore, *, since: datetime, limit: int = 100) -> list[AlertRow]:
+@Read
+def recent_alerts(store: ReadStore, *, since: datetime, limit: int = 100) -> Plan[list[AlertRow]]:
     """Alerts fired since `since`, newest first, with their deliveries."""
-    return [AlertRow(**row) for row in store.fetch("recent_alerts", {"since": since, "limit": limit})]
+    (rows,) = yield [("recent_alerts", {"since": since, "limit": limit})]
+    return [AlertRow(**row) for row in rows]

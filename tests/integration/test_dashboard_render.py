@@ -349,6 +349,47 @@ def test_incremental_render_touches_only_what_changed(calm_overnight: Daemon, tm
     assert "updated the dashboard" in out.stdout
 
 
+TYPE_COUNT = re.compile(r'<a href="([^"]+)\.html"[^>]*>[^<]* <span class="count">([\d,]+)</span>')
+
+
+def test_event_type_counts_stay_those_of_the_last_7_days_across_incremental_renders(calm_overnight: Daemon,
+                                                                                    tmp_path: Path) -> None:
+    """The events menu's counts: an incremental render counts only since the anchor and adds
+    the older part counted before (re-counted every LIST_REFRESH); the sum is the database's."""
+    settings = load_settings(calm_overnight.config_path)
+    renderer = SiteRenderer(settings, dsn=calm_overnight.dsn, site_dir=tmp_path)
+    renderer.overlap = timedelta(0)
+
+    def menu() -> dict[str, int]:
+        html, _, _ = read_page(tmp_path, "events/index.html")
+        return {name: int(n.replace(",", "")) for name, n in TYPE_COUNT.findall(html)}
+
+    def stored(now: datetime) -> dict[str, int]:
+        rows = query(calm_overnight.dsn, "SELECT event_type, count(*) AS n FROM events WHERE occurred_at >= %s "
+                     "GROUP BY event_type", (now - timedelta(days=7),))
+        return {page_name(r["event_type"]): r["n"] for r in rows}
+
+    try:
+        now = datetime.now(timezone.utc)
+        # Two days old: before the anchor (6 hours before the full rebuild), within the 7 days.
+        send(calm_overnight, [{"type": "cc.Stop", "session_id": C, "ts": (now - timedelta(days=2)).isoformat()}] * 2)
+        wait_until_settled(calm_overnight.dsn)
+        renderer.render(full=True, now=now)
+        assert menu() == stored(now) and menu()["cc.Stop"] == 2 and menu()["session_heartbeat"] >= 1
+        for minutes, events in [(1, [{"type": "session_heartbeat", "session_id": C}] * 3),
+                                (2, [{"type": "cc.Notification", "session_id": C}]),  # a type new to the menu
+                                (8, [{"type": "session_heartbeat", "session_id": C}]),  # after a re-count
+                                (9, [])]:
+            send(calm_overnight, events)
+            wait_until_settled(calm_overnight.dsn)
+            result = renderer.render(now=now + timedelta(minutes=minutes))
+            assert not result.full
+            assert menu() == stored(now), minutes
+        assert menu()["cc.Notification"] == 1
+    finally:
+        renderer.close()
+
+
 def test_render_command_full(overnight: Daemon) -> None:
     out = subprocess.run([str(BIN / "ralph-monitor"), "render", "--full", "--config", str(overnight.config_path)],
                          capture_output=True, text=True, timeout=60)

@@ -13,6 +13,11 @@ window moves on (once a UTC day), the next render is a full one, which leaves th
 sessions that left it out of the new release. A full rebuild runs at start-up,
 every FULL_EVERY_S (service.py), and on `ralph-monitor render --full`; on a big site it
 spreads the session pages over helper processes (worker.py).
+
+Two connections: while the first reads and renders the session and spec pages, a thread reads
+the site-wide pages' data (overview, events, alerts) on the second, in three round trips
+(queries' plans, store.gather): the database works on one core while the templates run on the
+other.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pwd
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, time as dtime, timedelta, timezone
@@ -39,7 +45,7 @@ from ralph_monitor.errors import RalphMonitorError, RenderFailed
 from ralph_monitor.outcomes import Counts
 from ralph_monitor.resources import resource_dir
 from ralph_monitor.retention import Cutoffs
-from ralph_monitor.store import ReadStore, open_read_store
+from ralph_monitor.store import Plan, ReadStore, gather, open_read_store
 from ralph_monitor.textfmt import money, percent
 
 OVERLAP = timedelta(seconds=30)
@@ -93,6 +99,45 @@ class _Counter:
     specs: int = 0
 
 
+@dataclass(frozen=True)
+class _OverviewData:
+    """What the overview and api/status.json show."""
+
+    status: queries.Status
+    night: queries.NightSummary
+    compare: queries.Comparison
+    spend: queries.Spend
+    top_failing: list[queries.FailingSpec]
+    recent_failures: list[queries.SpecRunRow]
+    recent_sessions: list[queries.SessionSummary]
+    rejects: list[queries.RejectRow]
+    events_since: datetime
+    events_until: datetime
+    event_counts: list[tuple[datetime, int]]
+
+
+@dataclass(frozen=True)
+class _EventsData:
+    """What the events pages to write show."""
+
+    types: list[tuple[str, int]]
+    """Every event type of EVENT_TYPES_WINDOW with its count there (events/index.html)."""
+    pages: list[tuple[str | None, list[queries.EventRow]]]
+    """The pages to write and their newest events: None for events/index.html, else a type's page."""
+
+
+@dataclass(frozen=True)
+class _SiteWide:
+    """The data of the pages every render writes or checks: the overview, the events pages and
+    the alerts page. They do not depend on which sessions changed, so a second connection reads
+    them in a thread (SiteRenderer._read_site_wide) while the first reads and renders the session
+    and spec pages: the database works on one core while the templates run on the other."""
+
+    overview: _OverviewData
+    events: _EventsData
+    alerts: list[queries.AlertRow]
+
+
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -131,6 +176,10 @@ class SiteRenderer:
         self.env = template_environment(self._pages, kept_rows={})
         self._stack: ExitStack | None = None
         self._store: ReadStore | None = None
+        self._side_stack: ExitStack | None = None
+        self._side_store: ReadStore | None = None
+        """The connection of the site-wide pages' reads (_read_site_wide), used by its thread only."""
+        self._side_pool: ThreadPoolExecutor | None = None
         self.overlap = OVERLAP
         self._since: datetime | None = None
         self._event_types: list[str] = []
@@ -140,6 +189,11 @@ class SiteRenderer:
         self._type_counts: dict[str, int] = {}
         """Each event type's events since _types_anchor when its page was last rewritten (a full
         rebuild moves the anchor to LATE_EVENTS before it)."""
+        self._before_anchor: dict[str, int] = {}
+        """Each event type's events in EVENT_TYPES_WINDOW before _types_anchor, as counted at
+        _before_counted_at: summing a week of 5-minute counts takes ~10 ms at 10x, so incremental
+        renders count only since the anchor and add this part, read again every LIST_REFRESH."""
+        self._before_counted_at = NEVER
         self._listed: dict[uuid.UUID, str] = {}
         """Each session's state as its month's page shows it."""
         self._months_at: dict[date, datetime] = {}
@@ -165,17 +219,28 @@ class SiteRenderer:
         return assets
 
     def close(self) -> None:
-        if self._stack is not None:
-            with suppress(Exception):
-                self._stack.close()
-        self._stack = self._store = None
+        if self._side_pool is not None:
+            self._side_pool.shutdown(wait=True)  # a read still under way uses the side connection
+            self._side_pool = None
+        for stack in (self._stack, self._side_stack):
+            if stack is not None:
+                with suppress(Exception):
+                    stack.close()
+        self._stack = self._store = self._side_stack = self._side_store = None
 
     def _connect(self) -> ReadStore:
         if self._store is None:
-            stack = ExitStack()
-            self._store = stack.enter_context(open_read_store(self.settings, dsn=self.dsn))
-            self._stack = stack
+            self._stack, self._store = self._open()
         return self._store
+
+    def _connect_side(self) -> ReadStore:
+        if self._side_store is None:
+            self._side_stack, self._side_store = self._open()
+        return self._side_store
+
+    def _open(self) -> tuple[ExitStack, ReadStore]:
+        stack = ExitStack()
+        return stack, stack.enter_context(open_read_store(self.settings, dsn=self.dsn))
 
     # ------------------------------------------------------------------------------------
 
@@ -189,7 +254,7 @@ class SiteRenderer:
             self.close()  # reconnect next time
             self._digests.clear()  # what the published release holds is not known for sure now
             raise
-        if self._store is not None and self._store.fallback:
+        if any(store is not None and store.fallback for store in (self._store, self._side_store)):
             self.close()  # read from the primary for want of the replica: try the replica again next time
         return result
 
@@ -267,6 +332,7 @@ class SiteRenderer:
         if full:  # a linked (unchanged) session page keeps its runs' digests from before
             active = {s.id for s in changed if s.execution_state in ACTIVE_STATES}
             self._active_runs = {i: runs for i, runs in self._active_runs.items() if i in active}
+        site_wide = self._read_site_wide(now, full=full)
         helpers = worker.processes() - 1 if full and len(changed) >= PARALLEL_MIN_SESSIONS else 0
         with ExitStack() as stack:
             pending = []
@@ -292,10 +358,11 @@ class SiteRenderer:
                     self._spec_pages(out, history)
                     count.specs += 1
                     count.pages += 2
-            count.pages += self._events_pages(store, out, now, full=full)
-            count.pages += self._alerts_page(store, out, now, full=full)
+            wide = site_wide.result()
+            count.pages += self._events_pages(out, wide.events, now)
+            count.pages += self._alerts_page(out, wide.alerts, full=full)
             count.pages += self._archive_pages(store, out, changed, now, full=full)
-            count.pages += self._overview(store, out, now)
+            count.pages += self._overview(out, wide.overview, now)
             for helper in pending:
                 sessions, active_runs, digests = worker.finish_share(helper)
                 count.sessions += sessions
@@ -303,6 +370,20 @@ class SiteRenderer:
                 out.written += 2 * sessions
                 self._active_runs.update(active_runs)
                 self._digests.update(digests)
+
+    def _read_site_wide(self, now: datetime, *, full: bool) -> Future[_SiteWide]:
+        """Starts reading the site-wide pages' data on the side connection, in a thread."""
+        if self._side_pool is None:
+            self._side_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-site-wide")
+        return self._side_pool.submit(self._site_wide, now, full=full)
+
+    def _site_wide(self, now: datetime, *, full: bool) -> _SiteWide:
+        """In the thread: the site-wide pages' reads, in three round trips (store.gather)."""
+        store = self._connect_side()
+        overview, events, alerts = store.run(gather([
+            self._overview_data(store, now), self._events_data(store, now, full=full),
+            queries.recent_alerts.plan(store, since=now - ALERTS_WINDOW, limit=ALERTS_PER_PAGE)]))
+        return _SiteWide(overview=overview, events=events, alerts=alerts)
 
     @classmethod
     def render_share(cls, settings: Settings, dsn: str | None, site_dir: Path, release: str,
@@ -464,30 +545,41 @@ class SiteRenderer:
             "spec_id": history.spec_id, "total_runs": history.total_runs, "total_failures": history.total_failures,
             "sessions": history.counts.as_json(), "runs": history.runs})))
 
-    def _events_pages(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime, *,
-                      full: bool) -> int:
+    def _events_data(self, store: ReadStore, now: datetime, *, full: bool) -> Plan[_EventsData]:
         """events/index.html (every type, with counts) always; a type's page when its count
-        since the anchor moved since the page was written (or the list of types changed)."""
+        since the anchor moved since the page was written (or the list of types changed).
+        Runs in the site-wide thread (_site_wide), the only one that uses the _type* state."""
         everything = full or self._types_anchor is None
         anchor = now - LATE_EVENTS if everything else self._types_anchor
-        seen = queries.event_types_seen(store, now - EVENT_TYPES_WINDOW, anchor=anchor)
-        types = [(t.event_type, t.count) for t in seen]
-        names = [t.event_type for t in seen]
+        recount = everything or now - self._before_counted_at >= LIST_REFRESH
+        seen = yield from queries.event_types_seen.plan(store, now - EVENT_TYPES_WINDOW if recount else anchor,
+                                                        anchor=anchor)
+        if recount:
+            self._before_anchor = {t.event_type: t.count - t.since_anchor for t in seen if t.count > t.since_anchor}
+            self._before_counted_at = now
+        recent = {t.event_type: t.since_anchor for t in seen}
+        names = sorted(recent.keys() | self._before_anchor.keys())
+        counts = {name: self._before_anchor.get(name, 0) + recent.get(name, 0) for name in names}
         if everything:
             self._types_anchor, self._type_counts = anchor, {}
         if everything or names != self._event_types:
             todo = names
         else:  # a type whose count since the anchor moved has new events
-            todo = [t.event_type for t in seen if t.since_anchor != self._type_counts.get(t.event_type)
-                    and (t.count < BUSY_TYPE_EVENTS or now - self._types_at.get(t.event_type, NEVER) >= LIST_REFRESH)]
+            todo = [name for name in names if recent.get(name, 0) != self._type_counts.get(name, 0)
+                    and (counts[name] < BUSY_TYPE_EVENTS or now - self._types_at.get(name, NEVER) >= LIST_REFRESH)]
         self._event_types = names
         self._types_at.update((t, now) for t in todo)
-        self._type_counts.update((t.event_type, t.since_anchor) for t in seen if t.event_type in todo)
+        self._type_counts.update((name, recent.get(name, 0)) for name in todo)
+        pages: list[str | None] = [None, *todo]
+        events = yield from gather([queries.recent_events.plan(store, event_type=event_type, limit=EVENTS_PER_PAGE)
+                                    for event_type in pages])
+        return _EventsData(types=list(counts.items()), pages=list(zip(pages, events)))
+
+    def _events_pages(self, out: FullRelease | IncrementalRelease, data: _EventsData, now: datetime) -> int:
         pages = 0
-        for event_type in [None, *todo]:
-            events = queries.recent_events(store, event_type=event_type, limit=EVENTS_PER_PAGE)
+        for event_type, events in data.pages:
             if event_type is None:
-                html = self._page("events.html", "../", title="Events", events=events, types=types,
+                html = self._page("events.html", "../", title="Events", events=events, types=data.types,
                                   current_type=None, generated_at=now)
                 out.write("events/index.html", html)
                 out.write("api/events.json", dump_json(snapshot("events", now, {"events": [
@@ -497,15 +589,14 @@ class SiteRenderer:
             else:  # no render time and no counts on a type's page: unchanged, it keeps its bytes
                 out.write(f"events/{page_name(event_type)}.html", self._page(
                     "events.html", "../", title=f"Events: {event_type}", events=events,
-                    types=[(t, None) for t in names], current_type=event_type))
+                    types=[(t, None) for t, _ in data.types], current_type=event_type))
                 pages += 1
         return pages
 
-    def _alerts_page(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime, *,
+    def _alerts_page(self, out: FullRelease | IncrementalRelease, alerts: list[queries.AlertRow], *,
                      full: bool) -> int:
         """alerts.html and api/alerts.json: what fired in the last ALERTS_WINDOW, and its delivery;
         rewritten only when an alert or a delivery changed (the page carries no render time)."""
-        alerts = queries.recent_alerts(store, since=now - ALERTS_WINDOW, limit=ALERTS_PER_PAGE)
         digest = hashlib.sha256(dump_json([fields(a) for a in alerts])).hexdigest()
         if not full and digest == self._alerts_digest and out.has("alerts.html"):
             return 0
@@ -515,21 +606,30 @@ class SiteRenderer:
         out.write("api/alerts.json", dump_json(snapshot("alerts", None, {"alerts": [fields(a) for a in alerts]})))
         return 2
 
-    def _overview(self, store: ReadStore, out: FullRelease | IncrementalRelease, now: datetime) -> int:
+    def _overview_data(self, store: ReadStore, now: datetime) -> Plan[_OverviewData]:
         zone = self.zone
-        status = queries.status(store, now)
         night_window = queries.night_window(now, zone, start=dtime.fromisoformat(self.settings.reports_night_start),
                                             end=dtime.fromisoformat(self.settings.reports_night_end))
-        night = queries.night_summary(store, night_window)
-        compare = queries.compare_weeks(store, now, zone)
-        spend = queries.spend(store, now, zone, days=DAYS_CHARTED)
-        top_failing = queries.top_failing_specs(store, now - timedelta(days=7), limit=10)
-        recent_failures = queries.recent_failed_runs(store, limit=10)
-        recent_sessions = queries.sessions_since(store, now - timedelta(days=RECENT_SESSIONS_DAYS), limit=30)
-        rejects = queries.recent_rejects(store, limit=5)
         events_until = datetime.fromtimestamp((now.timestamp() // 300 + 1) * 300, timezone.utc)
         events_since = events_until - timedelta(hours=24)
-        event_counts = queries.event_counts(store, events_since)
+        (status, night, compare, spend, top_failing, recent_failures, recent_sessions, rejects,
+         event_counts) = yield from gather([
+            queries.status.plan(store, now),
+            queries.night_summary.plan(store, night_window),
+            queries.compare_weeks.plan(store, now, zone),
+            queries.spend.plan(store, now, zone, days=DAYS_CHARTED),
+            queries.top_failing_specs.plan(store, now - timedelta(days=7), limit=10),
+            queries.recent_failed_runs.plan(store, limit=10),
+            queries.sessions_since.plan(store, now - timedelta(days=RECENT_SESSIONS_DAYS), limit=30),
+            queries.recent_rejects.plan(store, limit=5),
+            queries.event_counts.plan(store, events_since)])
+        return _OverviewData(status=status, night=night, compare=compare, spend=spend, top_failing=top_failing,
+                             recent_failures=recent_failures, recent_sessions=recent_sessions, rejects=rejects,
+                             events_since=events_since, events_until=events_until, event_counts=event_counts)
+
+    def _overview(self, out: FullRelease | IncrementalRelease, data: _OverviewData, now: datetime) -> int:
+        zone = self.zone
+        status, night, compare, spend = data.status, data.night, data.compare, data.spend
         today = now.astimezone(zone).date()
         days = [today - timedelta(days=n) for n in range(DAYS_CHARTED - 1, -1, -1)]
         running = [s for s in status.active if s.execution_state == "running"]
@@ -542,12 +642,13 @@ class SiteRenderer:
         charts_ = {
             "spend": charts.spend_per_day(spend.per_day, days),
             "success": charts.success_per_day(spend.per_day, days),
-            "events": charts.events_per_bucket(event_counts, events_since, events_until),
+            "events": charts.events_per_bucket(data.event_counts, data.events_since, data.events_until),
         }
         html = self._page(
             "overview.html", "", title="Overview", now=now, generated_at=now, zone=str(zone), status=status,
-            running=running, stalled=stalled, waiting_sessions=waiting_sessions, stuck=stuck, night=night, compare=compare, spend=spend, top_failing=top_failing,
-            recent_failures=recent_failures, recent_sessions=recent_sessions, rejects=rejects, live=live,
+            running=running, stalled=stalled, waiting_sessions=waiting_sessions, stuck=stuck, night=night,
+            compare=compare, spend=spend, top_failing=data.top_failing, recent_failures=data.recent_failures,
+            recent_sessions=data.recent_sessions, rejects=data.rejects, live=live,
             charts=charts_, stale_hosts=[h for h in status.hosts if (now - h.last_seen).total_seconds() > 60])
         status_snapshot = snapshot("status", now, {
             "timezone": str(zone), "live": live,
@@ -561,12 +662,12 @@ class SiteRenderer:
                                    "outcomes": compare.previous.as_json()}},
             "spend": {"today": spend.today.as_json(), "week": spend.week.as_json(),
                       "month": spend.month.as_json(), "per_day": spend.per_day},
-            "top_failing_specs": top_failing, "recent_failures": recent_failures,
-            "recent_sessions": recent_sessions, "usage": status.usage,
+            "top_failing_specs": data.top_failing, "recent_failures": data.recent_failures,
+            "recent_sessions": data.recent_sessions, "usage": status.usage,
             "monitor": {"hosts": status.hosts, "last_backup": status.last_backup, "last_prune": status.last_prune,
-                        "rejects_last_24h": status.rejects_last_24h, "recent_rejects": rejects,
+                        "rejects_last_24h": status.rejects_last_24h, "recent_rejects": data.rejects,
                         "reads": status.reads},
-            "events_per_5min": [{"bucket": t, "count": n} for t, n in event_counts],
+            "events_per_5min": [{"bucket": t, "count": n} for t, n in data.event_counts],
         })
         out.write("index.html", html)
         out.write("api/status.json", dump_json(status_snapshot))

@@ -38,11 +38,11 @@ from ralph_monitor.store.maintenance import (
     table_counts,
 )
 from ralph_monitor.store.projection import ProjectionStore
-from ralph_monitor.store.reads import ReadSource, ReadStore, open_read_store
+from ralph_monitor.store.reads import Plan, ReadSource, ReadStore, gather, open_read_store
 
 __all__ = [
     "AlertStore", "DUPLICATE", "SMALL_BATCH_EVENTS", "STORED", "DatabaseFacts", "EventStore", "LockBusy",
-    "MaintenanceSession", "ProjectionStore", "ReadSource", "ReadStore", "Refused", "conninfo", "database_facts",
-    "database_objects", "describe_dsn", "dsn_uses_tcp", "dump_snapshot", "ensure_database", "migrate",
+    "MaintenanceSession", "Plan", "ProjectionStore", "ReadSource", "ReadStore", "Refused", "conninfo", "database_facts",
+    "database_objects", "describe_dsn", "dsn_uses_tcp", "dump_snapshot", "ensure_database", "gather", "migrate",
     "open_maintenance", "open_read_store", "prepare_database", "table_counts", "tool_conninfo",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +32,36 @@ log = logging.getLogger(__name__)
 
 STREAM_BATCH_ROWS = 2000
 """Rows fetched per round trip when streaming an export."""
+
+Plan = Generator[Sequence[NamedRequest], list[list[Any]], T]
+"""A read written as a generator (queries.py): it yields the named queries of its next round
+trip, is sent their rows (a list per query, in order), and returns its result. `ReadStore.run`
+runs one; `gather` joins several into one whose round trips carry the queries of them all."""
+
+
+def gather(plans: Sequence[Plan[Any]]) -> Plan[list[Any]]:
+    """Several plans as one, their results in order: each round trip sends the next queries of
+    every plan still going (a plan of two round trips and one of three take three in all)."""
+    results: list[Any] = [None] * len(plans)
+    steps: dict[int, Sequence[NamedRequest]] = {}
+
+    def advance(i: int, rows: list[list[Any]] | None) -> None:
+        try:
+            steps[i] = plans[i].send(rows)  # type: ignore[arg-type]  # None starts the generator
+        except StopIteration as done:
+            results[i] = done.value
+
+    for i in range(len(plans)):
+        advance(i, None)
+    while steps:
+        current = list(steps.items())
+        steps.clear()
+        rows = yield [request for _, requests in current for request in requests]
+        at = 0
+        for i, requests in current:
+            advance(i, rows[at:at + len(requests)])
+            at += len(requests)
+    return results
 
 
 @dataclass(frozen=True)
@@ -77,11 +107,21 @@ class ReadStore:
         with _failing_as(f"query {name}"):
             return self._conn.execute(resources.query(name), params).fetchall()
 
-    def fetch_many(self, requests: Sequence[NamedRequest]) -> list[list[dict[str, Any]]]:
+    def fetch_many(self, requests: Sequence[NamedRequest]) -> list[list[Any]]:
         """The rows of several independent named queries, in one round trip (the overview's
         status: nine queries in half the time)."""
-        with _failing_as("queries " + ", ".join(dict.fromkeys(name for name, _ in requests))):
+        with _failing_as("queries " + ", ".join(dict.fromkeys(request[0] for request in requests))):
             return fetch_pipelined(self._conn, requests)
+
+    def run(self, plan: Plan[T]) -> T:
+        """The result of a plan (queries.py), one round trip per step that has queries."""
+        rows: list[list[Any]] | None = None
+        try:
+            while True:
+                requests = plan.send(rows)  # type: ignore[arg-type]  # None starts the generator
+                rows = self.fetch_many(requests) if requests else []
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     def fetch_as(self, name: str, params: dict[str, Any] | Sequence[Any] | None, row: Callable[..., T]) -> list[T]:
         """All rows of named query `name` as `row(*columns)` (a class whose fields are the query's
