@@ -529,6 +529,13 @@ class Recorder:
         self.calls.append((name, params))
         return self.store.stream(name, params)
 
+    def fetch_many(self, requests: Any) -> list[list[Any]]:
+        self.calls.extend((request[0], request[1]) for request in requests)
+        return self.store.fetch_many(requests)
+
+    def run(self, plan: Any) -> Any:
+        return ReadStore.run(self, plan)  # type: ignore[arg-type]  # its round trips through fetch_many above
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)  # what else a query function asks the store (its source, ...)
 
