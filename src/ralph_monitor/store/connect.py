@@ -49,11 +49,17 @@ for the hot reads); else the connection's rows."""
 
 def fetch_pipelined(conn: psycopg.Connection[Any], requests: Sequence[NamedRequest]) -> list[list[Any]]:
     """The rows of several independent named queries, sent in one pipeline: one round trip
-    instead of one per query. psycopg errors propagate (the caller names its role)."""
+    instead of one per query (a single query goes without one: entering and leaving pipeline
+    mode costs more than it saves then). psycopg errors propagate (the caller names its role)."""
+    if len(requests) == 1:
+        return [_cursor(conn, requests[0]).execute(resources.query(requests[0][0]), requests[0][1]).fetchall()]
     with conn.pipeline():
-        cursors = [(conn.cursor(row_factory=args_row(request[2])) if len(request) > 2 else conn.cursor())
-                   .execute(resources.query(request[0]), request[1]) for request in requests]
+        cursors = [_cursor(conn, request).execute(resources.query(request[0]), request[1]) for request in requests]
     return [cur.fetchall() for cur in cursors]
+
+
+def _cursor(conn: psycopg.Connection[Any], request: NamedRequest) -> psycopg.Cursor[Any]:
+    return conn.cursor(row_factory=args_row(request[2])) if len(request) > 2 else conn.cursor()
 
 
 def maintenance_conninfo(settings: Settings, dsn: str) -> str:
