@@ -17,7 +17,9 @@ SELECT version FROM schema_migrations ORDER BY version;
 INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: read_only_session
-SET default_transaction_read_only = on;
+-- Reads never write, and see every time in UTC whatever the server's TimeZone: the dashboard's
+-- snapshots encode a UTC time with a `Z` natively (orjson), and exports read the same anywhere.
+SELECT set_config('default_transaction_read_only', 'on', false), set_config('TimeZone', 'UTC', false);
 
 -- name: read_source
 -- Whether reads are answered by a standby, and how far its replay is behind: 0 when it has

@@ -15,8 +15,10 @@ import uuid
 from datetime import datetime, time as dtime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from ralph_monitor import queries, retention
@@ -347,6 +349,37 @@ def test_incremental_render_touches_only_what_changed(calm_overnight: Daemon, tm
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "updated the dashboard" in out.stdout
+
+
+ISO_MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+def test_every_time_in_the_snapshots_is_utc_with_a_z_whatever_the_servers_time_zone(overnight: Daemon,
+                                                                                   tmp_path: Path) -> None:
+    """The snapshots' times are encoded natively (orjson, a UTC one with a Z): the read
+    connection works in UTC on a server set to another zone, and the windows worked out in the
+    reporting time zone are converted."""
+    dbname = query(overnight.dsn, "SELECT current_database() AS d")[0]["d"]
+    with psycopg.connect(overnight.dsn, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{dbname}\" SET TimeZone = 'Asia/Kolkata'")
+    assert query(overnight.dsn, "SHOW TimeZone")[0]["TimeZone"] == "Asia/Kolkata"
+    render(overnight, tmp_path, full=True)
+
+    def moments(value: Any, where: str) -> Iterator[tuple[str, str]]:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key not in ("data", "payload"):  # what agents sent is theirs
+                    yield from moments(item, f"{where}.{key}")
+        elif isinstance(value, list):
+            for item in value:
+                yield from moments(item, where)
+        elif isinstance(value, str) and ISO_MOMENT.fullmatch(value):
+            yield where, value
+
+    found = [(f"{path.name}{where}", text) for path in site_files(tmp_path) if path.suffix == ".json"
+             for where, text in moments(json.loads(path.read_text()), "")]
+    assert len(found) > 100 and any(where.startswith("status.json.night.since") for where, _ in found)
+    assert [(where, text) for where, text in found if not text.endswith("Z")] == []
 
 
 TYPE_COUNT = re.compile(r'<a href="([^"]+)\.html"[^>]*>[^<]* <span class="count">([\d,]+)</span>')

@@ -151,15 +151,18 @@ def test_spec_runs_in_json_carry_git_but_not_the_counts_generated_from_it() -> N
 
 def test_snapshots_encode_what_queries_and_agents_hold() -> None:
     from zoneinfo import ZoneInfo
-    value = {"at": datetime(2026, 1, 1, 9, 30, tzinfo=ZoneInfo("Europe/Paris")), "cost": Decimal("0.10"),
+    value = {"at": datetime(2026, 1, 1, 8, 30, 0, 5, tzinfo=timezone.utc),
+             "paris": datetime(2026, 1, 1, 9, 30, tzinfo=ZoneInfo("Europe/Paris")), "cost": Decimal("0.10"),
              "id": uuid.UUID(int=5), "day": date(2026, 1, 2), "big": 10 ** 30, "far": 1e30, "text": "é\u2028<",
              7: "int key"}
     data = views.dump_json(value)
     assert data.endswith(b"}\n") and b"\n" not in data[:-1]
-    assert json.loads(data) == {"at": "2026-01-01T08:30:00Z", "cost": 0.1, "id": str(uuid.UUID(int=5)),
-                                "day": "2026-01-02", "big": 10 ** 30, "far": 1e30, "text": "é\u2028<", "7": "int key"}
-    value.pop("big")  # without it, orjson's path
-    assert json.loads(views.dump_json(value))["at"] == "2026-01-01T08:30:00Z"
+    expected = {"at": "2026-01-01T08:30:00.000005Z", "paris": "2026-01-01T09:30:00+01:00", "cost": 0.1,
+                "id": str(uuid.UUID(int=5)), "day": "2026-01-02", "big": 10 ** 30, "far": 1e30, "text": "é\u2028<",
+                "7": "int key"}
+    assert json.loads(data) == expected
+    value.pop("big")  # without it, orjson's path: the same text
+    assert json.loads(views.dump_json(value)) == {k: v for k, v in expected.items() if k != "big"}
 
 
 def test_kept_timeline_rows_read_as_rendered_ones() -> None:
