@@ -351,6 +351,34 @@ def test_incremental_render_touches_only_what_changed(calm_overnight: Daemon, tm
     assert "updated the dashboard" in out.stdout
 
 
+def test_a_night_of_many_failures_lists_the_first_50_on_the_overview_and_every_one_in_the_api(
+        daemon_factory: Any, tmp_path: Path) -> None:
+    now = datetime.now(timezone.utc)
+    d = daemon_factory(aggregates={"stall_after_s": 86400.0}, reports={"timezone": scenario_zone(now)})
+    d.start()
+    session = str(uuid.uuid4())
+    night = now - timedelta(hours=5)  # ~07:00 local: last night (18:00-09:00)
+    events = [{"type": "session_started", "session_id": session, "ts": night.isoformat(), "data": {"name": "big night"}}]
+    for n in range(53):
+        at = (night + timedelta(seconds=10 + 2 * n)).isoformat()
+        events += [{"type": "spec_started", "session_id": session, "spec_id": f"F-{n:02}", "ts": at},
+                   {"type": "spec_failed", "session_id": session, "spec_id": f"F-{n:02}", "ts": at,
+                    "data": {"error": f"failure {n}"}}]
+    send(d, events + [{"type": "session_ended", "session_id": session,
+                       "ts": (night + timedelta(minutes=5)).isoformat(), "data": {"status": "failed"}}])
+    wait_until_settled(d.dsn)
+    render(d, tmp_path, full=True)
+    html, values, rows = read_page(tmp_path, "index.html")
+    assert "Still failing (53)" in html
+    assert rows["night-still-failing"] == 50
+    assert values["night-still-failing-more"].startswith("The first 50 of 53 by when they ended")
+    section = html[html.index('<section id="night">'):]
+    section = section[:section.index("</section>")]
+    assert "F-00" in section and "F-49" in section and "F-50" not in section
+    assert [r["spec_id"] for r in read_json(tmp_path, "api/status.json")["night"]["still_failing"]] == \
+        [f"F-{n:02}" for n in range(53)]
+
+
 ISO_MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 

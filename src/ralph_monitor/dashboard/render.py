@@ -84,6 +84,10 @@ LATE_EVENTS = timedelta(hours=6)
 before the last full rebuild (by the 5-minute counts since then); later ones (a long spool
 replay) wait for the next full rebuild, which comes at least as often (FULL_EVERY_S)."""
 RECENT_SESSIONS_DAYS = 7
+NIGHT_ROWS_SHOWN = 50
+"""Specs the overview lists per outcome of the night (still failing, fixed on retry, being
+retried). A night of a hundred sessions (100x) left ~400 failing: 280 kB of the page, more
+than anyone reads in the morning; api/status.json and `ralph-query night` list every one."""
 DAYS_CHARTED = 30
 ASSETS = ("style.css", "app.js", "favicon.svg")
 ALERTS_WINDOW = timedelta(days=7)
@@ -647,7 +651,8 @@ class SiteRenderer:
         html = self._page(
             "overview.html", "", title="Overview", now=now, generated_at=now, zone=str(zone), status=status,
             running=running, stalled=stalled, waiting_sessions=waiting_sessions, stuck=stuck, night=night,
-            compare=compare, spend=spend, top_failing=data.top_failing, recent_failures=data.recent_failures,
+            night_rows=NIGHT_ROWS_SHOWN, compare=compare, spend=spend, top_failing=data.top_failing,
+            recent_failures=data.recent_failures,
             recent_sessions=data.recent_sessions, rejects=data.rejects, live=live,
             charts=charts_, stale_hosts=[h for h in status.hosts if (now - h.last_seen).total_seconds() > 60])
         status_snapshot = snapshot("status", now, {
