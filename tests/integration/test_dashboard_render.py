@@ -517,8 +517,10 @@ def test_daemon_renders_on_its_own_and_survives_render_failures(daemon_factory: 
         except (OSError, ValueError):
             snap = {}
         # The overview is read last in a render: it may count the request one render before
-        # the session's page (listed first) is written.
-        if snap.get("live", {}).get("waiting") == "1" and (site_dir / "current" / "sessions" / f"{A}.html").is_file():
+        # the session's page (listed first) is written. The daemon logs a render after its
+        # files are in place: the first (full) one may publish the request before its line.
+        if (snap.get("live", {}).get("waiting") == "1" and (site_dir / "current" / "sessions" / f"{A}.html").is_file()
+                and "dashboard rebuilt" in good.log()):
             break
         time.sleep(0.1)
     assert snap.get("live", {}).get("waiting") == "1", good.log()
