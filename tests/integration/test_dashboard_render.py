@@ -18,7 +18,6 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
 from ralph_monitor import queries, retention
@@ -31,6 +30,7 @@ from ralph_monitor.store import open_read_store
 from ralph_monitor.textfmt import money, percent
 from tests.conftest import Daemon, LineClient, query
 from tests.integration.test_overnight import BIN, overnight, wait_until_settled  # noqa: F401 (fixture)
+from tests.ops import execute
 from tests.scenario import A, B, C, overnight_events, scenario_zone
 from tests.site_helpers import SCRIPT_TAG, keep_live_run_alive, read_json, read_page, site_files
 
@@ -388,8 +388,7 @@ def test_every_time_in_the_snapshots_is_utc_with_a_z_whatever_the_servers_time_z
     connection works in UTC on a server set to another zone, and the windows worked out in the
     reporting time zone are converted."""
     dbname = query(overnight.dsn, "SELECT current_database() AS d")[0]["d"]
-    with psycopg.connect(overnight.dsn, autocommit=True) as conn:
-        conn.execute(f"ALTER DATABASE \"{dbname}\" SET TimeZone = 'Asia/Kolkata'")
+    execute(overnight.dsn, f"ALTER DATABASE \"{dbname}\" SET TimeZone = 'Asia/Kolkata'")
     assert query(overnight.dsn, "SHOW TimeZone")[0]["TimeZone"] == "Asia/Kolkata"
     render(overnight, tmp_path, full=True)
 

@@ -552,7 +552,8 @@ class SiteRenderer:
     def _events_data(self, store: ReadStore, now: datetime, *, full: bool) -> Plan[_EventsData]:
         """events/index.html (every type, with counts) always; a type's page when its count
         since the anchor moved since the page was written (or the list of types changed).
-        Runs in the site-wide thread (_site_wide), the only one that uses the _type* state."""
+        Runs in the site-wide thread (_site_wide), the only one that uses the events pages' state
+        (_event_types, _types_at, _types_anchor, _type_counts, _before_anchor, _before_counted_at)."""
         everything = full or self._types_anchor is None
         anchor = now - LATE_EVENTS if everything else self._types_anchor
         recount = everything or now - self._before_counted_at >= LIST_REFRESH

@@ -324,6 +324,8 @@ def fields(value: Any) -> dict[str, Any]:
 
 
 _GIT_COUNTS = frozenset({"git_commits", "git_files_changed", "git_insertions", "git_deletions", "git_dirty"})
+
+
 def _moment(moment: datetime) -> str:
     """A time as orjson writes it (OPT_UTC_Z), for the standard encoder's path."""
     return moment.isoformat().replace("+00:00", "Z")
