@@ -187,3 +187,46 @@ def test_kept_timeline_rows_read_as_rendered_ones() -> None:
         events, "", sessions=True, pages={with_page})
     assert views.event_rows(events, "../", spec_pages=set(), kept=kept) == views.event_rows(events, "../", spec_pages=set())
     assert "&lt;script&gt;" in plain and "<script>" not in plain
+
+
+def test_kept_run_rows_read_as_rendered_ones() -> None:
+    """A row from `kept` is the row run_rows would render now: every change a run's row shows
+    (its end, its git record, its session's name, its session's page) renders it again."""
+    with_page = uuid.uuid4()
+    runs = [run("CR-1", "running", 5, id=1, session_id=with_page),
+            run("CR-2", "failed", 9, id=2, git={"repo": "/r", "commits": [{"hash": "abc", "subject": "one"}]},
+                git_commits=1)]
+    kept: dict[tuple[object, ...], str] = {}
+    for by in ("spec", "session"):
+        plain = views.run_rows(runs, "../", by=by, pages={with_page})
+        assert views.run_rows(runs, "../", by=by, pages={with_page}, kept=kept) == plain
+        assert views.run_rows(runs, "../", by=by, pages={with_page}, kept=kept) == plain  # from kept
+    assert len(kept) == 4
+    changed = [
+        [run("CR-1", "completed", 1, id=1, session_id=with_page), runs[1]],
+        [runs[0], run("CR-2", "failed", 9, id=2, git={"repo": "/r", "commits": [{"hash": "abc", "subject": "two"}]},
+                      git_commits=1)],
+        [runs[0], run("CR-2", "failed", 9, id=2, session_name="renamed", git=runs[1].git, git_commits=1)],
+    ]
+    for changed_runs in changed:
+        for by in ("spec", "session"):
+            fresh = views.run_rows(changed_runs, "../", by=by, pages={with_page})
+            assert views.run_rows(changed_runs, "../", by=by, pages={with_page}, kept=kept) == fresh
+    assert "two" in views.run_rows(changed[1], "../", by="spec", pages={with_page}, kept=kept)
+    # Which sessions have a page, and the page's place in the site, are in the key too.
+    assert views.run_rows(runs, "../", by="spec", pages=set(), kept=kept) == views.run_rows(
+        runs, "../", by="spec", pages=set())
+    assert views.run_rows(runs, "", by="spec", pages={with_page}, kept=kept) == views.run_rows(
+        runs, "", by="spec", pages={with_page})
+    assert "&lt;script&gt;" in views.run_rows(runs, "../", by="spec", kept=kept)
+
+
+def test_snapshots_cut_event_data_bigger_than_4_kib_of_json() -> None:
+    small = {"tool_name": "Bash", "tokens_used": 10 ** 30, "text": "é" * 100}
+    assert views.bounded_data(small) is small  # a number beyond 64 bits: the standard encoder measures it
+    for big in ({"stdout": "x" * 5000}, {"text": "é" * 2100}, {"n": 10 ** 30, "stdout": "x" * 5000}, ["<"] * 1500):
+        cut = views.bounded_data(big)
+        whole = json.dumps(big, ensure_ascii=False, separators=(",", ":"))
+        assert cut == {"_truncated": True, "json_chars": len(whole), "excerpt": whole[:1000]}, str(big)[:40]
+    edge = {"s": "x" * (views.JSON_DATA_MAX - 8)}  # {"s":"..."}: exactly JSON_DATA_MAX bytes
+    assert views.bounded_data(edge) is edge and views.bounded_data({"s": edge["s"] + "x"})["_truncated"]

@@ -31,7 +31,7 @@ from ralph_monitor.textfmt import duration, json_default, money, percent, shorte
 SCHEMA_VERSION = 1
 """Version of the JSON snapshots' shape (README, "Dashboard"); bumped on incompatible changes."""
 JSON_DATA_MAX = 4096
-"""Event data larger than this (as JSON) is replaced by an excerpt in the JSON snapshots."""
+"""Event data larger than this (bytes of compact JSON) is replaced by an excerpt in the JSON snapshots."""
 STALE_AFTER_S = 180
 POLL_INTERVAL_S = 15
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
@@ -146,16 +146,24 @@ def run_href(root: str, session_id: uuid.UUID, spec_id: str, attempt: int,
 
 
 def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str,
-             pages: Container[uuid.UUID] | None = None) -> Markup:
+             pages: Container[uuid.UUID] | None = None, kept: dict[tuple[Any, ...], str] | None = None) -> Markup:
     """The <tr> rows of a table of spec runs: of one session (`by="session"`: the spec is the
     link, the row's id is run_anchor) or of one spec (`by="spec"`: the session is, and the row's
-    id is `run-<session id>-<attempt>`). A full rebuild renders ~200,000 of these, so this is
-    plain Python rather than a template loop (5-10x faster); agent text is escaped. The phone
-    layout labels their cells by column from the stylesheet (table.runs-by-session / -by-spec),
-    not with a data-label per cell: that would add ~15% to the site. `pages`: the sessions that
-    have a page (session_link)."""
+    id is `run-<session id>-<attempt>`). A full rebuild renders tens of thousands of these, so
+    this is plain Python rather than a template loop (5-10x faster); agent text is escaped. The
+    phone layout labels their cells by column from the stylesheet (table.runs-by-session /
+    -by-spec), not with a data-label per cell: that would add ~15% to the site. `pages`: the
+    sessions that have a page (session_link). `kept`: rows rendered before (a spec's page lists
+    up to 100 runs, and each minute's render rewrites the pages of the specs that ran, mostly
+    with the same runs), by what the row shows (run_row_key)."""
     out = []
     for r in runs:
+        has_page = by == "spec" and (pages is None or r.session_id in pages)
+        if kept is not None:
+            key = run_row_key(r, root, by, has_page)
+            if (row := kept.get(key)) is not None:
+                out.append(row)
+                continue
         status, started = status_badge(r.status, r.outcome), when(r.start_time or r.end_time)
         if by == "session":
             anchor = escape(run_anchor(r.spec_id, r.attempt))
@@ -165,11 +173,25 @@ def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str,
             anchor = f"run-{r.session_id}-{r.attempt}"
             lead = (f'<td>{started}</td><td>{session_link(root, r.session_id, r.session_name, pages)}</td>'
                     f'<td class="n">{r.attempt}</td><td>{status}</td>')
-        out.append(f'<tr id="{anchor}"{row_class(r.status, r.outcome)}>{lead}<td>{duration(r.duration_seconds)}</td>'
-                   f'<td class="n">{number(r.tokens_used)}</td><td class="n">{money(r.cost_usd)}</td>'
-                   f'<td{commit_titles(r.git)}>{escape(r.changes) or "–"}</td>'
-                   f'<td class="msg">{error_html(r.error_message)}</td></tr>\n')
+        row = (f'<tr id="{anchor}"{row_class(r.status, r.outcome)}>{lead}<td>{duration(r.duration_seconds)}</td>'
+               f'<td class="n">{number(r.tokens_used)}</td><td class="n">{money(r.cost_usd)}</td>'
+               f'<td{commit_titles(r.git)}>{escape(r.changes) or "–"}</td>'
+               f'<td class="msg">{error_html(r.error_message)}</td></tr>\n')
+        if kept is not None:
+            if len(kept) >= ROWS_KEPT:
+                kept.clear()
+            kept[key] = row
+        out.append(row)
     return Markup("".join(out))
+
+
+def run_row_key(r: queries.SpecRunRow, root: str, by: str, has_page: bool) -> tuple[Any, ...]:
+    """Everything a run's row shows (run_rows): its run (the id fixes the session, spec and
+    attempt), what can change in it, and the page it is on. `git` goes in as its repr (a dict)."""
+    return ("run", r.id, root, by, has_page, r.session_name if by == "spec" else None, r.status, r.outcome,
+            r.start_time, r.end_time, r.duration_seconds, r.tokens_used, r.cost_usd, r.error_message,
+            r.git_commits, r.git_files_changed, r.git_insertions, r.git_deletions, r.git_dirty,
+            None if r.git is None else repr(r.git))
 
 
 BAD_EVENTS = frozenset({"spec_failed", "timeout_triggered", "session_stalled", "intervention_request", "loop_stuck",
@@ -178,9 +200,10 @@ BAD_EVENTS = frozenset({"spec_failed", "timeout_triggered", "session_stalled", "
 SPEC_EVENTS = frozenset({"spec_started", "spec_completed", "spec_failed", "timeout_triggered"})
 
 
-EVENT_ROWS_KEPT = 20_000
-"""Rendered timeline rows a renderer keeps (a few MB): an event never changes, and each
-minute's render lists mostly the same ones again (the running sessions', the events pages')."""
+ROWS_KEPT = 20_000
+"""Rendered table rows a renderer keeps (a few MB; all are dropped when it is full): an event
+never changes, and each minute's render lists mostly the same events and spec runs again (the
+running sessions' pages, the events pages, the pages of the specs that ran)."""
 
 
 def event_rows(events: Sequence[Any], root: str, *, spec_pages: Container[str] | None = None,
@@ -211,7 +234,7 @@ def event_rows(events: Sequence[Any], root: str, *, spec_pages: Container[str] |
         parts.append(f'<td class="msg">{breakable(data_summary(e.data, 200))}</td><td>{escape(e.host)}</td></tr>\n')
         row = "".join(parts)
         if kept is not None:
-            if len(kept) >= EVENT_ROWS_KEPT:
+            if len(kept) >= ROWS_KEPT:
                 kept.clear()
             kept[key] = row
         out.append(row)
@@ -288,7 +311,7 @@ def template_environment(pages: Container[uuid.UUID] | None = None,
                          kept_rows: dict[tuple[Any, ...], str] | None = None) -> jinja2.Environment:
     """The Jinja environment of site_templates/, with these helpers as filters and globals;
     links go to session pages only for the sessions in `pages` (all when None); `kept_rows`:
-    the renderer's timeline rows (event_rows)."""
+    the renderer's rendered table rows (event_rows, run_rows)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resource_dir("site_templates"))),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -296,7 +319,8 @@ def template_environment(pages: Container[uuid.UUID] | None = None,
     )
     env.filters.update(money=money, percent=percent, duration=duration, shorten=shorten, when=when,
                        number=number, summary=data_summary, page_name=page_name, iso=iso, breakable=breakable)
-    env.globals.update(version=__version__, error_html=error_html, run_rows=functools.partial(run_rows, pages=pages),
+    env.globals.update(version=__version__, error_html=error_html,
+                       run_rows=functools.partial(run_rows, pages=pages, kept=kept_rows),
                        spec_link=spec_link, session_link=functools.partial(session_link, pages=pages),
                        status_badge=status_badge, attempt_word=attempt_word, row_class=row_class,
                        run_anchor=run_anchor, run_href=functools.partial(run_href, pages=pages),
@@ -310,10 +334,17 @@ def template_environment(pages: Container[uuid.UUID] | None = None,
 
 
 def bounded_data(data: Any) -> Any:
-    """Event data as it goes into a snapshot: whole, or an excerpt when it is big."""
-    text = json.dumps(data, ensure_ascii=False, default=str)
-    if len(text) <= JSON_DATA_MAX:
+    """Event data as it goes into a snapshot: whole, or an excerpt when its compact JSON is
+    bigger than JSON_DATA_MAX bytes (UTF-8). orjson measures it (a session snapshot holds up to
+    2,000 events: the standard encoder took a third of its time); the standard one writes what
+    orjson refuses (a number beyond 64 bits, which jsonb keeps)."""
+    try:
+        encoded = orjson.dumps(data)
+    except TypeError:  # orjson.JSONEncodeError
+        encoded = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    if len(encoded) <= JSON_DATA_MAX:
         return data
+    text = encoded.decode()
     return {"_truncated": True, "json_chars": len(text), "excerpt": text[:1000]}
 
 
