@@ -12,7 +12,7 @@ spec runs, 1.5 M events over 30 days, 5-minute buckets), on a private cluster un
 `--reuse DIR` also takes a cluster kept by `bench/queries.py --keep`.
 
 Measured, in this process, through the daemon's own code (SiteRenderer, the same class
-the daemon runs in a worker thread):
+the daemon's render process runs, with the garbage collector run between renders as there):
   full rebuild     every session page (of the sessions within the events retention window,
                    30 days), spec, month and events page plus the overview and the JSON
                    snapshots, written into a new release and published; --fulls times, the
@@ -68,6 +68,8 @@ from psycopg.rows import dict_row  # noqa: E402
 from ralph_monitor import resources  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
+from ralph_monitor.dashboard import worker  # noqa: E402
+from ralph_monitor.dashboard.publish import RenderResult  # noqa: E402
 from ralph_monitor.dashboard.render import SiteRenderer  # noqa: E402
 from ralph_monitor.projections import project_session  # noqa: E402
 from ralph_monitor.protocol import Origin, parse_line  # noqa: E402
@@ -200,6 +202,16 @@ async def take_back(settings: Settings, dsn: str) -> int:
     return len(gone)
 
 
+def render(renderer: SiteRenderer, *, full: bool = False, now: datetime) -> RenderResult:
+    """One render as the daemon's render process runs it: the garbage collector paused during
+    the render and run after it, untimed (worker.pause_collector)."""
+    worker.pause_collector()
+    try:
+        return renderer.render(full=full, now=now)
+    finally:
+        worker.collect_between_renders(full=full)
+
+
 def weight(site_dir: Path) -> dict[str, int]:
     current = site_dir / "current"
     index = (current / "index.html").read_bytes()
@@ -263,7 +275,7 @@ def main() -> int:
             print(f"\nload average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
             fulls = []
             for i in range(args.fulls):
-                full = renderer.render(full=True, now=data_now)
+                full = render(renderer, full=True, now=data_now)
                 fulls.append(full.seconds)
                 print(f"  full rebuild {i + 1}: {full.seconds:.2f} s — {full.sessions:,} sessions, {full.specs:,} specs, "
                       f"{full.pages:,} pages, {full.written:,} files", flush=True)
@@ -272,7 +284,7 @@ def main() -> int:
                   f"best {min(fulls):.2f} s  "
                   f"[{'PASS' if full_median < full_target else 'FAIL'}: target at {scale:g}x < {full_target:g} s]",
                   flush=True)
-            quiet = renderer.render(now=data_now)
+            quiet = render(renderer, now=data_now)
             print(f"incremental, nothing changed: {quiet.seconds * 1000:.0f} ms "
                   f"({quiet.pages} pages rendered, {quiet.written} files changed)")
             rounds = []
@@ -284,7 +296,7 @@ def main() -> int:
                 ingest_s = asyncio.run(ingest_and_project(settings, dsn, lines))
                 if profiler is not None:
                     profiler.enable()
-                result = renderer.render(now=clock)
+                result = render(renderer, now=clock)
                 if profiler is not None:
                     profiler.disable()
                 rounds.append((len(lines), ingest_s, result))

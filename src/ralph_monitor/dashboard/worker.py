@@ -12,6 +12,7 @@ and name: so this module needs not import the renderer, which imports it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -100,12 +101,37 @@ def finish_share(helper: Share) -> Any:
 
 
 def _share_main() -> None:
-    """Entry point of a helper process: (result file, job, arguments) in on stdin, pickled."""
+    """Entry point of a helper process: (result file, job, arguments) in on stdin, pickled.
+    No cyclic garbage collection: the process is gone after one share (see pause_collector)."""
+    gc.disable()
     result, job, args = pickle.load(sys.stdin.buffer)
     replace_file(result, pickle.dumps(job(*args)))
 
 
 # The daemon's render process ------------------------------------------------------------------
+
+
+def pause_collector() -> None:
+    """Before a render: no cyclic garbage collection until it is published. A render allocates
+    many objects that live a moment, so the collector would run ~10 times in a one-minute
+    render, each run walking every object the renderer keeps (compiled templates, caches):
+    ~10% of an incremental render at 10x, and, now and then, a full collection of ~60 ms in the
+    middle of one. A render leaves a few thousand objects in cycles (a few hundred kB), which
+    collect_between_renders frees."""
+    gc.disable()
+
+
+def collect_between_renders(*, full: bool) -> None:
+    """After a render is answered, while nobody waits: collect its cyclic garbage, then move
+    what survived (what the renderer keeps) out of the collector's sight (gc.freeze), so the
+    next collection walks only what the next render made. After a full rebuild everything is
+    looked at again (gc.unfreeze), so that nothing frozen lives on as garbage longer than the
+    time between full rebuilds."""
+    if full:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.enable()
 
 
 class RenderProcess:
@@ -217,6 +243,7 @@ def _render_process_main() -> None:
                 _, full = pickle.load(requests)
             except EOFError:
                 return
+            pause_collector()
             try:
                 answer: tuple[str, Any] = ("ok", renderer.render(full=full))
             except OSError as exc:   # a full or read-only disk: a state to report in one line
@@ -228,5 +255,6 @@ def _render_process_main() -> None:
                 answer = ("error", traceback.format_exc().rstrip())
             pickle.dump(answer, answers)
             answers.flush()
+            collect_between_renders(full=full)
     finally:
         renderer.close()
