@@ -502,6 +502,45 @@ def test_a_failing_render_keeps_the_last_good_site(overnight: Daemon, tmp_path: 
         renderer.close()
 
 
+def test_after_a_failed_render_the_next_writes_what_changed_before_it(calm_overnight: Daemon, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed render read the changes and noted which pages they touch, then published
+    nothing: the next render must still write the session, spec and event-type pages."""
+    overnight = calm_overnight
+    settings = load_settings(overnight.config_path)
+    renderer = SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
+    renderer.overlap = timedelta(0)
+    try:
+        renderer.render(full=True)
+        root = (tmp_path / "current").resolve()
+        send(overnight, [{"type": "spec_started", "session_id": C, "spec_id": "CR-77"}])
+        wait_until_settled(overnight.dsn)
+        renderer.render()
+        assert "running" in (root / "specs" / "CR-77.html").read_text()
+
+        send(overnight, [{"type": "spec_failed", "session_id": C, "spec_id": "CR-77",
+                          "data": {"error_message": "boom77"}},
+                         {"type": "deploy.note", "session_id": C, "data": {"message": "note77"}}])
+        wait_until_settled(overnight.dsn)
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("overview exploded")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(charts, "events_per_bucket", broken)  # after the session, spec and events reads
+            with pytest.raises(RuntimeError, match="overview exploded"):
+                renderer.render()
+        assert "boom77" not in (root / "specs" / "CR-77.html").read_text()
+
+        after = renderer.render()
+        assert not after.full and (tmp_path / "current").resolve() == root
+        assert "boom77" in (root / "specs" / "CR-77.html").read_text()
+        assert "boom77" in (root / "sessions" / f"{C}.html").read_text()
+        assert "note77" in (root / "events" / "deploy.note.html").read_text()
+    finally:
+        renderer.close()
+
+
 def test_daemon_renders_on_its_own_and_survives_render_failures(daemon_factory: Any, tmp_path: Path) -> None:
     good = daemon_factory(schedule={"render_debounce_s": 0.2})
     good.start()

@@ -255,12 +255,24 @@ class SiteRenderer:
             with self.site.lock():
                 result = self._render_locked(full=full, now=now, started=started)
         except BaseException:
-            self.close()  # reconnect next time
-            self._digests.clear()  # what the published release holds is not known for sure now
+            self.close()  # reconnect next time (and wait for the site-wide thread)
+            self._forget_published()
             raise
         if any(store is not None and store.fallback for store in (self._store, self._side_store)):
             self.close()  # read from the primary for want of the replica: try the replica again next time
         return result
+
+    def _forget_published(self) -> None:
+        """After a failed render: what it read and noted is not what the published site shows.
+        So the next render writes again each session and spec page it is asked for (_digests),
+        every spec of the sessions that changed (_active_runs), every events page
+        (_types_anchor), the month pages of the sessions that changed and the alerts page."""
+        self._digests.clear()
+        self._active_runs.clear()
+        self._types_anchor = None
+        self._listed.clear()
+        self._months_at.clear()
+        self._alerts_digest = ""
 
     def _render_locked(self, *, full: bool, now: datetime | None, started: float) -> RenderResult:
         published = self.site.published()
