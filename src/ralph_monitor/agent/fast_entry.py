@@ -1,0 +1,41 @@
+"""`ralph-monitor`, run by path without Python's `site` step: what `ralph-monitor
+claude-settings` puts in Claude Code's settings.
+
+    PYTHON -S /abs/path/to/ralph_monitor/agent/fast_entry.py hook [ARGS]
+
+Claude Code waits for the hook's process on every tool call (and for the status line on every
+refresh). The hook imports only `os`, `sys` and `time` before the parent exits, so most of that
+wait is the interpreter's start-up, and a few milliseconds of it are `site` (finding
+site-packages, running its .pth files) and the console script's own `import re`. `hook` and
+`statusline` need neither: everything under `ralph_monitor/agent/` is standard library only.
+
+Run by path, Python puts this file's directory first on `sys.path`; `run` puts the directory
+that holds the `ralph_monitor` package there instead (with `os.path`: `os` is loaded at start-up
+anyway, `pathlib` is not). Any other subcommand, or `--help`, runs `site.main()` first so that
+the command line's third-party packages are found: this file is a complete `ralph-monitor`.
+Importing it does nothing.
+"""
+
+import os
+import sys
+
+
+def run() -> int:
+    """Make `ralph_monitor` importable from where this file is, then run `launcher.main`."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+    if sys.flags.safe_path:  # -P / PYTHONSAFEPATH: Python did not add this file's directory
+        sys.path.insert(0, root)
+    else:
+        sys.path[0] = root
+    from ralph_monitor import launcher
+
+    args = sys.argv[1:]
+    if not launcher.standalone(args):
+        import site
+
+        site.main()
+    return launcher.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
