@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,19 @@ Quick use:
 
 The config file is /etc/ralph-monitor/config.toml unless --config or $RALPH_MONITOR_CONFIG says otherwise.
 """
+
+CLAUDE_HOOK_EVENTS = (
+    "SessionStart", "UserPromptSubmit", "PreToolUse", "PermissionRequest", "PermissionDenied", "PostToolUse",
+    "PostToolUseFailure", "PostToolBatch", "Notification", "SubagentStart", "SubagentStop", "TaskCreated",
+    "TaskCompleted", "Stop", "StopFailure", "TeammateIdle", "PreCompact", "PostCompact", "SessionEnd",
+)
+"""The Claude Code hook events the hook is installed for, in the README's order (a unit test keeps
+the README's settings block equal to it). Not MessageDisplay (every streamed chunk: ignored, yet
+each call costs a process start) nor WorktreeCreate (a hook there replaces git's worktree creation)."""
+GUARD_HOOK_EVENTS = frozenset({"UserPromptSubmit", "PreToolUse"})
+"""Where `hook --guard` goes: before each prompt and each tool call, so a stuck session stops there."""
+CLAUDE_HOOK_TIMEOUT_S = 5
+
 
 def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
     data: dict[str, Any] = {}
@@ -181,6 +195,27 @@ def _cmd_statusline(args: argparse.Namespace, settings: Settings) -> int:
     options = {"--socket": args.socket, "--config": args.config, "--every": args.every}
     return statusline_main([f"{name}={value}" for name, value in options.items() if value is not None]
                            + (["--no-session"] if args.no_session else []))
+
+
+def claude_settings(socket_path: str | None, *, guard: bool) -> dict[str, Any]:
+    """The "hooks" and "statusLine" of Claude Code's settings, every command `PYTHON -S
+    <agent/fast_entry.py> ...` with absolute paths: no `site` step at each call, no PATH lookup."""
+    from ralph_monitor.agent import fast_entry
+
+    start = f"{shlex.quote(sys.executable)} -S {shlex.quote(os.path.abspath(fast_entry.__file__))}"
+    socket_option = f" --socket {shlex.quote(os.path.abspath(socket_path))}" if socket_path else ""
+
+    def hook(event: str) -> list[dict[str, Any]]:
+        command = f"{start} hook{' --guard' if guard and event in GUARD_HOOK_EVENTS else ''}{socket_option}"
+        return [{"hooks": [{"type": "command", "command": command, "timeout": CLAUDE_HOOK_TIMEOUT_S}]}]
+
+    return {"hooks": {event: hook(event) for event in CLAUDE_HOOK_EVENTS},
+            "statusLine": {"type": "command", "command": f"{start} statusline{socket_option}"}}
+
+
+def _cmd_claude_settings(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(claude_settings(args.socket, guard=not args.no_guard), indent=2))
+    return EXIT_OK
 
 
 def _cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
@@ -360,6 +395,29 @@ def _add_agent_parsers(sub: Any) -> None:
     statusline.add_argument("--no-session", action="store_true",
                             help="record the windows in no session (for a status line without the hook)")
     statusline.set_defaults(func=_cmd_statusline, no_settings=True)
+
+    claude = sub.add_parser(
+        "claude-settings", help="print the Claude Code settings (JSON) that run the hook and the status line",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print, as JSON, the \"hooks\" and \"statusLine\" to put in Claude Code's settings:\n"
+        ".claude/settings.json in a project, or ~/.claude/settings.json for every project.\n\n"
+        "The hook is on every event the README lists, with --guard on PreToolUse and UserPromptSubmit\n"
+        "(it stops a session the monitor flags stuck); the status line forwards the usage windows of a\n"
+        "Claude subscription. Each command is this Python with -S and the absolute path of\n"
+        "ralph-monitor's agent/fast_entry.py: it needs nothing on Claude Code's PATH and starts without\n"
+        "Python's site step, a few milliseconds less per tool call than `ralph-monitor hook`.\n\n"
+        "Merge the output into an existing settings file rather than overwrite it, and print it again\n"
+        "after moving or reinstalling ralph-monitor (the paths are in the commands).",
+        epilog="Examples:\n"
+        "  ralph-monitor claude-settings > .claude/settings.json   # a project with no settings yet\n"
+        "  ralph-monitor claude-settings --socket /srv/rm/events.sock --no-guard")
+    claude.add_argument("--socket", metavar="PATH",
+                        help="the daemon's socket, written into each command (default: none, so the hook uses "
+                        "$RALPH_MONITOR_SOCKET, else [socket] path of the config)")
+    claude.add_argument("--no-guard", action="store_true",
+                        help="leave --guard out: a flagged session is then not stopped, and PreToolUse and "
+                        "UserPromptSubmit skip its round trip to the daemon")
+    claude.set_defaults(func=_cmd_claude_settings, no_settings=True)
 
     imports = sub.add_parser(
         "import", help="record the Claude Code sessions already on disk (its transcripts)",
