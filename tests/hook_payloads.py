@@ -1,5 +1,6 @@
-"""Claude Code hook inputs shaped like the real ones (fields per the hooks reference), and
-transcript lines as Claude Code writes them (a streamed response repeats its usage)."""
+"""Claude Code hook inputs shaped like the real ones (fields per the hooks reference), the
+status-line input, and transcript lines as Claude Code writes them (a streamed response repeats
+its usage)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,23 @@ def all_payloads(transcript: str = "/nonexistent/transcript.jsonl") -> dict[str,
         "PostCompact": common("PostCompact", transcript, trigger="auto", compact_summary="Summary of the work..."),
         "SessionEnd": common("SessionEnd", transcript, reason="prompt_input_exit"),
     }
+
+
+def status_input(**rate_limits: Any) -> dict[str, Any]:
+    """What Claude Code gives a status-line command on stdin (the fields 2.1.328 sends)."""
+    payload: dict[str, Any] = {
+        "session_id": CC_SESSION, "transcript_path": "/nonexistent", "cwd": "/src/app",
+        "model": {"id": "claude-opus-4-6", "display_name": "Opus 4.6"},
+        "workspace": {"current_dir": "/src/app", "project_dir": "/src/app", "added_dirs": []},
+        "version": "2.1.328", "output_style": {"name": "default"},
+        "cost": {"total_cost_usd": 1.372, "total_duration_ms": 60000, "total_api_duration_ms": 20000,
+                 "total_lines_added": 12, "total_lines_removed": 3},
+        "context_window": {"total_input_tokens": 26100, "total_output_tokens": 1800,
+                           "context_window_size": 200000, "used_percentage": 13, "remaining_percentage": 87},
+        "exceeds_200k_tokens": False}
+    if rate_limits:
+        payload["rate_limits"] = rate_limits
+    return payload
 
 
 def readme_hook_settings() -> dict[str, Any]:

@@ -18,26 +18,8 @@ from ralph_monitor.config import load_settings
 from ralph_monitor.dashboard.render import render_once
 from tests.agent_tools import BIN, agent_env, events, settle, wait_for
 from tests.conftest import Daemon, LineClient, query
+from tests.hook_payloads import CC_SESSION, status_input
 from tests.site_helpers import read_page
-
-CLAUDE_SESSION = "00893aaf-19fa-41d2-8238-13269b9b3ca0"
-
-
-def status_input(**rate_limits: Any) -> dict[str, Any]:
-    """What Claude Code gives a status-line command on stdin (the fields 2.1.328 sends)."""
-    payload: dict[str, Any] = {
-        "session_id": CLAUDE_SESSION, "transcript_path": "/nonexistent", "cwd": "/src/app",
-        "model": {"id": "claude-opus-4-6", "display_name": "Opus 4.6"},
-        "workspace": {"current_dir": "/src/app", "project_dir": "/src/app", "added_dirs": []},
-        "version": "2.1.328", "output_style": {"name": "default"},
-        "cost": {"total_cost_usd": 1.372, "total_duration_ms": 60000, "total_api_duration_ms": 20000,
-                 "total_lines_added": 12, "total_lines_removed": 3},
-        "context_window": {"total_input_tokens": 26100, "total_output_tokens": 1800,
-                           "context_window_size": 200000, "used_percentage": 13, "remaining_percentage": 87},
-        "exceeds_200k_tokens": False}
-    if rate_limits:
-        payload["rate_limits"] = rate_limits
-    return payload
 
 
 def statusline(daemon: Daemon, stdin: bytes, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
@@ -56,10 +38,10 @@ def test_statusline_prints_a_line_and_forwards_the_rate_limits(daemon: Daemon, t
     assert done.stdout.decode().startswith(f"[Opus 4.6] · 5h 42% ↻{local} · 7d 36% ↻")
     assert done.stdout.decode().endswith(" · $1.37\n")
     sent = wait_for(lambda: events(daemon.dsn, "event_type = 'rate_limits'"), what="the rate_limits event")
-    assert sent[0]["session_id"] == CLAUDE_SESSION
+    assert sent[0]["session_id"] == CC_SESSION
     data = sent[0]["payload"]["data"]
     assert data["five_hour"] == windows["five_hour"] and data["seven_day"] == windows["seven_day"]
-    assert data["cc_session_id"] == CLAUDE_SESSION and data["model"] == "claude-opus-4-6"
+    assert data["cc_session_id"] == CC_SESSION and data["model"] == "claude-opus-4-6"
 
     # The same windows again: the line, but no second event; changed windows: a new one.
     again = statusline(daemon, json.dumps(status_input(**windows)).encode(), env)
