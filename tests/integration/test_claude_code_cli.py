@@ -48,6 +48,9 @@ FINAL_TEXT = "Done: the command ran.\nIt printed mock-tool-ran.\nNothing else to
 SECRET = "sk-" + "ant-api03-" + "Xq7" * 30 + "AA"
 """An API key the scripted command exports and prints: it must not reach the database."""
 COMMAND = f"export SERVICE_API_KEY={SECRET} && echo mock-tool-ran $SERVICE_API_KEY"
+SCRIPTED_RUN_EVENTS = ("session_started", "cc.SessionStart", "cc.UserPromptSubmit", "cc.PreToolUse", "cc.PostToolUse",
+                       "cc.PostToolBatch", "cc.Stop", "cc.SessionEnd", "session_ended")
+"""What the hook records of one run of "Run the scripted command" outside a loop, in order."""
 
 
 def npm_tool(package: str, version: str, binary: str) -> Path:
@@ -149,9 +152,7 @@ def test_the_hook_records_a_real_claude_session_as_the_api_billed_it(claude_cli:
     settle(daemon.dsn, lambda: query(daemon.dsn, "SELECT 1 FROM sessions WHERE end_time IS NOT NULL"))
     assert {r["session_id"] for r in rows} == {session}
     # Every hook event the run fired, in order; MessageDisplay (every streamed chunk) is left out.
-    assert [r["event_type"] for r in rows] == [
-        "session_started", "cc.SessionStart", "cc.UserPromptSubmit", "cc.PreToolUse", "cc.PostToolUse",
-        "cc.PostToolBatch", "cc.Stop", "cc.SessionEnd", "session_ended"]
+    assert [r["event_type"] for r in rows] == list(SCRIPTED_RUN_EVENTS)
     data = {r["event_type"]: r["payload"]["data"] for r in rows}
     assert data["cc.PreToolUse"]["tool_input"]["command"] == (
         "export SERVICE_API_KEY=[REDACTED:anthropic_key] && echo mock-tool-ran $SERVICE_API_KEY")
@@ -175,6 +176,27 @@ def test_the_hook_records_a_real_claude_session_as_the_api_billed_it(claude_cli:
     # assertion here would only measure how busy the machine is).
     calls = [int(line) / 1e9 for line in times.read_text().split()]
     assert len(calls) >= 9  # the 7 events above and MessageDisplay, once per reply
+
+
+def test_the_settings_claude_settings_prints_record_a_real_claude_session(claude_cli: Path, api: MessagesApiMock,
+                                                                          daemon: Daemon, tmp_path: Path) -> None:
+    """`ralph-monitor claude-settings` as the settings file: `python -S` and the fast entry, --guard
+    on PreToolUse and UserPromptSubmit, the status line; Claude Code runs each command as it is."""
+    home, project = tmp_path / "home", tmp_path / "shop"
+    project.mkdir()
+    (home / ".claude").mkdir(parents=True)
+    (home / ".claude" / "settings.json").write_bytes(subprocess.run(
+        [str(BIN / "ralph-monitor"), "claude-settings", "--socket", daemon.socket_path],
+        capture_output=True, timeout=60, check=True).stdout)
+    result, _ = run_claude(claude_cli, "Run the scripted command", cli_env(home, api), project)
+    assert result["result"] == FINAL_TEXT and result["num_turns"] == 2
+    rows = wait_for(lambda: (found := events(daemon.dsn)) and len(found) >= len(SCRIPTED_RUN_EVENTS) and found,
+                    what="the hook's events")
+    settle(daemon.dsn, lambda: query(daemon.dsn, "SELECT 1 FROM sessions WHERE end_time IS NOT NULL"))
+    assert [r["event_type"] for r in rows] == list(SCRIPTED_RUN_EVENTS)
+    assert {r["session_id"] for r in rows} == {result["session_id"]}
+    stop = next(r for r in rows if r["event_type"] == "cc.Stop")["payload"]["data"]
+    assert stop["usage"]["tokens_used"] == api.tokens_total() == cli_tokens(result)
 
 
 def test_the_loop_records_each_spec_with_the_results_fields_and_flags_refused_tools(
