@@ -12,10 +12,13 @@ each phase the bench waits until the children have stored (or spooled) every eve
 
 Phases (each a sequence of `--calls` calls, one at a time, like Claude Code's tool hooks):
   python        `python -c pass`: the interpreter's own start-up, for reference
+  python-S      `python -S -c pass`: the same without the `site` step (site-packages, .pth files)
   up            daemon running: PostToolUse with a few kB of tool input/output, back to back (each
                 call shares the 2 cores with the detached children of the calls before it)
   up-paced      the same, --gap-ms apart (default 250): what Claude Code waits for per tool call,
                 whose hooks come seconds apart
+  up-paced-fast up-paced with the PostToolUse command `ralph-monitor claude-settings` prints
+                (`python -S .../agent/fast_entry.py hook`): what that start saves per tool call
   up-stop       daemon running: Stop, summing the tokens of a transcript of --transcript-mb MB
   up-10mb       daemon running: PostToolUse whose tool_response is 10 MB (cut to 4 kB)
   down          no daemon (socket missing): every event is fsync'd to the client spool
@@ -39,6 +42,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -119,6 +123,13 @@ class Daemon:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(30)
+
+
+def fast_hook_argv() -> list[str]:
+    """The PostToolUse command `ralph-monitor claude-settings` prints, as an argv (the socket comes
+    from the environment, as for `ralph-monitor hook`)."""
+    printed = subprocess.run([str(BIN / "ralph-monitor"), "claude-settings"], capture_output=True, check=True)
+    return shlex.split(json.loads(printed.stdout)["hooks"]["PostToolUse"][0]["hooks"][0]["command"])
 
 
 def call(argv: list[str], data: bytes, env: dict[str, str]) -> float:
@@ -241,14 +252,17 @@ def main() -> int:
         requests = write_transcript(transcript, args.transcript_mb)
         env = {**os.environ, "RALPH_SESSION_ID": LOOP_SESSION, "RALPH_SPEC_ID": "CR-01",
                "RALPH_MONITOR_SOCKET": daemon.socket_path, "RALPH_MONITOR_CLIENT_SPOOL": str(root / "spool")}
-        hook = [str(BIN / "ralph-monitor"), "hook"] + (["--foreground"] if args.foreground else [])
+        foreground = ["--foreground"] if args.foreground else []
+        hook = [str(BIN / "ralph-monitor"), "hook", *foreground]
+        fast_hook = fast_hook_argv() + foreground
 
         def count() -> int:
             return psycopg.connect(dsn).execute("SELECT count(*) FROM events").fetchone()[0]
         print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; transcript "
               f"{transcript.stat().st_size / 1e6:.1f} MB ({requests} requests); times are wall ms per call\n")
         print(f"{'phase':<17} {'calls':>6} {'median':>9} {'p90':>8} {'p99':>8} {'max':>8}")
-        rows = [phase("python", args.calls, [sys.executable, "-c", "pass"], b"", env)]
+        rows = [phase("python", args.calls, [sys.executable, "-c", "pass"], b"", env),
+                phase("python-S", args.calls, [sys.executable, "-S", "-c", "pass"], b"", env)]
         sent = 0
         rows.append(phase("up", args.calls, hook, tool_payload(str(transcript)), env))
         sent += args.calls
@@ -256,6 +270,10 @@ def main() -> int:
         rows.append(phase("up-paced", args.calls, hook, tool_payload(str(transcript)), env, gap_s=args.gap_ms / 1000))
         sent += args.calls
         wait_until(lambda: count() >= sent, "the up-paced phase's events stored")
+        rows.append(phase("up-paced-fast", args.calls, fast_hook, tool_payload(str(transcript)), env,
+                          gap_s=args.gap_ms / 1000))
+        sent += args.calls
+        wait_until(lambda: count() >= sent, "the up-paced-fast phase's events stored")
         stop_calls = max(10, args.calls // 10)
         rows.append(phase("up-stop", stop_calls, hook, payload("Stop", str(transcript), stop_hook_active=False,
                                                                 last_assistant_message="x" * 400), env))
@@ -295,12 +313,16 @@ def main() -> int:
             print(f"the hook adds {on['median_ms'] - off['median_ms']:.0f} ms to a claude -p run (median; "
                   f"p99 {on['p99_ms'] - off['p99_ms']:.0f} ms)")
 
-        base = rows[0]["median_ms"]
-        up, paced, down = rows[1], rows[2], rows[5]
+        by_phase = {row["phase"]: row for row in rows}
+        base = by_phase["python"]["median_ms"]
+        up, paced, fast, down = (by_phase[name] for name in ("up", "up-paced", "up-paced-fast", "down"))
         print(f"\nhook with the daemon up: median {up['median_ms']:.0f} ms, p99 {up['p99_ms']:.0f} ms "
               f"({up['median_ms'] - base:.0f} ms over a bare interpreter start) back to back; "
               f"{args.gap_ms:g} ms apart: median {paced['median_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms "
               f"({paced['median_ms'] - base:.0f} ms over)")
+        print(f"started as claude-settings has it (python -S): median {fast['median_ms']:.0f} ms, "
+              f"p99 {fast['p99_ms']:.0f} ms ({paced['median_ms'] - fast['median_ms']:.1f} ms less than up-paced; "
+              f"python -S -c pass: {by_phase['python-S']['median_ms']:.1f} ms)")
         print(f"hook with the daemon down (spooling): median {down['median_ms']:.0f} ms, p99 {down['p99_ms']:.0f} ms")
         if args.json:
             Path(args.json).write_text(json.dumps({"phases": rows, "exactly_once": ok}, indent=2))
