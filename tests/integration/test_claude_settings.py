@@ -112,12 +112,12 @@ def test_under_s_the_commands_load_only_the_standard_library_and_ralph_monitor(d
     settings = claude_settings(daemon)
     commands = hook_commands(settings)
     env = agent_env(tmp_path / "spool", RALPH_SESSION_ID=LOOP_SESSION, **IMPORT_TIME_ENV)
-    # The interpreter's start-up under -S, and `os` (not loaded without site; the hook forks with it).
-    startup = imported(subprocess.run([sys.executable, "-S", "-c", "import os"], capture_output=True, env=env,
+    # The interpreter's start-up under -S: not even `os` (site loads it; the hook forks with `posix`).
+    startup = imported(subprocess.run([sys.executable, "-S", "-c", "pass"], capture_output=True, env=env,
                                       timeout=30, check=True).stderr)
-    assert {"encodings", "os"} <= startup and "site" not in startup
-    # What Claude Code waits for: that and the entry point, nothing else (no site, no `re` of a
-    # console script).
+    assert "encodings" in startup and not {"site", "os"} & startup
+    # What Claude Code waits for: that and the entry point, nothing else (no site, no `os`, no `re`
+    # of a console script).
     waited = sh(commands["PostToolUse"], json.dumps(all_payloads()["PostToolUse"]).encode(), env)
     assert waited.returncode == 0 and waited.stdout == b""
     assert imported(waited.stderr) - startup == ENTRY_POINT

@@ -10,19 +10,19 @@ site-packages, running its .pth files) and the console script's own `import re`.
 `statusline` need neither: everything under `ralph_monitor/agent/` is standard library only.
 
 Run by path, Python puts this file's directory first on `sys.path`; `run` puts the directory
-that holds the `ralph_monitor` package there instead (with `os.path`: `os` is loaded at start-up
-anyway, `pathlib` is not). Any other subcommand, or `--help`, runs `site.main()` first so that
+that holds the `ralph_monitor` package there instead, from `__file__` (absolute since Python
+3.9) with string operations: under `-S` nothing has loaded `os` yet, and the hook's parent
+process never does (agent/hook_start.py). Any other subcommand, or `--help`, runs `site.main()` first so that
 the command line's third-party packages are found: this file is a complete `ralph-monitor`.
 Importing it does nothing.
 """
 
-import os
 import sys
 
 
 def run() -> int:
     """Make `ralph_monitor` importable from where this file is, then run `launcher.main`."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+    root = __file__.rsplit("/", 3)[0]  # .../site-packages of .../site-packages/ralph_monitor/agent/fast_entry.py
     if sys.flags.safe_path:  # -P / PYTHONSAFEPATH: Python did not add this file's directory
         sys.path.insert(0, root)
     else:

@@ -5,10 +5,14 @@ Claude Code waits for a command hook to exit (and to close its output) before it
 every tool call. Reading the transcript, redacting, connecting to the daemon and waiting for
 its acknowledgement take tens of milliseconds, and on Stop the transcript wait takes up to
 half a second more; none of that needs the agent to wait. So this module imports nothing
-but `os`, `sys` and `time`: it reads stdin, forks, and the parent exits 0 while the child
+but `posix`, `sys` and `time`: it reads stdin, forks, and the parent exits 0 while the child
 (its own session, stdin and stdout on /dev/null) imports `agent.hook` and does the work under
 the hook's own time limit. The moment of the call is taken before the fork, so the events
 keep the order in which Claude Code fired them whatever order the children finish in.
+
+It uses `posix` (built in, loaded at interpreter start) rather than `os`: under `python -S`
+(agent/fast_entry.py, as `ralph-monitor claude-settings` installs the hook) nothing has
+imported `os` yet, and importing it would cost ~2.5 ms of a ~20 ms call.
 
 `--foreground` (or `RALPH_MONITOR_HOOK_DEBUG=1`, which also shows the hook's complaints on
 stderr) keeps everything in the one process, as does a failed fork.
@@ -19,7 +23,7 @@ flagged stuck and, if so, prints `{"continue": false, "stopReason": ...}` so Cla
 the parent exits. Without `--guard` the hook prints nothing.
 """
 
-import os
+import posix
 import sys
 import time
 
@@ -27,6 +31,12 @@ MAX_STDIN_BYTES = 64 << 20
 FOREGROUND_OPTION = "--foreground"
 GUARD_OPTION = "--guard"
 DEBUG_ENV = "RALPH_MONITOR_HOOK_DEBUG"
+DEVNULL = "/dev/null"
+
+
+def _debug() -> bool:
+    """RALPH_MONITOR_HOOK_DEBUG is set (posix.environ's keys are bytes)."""
+    return bool(posix.environ.get(DEBUG_ENV.encode()))
 
 
 def main(argv: list[str]) -> int:
@@ -40,13 +50,13 @@ def main(argv: list[str]) -> int:
         raw = stdin.buffer.read(MAX_STDIN_BYTES + 1)
     except (OSError, ValueError):
         raw = b""
-    debug = bool(os.environ.get(DEBUG_ENV))
+    debug = _debug()
     guard = GUARD_OPTION in argv
     argv = [a for a in argv if a != GUARD_OPTION]
     if guard:
         _guard(argv, raw)
     if FOREGROUND_OPTION not in argv and not debug and detach():
-        os._exit(0)  # the parent: Claude Code goes on now
+        posix._exit(0)  # the parent: Claude Code goes on now
     from ralph_monitor.agent.hook import run  # only here: the parent never pays for it
 
     return run([a for a in argv if a != FOREGROUND_OPTION], raw, called_ns=called_ns)
@@ -62,7 +72,7 @@ def _guard(argv: list[str], raw: bytes) -> None:
             sys.stdout.buffer.write(verdict)
             sys.stdout.flush()
     except Exception as exc:  # noqa: BLE001 - the agent must go on whatever happens here
-        if os.environ.get(DEBUG_ENV):
+        if _debug():
             print(f"ralph-monitor hook --guard: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
@@ -70,14 +80,14 @@ def detach() -> bool:
     """Fork; True in the parent. The child leaves the agent's process group (a loop stopping
     the agent's group must not kill a delivery under way) and lets go of the agent's pipes."""
     try:
-        pid = os.fork()
+        pid = posix.fork()
     except OSError:
         return False  # do the work here instead
     if pid:
         return True
-    os.setsid()
-    devnull = os.open(os.devnull, os.O_RDWR)
+    posix.setsid()
+    devnull = posix.open(DEVNULL, posix.O_RDWR)
     for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
+        posix.dup2(devnull, fd)
+    posix.close(devnull)
     return False
