@@ -19,6 +19,8 @@ Phases (each a sequence of `--calls` calls, one at a time, like Claude Code's to
                 whose hooks come seconds apart
   up-paced-fast up-paced with the PostToolUse command `ralph-monitor claude-settings` prints
                 (`python -S .../agent/fast_entry.py hook`): what that start saves per tool call
+  up-paced-guard the same with its PreToolUse command (`hook --guard`: it first asks the daemon
+                whether the session is flagged stuck), a session not flagged
   up-stop       daemon running: Stop, summing the tokens of a transcript of --transcript-mb MB
   up-10mb       daemon running: PostToolUse whose tool_response is 10 MB (cut to 4 kB)
   down          no daemon (socket missing): every event is fsync'd to the client spool
@@ -125,11 +127,11 @@ class Daemon:
             self.process.wait(30)
 
 
-def fast_hook_argv() -> list[str]:
-    """The PostToolUse command `ralph-monitor claude-settings` prints, as an argv (the socket comes
+def fast_hook_argv(event: str = "PostToolUse") -> list[str]:
+    """The command `ralph-monitor claude-settings` prints for `event`, as an argv (the socket comes
     from the environment, as for `ralph-monitor hook`)."""
     printed = subprocess.run([str(BIN / "ralph-monitor"), "claude-settings"], capture_output=True, check=True)
-    return shlex.split(json.loads(printed.stdout)["hooks"]["PostToolUse"][0]["hooks"][0]["command"])
+    return shlex.split(json.loads(printed.stdout)["hooks"][event][0]["hooks"][0]["command"])
 
 
 def call(argv: list[str], data: bytes, env: dict[str, str]) -> float:
@@ -274,6 +276,12 @@ def main() -> int:
                           gap_s=args.gap_ms / 1000))
         sent += args.calls
         wait_until(lambda: count() >= sent, "the up-paced-fast phase's events stored")
+        guard_payload = payload("PreToolUse", str(transcript), tool_name="Bash", tool_use_id="toolu_01ABC",
+                                tool_input={"command": "pytest -q tests/checkout"})
+        rows.append(phase("up-paced-guard", args.calls, fast_hook_argv("PreToolUse") + foreground, guard_payload, env,
+                          gap_s=args.gap_ms / 1000))
+        sent += args.calls
+        wait_until(lambda: count() >= sent, "the up-paced-guard phase's events stored")
         stop_calls = max(10, args.calls // 10)
         rows.append(phase("up-stop", stop_calls, hook, payload("Stop", str(transcript), stop_hook_active=False,
                                                                 last_assistant_message="x" * 400), env))
@@ -315,7 +323,8 @@ def main() -> int:
 
         by_phase = {row["phase"]: row for row in rows}
         base = by_phase["python"]["median_ms"]
-        up, paced, fast, down = (by_phase[name] for name in ("up", "up-paced", "up-paced-fast", "down"))
+        up, paced, fast, guard, down = (by_phase[name] for name in ("up", "up-paced", "up-paced-fast",
+                                                                    "up-paced-guard", "down"))
         print(f"\nhook with the daemon up: median {up['median_ms']:.0f} ms, p99 {up['p99_ms']:.0f} ms "
               f"({up['median_ms'] - base:.0f} ms over a bare interpreter start) back to back; "
               f"{args.gap_ms:g} ms apart: median {paced['median_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms "
@@ -323,6 +332,8 @@ def main() -> int:
         print(f"started as claude-settings has it (python -S): median {fast['median_ms']:.0f} ms, "
               f"p99 {fast['p99_ms']:.0f} ms ({paced['median_ms'] - fast['median_ms']:.1f} ms less than up-paced; "
               f"python -S -c pass: {by_phase['python-S']['median_ms']:.1f} ms)")
+        print(f"PreToolUse as claude-settings has it (with --guard, session not flagged): median "
+              f"{guard['median_ms']:.0f} ms, p99 {guard['p99_ms']:.0f} ms")
         print(f"hook with the daemon down (spooling): median {down['median_ms']:.0f} ms, p99 {down['p99_ms']:.0f} ms")
         if args.json:
             Path(args.json).write_text(json.dumps({"phases": rows, "exactly_once": ok}, indent=2))

@@ -121,16 +121,20 @@ def test_under_s_the_commands_load_only_the_standard_library_and_ralph_monitor(d
     waited = sh(commands["PostToolUse"], json.dumps(all_payloads()["PostToolUse"]).encode(), env)
     assert waited.returncode == 0 and waited.stdout == b""
     assert imported(waited.stderr) - startup == ENTRY_POINT
+    # With --guard (PreToolUse), a session not flagged: the question goes out with built-in modules.
+    guarded = sh(commands["PreToolUse"], json.dumps(all_payloads()["PreToolUse"]).encode(), env)
+    assert guarded.returncode == 0 and guarded.stdout == b""
+    assert imported(guarded.stderr) - startup - {"_socket"} == ENTRY_POINT | {"ralph_monitor.agent.guard_quick"}
     # The whole work, guard included, in the one process (--foreground).
     whole = sh(commands["PreToolUse"] + " --foreground", json.dumps(all_payloads()["PreToolUse"]).encode(), env)
     assert whole.returncode == 0 and whole.stdout == b""
     loaded = imported(whole.stderr)
-    assert {"ralph_monitor.agent.guard", "ralph_monitor.agent.hook", "ralph_monitor.agent.client"} <= loaded
+    assert {"ralph_monitor.agent.guard_quick", "ralph_monitor.agent.hook", "ralph_monitor.agent.client"} <= loaded
     assert "site" not in loaded and outside_stdlib(loaded) == []
     line = sh(settings["statusLine"]["command"], json.dumps(status_input()).encode(), env)
     assert line.stdout == b"[Opus 4.6] \xc2\xb7 $1.37\n"
     assert "ralph_monitor.agent.statusline" in imported(line.stderr)
     assert "site" not in imported(line.stderr) and outside_stdlib(imported(line.stderr)) == []
-    # Both recorded events went through (the foreground one before its command returned).
-    wait_for(lambda: len(events(daemon.dsn, "event_type IN ('cc.PostToolUse', 'cc.PreToolUse')")) == 2,
-             what="the two events")
+    # The recorded events went through (the foreground one before its command returned).
+    wait_for(lambda: len(events(daemon.dsn, "event_type IN ('cc.PostToolUse', 'cc.PreToolUse')")) == 3,
+             what="the three events")

@@ -176,9 +176,13 @@ def test_socket_path_lookup_and_uuid_helpers(tmp_path: Path, monkeypatch: pytest
 
     namespace = uuid.UUID(bytes=hook.HOOK_NAMESPACE)
     assert hook._uuid5("abc/session_started") == str(uuid.uuid5(namespace, "abc/session_started"))
-    assert hook._uuid("{6F1C2B4E-1111-4000-8000-000000000001}") == "6f1c2b4e-1111-4000-8000-000000000001"
-    assert hook._uuid("6f1c2b4e111140008000000000000001") == "6f1c2b4e-1111-4000-8000-000000000001"
-    assert hook._uuid("abc123") is None and hook._uuid(42) is None
+    canonical = hook.canonical_uuid
+    assert canonical("{6F1C2B4E-1111-4000-8000-000000000001}") == "6f1c2b4e-1111-4000-8000-000000000001"
+    assert canonical("urn:uuid:6f1c2b4e111140008000000000000001") == "6f1c2b4e-1111-4000-8000-000000000001"
+    assert canonical("6f1c2b4e-11114000-8000-000000000001 ") == "6f1c2b4e-1111-4000-8000-000000000001"
+    for bad in ("abc123", 42, None, "6f1c2b4e--1111-4000-8000-000000000001", "6f1c2b4e-1111-4000-8000-0000000000012",
+                "-6f1c2b4e111140008000000000000001", "6f1c2b4e-1111-4000-8000-00000000000g"):
+        assert canonical(bad) is None, bad
     made = [uuid.UUID(new_uuid()) for _ in range(1000)]
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in made)
     assert len(set(made)) == 1000

@@ -56,6 +56,16 @@ def test_what_claude_code_waits_for_imports_nothing_but_the_entry_point() -> Non
     assert loaded == own
 
 
+def test_the_guard_asks_with_built_in_modules_only() -> None:
+    """`hook --guard` asks the daemon before Claude Code may go on (agent/guard_quick.py): no
+    json, socket, tomllib (their `re`, `enum`, ... take ~40 ms on Debian's Python)."""
+    loaded = modules_loaded_by("import ralph_monitor.launcher, ralph_monitor.agent.hook_start, "
+                               "ralph_monitor.agent.guard_quick")
+    own = {"ralph_monitor", "ralph_monitor.launcher", "ralph_monitor.agent", "ralph_monitor.agent.hook_start",
+           "ralph_monitor.agent.guard_quick"}
+    assert loaded - own <= {"_socket"}
+
+
 def test_the_status_line_imports_nothing_heavy() -> None:
     """Claude Code runs the status line on every refresh: it prints before the rest loads."""
     loaded = modules_loaded_by("import ralph_monitor.launcher, ralph_monitor.agent.statusline")

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 from ralph_monitor.agent.client import (
     SESSION_ENV, SOCKET_ENV, SPEC_ENV, Connection, EventRejected, deliver, encode_event, new_event, utc_from_ns,
 )
-from ralph_monitor.agent.hook_start import FOREGROUND_OPTION, GUARD_OPTION, MAX_STDIN_BYTES
+from ralph_monitor.agent.hook_start import (DEFAULT_MAX_FIELD_BYTES, FOREGROUND_OPTION, GUARD_OPTION,
+                                                HARD_TIMEOUT_S, MAX_STDIN_BYTES, Options, canonical_uuid)
 from ralph_monitor.agent.redact import Redactor, redactor_from_config
 from ralph_monitor.agent.spool import ClientSpool
 from ralph_monitor.agent.transcript import TranscriptTally
@@ -57,8 +58,6 @@ from ralph_monitor.errors import RalphMonitorError
 if TYPE_CHECKING:
     import argparse
 
-HARD_TIMEOUT_S = 1.0
-DEFAULT_MAX_FIELD_BYTES = 4096
 MAX_KEYS = 200
 MAX_ITEMS = 100
 MAX_DEPTH = 12
@@ -77,7 +76,6 @@ HOOK_NAMESPACE = bytes.fromhex("8d3f6a520c5e4e0b9a516f1d2c7b9e40")
 """uuid5 namespace of the session_started / session_ended events the hook derives."""
 CONFIG_ENV = "RALPH_MONITOR_CONFIG"
 DEFAULT_CONFIG = "/etc/ralph-monitor/config.toml"
-UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,60}")
 USAGE_EVENTS = frozenset({"Stop", "SubagentStop", "SessionEnd", "StopFailure"})
 REPLY_EVENTS = frozenset({"Stop", "SubagentStop"})
@@ -107,37 +105,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "UserPromptSubmit; see the README)")
     parser.add_argument(FOREGROUND_OPTION, action="store_true",
                         help="do the work before exiting instead of in a detached child (Claude Code then waits)")
-
-
-class Options:
-    """The hook's command line (parsed by hand: argparse costs import time on every call)."""
-
-    def __init__(self, argv: Sequence[str]) -> None:
-        self.socket: str | None = None
-        self.config: str | None = None
-        self.max_field_bytes = DEFAULT_MAX_FIELD_BYTES
-        self.timeout = HARD_TIMEOUT_S
-        args = list(argv)
-        while args:
-            arg = args.pop(0)
-            name, eq, value = arg.partition("=")
-            if name not in ("--socket", "--config", "--max-field-bytes", "--timeout"):
-                continue  # unknown options are ignored: the agent must not fail on them
-            if not eq:
-                if not args:
-                    break
-                value = args.pop(0)
-            try:
-                if name == "--socket":
-                    self.socket = value
-                elif name == "--config":
-                    self.config = value
-                elif name == "--max-field-bytes":
-                    self.max_field_bytes = max(64, int(value))
-                elif float(value) > 0:
-                    self.timeout = float(value)
-            except ValueError:
-                pass
 
 
 def run(argv: Sequence[str], raw: bytes, *, called_ns: int) -> int:
@@ -394,23 +361,12 @@ def parse_input(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
 
 def session_ids(payload: dict[str, Any] | None, env: Any) -> tuple[str | None, str | None, bool]:
     """(session_id, spec_id, unattended): the loop's session if there is one, else Claude's."""
-    loop_session = _uuid(env.get(SESSION_ENV))
+    loop_session = canonical_uuid(env.get(SESSION_ENV))
     if loop_session is not None:
         spec = env.get(SPEC_ENV) or None
         return loop_session, spec[:200] if spec else None, True
-    own = _uuid(payload.get("session_id")) if payload else None
+    own = canonical_uuid(payload.get("session_id")) if payload else None
     return own, None, False
-
-
-def _uuid(value: Any) -> str | None:
-    """The UUID in canonical form, or None (no `uuid` import: it is slow)."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip().removeprefix("urn:uuid:").strip("{}")
-    if not UUID_PATTERN.fullmatch(text):
-        return None
-    h = text.replace("-", "").lower()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _uuid5(name: str) -> str:
@@ -420,7 +376,7 @@ def _uuid5(name: str) -> str:
     raw = bytearray(hashlib.sha1(HOOK_NAMESPACE + name.encode()).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50
     raw[8] = (raw[8] & 0x3F) | 0x80
-    return _uuid(raw.hex()) or ""
+    return canonical_uuid(raw.hex()) or ""
 
 
 def _clean_str(text: str) -> str:

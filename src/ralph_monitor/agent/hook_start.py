@@ -18,9 +18,10 @@ imported `os` yet, and importing it would cost ~2.5 ms of a ~20 ms call.
 stderr) keeps everything in the one process, as does a failed fork.
 
 `--guard` (for PreToolUse and UserPromptSubmit) first asks the daemon whether the session is
-flagged stuck and, if so, prints `{"continue": false, "stopReason": ...}` so Claude Code stops
-(`agent.guard`); that one round trip, and the import it needs, is the only work done before
-the parent exits. Without `--guard` the hook prints nothing.
+flagged stuck and, if so, prints `{"continue": false, "stopReason": ...}` so Claude Code stops;
+that one round trip is the only work done before the parent exits. It is asked with built-in
+modules (`agent.guard_quick`); a flagged session, a config file to read or an input it cannot
+be sure of go to the full guard (`agent.guard`). Without `--guard` the hook prints nothing.
 """
 
 import posix
@@ -28,6 +29,8 @@ import sys
 import time
 
 MAX_STDIN_BYTES = 64 << 20
+HARD_TIMEOUT_S = 1.0
+DEFAULT_MAX_FIELD_BYTES = 4096
 FOREGROUND_OPTION = "--foreground"
 GUARD_OPTION = "--guard"
 DEBUG_ENV = "RALPH_MONITOR_HOOK_DEBUG"
@@ -37,6 +40,59 @@ DEVNULL = "/dev/null"
 def _debug() -> bool:
     """RALPH_MONITOR_HOOK_DEBUG is set (posix.environ's keys are bytes)."""
     return bool(posix.environ.get(DEBUG_ENV.encode()))
+
+
+class Options:
+    """The hook's command line (parsed by hand: argparse costs import time on every call)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.socket: str | None = None
+        self.config: str | None = None
+        self.max_field_bytes = DEFAULT_MAX_FIELD_BYTES
+        self.timeout = HARD_TIMEOUT_S
+        args = list(argv)
+        while args:
+            arg = args.pop(0)
+            name, eq, value = arg.partition("=")
+            if name not in ("--socket", "--config", "--max-field-bytes", "--timeout"):
+                continue  # unknown options are ignored: the agent must not fail on them
+            if not eq:
+                if not args:
+                    break
+                value = args.pop(0)
+            try:
+                if name == "--socket":
+                    self.socket = value
+                elif name == "--config":
+                    self.config = value
+                elif name == "--max-field-bytes":
+                    self.max_field_bytes = max(64, int(value))
+                elif float(value) > 0:
+                    self.timeout = float(value)
+            except ValueError:
+                pass
+
+
+UUID_GROUPS = (8, 4, 4, 4, 12)
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def canonical_uuid(value: object) -> str | None:
+    """A UUID (hyphens optional between its groups, braces or `urn:uuid:` around it) in
+    canonical form, or None. Without `uuid` or `re`: both are slow to import."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().removeprefix("urn:uuid:").strip("{}")
+    groups, at = [], 0
+    for i, size in enumerate(UUID_GROUPS):
+        if i and text[at:at + 1] == "-":
+            at += 1
+        group = text[at:at + size]
+        if len(group) != size or not HEX_DIGITS.issuperset(group):
+            return None
+        groups.append(group.lower())
+        at += size
+    return "-".join(groups) if at == len(text) else None
 
 
 def main(argv: list[str]) -> int:
@@ -65,6 +121,10 @@ def main(argv: list[str]) -> int:
 def _guard(argv: list[str], raw: bytes) -> None:
     """--guard: print the output that stops Claude Code if the session is flagged (never fails)."""
     try:
+        from ralph_monitor.agent.guard_quick import ASK_AGAIN, quick_verdict
+
+        if quick_verdict(argv, raw) is not ASK_AGAIN:
+            return  # not flagged, or the daemon cannot say: nothing to print
         from ralph_monitor.agent.guard import hook_verdict
 
         verdict = hook_verdict(argv, raw)
