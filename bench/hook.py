@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,11 @@ from tests.messages_api_mock import MessagesApiMock  # noqa: E402
 READY_TIMEOUT_S = 60.0
 BIN = Path(sys.executable).parent
 LOOP_SESSION = "6f1c2b4e-5555-4000-8000-000000000005"
+GUARD_SESSION = "6f1c2b4e-5555-4000-8000-000000000006"
+GUARD_COMMANDS = ("git status", "pytest -q tests/checkout", "cat README.md", "make lint", "grep -rn TODO src",
+                  "git diff --stat", "ls docs")
+"""up-paced-guard's tool calls, in turn: loop health flags a session that makes the same call
+(numbers and paths aside) again and again, and the guard would then stop it."""
 HUNG_SETTLE_S = 1.5
 GAP_MS = 250.0
 """up-paced: calls this far apart, as Claude Code's hooks are (a tool runs or the model answers in
@@ -143,13 +149,13 @@ def call(argv: list[str], data: bytes, env: dict[str, str]) -> float:
     return elapsed
 
 
-def phase(name: str, calls: int, argv: list[str], data: bytes, env: dict[str, str], *,
+def phase(name: str, calls: int, argv: list[str], data: bytes | Callable[[int], bytes], env: dict[str, str], *,
           gap_s: float = 0.0) -> dict[str, Any]:
     """`calls` calls one after the other, `gap_s` apart (the time Claude Code spends between two
-    hooks: the tool runs, the model answers)."""
+    hooks: the tool runs, the model answers); `data`: the input, or the i-th call's input."""
     times = []
-    for _ in range(calls):
-        times.append(call(argv, data, env))
+    for i in range(calls):
+        times.append(call(argv, data(i) if callable(data) else data, env))
         time.sleep(gap_s)
     row = {"phase": name, "calls": calls, **percentiles(times)}
     print(f"{name:<17} {calls:>6} {row['median_ms']:>9.1f} {row['p90_ms']:>8.1f} {row['p99_ms']:>8.1f} "
@@ -276,10 +282,13 @@ def main() -> int:
                           gap_s=args.gap_ms / 1000))
         sent += args.calls
         wait_until(lambda: count() >= sent, "the up-paced-fast phase's events stored")
-        guard_payload = payload("PreToolUse", str(transcript), tool_name="Bash", tool_use_id="toolu_01ABC",
-                                tool_input={"command": "pytest -q tests/checkout"})
-        rows.append(phase("up-paced-guard", args.calls, fast_hook_argv("PreToolUse") + foreground, guard_payload, env,
-                          gap_s=args.gap_ms / 1000))
+        # A session of its own, each call a different command: the same call again and again is
+        # what loop health flags stuck (the phases above do it), and a flagged session stops here.
+        guard_env = {**env, "RALPH_SESSION_ID": GUARD_SESSION}
+        rows.append(phase("up-paced-guard", args.calls, fast_hook_argv("PreToolUse") + foreground,
+                          lambda i: payload("PreToolUse", str(transcript), tool_name="Bash", tool_use_id=f"toolu_{i}",
+                                            tool_input={"command": GUARD_COMMANDS[i % len(GUARD_COMMANDS)]}),
+                          guard_env, gap_s=args.gap_ms / 1000))
         sent += args.calls
         wait_until(lambda: count() >= sent, "the up-paced-guard phase's events stored")
         stop_calls = max(10, args.calls // 10)
