@@ -197,13 +197,20 @@ def _cmd_statusline(args: argparse.Namespace, settings: Settings) -> int:
                            + (["--no-session"] if args.no_session else []))
 
 
-def claude_settings(socket_path: str | None, *, guard: bool) -> dict[str, Any]:
+def claude_settings(socket_path: str | None, *, guard: bool, config: str | None = None) -> dict[str, Any]:
     """The "hooks" and "statusLine" of Claude Code's settings, every command `PYTHON -S
-    <agent/fast_entry.py> ...` with absolute paths: no `site` step at each call, no PATH lookup."""
+    <agent/fast_entry.py> ... --socket PATH` with absolute paths: no `site` step at each call, no
+    PATH lookup, and no config file to read (`hook --guard` then asks the daemon with built-in
+    modules, agent/guard_quick.py). Without `socket_path`, the socket the hook would find now
+    (`config`, else $RALPH_MONITOR_SOCKET, [socket] path of the config file, the default)."""
     from ralph_monitor.agent import fast_entry
+    from ralph_monitor.agent.hook import Options, read_config, socket_path_for
 
+    if socket_path is None:
+        options = Options([f"--config={config}"] if config else [])
+        socket_path = socket_path_for(options, read_config(options))
     start = f"{shlex.quote(sys.executable)} -S {shlex.quote(os.path.abspath(fast_entry.__file__))}"
-    socket_option = f" --socket {shlex.quote(os.path.abspath(socket_path))}" if socket_path else ""
+    socket_option = f" --socket {shlex.quote(os.path.abspath(socket_path))}"
 
     def hook(event: str) -> list[dict[str, Any]]:
         command = f"{start} hook{' --guard' if guard and event in GUARD_HOOK_EVENTS else ''}{socket_option}"
@@ -214,7 +221,7 @@ def claude_settings(socket_path: str | None, *, guard: bool) -> dict[str, Any]:
 
 
 def _cmd_claude_settings(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(claude_settings(args.socket, guard=not args.no_guard), indent=2))
+    print(json.dumps(claude_settings(args.socket, guard=not args.no_guard, config=args.config), indent=2))
     return EXIT_OK
 
 
@@ -405,15 +412,17 @@ def _add_agent_parsers(sub: Any) -> None:
         "(it stops a session the monitor flags stuck); the status line forwards the usage windows of a\n"
         "Claude subscription. Each command is this Python with -S and the absolute path of\n"
         "ralph-monitor's agent/fast_entry.py: it needs nothing on Claude Code's PATH and starts without\n"
-        "Python's site step, a few milliseconds less per tool call than `ralph-monitor hook`.\n\n"
+        "Python's site step: about half the time per tool call of `ralph-monitor hook`. The daemon's\n"
+        "socket is written in too, so --guard asks it without reading the config file.\n\n"
         "Merge the output into an existing settings file rather than overwrite it, and print it again\n"
-        "after moving or reinstalling ralph-monitor (the paths are in the commands).",
+        "after moving or reinstalling ralph-monitor or moving the socket (the paths are in the commands).",
         epilog="Examples:\n"
         "  ralph-monitor claude-settings > .claude/settings.json   # a project with no settings yet\n"
         "  ralph-monitor claude-settings --socket /srv/rm/events.sock --no-guard")
     claude.add_argument("--socket", metavar="PATH",
-                        help="the daemon's socket, written into each command (default: none, so the hook uses "
-                        "$RALPH_MONITOR_SOCKET, else [socket] path of the config)")
+                        help="the daemon's socket, written into each command (default: $RALPH_MONITOR_SOCKET, "
+                        "else [socket] path of the config file, else /run/ralph-monitor/events.sock)")
+    claude.add_argument("--config", metavar="FILE", help="config file to read the socket path from")
     claude.add_argument("--no-guard", action="store_true",
                         help="leave --guard out: a flagged session is then not stopped, and PreToolUse and "
                         "UserPromptSubmit skip its round trip to the daemon")

@@ -21,9 +21,12 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 ENTRY_SUFFIX = os.path.join("ralph_monitor", "agent", "fast_entry.py")
 
 
-def claude_settings(*args: str, cwd: Path | None = None) -> dict[str, Any]:
+def claude_settings(*args: str, cwd: Path | None = None, **env: str) -> dict[str, Any]:
+    """The settings printed in an environment with no socket and no config but `env`'s."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("RALPH_MONITOR_SOCKET", "RALPH_MONITOR_CONFIG")}
+    environ.setdefault("RALPH_MONITOR_CONFIG", "/nonexistent/config.toml")
     done = subprocess.run([sys.executable, "-m", "ralph_monitor", "claude-settings", *args], capture_output=True,
-                          cwd=cwd, timeout=60)
+                          cwd=cwd, timeout=60, env={**environ, **env})
     assert done.returncode == 0 and done.stderr == b"", done.stderr
     return json.loads(done.stdout)
 
@@ -54,9 +57,11 @@ def test_every_command_is_this_python_with_s_and_the_fast_entry() -> None:
     assert os.path.isabs(entry) and entry.endswith(ENTRY_SUFFIX) and os.path.isfile(entry)
     for event, argv in hook_commands(settings).items():
         assert argv[:3] == [sys.executable, "-S", entry]
-        assert argv[3:] == (["hook", "--guard"] if event in GUARD_HOOK_EVENTS else ["hook"])
+        assert argv[3:] == (["hook", "--guard"] if event in GUARD_HOOK_EVENTS else ["hook"]) + [
+            "--socket", "/run/ralph-monitor/events.sock"]  # no config: the default socket
     assert settings["statusLine"]["type"] == "command"
-    assert shlex.split(settings["statusLine"]["command"]) == [sys.executable, "-S", entry, "statusline"]
+    assert shlex.split(settings["statusLine"]["command"]) == [sys.executable, "-S", entry, "statusline", "--socket",
+                                                              "/run/ralph-monitor/events.sock"]
     hooks = [groups[0]["hooks"][0]["command"] for groups in settings["hooks"].values()]
     for command in [settings["statusLine"]["command"], *hooks]:
         assert command.startswith(f"{shlex.quote(sys.executable)} -S ")
@@ -69,7 +74,16 @@ def test_socket_is_made_absolute_and_given_to_every_command(tmp_path: Path) -> N
         assert argv[-2:] == ["--socket", absolute]
 
 
+def test_without_socket_the_one_the_hook_would_find_is_written_in(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[socket]\npath = "/srv/rm/events.sock"\n')
+    for settings in (claude_settings(RALPH_MONITOR_CONFIG=str(config)), claude_settings("--config", str(config))):
+        assert {argv[-1] for argv in hook_commands(settings).values()} == {"/srv/rm/events.sock"}
+    from_env = claude_settings(RALPH_MONITOR_CONFIG=str(config), RALPH_MONITOR_SOCKET="/env/events.sock")
+    assert {argv[-1] for argv in hook_commands(from_env).values()} == {"/env/events.sock"}
+
+
 def test_no_guard_leaves_guard_out() -> None:
     settings = claude_settings("--no-guard")
-    assert all(argv[3:] == ["hook"] for argv in hook_commands(settings).values())
+    assert all(argv[3:5] == ["hook", "--socket"] for argv in hook_commands(settings).values())
     assert "--guard" not in json.dumps(settings)
