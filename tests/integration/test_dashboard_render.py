@@ -39,6 +39,14 @@ def render(daemon: Daemon, site_dir: Path, **kwargs: Any) -> RenderResult:
     return render_once(load_settings(daemon.config_path), dsn=daemon.dsn, site_dir=site_dir, **kwargs)
 
 
+def incremental_renderer(daemon: Daemon, site_dir: Path) -> SiteRenderer:
+    """The daemon's renderer on `site_dir`, its incremental renders reading changes from the
+    previous render on (no overlap: a test's changes come one render apart)."""
+    renderer = SiteRenderer(load_settings(daemon.config_path), dsn=daemon.dsn, site_dir=site_dir)
+    renderer.overlap = timedelta(0)
+    return renderer
+
+
 def send(daemon: Daemon, events: list[dict[str, Any]]) -> None:
     client = LineClient(daemon.connect())
     for event in events:
@@ -301,9 +309,7 @@ def calm_overnight(daemon_factory: Any) -> Daemon:
 
 def test_incremental_render_touches_only_what_changed(calm_overnight: Daemon, tmp_path: Path) -> None:
     overnight = calm_overnight
-    settings = load_settings(overnight.config_path)
-    renderer = SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
-    renderer.overlap = timedelta(0)
+    renderer = incremental_renderer(overnight, tmp_path)
     try:
         first = renderer.render(full=True)
         assert first.full and first.sessions == 3
@@ -416,9 +422,7 @@ def test_event_type_counts_stay_those_of_the_last_7_days_across_incremental_rend
                                                                                     tmp_path: Path) -> None:
     """The events menu's counts: an incremental render counts only since the anchor and adds
     the older part counted before (re-counted every LIST_REFRESH); the sum is the database's."""
-    settings = load_settings(calm_overnight.config_path)
-    renderer = SiteRenderer(settings, dsn=calm_overnight.dsn, site_dir=tmp_path)
-    renderer.overlap = timedelta(0)
+    renderer = incremental_renderer(calm_overnight, tmp_path)
 
     def menu() -> dict[str, int]:
         html, _, _ = read_page(tmp_path, "events/index.html")
@@ -507,9 +511,7 @@ def test_after_a_failed_render_the_next_writes_what_changed_before_it(calm_overn
     """A failed render read the changes and noted which pages they touch, then published
     nothing: the next render must still write the session, spec and event-type pages."""
     overnight = calm_overnight
-    settings = load_settings(overnight.config_path)
-    renderer = SiteRenderer(settings, dsn=overnight.dsn, site_dir=tmp_path)
-    renderer.overlap = timedelta(0)
+    renderer = incremental_renderer(overnight, tmp_path)
     try:
         renderer.render(full=True)
         root = (tmp_path / "current").resolve()
@@ -685,9 +687,7 @@ def test_every_session_is_listed_month_by_month(daemon_factory: Any, tmp_path: P
     long_ago = now - timedelta(days=70)
     send(d, session(old, "seventy days ago", long_ago, 1.25) + session(new, "this month", now - timedelta(minutes=20), 2))
     wait_until_settled(d.dsn)
-    settings = load_settings(d.config_path)
-    renderer = SiteRenderer(settings, dsn=d.dsn, site_dir=tmp_path)
-    renderer.overlap = timedelta(0)
+    renderer = incremental_renderer(d, tmp_path)
     try:
         renderer.render(full=True)
         root = (tmp_path / "current").resolve()
