@@ -258,7 +258,11 @@ def main() -> int:
 
         transcript = root / "transcript.jsonl"
         requests = write_transcript(transcript, args.transcript_mb)
-        env = {**os.environ, "RALPH_SESSION_ID": LOOP_SESSION, "RALPH_SPEC_ID": "CR-01",
+        # Without PYTHONDONTWRITEBYTECODE (some sandboxes set it): a module edited since its .pyc
+        # was written would be compiled again on every call (3 ms for launcher.py), as no
+        # installed copy ever is.
+        environ = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env = {**environ, "RALPH_SESSION_ID": LOOP_SESSION, "RALPH_SPEC_ID": "CR-01",
                "RALPH_MONITOR_SOCKET": daemon.socket_path, "RALPH_MONITOR_CLIENT_SPOOL": str(root / "spool")}
         foreground = ["--foreground"] if args.foreground else []
         hook = [str(BIN / "ralph-monitor"), "hook", *foreground]
