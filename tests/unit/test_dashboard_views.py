@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
@@ -202,6 +203,10 @@ def test_kept_run_rows_read_as_rendered_ones() -> None:
         assert views.run_rows(runs, "../", by=by, pages={with_page}, kept=kept) == plain
         assert views.run_rows(runs, "../", by=by, pages={with_page}, kept=kept) == plain  # from kept
     assert len(kept) == 4
+    # The projector writes a session's runs again (new ids) whenever it changes: the same rows.
+    again = [dataclasses.replace(r, id=r.id + 100) for r in runs]
+    assert views.run_rows(again, "../", by="session", pages={with_page}, kept=kept) == views.run_rows(
+        runs, "../", by="session", pages={with_page}) and len(kept) == 4
     changed = [
         [run("CR-1", "completed", 1, id=1, session_id=with_page), runs[1]],
         [runs[0], run("CR-2", "failed", 9, id=2, git={"repo": "/r", "commits": [{"hash": "abc", "subject": "two"}]},

@@ -186,11 +186,12 @@ def run_rows(runs: list[queries.SpecRunRow], root: str, *, by: str,
 
 
 def run_row_key(r: queries.SpecRunRow, root: str, by: str, has_page: bool) -> tuple[Any, ...]:
-    """Everything a run's row shows (run_rows): its run (the id fixes the session, spec and
-    attempt), what can change in it, and the page it is on. `git` goes in as its repr (a dict)."""
-    return ("run", r.id, root, by, has_page, r.session_name if by == "spec" else None, r.status, r.outcome,
-            r.start_time, r.end_time, r.duration_seconds, r.tokens_used, r.cost_usd, r.error_message,
-            r.git_commits, r.git_files_changed, r.git_insertions, r.git_deletions, r.git_dirty,
+    """Everything a run's row shows (run_rows): its run (session, spec and attempt: not its id,
+    which changes each time the projector writes the session's runs again, every minute for a
+    running session), what can change in it, and the page it is on. `git` goes in as its repr."""
+    return ("run", r.session_id, r.spec_id, r.attempt, root, by, has_page, r.session_name if by == "spec" else None,
+            r.status, r.outcome, r.start_time, r.end_time, r.duration_seconds, r.tokens_used, r.cost_usd,
+            r.error_message, r.git_commits, r.git_files_changed, r.git_insertions, r.git_deletions, r.git_dirty,
             None if r.git is None else repr(r.git))
 
 
