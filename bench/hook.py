@@ -133,11 +133,12 @@ class Daemon:
             self.process.wait(30)
 
 
-def fast_hook_argv(socket_path: str, event: str = "PostToolUse") -> list[str]:
-    """The command `ralph-monitor claude-settings --socket SOCKET_PATH` prints for `event`, as an argv."""
+def fast_hook_argvs(socket_path: str) -> dict[str, list[str]]:
+    """The commands `ralph-monitor claude-settings --socket SOCKET_PATH` prints, by hook event, as argvs."""
     printed = subprocess.run([str(BIN / "ralph-monitor"), "claude-settings", "--socket", socket_path],
                              capture_output=True, check=True)
-    return shlex.split(json.loads(printed.stdout)["hooks"][event][0]["hooks"][0]["command"])
+    return {event: shlex.split(groups[0]["hooks"][0]["command"])
+            for event, groups in json.loads(printed.stdout)["hooks"].items()}
 
 
 def call(argv: list[str], data: bytes, env: dict[str, str]) -> float:
@@ -266,7 +267,8 @@ def main() -> int:
                "RALPH_MONITOR_SOCKET": daemon.socket_path, "RALPH_MONITOR_CLIENT_SPOOL": str(root / "spool")}
         foreground = ["--foreground"] if args.foreground else []
         hook = [str(BIN / "ralph-monitor"), "hook", *foreground]
-        fast_hook = fast_hook_argv(daemon.socket_path) + foreground
+        fast_hooks = fast_hook_argvs(daemon.socket_path)
+        fast_hook = fast_hooks["PostToolUse"] + foreground
 
         def count() -> int:
             return psycopg.connect(dsn).execute("SELECT count(*) FROM events").fetchone()[0]
@@ -289,7 +291,7 @@ def main() -> int:
         # A session of its own, each call a different command: the same call again and again is
         # what loop health flags stuck (the phases above do it), and a flagged session stops here.
         guard_env = {**env, "RALPH_SESSION_ID": GUARD_SESSION}
-        rows.append(phase("up-paced-guard", args.calls, fast_hook_argv(daemon.socket_path, "PreToolUse") + foreground,
+        rows.append(phase("up-paced-guard", args.calls, fast_hooks["PreToolUse"] + foreground,
                           lambda i: payload("PreToolUse", str(transcript), tool_name="Bash", tool_use_id=f"toolu_{i}",
                                             tool_input={"command": GUARD_COMMANDS[i % len(GUARD_COMMANDS)]}),
                           guard_env, gap_s=args.gap_ms / 1000))

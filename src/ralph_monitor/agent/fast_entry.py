@@ -4,16 +4,16 @@ claude-settings` puts in Claude Code's settings.
     PYTHON -S /abs/path/to/ralph_monitor/agent/fast_entry.py hook [ARGS]
 
 Claude Code waits for the hook's process on every tool call (and for the status line on every
-refresh). The hook imports only `os`, `sys` and `time` before the parent exits, so most of that
-wait is the interpreter's start-up, and a few milliseconds of it are `site` (finding
-site-packages, running its .pth files) and the console script's own `import re`. `hook` and
+refresh). The hook's parent imports only built-in modules before it exits (agent/hook_start.py),
+so most of that wait is the interpreter's start-up, and a few milliseconds of it are `site`
+(finding site-packages, running its .pth files) and a console script's own imports. `hook` and
 `statusline` need neither: everything under `ralph_monitor/agent/` is standard library only.
 
 Run by path, Python puts this file's directory first on `sys.path`; `run` puts the directory
 that holds the `ralph_monitor` package there instead, from `__file__` (absolute since Python
 3.9) with string operations: under `-S` nothing has loaded `os` yet, and the hook's parent
-process never does (agent/hook_start.py). Any other subcommand, or `--help`, runs `site.main()` first so that
-the command line's third-party packages are found: this file is a complete `ralph-monitor`.
+process never does. Any other subcommand, or `--help`, runs `site.main()` first so that the
+command line's third-party packages are found: this file is a complete `ralph-monitor`.
 Importing it does nothing.
 """
 

@@ -22,7 +22,8 @@ it cannot read mean "not flagged".
 import _socket
 import posix
 
-from ralph_monitor.agent.hook_start import Options, canonical_uuid
+from ralph_monitor.agent.hook_start import ACK_TIMEOUT_S, Options, canonical_uuid
+
 
 class AskAgain:
     """The type of ASK_AGAIN."""
@@ -30,13 +31,9 @@ class AskAgain:
 
 ASK_AGAIN = AskAgain()
 """quick_verdict's answer when the full guard (agent/guard.py) must decide."""
-TIMEOUT_S = 0.3
-"""The daemon answers session_flags from memory; after this long the guard stops nothing
-(agent/hook.py ACK_TIMEOUT_S)."""
 MAX_REPLY_BYTES = 64 << 10
 SOCKET_ENV = b"RALPH_MONITOR_SOCKET"
 SESSION_ENV = b"RALPH_SESSION_ID"
-CONFIG_ENV = b"RALPH_MONITOR_CONFIG"
 SESSION_KEY = b'"session_id"'
 
 
@@ -84,17 +81,16 @@ def top_session_id(raw: bytes) -> str | AskAgain | None:
     if not rest.startswith(b'"'):
         return None  # not a string: not a session id (the full guard says the same)
     end = rest.find(b'"', 1)
-    value = rest[1:end]
-    if end < 0 or b"\\" in value:
+    if end < 0 or b"\\" in rest[1:end]:
         return ASK_AGAIN
-    return canonical_uuid(value.decode(errors="replace"))
+    return canonical_uuid(rest[1:end].decode(errors="replace"))
 
 
 def ask(socket_path: str, session_id: str) -> bytes | None:
     """The daemon's reply line to session_flags, or None when it cannot be asked in time."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        sock.settimeout(TIMEOUT_S)
+        sock.settimeout(ACK_TIMEOUT_S)  # session_flags is answered from memory
         sock.connect(socket_path)
         sock.sendall(b'{"query": "session_flags", "session_id": "' + session_id.encode() + b'"}\n')
         reply = b""

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from ralph_monitor.agent.client import (
     SESSION_ENV, SOCKET_ENV, SPEC_ENV, Connection, EventRejected, deliver, encode_event, new_event, utc_from_ns,
 )
-from ralph_monitor.agent.hook_start import (DEFAULT_MAX_FIELD_BYTES, FOREGROUND_OPTION, GUARD_OPTION,
+from ralph_monitor.agent.hook_start import (ACK_TIMEOUT_S, DEFAULT_MAX_FIELD_BYTES, FOREGROUND_OPTION, GUARD_OPTION,
                                                 HARD_TIMEOUT_S, MAX_STDIN_BYTES, Options, canonical_uuid)
 from ralph_monitor.agent.redact import Redactor, redactor_from_config
 from ralph_monitor.agent.spool import ClientSpool
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 MAX_KEYS = 200
 MAX_ITEMS = 100
 MAX_DEPTH = 12
-ACK_TIMEOUT_S = 0.3
 SPOOL_RESERVE_S = 0.2
 """Time kept back at the end of the budget to write the spool if the daemon did not answer."""
 TRANSCRIPT_BUDGET_S = 0.5

@@ -30,6 +30,9 @@ import time
 
 MAX_STDIN_BYTES = 64 << 20
 HARD_TIMEOUT_S = 1.0
+ACK_TIMEOUT_S = 0.3
+"""How long the hook waits for the daemon's answer (an event's acknowledgement, the guard's
+session_flags): after it, the event is spooled and the guard stops nothing."""
 DEFAULT_MAX_FIELD_BYTES = 4096
 FOREGROUND_OPTION = "--foreground"
 GUARD_OPTION = "--guard"
