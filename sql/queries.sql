@@ -436,84 +436,67 @@ CROSS JOIN LATERAL (
     FROM spec_runs r WHERE r.spec_id = f.spec_id AND r.end_time >= %(since)s) a
 ORDER BY f.failed + f.timed_out DESC, f.failures DESC, f.last_failed_at DESC;
 
--- name: run_outcomes_between
--- The specs decided in the window by outcome (their last attempt ended in it: outcomes.py), and
--- every run that ended in it (retries cost too): the window's whole quarter hours from
--- spec_run_totals (migration 0010), the rest of it (before its first and after its last whole
--- quarter hour, or all of a window shorter than that) from spec_runs. A week is ~700 rows
--- whatever the volume.
-WITH w AS (
-    SELECT %(since)s::timestamptz AS low, %(until)s::timestamptz AS high,
-           date_bin('15 minutes', %(since)s::timestamptz - interval '1 microsecond',
-                    TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '15 minutes' AS a,
-           date_bin('15 minutes', %(until)s::timestamptz, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
-), q AS (
-    SELECT low, high, CASE WHEN a < b THEN a ELSE high END AS a, CASE WHEN a < b THEN b ELSE high END AS b FROM w
+-- name: period_runs
+-- Per period (queries._period_rows gives their bounds: period `period` runs from bounds[period]
+-- to bounds[period + 1]): the specs decided in it by outcome (their last attempt ended in it:
+-- outcomes.py) and every run that ended in it (retries cost too), with the duration sums that
+-- let spend() add whole days up into today, this week and this month. Each period's whole
+-- hours come from spec_run_totals_hourly (migration 0017), the quarter hours before its first
+-- and after its last whole hour from spec_run_totals (0010), and what is left at its ends (now,
+-- a historical offset, a window shorter than a quarter hour) from spec_runs: ~750 rows for a
+-- month of local days in a whole-hour zone, ~3,000 in one 30 or 45 minutes off, whatever the
+-- volume. Periods without runs are left out.
+WITH p AS (
+    SELECT i AS period, b[i] AS low, b[i + 1] AS high
+    FROM (SELECT %(bounds)s::timestamptz[] AS b) AS a CROSS JOIN generate_subscripts(a.b, 1) AS i
+    WHERE i < cardinality(a.b)
+), q0 AS (
+    SELECT period, low, high,
+           date_bin('15 minutes', low - interval '1 microsecond', TIMESTAMPTZ '2000-01-01 00:00:00+00')
+               + interval '15 minutes' AS qa,
+           date_bin('15 minutes', high, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS qb
+    FROM p
+), q AS (  -- whole quarter hours [qa, qb), or none (qa = qb = high)
+    SELECT period, low, high, CASE WHEN qa < qb THEN qa ELSE high END AS qa, CASE WHEN qa < qb THEN qb ELSE high END AS qb
+    FROM q0
+), h0 AS (
+    SELECT period, low, high, qa, qb,
+           date_bin('1 hour', qa - interval '1 microsecond', TIMESTAMPTZ '2000-01-01 00:00:00+00')
+               + interval '1 hour' AS ha,
+           date_bin('1 hour', qb, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hb
+    FROM q
+), h AS MATERIALIZED (  -- whole hours [ha, hb) within them, or none (ha = hb = qb); computed once a period
+    SELECT period, low, high, qa, qb, CASE WHEN ha < hb THEN ha ELSE qb END AS ha, CASE WHEN ha < hb THEN hb ELSE qb END AS hb
+    FROM h0
+), ranges AS (
+    SELECT h.period, r.source, r.low, r.high
+    FROM h CROSS JOIN LATERAL (VALUES ('runs', h.low, h.qa), ('quarters', h.qa, h.ha), ('hours', h.ha, h.hb),
+                                      ('quarters', h.hb, h.qb), ('runs', h.qb, h.high)) AS r(source, low, high)
+    WHERE r.low < r.high
 ), parts AS (
-    SELECT t.passed, t.fixed_on_retry, t.failed, t.timed_out, t.interrupted, t.runs, t.cost_usd, t.tokens_used,
-           t.duration_sum, t.duration_count
-    FROM q JOIN spec_run_totals t ON t.period_start >= q.a AND t.period_start < q.b
-    UNION ALL
-    SELECT (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
-           (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
-           coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
-    FROM q JOIN spec_runs r ON r.end_time >= q.low AND r.end_time < q.a AND q.low < q.a
-    UNION ALL
-    SELECT (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
-           (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
-           coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
-    FROM q JOIN spec_runs r ON r.end_time >= q.b AND r.end_time < q.high AND q.b < q.high
-)
-SELECT coalesce(sum(passed), 0)::bigint AS passed, coalesce(sum(fixed_on_retry), 0)::bigint AS fixed_on_retry,
-       coalesce(sum(failed), 0)::bigint AS failed, coalesce(sum(timed_out), 0)::bigint AS timed_out,
-       coalesce(sum(interrupted), 0)::bigint AS interrupted, coalesce(sum(runs), 0)::bigint AS runs,
-       coalesce(sum(cost_usd), 0) AS cost_usd, coalesce(sum(tokens_used), 0)::bigint AS tokens_used,
-       (sum(duration_sum) / nullif(sum(duration_count), 0))::double precision AS avg_duration_seconds
-FROM parts;
-
--- name: daily_runs
--- Per local day (queries._daily_rows gives the days' bounds, cut to the window: day `day` runs
--- from bounds[day] to bounds[day + 1]): the specs decided that day by outcome (outcomes.py) and
--- the spec runs that ended that day; the duration sums let spend() add whole days up into
--- today, this week and this month. Each day's whole quarter hours come from spec_run_totals,
--- what is left of it (the window's ends, a historical offset) from spec_runs, as
--- run_outcomes_between does: ~3,000 rows for 30 days whatever the volume, and the same rows in
--- every time zone.
-WITH d AS (
-    SELECT i AS day, b[i] AS low, b[i + 1] AS high
-    FROM (SELECT %(bounds)s::timestamptz[] AS b) AS p CROSS JOIN generate_subscripts(p.b, 1) AS i
-    WHERE i < cardinality(p.b)
-), w AS (
-    SELECT d.day, d.low, d.high,
-           date_bin('15 minutes', d.low - interval '1 microsecond', TIMESTAMPTZ '2000-01-01 00:00:00+00')
-               + interval '15 minutes' AS a,
-           date_bin('15 minutes', d.high, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b
-    FROM d
-), q AS (
-    SELECT day, low, high, CASE WHEN a < b THEN a ELSE high END AS a, CASE WHEN a < b THEN b ELSE high END AS b
-    FROM w
-), parts AS (
-    SELECT q.day, t.passed, t.fixed_on_retry, t.failed, t.timed_out, t.interrupted, t.runs, t.cost_usd,
+    SELECT g.period, t.passed, t.fixed_on_retry, t.failed, t.timed_out, t.interrupted, t.runs, t.cost_usd,
            t.tokens_used, t.duration_sum, t.duration_count
-    FROM q JOIN spec_run_totals t ON t.period_start >= q.a AND t.period_start < q.b
+    FROM ranges g JOIN spec_run_totals_hourly t ON t.period_start >= g.low AND t.period_start < g.high
+    WHERE g.source = 'hours'
     UNION ALL
-    SELECT q.day, (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
+    SELECT g.period, t.passed, t.fixed_on_retry, t.failed, t.timed_out, t.interrupted, t.runs, t.cost_usd,
+           t.tokens_used, t.duration_sum, t.duration_count
+    FROM ranges g JOIN spec_run_totals t ON t.period_start >= g.low AND t.period_start < g.high
+    WHERE g.source = 'quarters'
+    UNION ALL
+    SELECT g.period, (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
            (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
            coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
-    FROM (SELECT * FROM q WHERE low < a) AS q JOIN spec_runs r ON r.end_time >= q.low AND r.end_time < q.a
-    UNION ALL
-    SELECT q.day, (r.outcome = 'passed')::int, (r.outcome = 'fixed_on_retry')::int, (r.outcome = 'failed')::int,
-           (r.outcome = 'timed_out')::int, (r.outcome = 'interrupted')::int, 1, coalesce(r.cost_usd, 0),
-           coalesce(r.tokens_used, 0), coalesce(r.duration_seconds::numeric, 0), (r.duration_seconds IS NOT NULL)::int
-    FROM (SELECT * FROM q WHERE b < high) AS q JOIN spec_runs r ON r.end_time >= q.b AND r.end_time < q.high
+    FROM ranges g JOIN spec_runs r ON r.end_time >= g.low AND r.end_time < g.high
+    WHERE g.source = 'runs'
 )
-SELECT day, sum(passed)::bigint AS passed, sum(fixed_on_retry)::bigint AS fixed_on_retry,
+SELECT period, sum(passed)::bigint AS passed, sum(fixed_on_retry)::bigint AS fixed_on_retry,
        sum(failed)::bigint AS failed, sum(timed_out)::bigint AS timed_out, sum(interrupted)::bigint AS interrupted,
        sum(runs)::bigint AS runs, sum(cost_usd) AS cost_usd, sum(tokens_used)::bigint AS tokens_used,
        sum(duration_sum)::double precision AS duration_sum, sum(duration_count)::bigint AS duration_count
 FROM parts
-GROUP BY day HAVING sum(runs) > 0
-ORDER BY day;
+GROUP BY period HAVING sum(runs) > 0
+ORDER BY period;
 
 -- name: event_counts_per_bucket
 -- From metric_buckets_time_count_idx alone, in its order (migration 0015).
@@ -658,8 +641,10 @@ DELETE FROM interventions WHERE session_id = ANY(%(ids)s::uuid[]) RETURNING row_
 DELETE FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(spec_runs)::text;
 
 -- name: prune_empty_spec_run_totals
--- After prune_spec_runs_of (whose trigger took the totals' advisory lock in this transaction).
-DELETE FROM spec_run_totals WHERE runs = 0;
+-- After prune_spec_runs_of (whose trigger took the totals' advisory lock in this transaction):
+-- the quarter hours and the hours (migration 0017) left without runs.
+WITH quarters AS (DELETE FROM spec_run_totals WHERE runs = 0)
+DELETE FROM spec_run_totals_hourly WHERE runs = 0;
 
 -- name: prune_sessions_of
 DELETE FROM sessions WHERE id = ANY(%(ids)s::uuid[]) RETURNING row_to_json(sessions)::text;
@@ -766,7 +751,7 @@ FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[]);
 -- retry (only a spec's last attempt has one of those outcomes), and those being tried now
 -- (an attempt running: spec_runs_running_idx, migration 0016; night_summary keeps those whose
 -- last attempt it is). Not the specs that simply passed: the summary counts them
--- (run_outcomes_between) and lists none, so a night reads a few dozen runs, not all of them.
+-- (period_runs) and lists none, so a night reads a few dozen runs, not all of them.
 WITH active AS (
     SELECT s.id FROM sessions s
     WHERE s.start_time < %(until)s AND coalesce(s.end_time, s.last_event_at) >= %(since)s

@@ -80,6 +80,27 @@ BEGIN
     RETURN NULL;
 END
 $$;
+CREATE FUNCTION public.spec_run_totals_hourly_apply() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO spec_run_totals_hourly AS h
+    VALUES (date_bin('1 hour', NEW.period_start, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+            NEW.runs - coalesce(OLD.runs, 0), NEW.passed - coalesce(OLD.passed, 0),
+            NEW.fixed_on_retry - coalesce(OLD.fixed_on_retry, 0), NEW.failed - coalesce(OLD.failed, 0),
+            NEW.timed_out - coalesce(OLD.timed_out, 0), NEW.interrupted - coalesce(OLD.interrupted, 0),
+            NEW.cost_usd - coalesce(OLD.cost_usd, 0), NEW.tokens_used - coalesce(OLD.tokens_used, 0),
+            NEW.duration_sum - coalesce(OLD.duration_sum, 0), NEW.duration_count - coalesce(OLD.duration_count, 0))
+    ON CONFLICT (period_start) DO UPDATE SET
+        runs = h.runs + EXCLUDED.runs, passed = h.passed + EXCLUDED.passed,
+        fixed_on_retry = h.fixed_on_retry + EXCLUDED.fixed_on_retry, failed = h.failed + EXCLUDED.failed,
+        timed_out = h.timed_out + EXCLUDED.timed_out, interrupted = h.interrupted + EXCLUDED.interrupted,
+        cost_usd = h.cost_usd + EXCLUDED.cost_usd, tokens_used = h.tokens_used + EXCLUDED.tokens_used,
+        duration_sum = h.duration_sum + EXCLUDED.duration_sum,
+        duration_count = h.duration_count + EXCLUDED.duration_count;
+    RETURN NULL;
+END
+$$;
 CREATE TABLE public.alert_messages (
     id bigint NOT NULL,
     alert_id bigint,
@@ -276,6 +297,20 @@ CREATE TABLE public.spec_run_totals (
     duration_count integer NOT NULL
 )
 WITH (fillfactor='50');
+CREATE TABLE public.spec_run_totals_hourly (
+    period_start timestamp with time zone NOT NULL,
+    runs integer NOT NULL,
+    passed integer NOT NULL,
+    fixed_on_retry integer NOT NULL,
+    failed integer NOT NULL,
+    timed_out integer NOT NULL,
+    interrupted integer NOT NULL,
+    cost_usd numeric NOT NULL,
+    tokens_used bigint NOT NULL,
+    duration_sum numeric NOT NULL,
+    duration_count integer NOT NULL
+)
+WITH (fillfactor='50');
 CREATE TABLE public.spec_runs (
     id bigint NOT NULL,
     session_id uuid NOT NULL,
@@ -347,6 +382,8 @@ ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 ALTER TABLE ONLY public.sessions
     ADD CONSTRAINT sessions_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY public.spec_run_totals_hourly
+    ADD CONSTRAINT spec_run_totals_hourly_pkey PRIMARY KEY (period_start);
 ALTER TABLE ONLY public.spec_run_totals
     ADD CONSTRAINT spec_run_totals_pkey PRIMARY KEY (period_start);
 ALTER TABLE ONLY public.spec_runs
@@ -394,6 +431,8 @@ ALTER INDEX public.events_session_idx ATTACH PARTITION public.events_default_ses
 ALTER INDEX public.events_session_story_idx ATTACH PARTITION public.events_default_session_id_occurred_at_idx1;
 ALTER INDEX public.events_spec_idx ATTACH PARTITION public.events_default_spec_id_occurred_at_idx;
 CREATE TRIGGER spec_run_totals_delete AFTER DELETE ON public.spec_runs REFERENCING OLD TABLE AS old_runs FOR EACH STATEMENT EXECUTE FUNCTION public.spec_run_totals_apply();
+CREATE TRIGGER spec_run_totals_hourly_insert AFTER INSERT ON public.spec_run_totals FOR EACH ROW EXECUTE FUNCTION public.spec_run_totals_hourly_apply();
+CREATE TRIGGER spec_run_totals_hourly_update AFTER UPDATE ON public.spec_run_totals FOR EACH ROW EXECUTE FUNCTION public.spec_run_totals_hourly_apply();
 CREATE TRIGGER spec_run_totals_insert AFTER INSERT ON public.spec_runs REFERENCING NEW TABLE AS new_runs FOR EACH STATEMENT EXECUTE FUNCTION public.spec_run_totals_apply();
 CREATE TRIGGER spec_run_totals_update AFTER UPDATE ON public.spec_runs REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs FOR EACH STATEMENT EXECUTE FUNCTION public.spec_run_totals_apply();
 ALTER TABLE ONLY public.alert_messages

@@ -112,6 +112,15 @@ class Counts:
         """From a row holding a count per outcome (missing ones are 0)."""
         return cls(**{name: int(row.get(name) or 0) for name in SPEC_OUTCOMES})
 
+    @classmethod
+    def summed(cls, rows: Iterable[Mapping[str, int]]) -> Counts:
+        """The counts of several such rows together (one object, not one per row)."""
+        total = dict.fromkeys(SPEC_OUTCOMES, 0)
+        for row in rows:
+            for name in SPEC_OUTCOMES:
+                total[name] += int(row.get(name) or 0)
+        return cls(**total)
+
     def __add__(self, other: Counts) -> Counts:
         return Counts(**{name: getattr(self, name) + getattr(other, name) for name in SPEC_OUTCOMES})
 

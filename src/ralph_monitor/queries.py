@@ -284,11 +284,6 @@ class Outcomes:
     tokens_used: int
     avg_duration_seconds: float | None
 
-    @classmethod
-    def of(cls, row: dict[str, Any]) -> Outcomes:
-        return cls(counts=Counts.of(row), runs=row["runs"], cost_usd=row["cost_usd"], tokens_used=row["tokens_used"],
-                   avg_duration_seconds=row["avg_duration_seconds"])
-
     def as_json(self) -> dict[str, Any]:
         """Flat, with the derived counts (`ralph-query --json`, the dashboard's snapshots)."""
         return {**self.counts.as_json(), "runs": self.runs, "cost_usd": self.cost_usd, "tokens_used": self.tokens_used,
@@ -653,22 +648,26 @@ def top_failing_specs(store: ReadStore, since: datetime, *, limit: int = 10) -> 
             for r in rows]
 
 
+def _outcomes_request(window: Window) -> tuple[str, dict[str, Any]]:
+    """period_runs of the window as one period: its row, or none when no run ended in it."""
+    return "period_runs", {"bounds": _timestamps([window.since, window.until])}
+
+
 def outcomes(store: ReadStore, window: Window) -> Outcomes:
     """The specs decided in the window and the runs that ended in it."""
-    return Outcomes.of(store.fetch("run_outcomes_between", {"since": window.since, "until": window.until})[0])
+    return _added_up(store.fetch(*_outcomes_request(window)))
 
 
 @Read
 def compare_weeks(store: ReadStore, now: datetime, zone: tzinfo) -> Plan[Comparison]:
     """Success rate and spend this week (so far) against the whole previous week."""
     this_week, last_week = week_windows(now, zone)
-    current, previous = yield [("run_outcomes_between", {"since": w.since, "until": w.until})
-                               for w in (this_week, last_week)]
-    return Comparison(this_week, last_week, Outcomes.of(current[0]), Outcomes.of(previous[0]))
+    current, previous = yield [_outcomes_request(w) for w in (this_week, last_week)]
+    return Comparison(this_week, last_week, _added_up(current), _added_up(previous))
 
 
 def _daily_rows(window: Window, zone: tzinfo) -> Plan[list[dict[str, Any]]]:
-    """daily_runs for each local day of the window, cut to it. A day starts at local midnight
+    """period_runs for each local day of the window, cut to it. A day starts at local midnight
     as _local_midnight has it (where the clocks go back across midnight, the earlier instant),
     so the days add up to what `outcomes` counts over the same windows."""
     since, until = window.since.astimezone(timezone.utc), window.until.astimezone(timezone.utc)
@@ -683,9 +682,9 @@ def _daily_rows(window: Window, zone: tzinfo) -> Plan[list[dict[str, Any]]]:
         day += timedelta(days=1)
     if not days:
         return []
-    (rows,) = yield [("daily_runs", {"bounds": _timestamps(bounds)})]
+    (rows,) = yield [("period_runs", {"bounds": _timestamps(bounds)})]
     for row in rows:
-        row["day"] = days[row["day"] - 1]
+        row["day"] = days[row["period"] - 1]
     return rows
 
 
@@ -705,16 +704,15 @@ def daily_runs(store: ReadStore, window: Window, zone: tzinfo) -> list[DailyRuns
     return [_daily(r) for r in store.run(_daily_rows(window, zone))]
 
 
-def _sum_days(rows: list[dict[str, Any]], first_day: date) -> Outcomes:
-    """The outcomes of `first_day` and the days after it (rows from daily_runs)."""
-    days = [r for r in rows if r["day"] >= first_day]
-    durations = sum(r["duration_count"] for r in days)
+def _added_up(rows: list[dict[str, Any]]) -> Outcomes:
+    """The outcomes of the periods of period_runs `rows` together."""
+    durations = sum(r["duration_count"] for r in rows)
     return Outcomes(
-        counts=sum((Counts.of(r) for r in days), Counts()),
-        runs=sum(r["runs"] for r in days),
-        cost_usd=sum((r["cost_usd"] for r in days), Decimal(0)),
-        tokens_used=sum(r["tokens_used"] for r in days),
-        avg_duration_seconds=sum(r["duration_sum"] for r in days if r["duration_count"]) / durations
+        counts=Counts.summed(rows),
+        runs=sum(r["runs"] for r in rows),
+        cost_usd=sum((r["cost_usd"] for r in rows), Decimal(0)),
+        tokens_used=sum(r["tokens_used"] for r in rows),
+        avg_duration_seconds=sum(r["duration_sum"] for r in rows if r["duration_count"]) / durations
         if durations else None)
 
 
@@ -728,8 +726,8 @@ def spend(store: ReadStore, now: datetime, zone: tzinfo, *, days: int = 30) -> P
                "month": month_window(now, zone).since}
     rows = yield from _daily_rows(Window(min(periods.values()), now), zone)
     first = {name: start.astimezone(zone).date() for name, start in periods.items()}
-    return Spend(today=_sum_days(rows, first["today"]), week=_sum_days(rows, first["week"]),
-                 month=_sum_days(rows, first["month"]),
+    today, week, month = (_added_up([r for r in rows if r["day"] >= first[name]]) for name in ("today", "week", "month"))
+    return Spend(today=today, week=week, month=month,
                  per_day=[_daily(r) for r in rows if r["day"] >= first["series"]])
 
 
@@ -748,13 +746,13 @@ def night_summary(store: ReadStore, window: Window) -> Plan[NightSummary]:
     and are being tried again: one round trip, which reads the attempts of the listed specs only."""
     bounds = {"since": window.since, "until": window.until}
     overlapping, totals, git_rows, attempt_rows = yield [
-        ("sessions_overlapping", bounds), ("run_outcomes_between", bounds), ("git_runs_between", bounds),
+        ("sessions_overlapping", bounds), _outcomes_request(window), ("git_runs_between", bounds),
         ("night_attempts", bounds)]
     sessions = [_session(r) for r in overlapping]
     results = spec_results([Attempt(**r) for r in attempt_rows], {s.id: s.name for s in sessions})
     decided = [r for r in results if r.outcome in NIGHT_LISTED and _in(window, r.ended_at)]
     return NightSummary(
-        window=window, sessions=sessions, outcomes=Outcomes.of(totals[0]),
+        window=window, sessions=sessions, outcomes=_added_up(totals),
         results=sorted(decided, key=lambda r: r.ended_at or window.until),
         retrying=[r for r in results if r.outcome == RUNNING and r.error is not None],
         changes=[SpecRunRow(**r) for r in git_rows],

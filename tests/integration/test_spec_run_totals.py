@@ -1,4 +1,5 @@
-"""spec_run_totals (migration 0010, issue 17) always equals a recomputation from spec_runs:
+"""spec_run_totals (migration 0010, issue 17) and its hourly sums (spec_run_totals_hourly, 0017)
+always equal a recomputation from spec_runs:
 after ingest, after a re-projection that changes earlier runs' outcomes, after
 rebuild-aggregates, after retention prunes sessions with their runs, and when a session's
 projection fails halfway (its transaction, totals included, is rolled back)."""
@@ -19,7 +20,7 @@ from tests.conftest import LineClient, query
 from tests.integration.test_overnight import wait_until_settled
 
 RECOMPUTED = """
-SELECT date_bin('15 minutes', end_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS period_start, count(*) AS runs,
+SELECT date_bin(%(grain)s::interval, end_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS period_start, count(*) AS runs,
        count(*) FILTER (WHERE outcome = 'passed') AS passed,
        count(*) FILTER (WHERE outcome = 'fixed_on_retry') AS fixed_on_retry,
        count(*) FILTER (WHERE outcome = 'failed') AS failed, count(*) FILTER (WHERE outcome = 'timed_out') AS timed_out,
@@ -31,18 +32,21 @@ FROM spec_runs WHERE end_time IS NOT NULL GROUP BY 1 ORDER BY 1
 KEPT = """
 SELECT period_start, runs, passed, fixed_on_retry, failed, timed_out, interrupted, cost_usd, tokens_used,
        duration_sum, duration_count
-FROM spec_run_totals WHERE runs <> 0 ORDER BY 1
+FROM {table} WHERE runs <> 0 ORDER BY 1
 """
+GRAINS = {"spec_run_totals": "15 minutes", "spec_run_totals_hourly": "1 hour"}
 
 
 def assert_totals_equal_spec_runs(dsn: str) -> list[dict[str, Any]]:
-    kept = query(dsn, KEPT)
-    assert kept == query(dsn, RECOMPUTED)
-    # A quarter hour whose runs are all gone is all zeros, never a stray remainder.
-    assert query(dsn, "SELECT * FROM spec_run_totals WHERE runs = 0 AND (passed, fixed_on_retry, failed, timed_out, "
-                      "interrupted, cost_usd, tokens_used, duration_sum, duration_count) "
-                      "<> (0, 0, 0, 0, 0, 0, 0, 0, 0)") == []
-    return kept
+    """The quarter hours kept (the hours checked alike)."""
+    for table, grain in GRAINS.items():
+        kept = query(dsn, KEPT.format(table=table))
+        assert kept == query(dsn, RECOMPUTED, {"grain": grain}), table
+        # A period whose runs are all gone is all zeros, never a stray remainder.
+        assert query(dsn, f"SELECT * FROM {table} WHERE runs = 0 AND (passed, fixed_on_retry, failed, timed_out, "
+                          "interrupted, cost_usd, tokens_used, duration_sum, duration_count) "
+                          "<> (0, 0, 0, 0, 0, 0, 0, 0, 0)") == []
+    return query(dsn, KEPT.format(table="spec_run_totals"))
 
 
 def send(client: LineClient, events: list[dict[str, Any]]) -> None:
@@ -125,7 +129,8 @@ def test_totals_equal_spec_runs_after_ingest_reprojection_rebuild_and_pruning(da
     assert not report.errors and report.removed["spec_runs"] > 70
     left = assert_totals_equal_spec_runs(d.dsn)
     assert sum(r["runs"] for r in left) == query(d.dsn, "SELECT count(end_time) AS n FROM spec_runs")[0]["n"] <= 2
-    assert query(d.dsn, "SELECT count(*) AS n FROM spec_run_totals WHERE runs = 0")[0]["n"] == 0  # pruned too
+    for table in GRAINS:  # pruned too
+        assert query(d.dsn, f"SELECT count(*) AS n FROM {table} WHERE runs = 0")[0]["n"] == 0, table
 
 
 FAIL_INSERT = """
