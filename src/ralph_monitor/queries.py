@@ -747,9 +747,9 @@ def night_summary(store: ReadStore, window: Window) -> Plan[NightSummary]:
     bounds = {"since": window.since, "until": window.until}
     overlapping, totals, git_rows, attempt_rows = yield [
         ("sessions_overlapping", bounds), _outcomes_request(window), ("git_runs_between", bounds),
-        ("night_attempts", bounds)]
+        ("night_attempts", bounds, Attempt)]
     sessions = [_session(r) for r in overlapping]
-    results = spec_results([Attempt(**r) for r in attempt_rows], {s.id: s.name for s in sessions})
+    results = spec_results(attempt_rows, {s.id: s.name for s in sessions})
     decided = [r for r in results if r.outcome in NIGHT_LISTED and _in(window, r.ended_at)]
     return NightSummary(
         window=window, sessions=sessions, outcomes=_added_up(totals),
