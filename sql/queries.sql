@@ -779,7 +779,9 @@ SELECT DISTINCT spec_id FROM spec_runs ORDER BY spec_id;
 -- failures it has in all, and how its sessions decided it (outcome of each last attempt,
 -- outcomes.py). The totals are counted from spec_runs_spec_recent_idx alone, and only the
 -- runs listed are read whole (a spec of a busy year has thousands of runs): the two ranges of
--- that index, the window's and the newest few, not its newest `limit`.
+-- that index, the window's and the newest few, not its newest `limit`. A run's columns come in
+-- queries.SpecRunRow's order (read without a dict per row), the totals on each spec's first row
+-- only (a value to load costs as much as a short row).
 WITH totals AS (
     SELECT spec_id, count(*) AS total_runs,
            count(*) FILTER (WHERE status IN ('failed', 'timeout')) AS total_failures,
@@ -790,8 +792,12 @@ WITH totals AS (
     FROM spec_runs WHERE spec_id = ANY(%(spec_ids)s::text[])
     GROUP BY spec_id
 )
-SELECT r.*, s.name AS session_name, h.n, t.total_runs, t.total_failures, t.passed, t.fixed_on_retry, t.failed,
-       t.timed_out
+SELECT r.id, r.session_id, r.spec_id, r.attempt, r.start_time, r.end_time, r.duration_seconds, r.status, r.outcome,
+       r.tokens_used, r.cost_usd, r.error_message, r.output_summary, s.name AS session_name, r.value_problems, r.git,
+       r.git_commits, r.git_files_changed, r.git_insertions, r.git_deletions, r.git_dirty,
+       CASE WHEN h.n = 1 THEN t.total_runs END AS total_runs, CASE WHEN h.n = 1 THEN t.total_failures END AS total_failures,
+       CASE WHEN h.n = 1 THEN t.passed END AS passed, CASE WHEN h.n = 1 THEN t.fixed_on_retry END AS fixed_on_retry,
+       CASE WHEN h.n = 1 THEN t.failed END AS failed, CASE WHEN h.n = 1 THEN t.timed_out END AS timed_out
 FROM totals t
 CROSS JOIN LATERAL (
     SELECT u.id, row_number() OVER (ORDER BY u.at DESC, u.id DESC) AS n

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
@@ -897,7 +897,7 @@ def spec_ids(store: ReadStore, session_ids: list[uuid.UUID] | None = None) -> li
 
 
 SPEC_HISTORY_TOTALS = ("total_runs", "total_failures", "passed", "fixed_on_retry", "failed", "timed_out")
-"""The columns of spec_histories that are the spec's totals, not its run's."""
+"""The columns of spec_histories that are the spec's totals (on its first row), after the run's."""
 
 
 def spec_histories(store: ReadStore, spec_ids: list[str], *, limit: int = 100, since: datetime | None = None,
@@ -905,16 +905,23 @@ def spec_histories(store: ReadStore, spec_ids: list[str], *, limit: int = 100, s
     """`spec_history` for many specs at once, with each spec's totals: the runs since `since`
     and at least the newest `at_least`, at most `limit` (no `since`: the newest `limit`)."""
     histories: dict[str, SpecHistory] = {}
-    for r in store.fetch("spec_histories", {"spec_ids": spec_ids, "limit": limit, "since": since,
-                                            "at_least": at_least}):
-        del r["n"]
-        totals = {name: r.pop(name) for name in SPEC_HISTORY_TOTALS}
-        history = histories.get(r["spec_id"])
-        if history is None:  # the totals repeat on every row of the spec
-            history = histories[r["spec_id"]] = SpecHistory(r["spec_id"], [], totals["total_runs"],
-                                                            totals["total_failures"], Counts.of(totals))
-        history.runs.append(SpecRunRow(**r))
+    for run, totals in store.fetch_as("spec_histories", {"spec_ids": spec_ids, "limit": limit, "since": since,
+                                                         "at_least": at_least}, _run_and_totals):
+        history = histories.get(run.spec_id)
+        if history is None:  # the spec's first row carries its totals
+            total = dict(zip(SPEC_HISTORY_TOTALS, totals))
+            history = histories[run.spec_id] = SpecHistory(run.spec_id, [], total["total_runs"],
+                                                           total["total_failures"], Counts.of(total))
+        history.runs.append(run)
     return list(histories.values())
+
+
+_RUN_COLUMNS = len(fields(SpecRunRow))
+
+
+def _run_and_totals(*columns: Any) -> tuple[SpecRunRow, tuple[Any, ...]]:
+    """A spec_histories row: the run (its columns in SpecRunRow's order), then the totals."""
+    return SpecRunRow(*columns[:_RUN_COLUMNS]), columns[_RUN_COLUMNS:]
 
 
 @Read

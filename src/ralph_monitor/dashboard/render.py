@@ -469,11 +469,11 @@ class SiteRenderer:
                        self._window_start if early else None))
         return hashlib.sha1(source.encode()).hexdigest()
 
-    def _unchanged(self, out: FullRelease | IncrementalRelease, relpaths: tuple[str, ...], source: str) -> bool:
-        """Whether the published release has these pages from the same `source` (the repr of
-        what they are rendered from): a full rebuild links them, an incremental render keeps
-        them. Otherwise the caller renders them, and their digest is noted now."""
-        digest = hashlib.sha1(source.encode()).hexdigest()
+    def _unchanged(self, out: FullRelease | IncrementalRelease, relpaths: tuple[str, ...], source: bytes) -> bool:
+        """Whether the published release has these pages from the same `source` (all that they
+        are rendered from): a full rebuild links them, an incremental render keeps them.
+        Otherwise the caller renders them, and their digest is noted now."""
+        digest = hashlib.sha1(source).hexdigest()
         if self._digests.get(relpaths[0]) == digest:
             if isinstance(out, IncrementalRelease) or out.link(relpaths):
                 return True
@@ -546,8 +546,13 @@ class SiteRenderer:
 
     def _spec_pages(self, out: FullRelease | IncrementalRelease, history: queries.SpecHistory) -> None:
         name = page_name(history.spec_id)
-        if self._unchanged(out, (f"specs/{name}.html", f"api/specs/{name}.json"),
-                           repr((history, [r.session_id in self._pages for r in history.runs]))):
+        # The snapshot holds all the page is rendered from, so its bytes (and which sessions
+        # have pages, for the links) are the pages' digest: cheaper than the history's repr.
+        data = dump_json(snapshot("spec", None, {
+            "spec_id": history.spec_id, "total_runs": history.total_runs, "total_failures": history.total_failures,
+            "sessions": history.counts.as_json(), "runs": history.runs}))
+        linked = bytes(r.session_id in self._pages for r in history.runs)
+        if self._unchanged(out, (f"specs/{name}.html", f"api/specs/{name}.json"), data + linked):
             return
         durations = [r.duration_seconds for r in history.runs if r.status != "running" and r.duration_seconds is not None]
         stats = {
@@ -557,9 +562,7 @@ class SiteRenderer:
         out.write(f"specs/{name}.html", self._page(
             "spec.html", "../", title=history.spec_id, history=history, stats=stats,
             strip=charts.outcome_strip(history.runs)))
-        out.write(f"api/specs/{name}.json", dump_json(snapshot("spec", None, {
-            "spec_id": history.spec_id, "total_runs": history.total_runs, "total_failures": history.total_failures,
-            "sessions": history.counts.as_json(), "runs": history.runs})))
+        out.write(f"api/specs/{name}.json", data)
 
     def _events_data(self, store: ReadStore, now: datetime, *, full: bool) -> Plan[_EventsData]:
         """events/index.html (every type, with counts) always; a type's page when its count
