@@ -709,7 +709,11 @@ ORDER BY s.start_time DESC;
 SELECT s.id FROM sessions s WHERE coalesce(s.end_time, s.last_event_at) >= %(since)s;
 
 -- name: spec_runs_of_sessions
-SELECT * FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[])
+-- In queries.SpecRunRow's order (read without a dict per row).
+SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds, status, outcome, tokens_used,
+       cost_usd, error_message, output_summary, NULL::text AS session_name, value_problems, git, git_commits,
+       git_files_changed, git_insertions, git_deletions, git_dirty
+FROM spec_runs WHERE session_id = ANY(%(ids)s::uuid[])
 ORDER BY session_id, coalesce(start_time, end_time), spec_id, attempt;
 
 -- name: timelines_of_sessions
@@ -717,8 +721,9 @@ ORDER BY session_id, coalesce(start_time, end_time), spec_id, attempt;
 -- otherwise without heartbeats and forwarded tool-level hook events (cc.*), read from the
 -- index that holds just those (migration 0012: the two kinds of session are two branches, so
 -- that the planner sees its predicate). `since`: the sessions' earliest first_event_at (NULL:
--- not known), so that only the partitions from there on are planned.
-SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, data FROM (
+-- not known), so that only the partitions from there on are planned. queries.TimelineEvent's
+-- columns in its order, then the session (read without a dict per row).
+SELECT id, event_id, event_type, spec_id, occurred_at, host, data, session_id FROM (
     SELECT *, row_number() OVER (PARTITION BY session_id ORDER BY occurred_at DESC, id DESC) AS n FROM (
         SELECT id, event_id, event_type, session_id, spec_id, occurred_at, host, payload->'data' AS data
         FROM events

@@ -873,20 +873,25 @@ def session_details(store: ReadStore, sessions: list[SessionSummary], *, whole_t
     firsts = [s.first_event_at for s in sessions if s.first_event_at is not None]
     since = min(firsts) if firsts and len(firsts) == len(sessions) else None
     run_rows, timeline_rows, intervention_rows = store.fetch_many([
-        ("spec_runs_of_sessions", {"ids": ids}),
-        ("timelines_of_sessions", {"ids": ids, "whole": whole, "limit": timeline_limit, "since": since}),
+        ("spec_runs_of_sessions", {"ids": ids}, SpecRunRow),
+        ("timelines_of_sessions", {"ids": ids, "whole": whole, "limit": timeline_limit, "since": since}, _in_session),
         ("interventions_of_sessions", {"ids": ids})])
     runs: dict[uuid.UUID, list[SpecRunRow]] = {i: [] for i in ids}
-    for r in run_rows:
-        runs[r["session_id"]].append(SpecRunRow(**r))
+    for run in run_rows:
+        runs[run.session_id].append(run)
     timelines: dict[uuid.UUID, list[TimelineEvent]] = {i: [] for i in ids}
-    for r in timeline_rows:
-        timelines[r.pop("session_id")].append(TimelineEvent(**r))
+    for session_id, event in timeline_rows:
+        timelines[session_id].append(event)
     interventions: dict[uuid.UUID, list[InterventionRow]] = {i: [] for i in ids}
     for r in intervention_rows:
         interventions[r["session_id"]].append(InterventionRow(**r))
     return {s.id: SessionDetail(session=s, spec_runs=runs[s.id], timeline=timelines[s.id],
                                 interventions=interventions[s.id]) for s in sessions}
+
+
+def _in_session(*columns: Any) -> tuple[uuid.UUID, TimelineEvent]:
+    """A timelines_of_sessions row: the event's session, and the event."""
+    return columns[-1], TimelineEvent(*columns[:-1])
 
 
 def spec_ids(store: ReadStore, session_ids: list[uuid.UUID] | None = None) -> list[str]:

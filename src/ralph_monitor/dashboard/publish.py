@@ -97,10 +97,11 @@ def _write_file(path: Path, data: bytes, *, chmod: bool = True) -> None:
         os.close(fd)
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Replace `path` with a file holding `data`, atomically (a new file, renamed over it)."""
+def replace_file(path: Path, data: bytes, *, chmod: bool = True) -> None:
+    """Replace `path` with a file holding `data`, atomically (a new file, renamed over it);
+    `chmod` as for _write_file."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    _write_file(tmp, data)
+    _write_file(tmp, data, chmod=chmod)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -160,6 +161,7 @@ class IncrementalRelease:
     def __init__(self, site: SiteDir, root: Path) -> None:
         self.root = root
         self._files: dict[str, bytes] = {}
+        self._chmod = _needs_chmod()
         self.written = 0
 
     def write(self, relpath: str, data: bytes) -> None:
@@ -177,7 +179,7 @@ class IncrementalRelease:
                     continue
             except FileNotFoundError:
                 _mkdirs(path.parent, made)
-            replace_file(path, data)
+            replace_file(path, data, chmod=self._chmod)
             self.written += 1
 
     def abort(self) -> None:
