@@ -11,9 +11,10 @@ Layout of the site dir (nginx's root is `<site_dir>/current`)::
 Publishing never exposes a half-written file. A full rebuild renders a new release
 directory and flips `current` to it (the previous release stays for a while, for readers
 that resolved the old link). An incremental render renders the changed pages in memory
-first, then replaces each changed file by rename, pages before the pages linking to them
-(sessions and specs, then the events pages, then the overview and api/status.json). Files
-whose bytes did not change are left alone, so their ETag stays and nginx can answer 304.
+first, then replaces each changed file by rename, a few at a time (on ext4 a rename over a
+file waits for the new file's data: ~0.3 ms each), and the overview and api/status.json, which
+link to the others, last. Files whose bytes did not change are left alone, so their ETag stays
+and nginx can answer 304.
 Files are 0644 and directories 0755 whatever the umask (the service runs with UMask=0027).
 """
 
@@ -25,6 +26,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +37,10 @@ from ralph_monitor.dashboard.views import dump_json, iso
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+LAST_FILES = ("index.html", "api/status.json")
+"""An incremental render puts these in place after every other file it changed."""
+COMMIT_THREADS = 4
+"""Files an incremental render puts in place at once (4: 11 -> 7.5 ms for 24 files)."""
 KEEP_RELEASES = 2
 """The published release and the one before it (a reader may still be opening its files)."""
 
@@ -156,7 +162,7 @@ class FullRelease:
 
 class IncrementalRelease:
     """Changed files of the published release, kept in memory until `commit` renames them
-    into place in the order they were written."""
+    into place (LAST_FILES last)."""
 
     def __init__(self, site: SiteDir, root: Path) -> None:
         self.root = root
@@ -172,15 +178,22 @@ class IncrementalRelease:
 
     def commit(self) -> None:
         made: set[Path] = set()
-        for relpath, data in self._files.items():
-            path = self.root / relpath
-            try:
-                if path.read_bytes() == data:
-                    continue
-            except FileNotFoundError:
-                _mkdirs(path.parent, made)
-            replace_file(path, data, chmod=self._chmod)
-            self.written += 1
+        first = [item for item in self._files.items() if item[0] not in LAST_FILES]
+        last = [item for item in self._files.items() if item[0] in LAST_FILES]
+        with ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="render-commit") as pool:
+            self.written += sum(pool.map(lambda item: self._put(*item, made), first))
+        self.written += sum(self._put(*item, made) for item in last)
+
+    def _put(self, relpath: str, data: bytes, made: set[Path]) -> bool:
+        """Put one file in place unless it holds these bytes already; whether it changed."""
+        path = self.root / relpath
+        try:
+            if path.read_bytes() == data:
+                return False
+        except FileNotFoundError:
+            _mkdirs(path.parent, made)
+        replace_file(path, data, chmod=self._chmod)
+        return True
 
     def abort(self) -> None:
         self._files.clear()
