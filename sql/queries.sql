@@ -382,11 +382,16 @@ SELECT s.id AS of_id, p.* FROM sessions s CROSS JOIN LATERAL (
 WHERE s.id = ANY(%(ids)s::uuid[]);
 
 -- name: session_spec_runs
-SELECT * FROM spec_runs WHERE session_id = %(session_id)s
+-- In queries.SpecRunRow's order (read without a dict per row).
+SELECT id, session_id, spec_id, attempt, start_time, end_time, duration_seconds, status, outcome, tokens_used,
+       cost_usd, error_message, output_summary, NULL::text AS session_name, value_problems, git, git_commits,
+       git_files_changed, git_insertions, git_deletions, git_dirty
+FROM spec_runs WHERE session_id = %(session_id)s
 ORDER BY coalesce(start_time, end_time), spec_id, attempt;
 
 -- name: session_timeline
--- The newest %(limit)s events of a session (all of them when limit is NULL), newest first.
+-- The newest %(limit)s events of a session (all of them when limit is NULL), newest first, in
+-- queries.TimelineEvent's columns.
 -- The session is a range, and in the sort, for the reason given at recent_events_of_session.
 -- `since`: the session's first_event_at (NULL: not known), so that only the partitions from
 -- there on are planned.

@@ -526,17 +526,17 @@ def session_detail(store: ReadStore, session_id: uuid.UUID, *,
     (None: all) in time order; `session.event_count` says how many there are in all. Two round
     trips: the first three together, then the events from the session's first one on."""
     params = {"session_id": session_id}
-    rows, run_rows, intervention_rows = store.fetch_many([
-        ("session", params), ("session_spec_runs", params), ("session_interventions", params)])
+    rows, runs, intervention_rows = store.fetch_many([
+        ("session", params), ("session_spec_runs", params, SpecRunRow), ("session_interventions", params)])
     if not rows:
         raise UnknownSession(f"no session {session_id}")
     # `since`: only the partitions from the session's first day on are planned.
-    newest_first = store.fetch("session_timeline", {**params, "limit": timeline_limit,
-                                                    "since": rows[0]["first_event_at"]})
+    newest_first = store.fetch_as("session_timeline", {**params, "limit": timeline_limit,
+                                                       "since": rows[0]["first_event_at"]}, TimelineEvent)
     return SessionDetail(
         session=_session(rows[0]),
-        spec_runs=[SpecRunRow(**r) for r in run_rows],
-        timeline=[TimelineEvent(**r) for r in reversed(newest_first)],
+        spec_runs=runs,
+        timeline=newest_first[::-1],
         interventions=[InterventionRow(**r) for r in intervention_rows],
     )
 
