@@ -235,3 +235,25 @@ def test_snapshots_cut_event_data_bigger_than_4_kib_of_json() -> None:
         assert cut == {"_truncated": True, "json_chars": len(whole), "excerpt": whole[:1000]}, str(big)[:40]
     edge = {"s": "x" * (views.JSON_DATA_MAX - 8)}  # {"s":"..."}: exactly JSON_DATA_MAX bytes
     assert views.bounded_data(edge) is edge and views.bounded_data({"s": edge["s"] + "x"})["_truncated"]
+
+
+def test_session_and_result_rows_escape_agent_strings_and_link_only_kept_sessions() -> None:
+    """The tables built in Python (session_rows, result_rows) escape what agents chose (names,
+    states, spec ids, errors), link a session only where it has a page, and say when a session
+    gave no total instead of drawing a full bar."""
+    kept, gone = session(execution_state=EVIL), session(name=None, total_specs=None, specs_fixed_on_retry=1)
+    html = str(views.session_rows([kept, gone], "../", anchors=True, pages={kept.id}))
+    assert "<script" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&#34;&amp;&#39;" in html
+    assert f'<tr id="session-{kept.id}"><td><a href="../sessions/{kept.id}.html">' in html
+    assert f'<span class="session" title="{gone.id}">{str(gone.id)[:8]}</span>' in html  # no page: no link
+    assert 'aria-label="1 of 3 specs done, 1 failed"' in html and "no total" in html and "1 on retry" in html
+    assert html.count("<tr") == 2
+    from ralph_monitor.outcomes import SpecResult
+
+    results = [SpecResult(kept.id, EVIL, "failed", 2, NOW, 60.0, 5, Decimal("0.1"), EVIL * 100, (EVIL,), EVIL),
+               SpecResult(gone.id, "CR-2", "fixed_on_retry", 2, NOW, None, 0, Decimal(0), None, (), None)]
+    rows = str(views.result_rows(results, "", pages={kept.id}))
+    assert "<script" not in rows and rows.count("<tr") == 2
+    assert f'href="sessions/{kept.id}.html#' in rows  # the last attempt on its session's page
+    assert f'href="specs/CR-2.html#run-{gone.id}-2"' in rows  # no session page: the spec's page
+    assert '<tr class="badrow">' in rows and '<tr class="fixedrow">' in rows and "<details" in rows
