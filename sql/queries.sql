@@ -264,12 +264,12 @@ ON CONFLICT (id) DO UPDATE SET
 -- name: delete_session_spec_runs
 DELETE FROM spec_runs WHERE session_id = %(session_id)s;
 
--- name: insert_spec_run
-INSERT INTO spec_runs (session_id, spec_id, attempt, start_time, end_time, duration_seconds, status,
-                       outcome, tokens_used, cost_usd, error_message, output_summary, value_problems, git)
-VALUES (%(session_id)s, %(spec_id)s, %(attempt)s, %(start_time)s, %(end_time)s, %(duration_seconds)s,
-        %(status)s, %(outcome)s, %(tokens_used)s, %(cost_usd)s, %(error_message)s, %(output_summary)s,
-        %(value_problems)s, %(git)s);
+-- name: copy_spec_runs
+-- A session's spec runs, all in one statement (store/projection.py writes the rows in this
+-- order): the totals' statement triggers (migrations 0010, 0017) fire once for the session,
+-- not once a run.
+COPY spec_runs (session_id, spec_id, attempt, start_time, end_time, duration_seconds, status, outcome,
+                tokens_used, cost_usd, error_message, output_summary, value_problems, git) FROM STDIN;
 
 -- name: delete_session_interventions
 DELETE FROM interventions WHERE session_id = %(session_id)s;

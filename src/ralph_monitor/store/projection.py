@@ -232,11 +232,13 @@ async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID
     await conn.execute(resources.query("delete_session_spec_runs"), params)
     async with conn.cursor() as cur:
         if projection.spec_runs:
-            await cur.executemany(resources.query("insert_spec_run"), [
-                {**vars(run), "session_id": session_id,
-                 "output_summary": Jsonb(run.output_summary) if run.output_summary is not None else None,
-                 "git": Jsonb(run.git) if run.git is not None else None}
-                for run in projection.spec_runs])
+            async with cur.copy(resources.query("copy_spec_runs")) as copy:
+                for run in projection.spec_runs:
+                    await copy.write_row((
+                        session_id, run.spec_id, run.attempt, run.start_time, run.end_time, run.duration_seconds,
+                        run.status, run.outcome, run.tokens_used, run.cost_usd, run.error_message,
+                        Jsonb(run.output_summary) if run.output_summary is not None else None,
+                        run.value_problems, Jsonb(run.git) if run.git is not None else None))
         await cur.execute(resources.query("delete_session_interventions"), params)
         if projection.interventions:
             await cur.executemany(resources.query("insert_intervention"), [
