@@ -110,11 +110,12 @@ class Counts:
     @classmethod
     def of(cls, row: Mapping[str, int]) -> Counts:
         """From a row holding a count per outcome (missing ones are 0)."""
-        return cls(**{name: int(row.get(name) or 0) for name in SPEC_OUTCOMES})
+        return cls.summed((row,))
 
     @classmethod
     def summed(cls, rows: Iterable[Mapping[str, int]]) -> Counts:
-        """The counts of several such rows together (one object, not one per row)."""
+        """The counts of several such rows together (one object, not one per row; missing
+        ones are 0)."""
         total = dict.fromkeys(SPEC_OUTCOMES, 0)
         for row in rows:
             for name in SPEC_OUTCOMES:

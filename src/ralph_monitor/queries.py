@@ -648,9 +648,14 @@ def top_failing_specs(store: ReadStore, since: datetime, *, limit: int = 10) -> 
             for r in rows]
 
 
+def _period_request(bounds: list[datetime]) -> tuple[str, dict[str, Any]]:
+    """period_runs of the periods between consecutive `bounds` (a row for each that has runs)."""
+    return "period_runs", {"bounds": _timestamps(bounds)}
+
+
 def _outcomes_request(window: Window) -> tuple[str, dict[str, Any]]:
     """period_runs of the window as one period: its row, or none when no run ended in it."""
-    return "period_runs", {"bounds": _timestamps([window.since, window.until])}
+    return _period_request([window.since, window.until])
 
 
 def outcomes(store: ReadStore, window: Window) -> Outcomes:
@@ -682,7 +687,7 @@ def _daily_rows(window: Window, zone: tzinfo) -> Plan[list[dict[str, Any]]]:
         day += timedelta(days=1)
     if not days:
         return []
-    (rows,) = yield [("period_runs", {"bounds": _timestamps(bounds)})]
+    (rows,) = yield [_period_request(bounds)]
     for row in rows:
         row["day"] = days[row["period"] - 1]
     return rows
