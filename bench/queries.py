@@ -87,10 +87,9 @@ from ingest import children_cpu, system_busy, wait_quiet  # noqa: E402
 from ralph_monitor import loop_health, queries, resources  # noqa: E402
 from ralph_monitor.cluster import Cluster  # noqa: E402
 from ralph_monitor.config import Settings  # noqa: E402
-from ralph_monitor.projections import (  # noqa: E402
-    ACTIVITY_TYPES, NOT_ACTIVITY, SESSION_TYPES, SPEC_TERMINAL, SessionEvent, project_session)
+from ralph_monitor.projections import ACTIVITY_TYPES, SPEC_TERMINAL, project_session  # noqa: E402
 from ralph_monitor.store import AlertStore, ReadStore, ensure_database, migrate, open_read_store  # noqa: E402
-from ralph_monitor.store.projection import ACTIVITY_LIMIT, ACTIVITY_WINDOW  # noqa: E402
+from ralph_monitor.store.projection import ACTIVITY_LIMIT, ACTIVITY_WINDOW, project_one  # noqa: E402
 from ralph_monitor.store.events import PARTITION_DAYS_AHEAD, PARTITION_DAYS_BEHIND  # noqa: E402
 
 DBNAME = "bench"
@@ -472,28 +471,32 @@ def counts(dsn: str) -> dict[str, int]:
 
 
 def check_projection(dsn: str, session_ids: list[uuid.UUID]) -> list[str]:
-    """Re-project sessions from their events with the daemon's code; differences found."""
+    """Re-project sessions from their events with the daemon's own read and projection code (the
+    projector's per-session step, its writes rolled back); differences from the generated rows."""
+    return asyncio.run(_check_projection(dsn, session_ids))
+
+
+async def _check_projection(dsn: str, session_ids: list[uuid.UUID]) -> list[str]:
     problems = []
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+    limits = loop_health.thresholds(Settings())
+    async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn:
         for sid in session_ids:
-            params = {"session_id": sid}
-            activity = conn.execute(resources.query("session_activity"),
-                                    {**params, "not_activity": list(NOT_ACTIVITY)}).fetchone()
-            rows = conn.execute(resources.query("session_events"), {**params, "types": list(SESSION_TYPES)}).fetchall()
-            events = [SessionEvent(r["event_id"], r["event_type"], r["spec_id"], r["occurred_at"], r["host"],
-                                   r["data"] if isinstance(r["data"], dict) else {}) for r in rows]
-            p = project_session(sid, events, event_count=activity["event_count"],
-                                last_event_at=activity["last_event_at"] or activity["last_any_at"],
-                                last_active_at=activity["last_active_at"], first_event_at=activity["first_at"])
-            stored = conn.execute("SELECT * FROM sessions WHERE id = %s", (sid,)).fetchone()
+            stored = await (await conn.execute("SELECT * FROM sessions WHERE id = %s", (sid,))).fetchone()
+            runs = await (await conn.execute(
+                "SELECT spec_id, attempt, start_time, end_time, status, outcome, tokens_used, cost_usd, error_message "
+                "FROM spec_runs WHERE session_id = %s ORDER BY start_time, attempt", (sid,))).fetchall()
+            answers = await (await conn.execute("SELECT event_id, answered_at FROM interventions "
+                                                "WHERE session_id = %s ORDER BY requested_at", (sid,))).fetchall()
+            async with conn.transaction(force_rollback=True):
+                p = await project_one(conn, sid, project_session, limits)
+            if p is None or stored is None:
+                problems.append(f"{sid}: stored {stored is not None}, projected {p is not None}")
+                continue
             for key, value in vars(p).items():
                 if key in ("spec_runs", "interventions", "loop_due"):
                     continue
                 if stored[key] != value:
                     problems.append(f"{sid} {key}: stored {stored[key]!r}, projected {value!r}")
-            runs = conn.execute("SELECT spec_id, attempt, start_time, end_time, status, outcome, tokens_used, "
-                                "cost_usd, error_message FROM spec_runs WHERE session_id = %s "
-                                "ORDER BY start_time, attempt", (sid,)).fetchall()
             projected = [{"spec_id": r.spec_id, "attempt": r.attempt, "start_time": r.start_time,
                           "end_time": r.end_time, "status": r.status, "outcome": r.outcome, "tokens_used": r.tokens_used,
                           "cost_usd": r.cost_usd, "error_message": r.error_message}
@@ -501,8 +504,6 @@ def check_projection(dsn: str, session_ids: list[uuid.UUID]) -> list[str]:
             if runs != projected:
                 diff = next(((a, b) for a, b in zip(runs, projected) if a != b), (len(runs), len(projected)))
                 problems.append(f"{sid} spec_runs differ: stored vs projected {diff}")
-            answers = conn.execute("SELECT event_id, answered_at FROM interventions WHERE session_id = %s "
-                                   "ORDER BY requested_at", (sid,)).fetchall()
             if answers != [{"event_id": i.event_id, "answered_at": i.answered_at} for i in p.interventions]:
                 problems.append(f"{sid} interventions differ")
     return problems

@@ -91,7 +91,7 @@ class ProjectionStore:
         async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
             if not await _try_lock(conn, f"session:{session_id}"):
                 return False
-            projection = await _project_one(conn, session_id, compute, self._limits)
+            projection = await project_one(conn, session_id, compute, self._limits)
             if projection is not None:
                 result.append(projection)
             params = {"session_id": session_id, "version": version}
@@ -199,9 +199,12 @@ async def _try_lock(conn: psycopg.AsyncConnection[Any], key: str) -> bool:
     return bool(row and row["locked"])
 
 
-async def _project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
-                       compute: Callable[..., SessionProjection],
-                       limits: loop_health.Thresholds) -> SessionProjection | None:
+async def project_one(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID,
+                      compute: Callable[..., SessionProjection],
+                      limits: loop_health.Thresholds) -> SessionProjection | None:
+    """Read one session's events, `compute` its aggregates and write them (in the caller's
+    transaction); None when all its events were pruned. Public for bench/queries.py, which checks
+    its generated rows against this very step."""
     params = {"session_id": session_id}
     activity = await (await conn.execute(resources.query("session_activity"),
                                          {**params, "not_activity": list(NOT_ACTIVITY)})).fetchone()
