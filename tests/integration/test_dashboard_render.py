@@ -853,3 +853,21 @@ def test_a_spec_page_lists_the_runs_of_the_events_window_and_at_least_its_newest
 
     old = read_json(tmp_path, "api/specs/CR-OLD.json")
     assert old["total_runs"] == 10 and len(old["runs"]) == 10
+
+
+def test_the_overview_says_how_many_monitor_hosts_are_not_reporting(daemon_factory: Any, tmp_path: Path) -> None:
+    """A host whose health row is a minute old is not reporting: the banner counts them in words
+    that agree with the number, and the health panel marks each."""
+    d = daemon_factory()
+    d.start()
+    render(d, tmp_path, full=True)
+    html, _, _ = read_page(tmp_path, "index.html")
+    assert "not reporting" not in html, "the daemon's own host reports every 10 s"
+    for count, host in enumerate(("build-1", "build-2"), start=1):
+        execute(d.dsn, "INSERT INTO monitor_hosts (host, version, started_at, last_seen) "
+                       "VALUES (%s, '0', now() - interval '2 days', now() - interval '5 minutes')", (host,))
+        render(d, tmp_path, full=True)
+        html, _, _ = read_page(tmp_path, "index.html")
+        banner = html[html.index("Needs you:"):html.index("</div>", html.index("Needs you:"))]
+        assert ("1 monitor host not reporting" if count == 1 else "2 monitor hosts not reporting") in banner, banner
+        assert html.count('<strong class="failt">not reporting</strong>') == count

@@ -102,6 +102,24 @@ def test_charts_escape_agent_strings_and_carry_text_alternatives() -> None:
     assert "9 in all, at most 7" in events.summary
 
 
+def test_gantt_draws_row_backgrounds_as_one_path_and_styles_labels_from_the_stylesheet() -> None:
+    """A session page's Gantt is drawn for every session in the events window: its every-other-row
+    background is one path (one subpath a stripe), and where its labels anchor is a class that
+    style.css defines (markup and stylesheet must agree: the page has no inline styles)."""
+    runs = [run(f"CR-{i:03}", "completed", 200 - i) for i in range(80)]
+    root = parse(charts.session_gantt(session(start_time=NOW - timedelta(hours=4)), runs))
+    ns = "{http://www.w3.org/2000/svg}"
+    stripes = [e for e in root.iter() if e.get("class") == "stripe"]
+    assert len(stripes) == 1 and stripes[0].tag == f"{ns}path"
+    assert stripes[0].get("d").count("M") == 40 and stripes[0].get("d").startswith("M0 20h1100v16H0z")
+    labels = root.findall(f"{ns}text")
+    assert len(labels) == 3 + 80 and not [t for t in labels if t.get("text-anchor")]
+    assert sum(1 for t in labels if t.get("class") == "label end") == 80 + 1
+    assert sum(1 for t in labels if t.get("class") == "label mid") == 1
+    css = (Path(__file__).resolve().parents[2] / "site_templates" / "style.css").read_text()
+    assert ".chart .end { text-anchor: end; }" in css and ".chart .mid { text-anchor: middle; }" in css
+
+
 def test_charts_with_nothing_to_show() -> None:
     parse(charts.session_gantt(session(end_time=None, last_event_at=session().start_time), []))
     parse(charts.outcome_strip([]))

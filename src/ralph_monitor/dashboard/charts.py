@@ -38,8 +38,13 @@ def _el(tag: str, body: str = "", **attrs: object) -> str:
     return f"<{tag}{_attrs(attrs)}>{body}</{tag}>" if body else f"<{tag}{_attrs(attrs)}/>"
 
 
+ANCHOR_CLASS = {"start": "", "middle": " mid", "end": " end"}
+"""A label's text-anchor as a class (style.css): an attribute on each of a Gantt's ~80 labels
+weighed ~0.3 MB of a 10x site."""
+
+
 def _text(x: float, y: float, text: str, cls: str, anchor: str = "start") -> str:
-    return f'<text x="{_num(x)}" y="{_num(y)}" class="{cls}" text-anchor="{anchor}">{escape(text)}</text>'
+    return f'<text x="{_num(x)}" y="{_num(y)}" class="{cls}{ANCHOR_CLASS[anchor]}">{escape(text)}</text>'
 
 
 def _tip(text: str) -> str:
@@ -200,8 +205,9 @@ def session_gantt(session: SessionSummary, runs: Sequence[SpecRunRow],
         return GANTT_LABEL + plot_w * min(1.0, max(0.0, (moment - start).total_seconds() / span))
 
     middle = _num(GANTT_LABEL + plot_w / 2)
-    body = [_el("rect", x=0, y=20 + i * GANTT_ROW, width=width, height=GANTT_ROW, class_="stripe")
-            for i in range(0, len(shown), 2)]
+    # Every other row's background, as one path (a rect each weighed ~0.5 MB of a 10x site).
+    stripes = "".join(f"M0 {20 + i * GANTT_ROW}h{width}v{GANTT_ROW}H0z" for i in range(0, len(shown), 2))
+    body = [_el("path", d=stripes, class_="stripe")]
     body += [_text(GANTT_LABEL, 12, "start", "label"),
              _text(GANTT_LABEL + plot_w / 2, 12, f"+{duration(span / 2)}", "label", "middle"),
              _text(width - 8, 12, f"+{duration(span)}", "label", "end"),
