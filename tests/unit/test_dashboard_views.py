@@ -275,3 +275,22 @@ def test_session_and_result_rows_escape_agent_strings_and_link_only_kept_session
     assert f'href="sessions/{kept.id}.html#' in rows  # the last attempt on its session's page
     assert f'href="specs/CR-2.html#run-{gone.id}-2"' in rows  # no session page: the spec's page
     assert '<tr class="badrow">' in rows and '<tr class="fixedrow">' in rows and "<details" in rows
+
+
+def test_a_session_that_ended_with_failing_specs_does_not_wear_a_green_completed() -> None:
+    """'completed' is how the loop ended; a reader at 7 am reads the badge's colour as how the
+    night went. With specs still failing it says how many: amber when some passed, red when none did."""
+    def badge(**counts: int) -> str:
+        s = session(**{"execution_state": "completed", "end_time": NOW, "specs_completed": 0, "specs_failed": 0,
+                       "specs_timed_out": 0, "specs_fixed_on_retry": 0, **counts})
+        html = str(views.session_rows([s], "../"))
+        return re.search(r'<span class="state [^"]*">[^<]*</span>', html).group(0)
+
+    assert badge(specs_completed=3) == '<span class="state completed">completed</span>'
+    assert badge(specs_completed=3, specs_failed=2, specs_timed_out=1) == \
+        '<span class="state completed some-failed">completed, 2 failed</span>'
+    assert badge(specs_failed=2) == '<span class="state completed none-passed">completed, 2 failed</span>'
+    running = session(execution_state="running", specs_failed=2, specs_completed=0)
+    assert '<span class="state running">running</span>' in str(views.session_rows([running], "../"))
+    css = (Path(__file__).resolve().parents[2] / "site_templates" / "style.css").read_text()
+    assert ".state.completed.some-failed {" in css and ".state.completed.none-passed {" in css

@@ -24,8 +24,8 @@ from markupsafe import Markup, escape
 from ralph_monitor import __version__, changes, queries
 from ralph_monitor.dashboard import charts
 from ralph_monitor.outcomes import (FAILED, FAILING_STATUSES, FIXED_ON_RETRY, INTERRUPTED, LATER_PASSED, PASSED,
-                                    RETRIED, RUNNING, STATUS_WORDS, TIMED_OUT, WORDS, SpecResult, attempt_word,
-                                    fixed_later)
+                                    RETRIED, RUNNING, STATUS_WORDS, TIMED_OUT, WORDS, Counts, SpecResult,
+                                    attempt_word, fixed_later)
 from ralph_monitor.resources import resource_dir
 from ralph_monitor.textfmt import duration, json_default, money, percent, shorten
 
@@ -106,10 +106,16 @@ def session_link(root: str, session_id: uuid.UUID, name: str | None, pages: Cont
     return Markup(f'<a href="{root}sessions/{session_id}.html">{label}</a>')
 
 
-def state_badge(state: str) -> Markup:
-    """A session's execution state."""
+def state_badge(state: str, counts: Counts | None = None) -> Markup:
+    """A session's execution state. A session that ran to its end with specs still failing says
+    how many (in amber, red when none passed): a green "completed" over a night of failures is
+    what a tired reader would take away."""
     value = escape(state)
-    return Markup(f'<span class="state {value}">{value.replace("_", " ")}</span>')
+    words = value.replace("_", " ")
+    if state == "completed" and counts is not None and counts.still_failing:
+        tone = "none-passed" if not counts.completed else "some-failed"
+        return Markup(f'<span class="state completed {tone}">{words}, {counts.still_failing} failed</span>')
+    return Markup(f'<span class="state {value}">{words}</span>')
 
 
 def progress_bar(done: int, failed: int, total: int | None) -> Markup:
@@ -140,7 +146,7 @@ def session_rows(sessions: list[queries.SessionSummary], root: str, *, anchors: 
         fixed = (f' <span class="mark fixed" title="fixed on retry">{c.fixed_on_retry} on retry</span>'
                  if c.fixed_on_retry else "")
         took = ((s.end_time or s.last_event_at) - s.start_time).total_seconds()
-        out.append(f'<tr{row_id}><td>{session_link(root, s.id, s.name, pages)}</td><td>{state_badge(s.execution_state)}</td>'
+        out.append(f'<tr{row_id}><td>{session_link(root, s.id, s.name, pages)}</td><td>{state_badge(s.execution_state, s.counts)}</td>'
                    f'<td>{when(s.start_time)}</td><td>{duration(took)}</td>'
                    f'<td>{progress_bar(s.specs_completed, s.specs_failed, s.total_specs)}</td>'
                    f'<td class="n">{s.specs_completed}/{total}{fixed}</td><td class="n">{c.failed}</td>'
