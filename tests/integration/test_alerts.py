@@ -302,7 +302,7 @@ def test_the_morning_report_lists_the_night(daemon_factory: Any, receiver: Recei
     result = subprocess.run([str(BIN / "ralph-monitor"), "alert", "report", "--send", "--config",
                              str(daemon.config_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "1 done, 1 failed, 0 timed out, $0.75" in result.stdout
+    assert "1 completed, 1 failed, 0 timed out, $0.75" in result.stdout
     receiver.wait_for(lambda: any(t.startswith("Night of") for t in receiver.titles()), "no report")
     report = next(m for m in receiver.received if m["title"].startswith("Night of"))
     assert "CR-2" in report["message"] and "AssertionError: expected 3 rows" in report["message"]

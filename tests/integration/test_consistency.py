@@ -189,7 +189,7 @@ def test_every_view_counts_the_same(night: Daemon, tmp_path: Path) -> None:
     # The morning report.
     report = subprocess.run([str(BIN / "ralph-monitor"), "alert", "report", "--config", str(night.config_path)],
                             capture_output=True, text=True, timeout=60, check=True).stdout
-    assert report.startswith("Night of ") and f": {EXPECTED.completed} done, {EXPECTED.failed} failed, " \
+    assert report.startswith("Night of ") and f": {EXPECTED.completed} completed, {EXPECTED.failed} failed, " \
                                                   f"{EXPECTED.timed_out} timed out" in report.splitlines()[0]
     assert f"7 specs decided in 10 spec runs ({EXPECTED.sentence()})" in report
     assert "**Still failing (3)**" in report and "**Fixed on retry (1)**" in report

@@ -62,6 +62,15 @@ def night_of(now: datetime, settings: Settings, zone: tzinfo) -> queries.Window:
                                 end=time.fromisoformat(settings.reports_night_end))
 
 
+def _night_days(window: queries.Window, zone: tzinfo) -> str:
+    """The night's days as a reader names them: "Sat 28 to Sun 29 Nov" (the evening it began and
+    the morning it ended), or one day when the window starts after midnight."""
+    first, last = window.since.astimezone(zone).date(), window.until.astimezone(zone).date()
+    if first == last:
+        return f"{last:%a %d %b}"
+    return f"{first:%a %d}{'' if first.month == last.month else f' {first:%b}'} to {last:%a %d %b}"
+
+
 def morning_report(store: ReadStore, settings: Settings, *, now: datetime, zone: tzinfo) -> tuple[str, str, str]:
     """(subject, title, Markdown body) of the report on the last night."""
     window = night_of(now, settings, zone)
@@ -70,7 +79,8 @@ def morning_report(store: ReadStore, settings: Settings, *, now: datetime, zone:
     diffs = queries.diffs_against_previous(store, night.sessions)
     o, c = night.outcomes, night.outcomes.counts
     day = window.until.astimezone(zone).date()
-    title = (f"Night of {day:%a %d %b}: {c.completed} done, {c.failed} failed, {c.timed_out} timed out, "
+    title = (f"Night of {_night_days(window, zone)}: {c.completed} completed, {c.failed} failed, "
+             f"{c.timed_out} timed out, "
              f"{money(o.cost_usd)}"
              + (f"; {len(waiting)} waiting for you" if waiting else ""))
     lines = changes_lines([diffs[s.id] for s in night.sessions if s.id in diffs], settings)
