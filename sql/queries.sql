@@ -365,7 +365,16 @@ ORDER BY id LIMIT 2;
 SELECT s.*, NULL::text AS current_spec FROM sessions s WHERE s.id = %(session_id)s;
 
 -- name: latest_session
-SELECT s.*, NULL::text AS current_spec FROM sessions s ORDER BY s.start_time DESC LIMIT 1;
+-- What `ralph-query diff` compares by default: the session that started last among those with an
+-- earlier session of the same name (a session with no name, say one `ralph-monitor emit` made, or
+-- the first run of a new loop has nothing to compare with); when none has one, the session that
+-- started last. The second branch runs only when the first finds nothing.
+(SELECT s.*, NULL::text AS current_spec FROM sessions s
+ WHERE EXISTS (SELECT FROM sessions p WHERE p.name = s.name AND p.start_time < s.start_time)
+ ORDER BY s.start_time DESC LIMIT 1)
+UNION ALL
+(SELECT s.*, NULL::text AS current_spec FROM sessions s ORDER BY s.start_time DESC LIMIT 1)
+LIMIT 1;
 
 -- name: previous_session
 -- The last session of the same name that started before `before` (ralph-query diff).

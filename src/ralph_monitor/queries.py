@@ -552,7 +552,8 @@ class SessionDiff:
 
 
 def latest_session(store: ReadStore) -> SessionSummary:
-    """The session that started last. Raises UnknownSession when there is none."""
+    """The session that started last among those with a previous run of their name, else the one
+    that started last (`diff` without arguments). Raises UnknownSession when there is none."""
     rows = store.fetch("latest_session")
     if not rows:
         raise UnknownSession("no session recorded yet")
@@ -581,7 +582,8 @@ def _runs_by_session(store: ReadStore, ids: list[uuid.UUID]) -> dict[uuid.UUID, 
 def session_diff(store: ReadStore, first: uuid.UUID | None = None, second: uuid.UUID | None = None, *,
                  threshold_percent: float = changes.THRESHOLD_PERCENT) -> SessionDiff:
     """`ralph-query diff [A] [B]`: two sessions, the one that started earlier as the baseline.
-    Without B, A against the previous session of its name; without either, the latest session.
+    Without B, A against the previous session of its name; without either, the latest session
+    that has a previous one (latest_session).
     Raises UnknownSession when a session, or that previous one, does not exist."""
     picked = []
     for session_id in (first, second):

@@ -541,7 +541,7 @@ def query_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=parse_since, default=parse_since("7d"), metavar="WHEN", help="default 7d")
     p = command("diff", cmd_diff, "what changed between two sessions: newly failing, fixed, still failing, flaky, "
                                   "slower, costlier specs and new errors")
-    p.add_argument("a", nargs="?", metavar="A", help="a session id or unique prefix (default: the latest session)")
+    p.add_argument("a", nargs="?", metavar="A", help="a session id or unique prefix (default: the latest session that has a previous run of its name)")
     p.add_argument("b", nargs="?", metavar="B", help="another one (default: the session of A's name that ran "
                                                      "before A); the earlier of the two is the baseline")
     p.add_argument("--threshold", type=float, default=changes.THRESHOLD_PERCENT, metavar="PERCENT",

@@ -117,6 +117,17 @@ def test_diff_finds_every_category(two_nights: Daemon) -> None:
     lonely = ralph_query(two_nights, "diff", BEFORE, check=False)
     assert lonely.returncode == 1 and "has no earlier session named 'nightly'" in lonely.stderr
 
+    # Newer sessions with nothing to compare with (one without a name, as `ralph-monitor emit
+    # --session` makes, the first run of a new loop) do not hide the latest repeated one.
+    client = LineClient(two_nights.connect())
+    for event in ({"type": "spec_started", "session_id": str(uuid.uuid4()), "spec_id": "CR-01"},
+                  {"type": "session_started", "session_id": str(uuid.uuid4()), "data": {"name": "weekly"}}):
+        assert client.request(event)["ok"]
+    client.close()
+    wait_until_settled(two_nights.dsn, lambda: query(two_nights.dsn, "SELECT count(*) AS n FROM sessions")[0]["n"] == 5)
+    latest = json.loads(ralph_query(two_nights, "diff", "--json").stdout)
+    assert (latest["baseline"]["id"], latest["session"]["id"]) == (BEFORE, AFTER)
+
 
 def test_the_session_page_and_the_report_lead_with_the_changes(two_nights: Daemon, tmp_path: Path) -> None:
     render_once(load_settings(two_nights.config_path), dsn=two_nights.dsn, site_dir=tmp_path, full=True)
