@@ -977,6 +977,15 @@ class AlertRow:
     messages: list[dict[str, Any]]
 
     @property
+    def state(self) -> str:
+        """open, resolved, or one-off: an alert about something that happened (a session that
+        ended with failures, a budget passed) is closed as it fires (resolved_at = fired_at, one
+        transaction); "resolved" would read as if the failure had been fixed."""
+        if self.resolved_at is None:
+            return "open"
+        return "one-off" if self.resolved_at == self.fired_at else "resolved"
+
+    @property
     def delivery(self) -> str:
         """One word per message: sent, retrying (attempts), failed."""
         words = []

@@ -453,7 +453,7 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     if _answered_plainly(args, rows, f"no alert since {local_time(since, _zone(settings))}"):
         return 0
     print(table(["fired", "state", "alert", "delivery"], [
-        [relative_time(a.fired_at, now), "open" if a.resolved_at is None else "resolved",
+        [relative_time(a.fired_at, now), a.state,
          shorten(a.title, 60), shorten(a.delivery, 50)] for a in rows]))
     failed = [(a, m) for a in rows for m in a.messages if m["last_error"] and not m["sent_at"]]
     for alert, message in failed[:10]:

@@ -23,8 +23,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from ralph_monitor import queries
 from ralph_monitor.config import Settings
-from ralph_monitor.store import AlertStore
+from ralph_monitor.store import AlertStore, open_read_store
 from tests.agent_tools import agent_env
 from tests.conftest import Daemon, LineClient, query
 from tests.integration.test_absurd_values import INJECT_FAILURE
@@ -129,6 +130,7 @@ def test_a_request_for_a_human_fires_once_and_resolves_when_answered(daemon_fact
     out = subprocess.run([str(BIN / "ralph-query"), "alerts", "--config", str(daemon.config_path)],
                          capture_output=True, text=True, check=True, timeout=60).stdout
     assert "Agent needs you: night-run on CR-7" in out and "firing sent, resolved sent" in out
+    assert " resolved " in out and "one-off" not in out
     # The dashboard's alerts page says the same, with the delivery of each message.
     subprocess.run([str(BIN / "ralph-monitor"), "render", "--full", "--config", str(daemon.config_path)],
                    check=True, capture_output=True, timeout=120)
@@ -397,3 +399,7 @@ def test_a_one_shot_alert_fires_once_across_passes_and_daemons(db_dsn: str) -> N
         second.close()
     assert sorted(r["title"] for r in query(db_dsn, "SELECT title FROM alerts")) == [
         "Session ended with 1 failed spec: red", "Session ended with 1 failed spec: redder"]
+    # Listed as what they are: a thing that happened, not a problem that was fixed ("resolved").
+    with open_read_store(settings, dsn=db_dsn) as store:
+        listed = queries.recent_alerts(store, since=night[0])
+    assert [a.state for a in listed] == ["one-off", "one-off"]
