@@ -462,7 +462,8 @@ def _add_agent_parsers(sub: Any) -> None:
     which.add_argument("--spec", action="append", metavar="ID", help="run this spec (repeatable)")
     which.add_argument("--iterations", type=int, default=1, metavar="N",
                        help="without specs: run N iterations (0: until stopped; default 1)")
-    loop.add_argument("--name", help="session name (default: the command's name)")
+    loop.add_argument("--name", help="session name; `ralph-query diff` compares runs of one name "
+                      "(default: the directory and the command, 'shop-backend: claude')")
     loop.add_argument("--session", metavar="UUID",
                       help="add the runs to this existing session (no session_started / session_ended)")
     loop.add_argument("--timeout", type=float, default=3600.0, metavar="S",

@@ -70,10 +70,6 @@ Apply the retention policy now, as the nightly job does ([schedule] prune_time):
   rejects         received more than [retention] rejects_days ago.
 Ingestion is never blocked: locks on the events table are taken with a short timeout
 and retried. A prune_completed (or prune_failed) event is recorded.
-
-  --dry-run        only count what would be removed
-  --archive DIR    first write the removed rows to DIR as gzip'd JSON lines
-                   (events_YYYYMMDD.jsonl.gz per day, sessions-STAMP.jsonl.gz, ...)
 """
 
 DOCTOR_HELP = """\
@@ -214,7 +210,8 @@ def add_commands(sub: Any) -> None:
                            description=PRUNE_HELP, formatter_class=raw)
     _add_config(prune)
     prune.add_argument("--dry-run", action="store_true", help="only report what would be removed")
-    prune.add_argument("--archive", metavar="DIR", help="write removed rows to DIR as gzip'd JSON lines first")
+    prune.add_argument("--archive", metavar="DIR", help="first write the removed rows to DIR as gzip'd JSON lines "
+                       "(events_YYYYMMDD.jsonl.gz per day, sessions-STAMP.jsonl.gz, ...)")
     prune.add_argument("--json", action="store_true", help="print the report as JSON")
     prune.set_defaults(func=_cmd_prune)
 

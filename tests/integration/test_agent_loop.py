@@ -177,6 +177,7 @@ def test_sigterm_ends_the_session_as_interrupted_and_stops_the_command(daemon: D
     settle(daemon.dsn, lambda: the_session(daemon.dsn)["end_time"] is not None)
     session = the_session(daemon.dsn)
     assert session["execution_state"] == "interrupted" and session["specs_completed"] == 1
+    assert session["name"] == f"{tmp_path.name}: {fake_claude.name}"  # no --name: where it ran, what it ran
     runs = {r["spec_id"]: r["status"] for r in query(daemon.dsn, "SELECT spec_id, status FROM spec_runs")}
     assert runs == {"ok-1": "completed", "slow-2": "interrupted"}  # ok-3 never started
     end = events(daemon.dsn, "event_type = 'session_ended'")[0]["payload"]["data"]

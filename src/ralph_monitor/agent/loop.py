@@ -84,6 +84,13 @@ INPUT_CHARS = 500
 """How much of a refused tool call's input is kept."""
 
 
+def default_name(command: list[str]) -> str:
+    """A session's name when --name is not given: the directory the loop runs in and the command
+    ("shop-backend: claude"). `ralph-query diff` compares a session with the previous one of its
+    name, so the command's name alone would make every loop of every repository one series."""
+    return f"{Path.cwd().name or '/'}: {Path(command[0]).name}"
+
+
 @dataclass(frozen=True)
 class Spec:
     id: str
@@ -316,14 +323,14 @@ class LoopRunner:
         started = time.monotonic()
         try:
             if not self.joined:
-                data: dict[str, Any] = {"name": self.name or Path(self.command[0]).name,
+                data: dict[str, Any] = {"name": self.name or default_name(self.command),
                                         "metadata": {"command": self.redactor.text(shlex.join(self.command)[:1000]),
                                                      "cwd": os.getcwd(), "runner": "ralph-monitor loop",
                                                      **self.metadata}}
                 if total is not None:
                     data["total_specs"] = total
                 self._emit("session_started", data=data)
-            self._say(f"session {self.session_id}" + (f", {total} specs" if total is not None else ""))
+            self._say(f"session {self.session_id}" + (f", {total} spec{'' if total == 1 else 's'}" if total is not None else ""))
             for spec in specs:
                 if self._signal is not None or self._check_stuck():
                     break
