@@ -692,8 +692,10 @@ def test_every_session_is_listed_month_by_month(daemon_factory: Any, tmp_path: P
         renderer.render(full=True)
         root = (tmp_path / "current").resolve()
         old_month, this_month = f"{long_ago:%Y-%m}", f"{now:%Y-%m}"
-        index, _, _ = read_page(tmp_path, "sessions/index.html")
+        index, values, _ = read_page(tmp_path, "sessions/index.html")
         assert f'<a href="{this_month}.html">{now:%B %Y}</a>' in index
+        # Its totals are those of when it was written (every few minutes while sessions run): it says when.
+        assert values["listed-at"].startswith("Listed at ") and "every 5 minutes" in values["listed-at"]
         assert f'<a href="{old_month}.html">{long_ago:%B %Y}</a>' in index
         assert index.index(this_month) < index.index(old_month), "newest month first"
         assert "$1.25" in index and "$2.00" in index

@@ -138,6 +138,10 @@ def test_data_summary_is_one_short_line() -> None:
     assert views.data_summary({"error": "boom\n  at x", "tokens_used": 5}) == "boom at x · tokens_used: 5"
     assert len(views.data_summary({"blob": "y" * 10_000}, 100)) == 100
     assert views.data_summary(None) == "" and views.data_summary({}) == ""
+    # Values read as the agent's JSON said them, not as Python prints them.
+    assert views.data_summary({"status": True, "name": None}) == "status: true · name: null"
+    assert views.value_text({"demo": True, "tags": ["a"]}) == '{"demo": true, "tags": ["a"]}'
+    assert views.value_text("plain") == "plain"
     assert str(views.when(NOW)) == '<time datetime="2026-11-25T12:00:00Z">2026-11-25 12:00 UTC</time>'
 
 

@@ -35,12 +35,14 @@ from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 from ralph_monitor import queries
 from ralph_monitor.config import Settings, report_zone
 from ralph_monitor.dashboard import charts, worker
 from ralph_monitor.dashboard.publish import KEEP_RELEASES, FullRelease, IncrementalRelease, RenderResult, SiteDir
 from ralph_monitor.dashboard.views import (SCHEMA_VERSION, bounded_data, dump_json, fields, iso, page_name, snapshot,
-                                           template_environment)
+                                           template_environment, when)
 from ralph_monitor.errors import RalphMonitorError, RenderFailed
 from ralph_monitor.outcomes import Counts
 from ralph_monitor.resources import resource_dir
@@ -530,15 +532,19 @@ class SiteRenderer:
         months = queries.session_months(store, self.zone)
         todo = [m.month for m in months] if full else sorted(todo_months)
         zone = str(self.zone)
+        listed = Markup("Listed at {}. While sessions run, this page is rewritten when one starts or changes "
+                        "state, and every {} minutes; a session's own page and the overview are current."
+                        ).format(when(now), int(LIST_REFRESH.total_seconds() // 60))
         out.write("sessions/index.html", self._page(
-            "archive.html", "../", title="Sessions", month=None, months=months, sessions=[], zone=zone))
+            "archive.html", "../", title="Sessions", month=None, months=months, sessions=[], zone=zone,
+            listed_note=listed))
         for month in todo:
             sessions = queries.sessions_of_month(store, month, self.zone)
             self._listed.update((s.id, s.execution_state) for s in sessions)
             self._months_at[month] = now
             out.write(f"sessions/{month:%Y-%m}.html", self._page(
                 "archive.html", "../", title=f"Sessions of {month:%B %Y}", month=month, months=months,
-                sessions=sessions, zone=zone))
+                sessions=sessions, zone=zone, listed_note=listed))
             out.write(f"api/sessions/{month:%Y-%m}.json", dump_json(snapshot("sessions_of_month", None, {
                 "month": month, "timezone": zone, "sessions": [
                     {**fields(s), "page": s.id in self._pages} for s in sessions]})))

@@ -366,12 +366,19 @@ def number(value: int | float | None) -> str:
     return "–" if value is None else f"{value:,}"
 
 
+def value_text(value: Any) -> str:
+    """An agent's value as its JSON said it: a string as is, else JSON (true, null, [1, 2]; not
+    Python's True, None or {'a': 1})."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
 def data_summary(data: Any, width: int = 160) -> str:
     """One line about an event's data: the fields people look for first, else compact JSON."""
     if not isinstance(data, dict) or not data:
         return "" if data in (None, {}) else shorten(json.dumps(data, ensure_ascii=False, default=str), width)
     keys = ("error", "message", "reason", "tool_name", "status", "name", "title", "tokens_used", "cost_usd")
-    picked = [f"{k}: {data[k]}" if k not in ("error", "message") else str(data[k]) for k in keys if k in data]
+    picked = [f"{k}: {value_text(data[k])}" if k not in ("error", "message") else value_text(data[k])
+              for k in keys if k in data]
     text = " · ".join(picked) if picked else json.dumps(data, ensure_ascii=False, default=str)
     return shorten(text, width)
 
@@ -387,7 +394,8 @@ def template_environment(pages: Container[uuid.UUID] | None = None,
         auto_reload=False,
     )
     env.filters.update(money=money, percent=percent, duration=duration, shorten=shorten, when=when,
-                       number=number, summary=data_summary, page_name=page_name, iso=iso, breakable=breakable)
+                       number=number, summary=data_summary, page_name=page_name, iso=iso, breakable=breakable,
+                       value_text=value_text)
     env.globals.update(version=__version__, error_html=error_html,
                        run_rows=functools.partial(run_rows, pages=pages, kept=kept_rows),
                        session_rows=functools.partial(session_rows, pages=pages), state_badge=state_badge,
