@@ -212,3 +212,34 @@ def test_anchors_land_on_the_item_and_highlight_it(site: Nginx, browser: Any, ar
         if not javascript:  # the page reads whole without its script: times in UTC
             assert "UTC" in page.inner_text("main")
         context.close()
+
+
+WIDE_CHART = """sel => {
+  const figure = document.querySelector(sel), chart = figure.querySelector('svg'), hint = figure.querySelector('.swipe');
+  const f = figure.getBoundingClientRect(), c = chart.getBoundingClientRect();
+  return {scrolls: figure.scrollWidth > figure.clientWidth, left: c.left - f.left, right: f.right - c.right,
+          hint: hint !== null && getComputedStyle(hint).display !== 'none' && hint.getBoundingClientRect().width > 0};
+}"""
+
+
+def test_a_chart_wider_than_a_phone_says_so_and_the_last_24_hours_open_at_their_newest(
+        site: Nginx, browser: Any, artifacts: Path) -> None:
+    """On a phone the wide charts scroll sideways: the 24 hours of events open at their right end
+    (now), not at '24 h ago' (which read as a night without activity), and each says it scrolls;
+    on a desktop they fit and say nothing."""
+    for size in (PHONE, DESKTOP):
+        context = browser.new_context(viewport=size, is_mobile=size is PHONE, has_touch=size is PHONE)
+        page = context.new_page()
+        page.goto(site.base_url + "/", wait_until="load")
+        events = page.evaluate(WIDE_CHART, "figure.newest")
+        if size is PHONE:
+            page.locator("figure.newest").screenshot(path=str(artifacts / "phone-events-chart-390.png"))
+        page.goto(site.base_url + f"/sessions/{NIGHTLY}.html", wait_until="load")
+        gantt = page.evaluate(WIDE_CHART, "figure.wide")
+        if size is PHONE:
+            page.locator("figure.wide").screenshot(path=str(artifacts / "phone-gantt-390.png"))
+            assert events["scrolls"] and events["hint"] and abs(events["right"]) < 20 and events["left"] < -100, events
+            assert gantt["scrolls"] and gantt["hint"] and abs(gantt["left"]) < 20, gantt  # its spec labels in sight
+        else:
+            assert not events["scrolls"] and not events["hint"] and not gantt["scrolls"] and not gantt["hint"]
+        context.close()
