@@ -243,3 +243,24 @@ def test_a_chart_wider_than_a_phone_says_so_and_the_last_24_hours_open_at_their_
         else:
             assert not events["scrolls"] and not events["hint"] and not gantt["scrolls"] and not gantt["hint"]
         context.close()
+
+
+ALIGNED = """sel => [...document.querySelectorAll(sel + ' > tbody > tr:first-child > td')]
+  .map(td => getComputedStyle(td).textAlign === 'right' ? 'R' : 'L').join('')"""
+
+
+def test_numbers_in_the_big_tables_line_up_on_the_right_on_a_desktop_and_read_as_cards_on_a_phone(
+        site: Nginx, browser: Any) -> None:
+    """The tables of hundreds of rows align their numbers by column from the stylesheet (no class
+    on each cell): attempts, tokens, cost, and a session's counts."""
+    pages = {f"/sessions/{NIGHTLY}.html": ("table.runs-by-session", "LRLLLRRLL"),
+             f"/specs/{page_name('CR-103')}.html": ("table.runs-by-spec", "LLRLLRRLL"),
+             "/": ("table.sessions", "LLLLLRRRRR")}
+    for size in (DESKTOP, PHONE):
+        context = browser.new_context(viewport=size)
+        page = context.new_page()
+        for path, (table, desktop) in pages.items():
+            page.goto(site.base_url + path, wait_until="load")
+            expected = desktop if size is DESKTOP else "L" * len(desktop)
+            assert page.evaluate(ALIGNED, table) == expected, (path, size)
+        context.close()
