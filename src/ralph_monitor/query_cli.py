@@ -440,8 +440,8 @@ def cmd_rejects(args: argparse.Namespace, settings: Settings) -> int:
     if _answered_plainly(args, rows, "no rejected lines"):
         return 0
     print(table(["when", "reason", "pid", "bytes", "line"], [
-        [relative_time(r.received_at, now), r.reason, str(r.writer_pid or "-"), str(r.line_bytes),
-         shorten(r.excerpt, 60)] for r in rows]))
+        [relative_time(r.received_at, now), shorten(f"{r.reason}: {r.detail}" if r.detail else r.reason, 80),
+         str(r.writer_pid or "-"), str(r.line_bytes), shorten(r.excerpt, 60)] for r in rows]))
     return 0
 
 

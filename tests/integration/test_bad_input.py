@@ -26,6 +26,7 @@ from ralph_monitor.errors import InvalidEvent
 from ralph_monitor.protocol import Origin, error_reply, parse_line
 from tests.conftest import (TEMPLATE_DB, Daemon, LineClient, admin_connect, create_database, drop_database, query,
                             short_tempdir)
+from tests.integration.test_overnight import ralph_query
 
 SESSION = "6f1c2b4e-1111-4000-8000-000000000001"
 EXCERPT_BYTES = 4096
@@ -330,6 +331,9 @@ def test_oversized_lines_between_good_ones_in_one_write(daemon: Daemon) -> None:
     c.close()
     sizes = [r["line_bytes"] for r in query(daemon.dsn, "SELECT line_bytes FROM rejects ORDER BY id")]
     assert sizes == [3 * MiB, MAX_LINE_BYTES + 1]
+    # `ralph-query rejects` says why, not only the reason's code.
+    listed = ralph_query(daemon, "rejects").stdout
+    assert f"line_too_long: line of {MAX_LINE_BYTES + 1} bytes exceeds the limit" in listed, listed
 
 
 def test_oversized_line_cut_short_by_eof_is_still_answered(daemon: Daemon) -> None:
