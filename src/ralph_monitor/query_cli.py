@@ -30,9 +30,9 @@ Examples:
   ralph-query night                        what happened last night
   ralph-query sessions --since 7d
   ralph-query session 6f1c                 one session's timeline (a unique id prefix is enough)
-  ralph-query spec CR-02                   every run of one spec
+  ralph-query spec CR-103                  every run of one spec (CR-103: one that `ralph-monitor demo` records)
   ralph-query failures --top 10 --since 7d
-  ralph-query diff                         the latest session against the previous run of its name
+  ralph-query diff                         the latest session that has a previous run of its name, against it
   ralph-query diff 6f1c 93ab               two sessions (the earlier one is the baseline)
   ralph-query cost --month
   ralph-query compare                      this week against last week
