@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -66,6 +67,12 @@ def _age(when: datetime, now: datetime) -> str:
 
 
 def _as_daemon() -> str:
+    """How to look as the daemon does: as its system user where the package made one, else (a
+    checkout's scripts/run) as whoever started it."""
+    try:
+        pwd.getpwnam(DAEMON_USER)
+    except KeyError:
+        return "run doctor as the user that runs the daemon (the one that started `ralph-monitor run`)"
     return f"run doctor as the daemon's user: sudo -u {DAEMON_USER} ralph-monitor doctor"
 
 

@@ -53,3 +53,14 @@ def test_backup_age(tmp_path: Path) -> None:
         (backups / f"ralph-monitor-{now - timedelta(hours=age_h):%Y%m%dT%H%M%S}Z.dump").write_bytes(b"x")
         assert doctor.check_backups(settings, None, now)[0].status == status, age_h
     assert doctor.check_backups(Settings(schedule_backup_time=""), None, now)[0].status == "WARN"
+
+
+def test_the_fix_names_the_daemons_user_only_where_it_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout's scripts/run has no ralph-monitor system user: `sudo -u ralph-monitor` would fail."""
+    def missing(name: str) -> object:
+        raise KeyError(name)
+
+    monkeypatch.setattr(doctor.pwd, "getpwnam", missing)
+    assert "sudo" not in doctor._as_daemon() and "ralph-monitor run" in doctor._as_daemon()
+    monkeypatch.setattr(doctor.pwd, "getpwnam", lambda name: object())
+    assert "sudo -u ralph-monitor ralph-monitor doctor" in doctor._as_daemon()
