@@ -42,6 +42,8 @@ def test_emit_round_trip_env_ids_json_and_rejection(daemon: Daemon, tmp_path: Pa
 
     again = monitor(daemon, "emit", "session_heartbeat", "--event-id", reply["id"], "--json", *cfg, env=env)
     assert json.loads(again.stdout).get("duplicate") is True
+    assert b"belongs to no session" in again.stderr  # neither --session nor $RALPH_SESSION_ID: stored, and said
+    assert b"belongs to no session" not in env_ids.stderr and b"belongs to no session" not in ok.stderr
 
     bad = monitor(daemon, "emit", "spec_started", "--session", "not-a-uuid", *cfg, env=env)
     assert bad.returncode == 1
