@@ -142,8 +142,9 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
         print(f"ralph-monitor emit: rejected: {exc.reply.get('error')}", file=sys.stderr)
         return EXIT_FAILURE
     if reply.get("client_spooled"):
+        flush = "ralph-monitor flush" + (f" --socket {shlex.quote(socket_path)}" if args.socket else "")
         print(f"ralph-monitor emit: the daemon is unreachable; the event waits in {reply['spool']} "
-              "and goes out with the next send or `ralph-monitor flush`", file=sys.stderr)
+              f"and goes out with the next send or `{flush}`", file=sys.stderr)
     if not args.json:
         for warning in reply.get("warnings", []):
             print(f"ralph-monitor emit: warning: {warning}", file=sys.stderr)

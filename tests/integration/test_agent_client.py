@@ -62,6 +62,9 @@ def test_emit_spools_while_the_daemon_is_down_then_delivers_in_order_exactly_onc
         result = monitor(d, "emit", "session_heartbeat", "--session", SESSION, f"n={n}", *cfg, env=env)
         assert result.returncode == 0 and b"daemon is unreachable" in result.stderr
         ids.append(result.stdout.decode().strip())
+    elsewhere = tmp_path / "other.sock"   # a spool per socket: the way out names that socket
+    other = monitor(d, "emit", "session_heartbeat", "--session", SESSION, "--socket", str(elsewhere), *cfg, env=env)
+    assert other.returncode == 0 and f"`ralph-monitor flush --socket {elsewhere}`".encode() in other.stderr
     strict = monitor(d, "emit", "session_heartbeat", "--no-spool", *cfg, env=env)
     assert strict.returncode == 1 and b"no daemon socket" in strict.stderr
     nothing = monitor(d, "flush", *cfg, env=env)
