@@ -31,6 +31,7 @@ from tests.conftest import Daemon, LineClient, query
 from tests.integration.test_absurd_values import INJECT_FAILURE
 from tests.integration.test_agent_loop import fake_claude  # noqa: F401 - a fixture
 from tests.integration.test_overnight import BIN
+from tests.scenario import scenario_zone
 
 FAST = {"check_interval_s": 0.3, "retry_after_s": 0.3, "intervention_after_min": 0.02,
         "dashboard_url": "https://build-box/ralph/"}
@@ -288,8 +289,10 @@ def test_alerts_reach_an_smtp_server(daemon_factory: Any) -> None:
 
 
 def test_the_morning_report_lists_the_night(daemon_factory: Any, receiver: Receiver) -> None:
-    daemon = alerting_daemon(daemon_factory, receiver, reports={"timezone": "UTC", "night_start": "00:00",
-                                                                "night_end": "23:59"})
+    # The "night" is today in a zone where it is about noon: a run in UTC's last minute of the day
+    # would fall outside 00:00-23:59.
+    daemon = alerting_daemon(daemon_factory, receiver, reports={
+        "timezone": scenario_zone(datetime.now(timezone.utc)), "night_start": "00:00", "night_end": "23:59"})
     sid = str(uuid.uuid4())
     send(daemon, {"type": "session_started", "session_id": sid, "data": {"name": "nightly"}},
          {"type": "spec_started", "session_id": sid, "spec_id": "CR-1"},

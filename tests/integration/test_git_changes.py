@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ralph_monitor.config import load_settings
 from ralph_monitor.dashboard.render import render_once
 from tests.agent_tools import BIN, agent_env, events, settle
 from tests.conftest import Daemon, query
+from tests.scenario import scenario_zone
 from tests.site_helpers import read_page
 
 # Each spec of the fake agent does something different to the repository it runs in.
@@ -56,8 +58,10 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def night_daemon(daemon_factory: Any) -> Daemon:
-    """A daemon whose "night" is the whole of today (UTC), so runs of now are in it."""
-    d = daemon_factory(reports={"night_start": "00:00", "night_end": "23:59", "timezone": "UTC"})
+    """A daemon whose "night" is the whole of today in a zone where it is about noon, so the runs
+    of the next minutes are in it (in UTC, a run in the day's last minute fell outside 00:00-23:59)."""
+    d = daemon_factory(reports={"night_start": "00:00", "night_end": "23:59",
+                                "timezone": scenario_zone(datetime.now(timezone.utc))})
     d.start()
     return d
 
