@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from ralph_monitor import queries
+from ralph_monitor.alerts.rules import HOST_SILENT_S
 from ralph_monitor.config import Settings
 from ralph_monitor.store import AlertStore, open_read_store
 from tests.agent_tools import agent_env
@@ -31,6 +32,7 @@ from tests.conftest import Daemon, LineClient, query
 from tests.integration.test_absurd_values import INJECT_FAILURE
 from tests.integration.test_agent_loop import fake_claude  # noqa: F401 - a fixture
 from tests.integration.test_overnight import BIN
+from tests.ops import execute
 from tests.scenario import scenario_zone
 
 FAST = {"check_interval_s": 0.3, "retry_after_s": 0.3, "intervention_after_min": 0.02,
@@ -406,3 +408,28 @@ def test_a_one_shot_alert_fires_once_across_passes_and_daemons(db_dsn: str) -> N
     with open_read_store(settings, dsn=db_dsn) as store:
         listed = queries.recent_alerts(store, since=night[0])
     assert [a.state for a in listed] == ["one-off", "one-off"]
+
+
+def test_a_restarted_daemon_does_not_report_its_own_host_as_silent(db_dsn: str) -> None:
+    """On start its health row is as old as its downtime until it writes the next one: paging
+    "ralph-monitor on <this host> is not reporting" (then "Resolved") on every restart is noise.
+    Another silent host fires at once; this host's own row is judged once the start is over."""
+    settings = Settings()
+    store = AlertStore(settings, dsn=db_dsn)
+    for host in (settings.host, "build-2"):
+        execute(db_dsn, "INSERT INTO monitor_hosts (host, version, started_at, last_seen) "
+                        "VALUES (%s, '0', now() - interval '2 days', now() - interval '10 minutes')", (host,))
+    night = (datetime.now(timezone.utc) - timedelta(hours=15), datetime.now(timezone.utc))
+
+    def silent() -> set[str]:
+        return {r["title"] for r in query(db_dsn, "SELECT title FROM alerts WHERE subject LIKE 'silent:%%' "
+                                                  "AND resolved_at IS NULL")}
+    try:
+        store.evaluate(night=night, destinations=[])
+        assert silent() == {"ralph-monitor on build-2 is not reporting"}
+        store._first_pass_at -= timedelta(seconds=HOST_SILENT_S)  # the start is over; the row is still old
+        store.evaluate(night=night, destinations=[])
+        assert silent() == {"ralph-monitor on build-2 is not reporting",
+                            f"ralph-monitor on {settings.host} is not reporting"}
+    finally:
+        store.close()

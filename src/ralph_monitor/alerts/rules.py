@@ -136,9 +136,11 @@ def over_budget_night(night_start: datetime, cost: Decimal, tokens: int, setting
 
 
 def monitor_health(hosts: list[dict[str, Any]], *, latest_backup: str | None, failing_projections: int,
-                   now: datetime, settings: Settings) -> list[Condition]:
+                   now: datetime, settings: Settings, starting_host: str | None = None) -> list[Condition]:
     """The monitor itself: spool backlog not draining, last backup failed, aggregates not
-    updated, a disk low, a daemon not reporting."""
+    updated, a disk low, a daemon not reporting. `starting_host`: the host whose daemon runs
+    this pass and has just started: its health row is as old as its downtime until it writes
+    the next (every 10 s), which is no reason to page anyone on every restart."""
     found = []
     backlog_age_s = settings.alerts_spool_backlog_after_min * 60
     for h in hosts:
@@ -148,7 +150,7 @@ def monitor_health(hosts: list[dict[str, Any]], *, latest_backup: str | None, fa
                 "monitor_unhealthy", f"spool:{h['host']}", f"ralph-monitor on {h['host']}: events waiting in the spool",
                 f"{h['spool_backlog']:,} events are spooled locally and not yet in PostgreSQL (since "
                 f"{since:%H:%M} UTC). Is the database reachable? See `ralph-monitor doctor`.", None, "index.html#health"))
-        if (now - h["last_seen"]).total_seconds() >= HOST_SILENT_S:
+        if (now - h["last_seen"]).total_seconds() >= HOST_SILENT_S and h["host"] != starting_host:
             found.append(Condition(
                 "monitor_unhealthy", f"silent:{h['host']}", f"ralph-monitor on {h['host']} is not reporting",
                 f"Its last health report was at {h['last_seen']:%Y-%m-%d %H:%M} UTC. Is the daemon running "

@@ -45,6 +45,9 @@ class AlertStore:
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
         """The evaluation and the delivery loops share the connection, one transaction at a time."""
+        self._first_pass_at: datetime | None = None
+        """The database's clock at this store's first evaluation: for rules.HOST_SILENT_S after
+        it, this host's own health row may be old only because its daemon has just started."""
         self._fired: set[AlertKey] = set()
         """One-shot conditions that hold and are known to have fired (here or by another daemon):
         not asked about again while they hold. Only what is committed; as many as hold now."""
@@ -175,8 +178,11 @@ class AlertStore:
             found += rules.over_budget_night(night[0], rows["night"][0]["cost_usd"], rows["night"][0]["tokens_used"], s)
         if "hosts" in rows:
             backup = rows["backup"][0] if rows["backup"] else None
+            self._first_pass_at = self._first_pass_at or now
+            starting = (now - self._first_pass_at).total_seconds() < rules.HOST_SILENT_S
             found += rules.monitor_health(rows["hosts"], latest_backup=backup["event_type"] if backup else None,
-                                          failing_projections=rows["failing"][0]["failing"], now=now, settings=s)
+                                          failing_projections=rows["failing"][0]["failing"], now=now, settings=s,
+                                          starting_host=s.host if starting else None)
         return found
 
     def _link(self, path: str | None) -> str | None:
