@@ -20,6 +20,7 @@ from ralph_monitor.cli_common import EXIT_FAILURE, EXIT_OK, add_config_option, r
 from ralph_monitor.cluster import resolve_dsn
 from ralph_monitor.config import DEFAULT_CONFIG_PATH, Settings, render_default_config
 from ralph_monitor.errors import ClientError, ConfigError
+from ralph_monitor.protocol import SESSION_ONLY_TYPES
 
 MONITOR_EPILOG = """\
 Quick use:
@@ -101,12 +102,6 @@ def _socket_path(args: argparse.Namespace, settings: Settings) -> str:
     return args.socket or os.environ.get("RALPH_MONITOR_SOCKET") or settings.socket_path
 
 
-SESSION_EVENTS = frozenset({
-    "session_started", "session_ended", "session_heartbeat", "spec_started", "spec_completed", "spec_failed",
-    "timeout_triggered", "intervention_request", "user_feedback"})
-"""Event types that only mean something in a session (emit says so when none is given)."""
-
-
 def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
     from ralph_monitor.agent.client import EventRejected, deliver, encode_event, new_event
     from ralph_monitor.agent.spool import ClientSpool
@@ -123,7 +118,7 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
     data.update(_key_values(args.items))
     session_id = args.session or os.environ.get("RALPH_SESSION_ID")
     spec_id = args.spec or os.environ.get("RALPH_SPEC_ID")
-    if session_id is None and args.type in SESSION_EVENTS:
+    if session_id is None and args.type in SESSION_ONLY_TYPES:
         print(f"ralph-monitor emit: note: no --session and no $RALPH_SESSION_ID: this {args.type} is stored "
               "but belongs to no session (it counts in no session's totals)", file=sys.stderr)
     if args.git is not None:

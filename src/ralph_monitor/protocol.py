@@ -28,6 +28,9 @@ KNOWN_TYPES = frozenset({
 })
 """Types agents send that the aggregates understand. Others (e.g. `cc.PreToolUse`) are stored
 as they are, with a warning in the reply."""
+SESSION_ONLY_TYPES = KNOWN_TYPES - {"rate_limits", "usage_limit"}
+"""Known types that mean nothing outside a session (the usage reports also describe the
+account): `ralph-monitor emit` says so when one goes out with no session."""
 
 TOOL_EVENT_PREFIX = "cc."
 """Claude Code hook events forwarded by `ralph-monitor hook` (cc.PreToolUse, cc.Stop, ...)."""

@@ -147,7 +147,7 @@ def session_rows(sessions: list[queries.SessionSummary], root: str, *, anchors: 
         fixed = (f' <span class="mark fixed" title="fixed on retry">{c.fixed_on_retry} on retry</span>'
                  if c.fixed_on_retry else "")
         took = ((s.end_time or s.last_event_at) - s.start_time).total_seconds()
-        out.append(f'<tr{row_id}><td>{session_link(root, s.id, s.name, pages)}</td><td>{state_badge(s.execution_state, s.counts)}</td>'
+        out.append(f'<tr{row_id}><td>{session_link(root, s.id, s.name, pages)}</td><td>{state_badge(s.execution_state, c)}</td>'
                    f'<td>{when(s.start_time)}</td><td>{duration(took)}</td>'
                    f'<td>{progress_bar(s.specs_completed, s.specs_failed, s.total_specs)}</td>'
                    f'<td>{s.specs_completed}/{total}{fixed}</td><td>{c.failed}</td>'
